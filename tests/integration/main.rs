@@ -1,1 +1,7 @@
+//! s3mem's integration tests: one binary, one module per area.
 
+mod common;
+mod fetch;
+mod model_cli;
+mod model_real;
+mod model_tiny;

@@ -1,0 +1,263 @@
+use std::io::{Read, Write};
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use super::{Cli, Command, GenerateArgs, ModelArgs, ModelCommand, QuickstartArgs, ScanArgs};
+use crate::model::{fetch, GenerateConfig, Model, ScanConfig, TapRequest};
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    if let Some(n) = cli.threads {
+        // Both pools read these once, at first use: set them before any model work.
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+        std::env::set_var("CANDLE_NUM_THREADS", n.to_string());
+    }
+    let models = fetch::models_dir(cli.models_dir.as_deref());
+    match cli.command {
+        Command::Model(ModelCommand::Fetch { name }) => {
+            let Some(known) = fetch::known(&name) else {
+                bail!(crate::model::ModelError::UnknownModel {
+                    name,
+                    known: fetch::KNOWN_MODELS
+                        .iter()
+                        .map(|m| m.name)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                });
+            };
+            let path = fetch::fetch(known, &models)?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        Command::Model(ModelCommand::List) => {
+            for m in fetch::KNOWN_MODELS {
+                let path = models.join(m.file_name);
+                let state = if path.is_file() {
+                    "present"
+                } else {
+                    "not fetched"
+                };
+                println!(
+                    "{:<20} {:>12} bytes  {state:<12} {}",
+                    m.name,
+                    m.size,
+                    path.display()
+                );
+            }
+            Ok(())
+        }
+        Command::Model(ModelCommand::Info(args)) => {
+            let model = load(&args, &models)?;
+            println!("{}", serde_json::to_string_pretty(model.config())?);
+            Ok(())
+        }
+        Command::Scan(args) => scan(&args, &models),
+        Command::Generate(args) => generate(&args, &models),
+        Command::Quickstart(args) => quickstart(&args, &models),
+    }
+}
+
+fn load(args: &ModelArgs, models: &Path) -> Result<Model> {
+    let path = fetch::resolve(&args.model, models, true)?;
+    let t0 = Instant::now();
+    let model = Model::load(&path, args.weights, &Device::Cpu)
+        .with_context(|| format!("loading {}", path.display()))?;
+    tracing::info!(
+        path = %path.display(),
+        ms = t0.elapsed().as_millis() as u64,
+        weights = ?args.weights,
+        "model loaded"
+    );
+    Ok(model)
+}
+
+fn read_document(path: &Path) -> Result<String> {
+    let mut bytes = Vec::new();
+    if path == Path::new("-") {
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("reading stdin")?;
+    } else {
+        bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!(
+            "{} is not UTF-8 text (invalid byte at offset {})",
+            path.display(),
+            e.utf8_error().valid_up_to()
+        )
+    })
+}
+
+/// What a scan measured.
+#[derive(Debug, serde::Serialize)]
+struct ScanReport {
+    tokens: usize,
+    tokens_per_s: f64,
+    peak_rss_bytes: Option<u64>,
+    windows: usize,
+    window_tokens: usize,
+    layers: String,
+    chunk: usize,
+    sinks: usize,
+    overlap: usize,
+    weights: crate::model::WeightFormat,
+    tokenize_ms: f64,
+    scan_seconds: f64,
+}
+
+fn scan_document(
+    model: &Model,
+    text: &str,
+    args_layers: &crate::model::LayerSet,
+    cfg: &ScanConfig,
+    weights: crate::model::WeightFormat,
+) -> Result<ScanReport> {
+    args_layers.check(model.config())?;
+    cfg.check(model.config().context)?;
+    let t0 = Instant::now();
+    let doc = model.tokenizer().encode_ids(text)?;
+    let tokenize_ms = t0.elapsed().as_secs_f64() * 1e3;
+    if doc.is_empty() {
+        bail!("the document is empty");
+    }
+    let taps = TapRequest {
+        keys: Some(args_layers.clone()),
+        queries: None,
+    };
+    let bar = ProgressBar::new(doc.len() as u64).with_style(
+        ProgressStyle::with_template(
+            "{spinner} scan [{bar:30}] {pos}/{len} tokens  {per_sec}  eta {eta}",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    let t1 = Instant::now();
+    let mut checksum = 0f64;
+    let stats = model.scan(&doc, &taps, cfg, &mut |chunk| {
+        // Touch the projections so the measured scan includes handing them over.
+        for tap in &chunk.keys {
+            checksum += tap.values.sum_all()?.to_scalar::<f32>()? as f64;
+        }
+        bar.inc(chunk.chunk.len() as u64);
+        Ok(())
+    })?;
+    bar.finish_and_clear();
+    let secs = t1.elapsed().as_secs_f64();
+    tracing::debug!(checksum, "scan done");
+    Ok(ScanReport {
+        tokens: stats.tokens,
+        tokens_per_s: stats.tokens as f64 / secs,
+        peak_rss_bytes: super::peak_rss_bytes(),
+        windows: stats.windows,
+        window_tokens: stats.window_tokens,
+        layers: args_layers.to_string(),
+        chunk: cfg.chunk,
+        sinks: cfg.sinks,
+        overlap: cfg.overlap,
+        weights,
+        tokenize_ms,
+        scan_seconds: secs,
+    })
+}
+
+fn scan(args: &ScanArgs, models: &Path) -> Result<()> {
+    let model = load(&args.model, models)?;
+    let text = read_document(&args.file)?;
+    let cfg = ScanConfig {
+        chunk: args.chunk,
+        sinks: args.sinks,
+        overlap: args.overlap,
+    };
+    let report = scan_document(&model, &text, &args.layers, &cfg, args.model.weights)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "scanned {} tokens in {} windows: {:.1} tokens/s, peak RSS {}",
+            report.tokens,
+            report.windows,
+            report.tokens_per_s,
+            report
+                .peak_rss_bytes
+                .map_or("unknown".into(), |b| format!("{:.1} MB", b as f64 / 1e6)),
+        );
+    }
+    Ok(())
+}
+
+fn generate(args: &GenerateArgs, models: &Path) -> Result<()> {
+    let model = load(&args.model, models)?;
+    let prompt = model.chat_prompt(args.system.as_deref(), &args.prompt)?;
+    let cfg = GenerateConfig {
+        max_new_tokens: args.max_new_tokens,
+        ..Default::default()
+    };
+    let mut stdout = std::io::stdout();
+    let json = args.json;
+    let out = model.generate(&prompt, &cfg, &mut |piece| {
+        if !json {
+            let _ = write!(stdout, "{piece}");
+            let _ = stdout.flush();
+        }
+        true
+    })?;
+    if json {
+        let tokens_per_s = out.tokens.len() as f64 / (out.decode_ms / 1e3).max(1e-9);
+        println!(
+            "{}",
+            json!({
+                "answer": out.text,
+                "prompt_tokens": out.prompt_tokens,
+                "new_tokens": out.tokens.len(),
+                "stop": out.stop,
+                "prefill_ms": out.prefill_ms,
+                "decode_ms": out.decode_ms,
+                "decode_tokens_per_s": tokens_per_s,
+            })
+        );
+    } else {
+        println!();
+    }
+    Ok(())
+}
+
+fn quickstart(args: &QuickstartArgs, models: &Path) -> Result<()> {
+    eprintln!("1/3 model: {}", args.model.model);
+    let model = load(&args.model, models)?;
+    eprintln!(
+        "    {} ({:?}, {} layers, {} KV heads x {} dims), weights {:?}",
+        model.path().display(),
+        model.config().arch,
+        model.config().layers,
+        model.config().kv_heads,
+        model.config().head_dim,
+        args.model.weights
+    );
+    eprintln!("2/3 streaming scan of {}", args.document.display());
+    let text = read_document(&args.document)?;
+    let layers: crate::model::LayerSet = "8,16,24".parse().map_err(anyhow::Error::msg)?;
+    let report = scan_document(
+        &model,
+        &text,
+        &layers,
+        &ScanConfig::default(),
+        args.model.weights,
+    )?;
+    println!("{}", serde_json::to_string(&report)?);
+    eprintln!("3/3 question: {}", args.question);
+    let prompt = model.chat_prompt(None, &args.question)?;
+    let mut stdout = std::io::stdout();
+    model.generate(&prompt, &GenerateConfig::default(), &mut |piece| {
+        let _ = write!(stdout, "{piece}");
+        let _ = stdout.flush();
+        true
+    })?;
+    println!();
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! The model layer: loads a GGUF model, tokenizes with char offsets, runs the transformer with
+//! key/query taps, streams documents through bounded windows and generates answers.
+
+mod chat;
+mod config;
+mod error;
+pub mod fetch;
+mod generate;
+mod scan;
+mod tokenizer;
+mod transformer;
+
+use std::fs::File;
+use std::io::{BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use candle_core::quantized::gguf_file;
+use candle_core::Device;
+use sha2::{Digest, Sha256};
+
+pub use chat::ChatTemplate;
+pub use config::{Architecture, ModelConfig};
+pub use error::{ModelError, Result};
+pub use generate::{GenerateConfig, Generation, StopReason};
+pub use scan::{ChunkTaps, ScanConfig, ScanStats, WindowPlan};
+pub use tokenizer::{StreamDecoder, TextTokenizer, Tokenized};
+pub use transformer::{
+    argmax_rows, ForwardOutput, KvCache, LayerSet, LayerTap, Logits, TapRequest, Transformer,
+    WeightFormat,
+};
+
+/// A loaded model: transformer, tokenizer and chat template from one GGUF file.
+pub struct Model {
+    path: PathBuf,
+    transformer: Transformer,
+    tokenizer: TextTokenizer,
+    template: ChatTemplate,
+    fingerprint: OnceLock<String>,
+}
+
+impl Model {
+    /// Loads a GGUF file; weights are held in `format` on `device`.
+    pub fn load(path: &Path, format: WeightFormat, device: &Device) -> Result<Self> {
+        let io = |source| ModelError::Io {
+            path: path.into(),
+            source,
+        };
+        let mut reader = BufReader::new(File::open(path).map_err(io)?);
+        let ct = gguf_file::Content::read(&mut reader).map_err(|e| ModelError::Corrupt {
+            path: path.into(),
+            reason: e.to_string(),
+        })?;
+        let config = ModelConfig::from_gguf(&ct, path)?;
+        let tokenizer = TextTokenizer::from_gguf(&ct, path)?;
+        let template_text = config::string(&ct, path, "tokenizer.chat_template").ok();
+        let template = ChatTemplate::detect(&tokenizer, template_text.as_deref());
+        let transformer = Transformer::from_content(&ct, reader, path, config, format, device)?;
+        Ok(Self {
+            path: path.into(),
+            transformer,
+            tokenizer,
+            template,
+            fingerprint: OnceLock::new(),
+        })
+    }
+
+    /// Returns the file the model was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Returns the model's shape and constants.
+    pub fn config(&self) -> &ModelConfig {
+        self.transformer.config()
+    }
+
+    /// Returns the transformer.
+    pub fn transformer(&self) -> &Transformer {
+        &self.transformer
+    }
+
+    /// Returns the tokenizer.
+    pub fn tokenizer(&self) -> &TextTokenizer {
+        &self.tokenizer
+    }
+
+    /// Returns the chat template.
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
+    }
+
+    /// Returns the sha256 of the GGUF file (hex), computed once: SAEs and indexes record it.
+    pub fn fingerprint(&self) -> Result<&str> {
+        if let Some(f) = self.fingerprint.get() {
+            return Ok(f);
+        }
+        let digest = sha256_file(&self.path)?;
+        Ok(self.fingerprint.get_or_init(|| digest))
+    }
+
+    /// Returns the IDs of a chat prompt asking `user`, ready for [`Model::generate`].
+    pub fn chat_prompt(&self, system: Option<&str>, user: &str) -> Result<Vec<u32>> {
+        self.template.prompt(&self.tokenizer, system, user)
+    }
+}
+
+/// Returns the sha256 of a file as lowercase hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let io = |source| ModelError::Io {
+        path: path.into(),
+        source,
+    };
+    let mut file = File::open(path).map_err(io)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).map_err(io)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -1,0 +1,210 @@
+//! The bounded-memory streaming scan: a document is read once, one window at a time.
+//!
+//! A window is `[sink tokens of the document] + [last tokens of the previous chunk] + [chunk]`,
+//! at positions local to the window. Only the chunk's own projections come out; nothing but
+//! token IDs crosses windows, so memory is bounded by the window, never by the document.
+
+use std::ops::Range;
+use std::time::Instant;
+
+use candle_core::IndexOp;
+
+use super::error::{ModelError, Result};
+use super::transformer::{LayerTap, Logits, TapRequest};
+use super::Model;
+
+/// Window geometry of the scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ScanConfig {
+    /// Tokens indexed per window (C).
+    pub chunk: usize,
+    /// Opening tokens of the document put before every later window (S).
+    pub sinks: usize,
+    /// Tokens of the previous chunk put before the chunk (W).
+    pub overlap: usize,
+}
+
+impl Default for ScanConfig {
+    fn default() -> Self {
+        Self {
+            chunk: 512,
+            sinks: 4,
+            overlap: 64,
+        }
+    }
+}
+
+impl ScanConfig {
+    /// Checks the geometry against a model context.
+    pub fn check(&self, context: usize) -> Result<()> {
+        if self.chunk == 0 {
+            return Err(ModelError::InvalidScan(
+                "chunk must be at least 1 token".into(),
+            ));
+        }
+        let window = self.chunk + self.sinks + self.overlap;
+        if window > context {
+            return Err(ModelError::InvalidScan(format!(
+                "a window of {window} tokens (chunk {} + sinks {} + overlap {}) exceeds the model context of {context}",
+                self.chunk, self.sinks, self.overlap
+            )));
+        }
+        Ok(())
+    }
+
+    /// Returns the windows that cover a document of `len` tokens, in order.
+    pub fn windows(&self, len: usize) -> impl Iterator<Item = WindowPlan> + '_ {
+        (0..len).step_by(self.chunk.max(1)).map(move |start| {
+            let chunk = start..(start + self.chunk).min(len);
+            let sinks = 0..self.sinks.min(start);
+            let overlap = start.saturating_sub(self.overlap).max(sinks.end)..start;
+            WindowPlan {
+                sinks,
+                overlap,
+                chunk,
+            }
+        })
+    }
+}
+
+/// Which document tokens one window holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowPlan {
+    pub sinks: Range<usize>,
+    pub overlap: Range<usize>,
+    pub chunk: Range<usize>,
+}
+
+impl WindowPlan {
+    /// Returns the window's token IDs in order.
+    pub fn tokens(&self, doc: &[u32]) -> Vec<u32> {
+        [&self.sinks, &self.overlap, &self.chunk]
+            .into_iter()
+            .flat_map(|r| doc[r.clone()].iter().copied())
+            .collect()
+    }
+
+    /// Returns where the chunk starts inside the window.
+    pub fn chunk_offset(&self) -> usize {
+        self.sinks.len() + self.overlap.len()
+    }
+
+    /// Returns the window length in tokens.
+    pub fn len(&self) -> usize {
+        self.chunk_offset() + self.chunk.len()
+    }
+
+    /// Returns whether the window is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Projections of one chunk's own tokens.
+#[derive(Debug)]
+pub struct ChunkTaps {
+    /// The chunk's token range in the document.
+    pub chunk: Range<usize>,
+    /// `[chunk tokens, kv_heads, head_dim]` per tapped layer.
+    pub keys: Vec<LayerTap>,
+    /// `[chunk tokens, heads, head_dim]` per tapped layer.
+    pub queries: Vec<LayerTap>,
+}
+
+/// Totals of one scan.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ScanStats {
+    /// Document tokens scanned (each once).
+    pub tokens: usize,
+    /// Windows run.
+    pub windows: usize,
+    /// Tokens the model ran, context included.
+    pub window_tokens: usize,
+    /// Seconds spent in the model.
+    pub model_seconds: f64,
+}
+
+impl Model {
+    /// Scans a tokenized document, calling `on_chunk` with each chunk's projections in order.
+    pub fn scan(
+        &self,
+        doc: &[u32],
+        taps: &TapRequest,
+        config: &ScanConfig,
+        on_chunk: &mut dyn FnMut(ChunkTaps) -> Result<()>,
+    ) -> Result<ScanStats> {
+        config.check(self.config().context)?;
+        let mut stats = ScanStats::default();
+        for plan in config.windows(doc.len()) {
+            let tokens = plan.tokens(doc);
+            let t0 = Instant::now();
+            let out = self
+                .transformer()
+                .forward(&tokens, None, taps, Logits::None)?;
+            let skip = plan.chunk_offset();
+            let own = |t: LayerTap| -> Result<LayerTap> {
+                Ok(LayerTap {
+                    layer: t.layer,
+                    values: t.values.i(skip..)?.contiguous()?,
+                })
+            };
+            let chunk = ChunkTaps {
+                chunk: plan.chunk.clone(),
+                keys: out.keys.into_iter().map(own).collect::<Result<_>>()?,
+                queries: out.queries.into_iter().map(own).collect::<Result<_>>()?,
+            };
+            stats.model_seconds += t0.elapsed().as_secs_f64();
+            stats.windows += 1;
+            stats.window_tokens += tokens.len();
+            stats.tokens += plan.chunk.len();
+            on_chunk(chunk)?;
+        }
+        Ok(stats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_cover_each_token_once_with_bounded_context() {
+        let cfg = ScanConfig {
+            chunk: 10,
+            sinks: 3,
+            overlap: 4,
+        };
+        let plans: Vec<_> = cfg.windows(35).collect();
+        assert_eq!(plans.len(), 4);
+        let covered: Vec<usize> = plans.iter().flat_map(|p| p.chunk.clone()).collect();
+        assert_eq!(covered, (0..35).collect::<Vec<_>>());
+        assert_eq!(plans[0].chunk_offset(), 0);
+        assert_eq!(plans[1].sinks, 0..3);
+        assert_eq!(plans[1].overlap, 6..10);
+        assert_eq!(plans[3].chunk, 30..35);
+        assert!(plans.iter().all(|p| p.len() <= 17));
+    }
+
+    #[test]
+    fn overlap_never_repeats_sink_tokens() {
+        let cfg = ScanConfig {
+            chunk: 5,
+            sinks: 4,
+            overlap: 64,
+        };
+        let plans: Vec<_> = cfg.windows(12).collect();
+        assert_eq!(plans[1].sinks, 0..4);
+        assert_eq!(plans[1].overlap, 4..5);
+        let doc: Vec<u32> = (0..12).collect();
+        assert_eq!(plans[2].tokens(&doc), (0..12).collect::<Vec<u32>>());
+    }
+
+    #[test]
+    fn window_longer_than_context_is_refused() {
+        let cfg = ScanConfig::default();
+        assert!(cfg.check(8192).is_ok());
+        assert!(matches!(cfg.check(512), Err(ModelError::InvalidScan(_))));
+        let zero = ScanConfig { chunk: 0, ..cfg };
+        assert!(zero.check(8192).is_err());
+    }
+}

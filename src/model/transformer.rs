@@ -1,0 +1,575 @@
+//! Our own forward pass over GGUF weights, with taps on the pre-RoPE key and query projections.
+//!
+//! candle-transformers keeps its projections private and returns last-position logits only, so
+//! s3mem runs its own. The arithmetic mirrors candle's quantized llama (same kernels, same order
+//! of operations), which the parity test checks.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
+use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
+use candle_nn::RmsNorm;
+
+use super::config::{Architecture, ModelConfig};
+use super::error::{ModelError, Result};
+
+/// How weights are held in memory; measured trade-offs are in README.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WeightFormat {
+    /// As shipped in the GGUF file (quantized kernels; smallest, slowest on CPU).
+    Quantized,
+    /// Dequantized to f16 at load.
+    F16,
+    /// Dequantized to f32 at load: the fastest on CPU.
+    #[default]
+    F32,
+}
+
+impl FromStr for WeightFormat {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "q" | "quantized" | "gguf" => Ok(Self::Quantized),
+            "f16" => Ok(Self::F16),
+            "f32" => Ok(Self::F32),
+            _ => Err(format!("unknown weight format `{s}` (quantized, f16, f32)")),
+        }
+    }
+}
+
+/// A sorted, duplicate-free set of layer indices to tap.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LayerSet(Vec<usize>);
+
+impl LayerSet {
+    /// Returns a set from any list of layers (sorted, deduplicated); at least one layer.
+    pub fn new(mut layers: Vec<usize>) -> Result<Self> {
+        layers.sort_unstable();
+        layers.dedup();
+        if layers.is_empty() {
+            return Err(ModelError::InvalidScan("the layer set is empty".into()));
+        }
+        Ok(Self(layers))
+    }
+
+    /// Returns the layers in ascending order.
+    pub fn layers(&self) -> &[usize] {
+        &self.0
+    }
+
+    /// Returns the deepest layer: the scan stops there.
+    pub fn deepest(&self) -> usize {
+        self.0[self.0.len() - 1]
+    }
+
+    /// Returns whether `layer` is in the set.
+    pub fn contains(&self, layer: usize) -> bool {
+        self.0.binary_search(&layer).is_ok()
+    }
+
+    /// Checks every layer against a model's depth.
+    pub fn check(&self, config: &ModelConfig) -> Result<()> {
+        match self.0.iter().find(|&&l| l >= config.layers) {
+            Some(&layer) => Err(ModelError::LayerOutOfRange {
+                layer,
+                layers: config.layers,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl FromStr for LayerSet {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let layers = s
+            .split(',')
+            .map(|p| {
+                p.trim()
+                    .parse::<usize>()
+                    .map_err(|_| format!("`{p}` is not a layer index"))
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        Self::new(layers).map_err(|e| e.to_string())
+    }
+}
+
+impl std::fmt::Display for LayerSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self.0.iter().map(|l| l.to_string()).collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// Which projections a forward pass records, and at which layers.
+#[derive(Debug, Clone, Default)]
+pub struct TapRequest {
+    /// Layers whose pre-RoPE key projections are returned.
+    pub keys: Option<LayerSet>,
+    /// Layers whose pre-RoPE query projections are returned.
+    pub queries: Option<LayerSet>,
+}
+
+impl TapRequest {
+    fn deepest(&self) -> Option<usize> {
+        let k = self.keys.as_ref().map(LayerSet::deepest);
+        let q = self.queries.as_ref().map(LayerSet::deepest);
+        k.max(q)
+    }
+}
+
+/// Which logits a forward pass computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    None,
+    Last,
+    All,
+}
+
+/// Projections recorded at one layer: `[tokens, heads, head_dim]`, f32, before RoPE.
+#[derive(Debug, Clone)]
+pub struct LayerTap {
+    pub layer: usize,
+    pub values: Tensor,
+}
+
+/// What a forward pass returns.
+#[derive(Debug, Default)]
+pub struct ForwardOutput {
+    /// Key projections per tapped layer, `[tokens, kv_heads, head_dim]`.
+    pub keys: Vec<LayerTap>,
+    /// Query projections per tapped layer, `[tokens, heads, head_dim]`.
+    pub queries: Vec<LayerTap>,
+    /// `[tokens, vocab]` (`Logits::All`) or `[1, vocab]` (`Logits::Last`).
+    pub logits: Option<Tensor>,
+}
+
+/// The KV cache of one generation; the scan never keeps one.
+#[derive(Debug, Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor, Tensor)>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Returns the number of cached positions.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Returns whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+/// Inputs of at most this many rows take the narrow (quantized) path when there is one.
+const NARROW_ROWS: usize = 4;
+
+/// A projection with two layouts: dense for prefill and scan, where gemm shines, and Q8_0 for
+/// decode steps, where gemm's packing of the whole dense matrix for one row costs more than
+/// the product (f32 decode ran 6 tokens/s, Q8_0 several times that).
+struct Linear {
+    wide: QMatMul,
+    narrow: Option<QMatMul>,
+}
+
+impl Linear {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let rows = x.elem_count() / x.dim(D::Minus1)?;
+        match &self.narrow {
+            Some(n) if rows <= NARROW_ROWS => n.forward(x),
+            _ => self.wide.forward(x),
+        }
+    }
+}
+
+struct Block {
+    attn_norm: RmsNorm,
+    wq: Linear,
+    wk: Linear,
+    wv: Linear,
+    wo: Linear,
+    bq: Option<Tensor>,
+    bk: Option<Tensor>,
+    bv: Option<Tensor>,
+    ffn_norm: RmsNorm,
+    w_gate: Linear,
+    w_up: Linear,
+    w_down: Linear,
+}
+
+/// A loaded decoder-only transformer (llama or qwen2 family).
+pub struct Transformer {
+    config: ModelConfig,
+    format: WeightFormat,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    cos: Tensor,
+    sin: Tensor,
+    device: Device,
+}
+
+struct Loader<'a> {
+    ct: &'a gguf_file::Content,
+    reader: BufReader<File>,
+    path: PathBuf,
+    device: Device,
+    format: WeightFormat,
+}
+
+impl Loader<'_> {
+    fn qtensor(&mut self, name: &str) -> Result<QTensor> {
+        if !self.ct.tensor_infos.contains_key(name) {
+            return Err(ModelError::MissingTensor {
+                path: self.path.clone(),
+                name: name.into(),
+            });
+        }
+        self.ct
+            .tensor(&mut self.reader, name, &self.device)
+            .map_err(|e| ModelError::Corrupt {
+                path: self.path.clone(),
+                reason: format!("tensor `{name}`: {e}"),
+            })
+    }
+
+    fn optional(&mut self, name: &str) -> Result<Option<Tensor>> {
+        if !self.ct.tensor_infos.contains_key(name) {
+            return Ok(None);
+        }
+        Ok(Some(self.qtensor(name)?.dequantize(&self.device)?))
+    }
+
+    fn dense(&mut self, name: &str) -> Result<Tensor> {
+        Ok(self.qtensor(name)?.dequantize(&self.device)?)
+    }
+
+    fn matmul(&mut self, name: &str) -> Result<Linear> {
+        let q = self.qtensor(name)?;
+        self.to_linear(q, None)
+    }
+
+    /// Builds both layouts; `dense` reuses an already dequantized copy of `q`.
+    fn to_linear(&self, q: QTensor, dense: Option<Tensor>) -> Result<Linear> {
+        let dense = |q: &QTensor| -> Result<Tensor> {
+            match &dense {
+                Some(t) => Ok(t.clone()),
+                None => Ok(q.dequantize(&self.device)?),
+            }
+        };
+        let narrow = |q: QTensor, w: &Tensor| -> Result<QMatMul> {
+            let q = match q.dtype() {
+                GgmlDType::Q8_0 => q,
+                _ => QTensor::quantize(w, GgmlDType::Q8_0)?,
+            };
+            Ok(QMatMul::QTensor(Arc::new(q)))
+        };
+        Ok(match self.format {
+            WeightFormat::Quantized => Linear {
+                wide: match q.dtype() {
+                    // Float tensors have no quantized kernel worth using.
+                    GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16 => {
+                        QMatMul::Tensor(q.dequantize(&self.device)?)
+                    }
+                    _ => QMatMul::QTensor(Arc::new(q)),
+                },
+                narrow: None,
+            },
+            WeightFormat::F16 => {
+                let w = dense(&q)?;
+                Linear {
+                    wide: QMatMul::TensorF16(w.to_dtype(DType::F16)?),
+                    narrow: Some(narrow(q, &w)?),
+                }
+            }
+            WeightFormat::F32 => {
+                let w = dense(&q)?;
+                Linear {
+                    narrow: Some(narrow(q, &w)?),
+                    wide: QMatMul::Tensor(w),
+                }
+            }
+        })
+    }
+}
+
+impl Transformer {
+    pub(crate) fn from_content(
+        ct: &gguf_file::Content,
+        reader: BufReader<File>,
+        path: &Path,
+        config: ModelConfig,
+        format: WeightFormat,
+        device: &Device,
+    ) -> Result<Self> {
+        let mut ld = Loader {
+            ct,
+            reader,
+            path: path.into(),
+            device: device.clone(),
+            format,
+        };
+        let eps = config.rms_eps;
+        let embed_q = ld.qtensor("token_embd.weight")?;
+        let embed = embed_q.dequantize(device)?;
+        let lm_head = if ct.tensor_infos.contains_key("output.weight") {
+            ld.matmul("output.weight")?
+        } else {
+            // Tied embeddings: share the dequantized table instead of a second copy.
+            ld.to_linear(embed_q, Some(embed.clone()))?
+        };
+        let norm = RmsNorm::new(ld.dense("output_norm.weight")?, eps);
+        let mut blocks = Vec::with_capacity(config.layers);
+        for i in 0..config.layers {
+            let p = format!("blk.{i}");
+            blocks.push(Block {
+                attn_norm: RmsNorm::new(ld.dense(&format!("{p}.attn_norm.weight"))?, eps),
+                wq: ld.matmul(&format!("{p}.attn_q.weight"))?,
+                wk: ld.matmul(&format!("{p}.attn_k.weight"))?,
+                wv: ld.matmul(&format!("{p}.attn_v.weight"))?,
+                wo: ld.matmul(&format!("{p}.attn_output.weight"))?,
+                bq: ld.optional(&format!("{p}.attn_q.bias"))?,
+                bk: ld.optional(&format!("{p}.attn_k.bias"))?,
+                bv: ld.optional(&format!("{p}.attn_v.bias"))?,
+                ffn_norm: RmsNorm::new(ld.dense(&format!("{p}.ffn_norm.weight"))?, eps),
+                w_gate: ld.matmul(&format!("{p}.ffn_gate.weight"))?,
+                w_up: ld.matmul(&format!("{p}.ffn_up.weight"))?,
+                w_down: ld.matmul(&format!("{p}.ffn_down.weight"))?,
+            });
+        }
+        let (cos, sin) = rope_tables(config.head_dim, config.rope_base, config.context, device)?;
+        Ok(Self {
+            config,
+            format,
+            embed,
+            blocks,
+            norm,
+            lm_head,
+            cos,
+            sin,
+            device: device.clone(),
+        })
+    }
+
+    /// Returns the model's shape and constants.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Returns the weight format in memory.
+    pub fn weight_format(&self) -> WeightFormat {
+        self.format
+    }
+
+    /// Returns the device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Runs `tokens` at positions `start..start + tokens.len()`.
+    ///
+    /// Only layers `0..=d` run, where `d` is the deepest tapped layer, unless logits are asked
+    /// for. With a cache, attention also sees the cached positions and the cache grows;
+    /// without one, the window is self-contained and nothing outlives the call.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        mut cache: Option<&mut KvCache>,
+        taps: &TapRequest,
+        logits: Logits,
+    ) -> Result<ForwardOutput> {
+        let seq = tokens.len();
+        let start = cache.as_ref().map_or(0, |c| c.len);
+        if seq == 0 {
+            return Err(ModelError::InvalidScan("empty window".into()));
+        }
+        if start + seq > self.config.context {
+            return Err(ModelError::WindowTooLong {
+                tokens: start + seq,
+                context: self.config.context,
+            });
+        }
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
+            return Err(ModelError::TokenOutOfRange {
+                id,
+                vocab: self.config.vocab,
+            });
+        }
+        for set in [&taps.keys, &taps.queries].into_iter().flatten() {
+            set.check(&self.config)?;
+        }
+        let depth = match (logits, taps.deepest()) {
+            (Logits::None, Some(d)) => d + 1,
+            (Logits::None, None) => return Ok(ForwardOutput::default()),
+            _ => self.config.layers,
+        };
+        if let Some(c) = cache.as_deref_mut() {
+            c.layers.resize_with(self.config.layers, || None);
+        }
+
+        let ids = Tensor::new(tokens, &self.device)?;
+        let mut x = self.embed.index_select(&ids, 0)?.unsqueeze(0)?;
+        let mask = causal_mask(seq, start, &self.device)?;
+        let cos = self.cos.narrow(0, start, seq)?;
+        let sin = self.sin.narrow(0, start, seq)?;
+        let mut out = ForwardOutput::default();
+        let (nh, nkv, hd) = (
+            self.config.heads,
+            self.config.kv_heads,
+            self.config.head_dim,
+        );
+
+        for (l, block) in self.blocks.iter().enumerate().take(depth) {
+            let h = block.attn_norm.forward(&x)?;
+            let k = with_bias(block.wk.forward(&h)?, block.bk.as_ref())?;
+            let q = with_bias(block.wq.forward(&h)?, block.bq.as_ref())?;
+            if taps.keys.as_ref().is_some_and(|s| s.contains(l)) {
+                let values = k.reshape((seq, nkv, hd))?;
+                out.keys.push(LayerTap { layer: l, values });
+            }
+            if taps.queries.as_ref().is_some_and(|s| s.contains(l)) {
+                let values = q.reshape((seq, nh, hd))?;
+                out.queries.push(LayerTap { layer: l, values });
+            }
+            if logits == Logits::None && l + 1 == depth {
+                // The deepest tap needs only this layer's projections, not its attention or MLP.
+                break;
+            }
+            let v = with_bias(block.wv.forward(&h)?, block.bv.as_ref())?;
+            let q = q.reshape((1, seq, nh, hd))?.transpose(1, 2)?.contiguous()?;
+            let k = k
+                .reshape((1, seq, nkv, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let v = v
+                .reshape((1, seq, nkv, hd))?
+                .transpose(1, 2)?
+                .contiguous()?;
+            let q = self.rope(&q, &cos, &sin)?;
+            let k = self.rope(&k, &cos, &sin)?;
+            let (k, v) = match cache.as_deref_mut() {
+                Some(c) => {
+                    let (k, v) = match c.layers[l].take() {
+                        Some((pk, pv)) => {
+                            (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?)
+                        }
+                        None => (k, v),
+                    };
+                    c.layers[l] = Some((k.clone(), v.clone()));
+                    (k, v)
+                }
+                None => (k, v),
+            };
+            let y = attention(&q, &k, &v, mask.as_ref(), nh, nkv, hd)?;
+            let y = y.transpose(1, 2)?.reshape((1, seq, nh * hd))?;
+            x = (block.wo.forward(&y)? + &x)?;
+            let h = block.ffn_norm.forward(&x)?;
+            let gate = candle_nn::ops::silu(&block.w_gate.forward(&h)?)?;
+            let mlp = block.w_down.forward(&(gate * block.w_up.forward(&h)?)?)?;
+            x = (mlp + &x)?;
+        }
+        if let Some(c) = cache {
+            c.len = start + seq;
+        }
+        if logits != Logits::None {
+            let x = match logits {
+                Logits::Last => x.i((.., seq - 1..seq, ..))?,
+                _ => x,
+            };
+            let x = self.norm.forward(&x)?;
+            out.logits = Some(self.lm_head.forward(&x)?.squeeze(0)?);
+        }
+        Ok(out)
+    }
+
+    fn rope(&self, x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+        Ok(match self.config.arch {
+            Architecture::Llama => candle_nn::rotary_emb::rope_i(x, cos, sin)?,
+            Architecture::Qwen2 => candle_nn::rotary_emb::rope(x, cos, sin)?,
+        })
+    }
+}
+
+fn with_bias(x: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    Ok(match bias {
+        Some(b) => x.broadcast_add(b)?,
+        None => x,
+    })
+}
+
+/// Grouped-query attention without copying K/V per query head: the query heads of one KV
+/// group are stacked along the row axis and meet their shared K/V in one matmul.
+fn attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+) -> Result<Tensor> {
+    let (_, _, seq, _) = q.dims4()?;
+    let kv_len = k.dim(2)?;
+    let group = nh / nkv;
+    let q = q.reshape((nkv, group * seq, hd))?;
+    let k = k.reshape((nkv, kv_len, hd))?;
+    let v = v.reshape((nkv, kv_len, hd))?;
+    let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
+    let att = match mask {
+        Some(m) => att.reshape((nkv, group, seq, kv_len))?.broadcast_add(m)?,
+        None => att,
+    };
+    let att = candle_nn::ops::softmax_last_dim(&att.reshape((nkv, group * seq, kv_len))?)?;
+    Ok(att.matmul(&v)?.reshape((1, nh, seq, hd))?)
+}
+
+/// Returns an additive mask `[seq, start + seq]`: position `start + i` sees `0..=start + i`.
+fn causal_mask(seq: usize, start: usize, device: &Device) -> Result<Option<Tensor>> {
+    if seq == 1 {
+        return Ok(None);
+    }
+    let kv = start + seq;
+    let data: Vec<f32> = (0..seq)
+        .flat_map(|i| {
+            (0..kv).map(move |j| {
+                if j > start + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect();
+    Ok(Some(Tensor::from_vec(data, (seq, kv), device)?))
+}
+
+fn rope_tables(
+    head_dim: usize,
+    base: f32,
+    positions: usize,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let theta: Vec<f32> = (0..head_dim)
+        .step_by(2)
+        .map(|i| 1f32 / base.powf(i as f32 / head_dim as f32))
+        .collect();
+    let theta = Tensor::new(theta.as_slice(), device)?;
+    let idx = Tensor::arange(0, positions as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((positions, 1))?
+        .matmul(&theta.reshape((1, theta.elem_count()))?)?;
+    Ok((idx.cos()?, idx.sin()?))
+}
+
+/// Returns the index of the largest value of each row of `[rows, vocab]` logits.
+pub fn argmax_rows(logits: &Tensor) -> Result<Vec<u32>> {
+    Ok(logits.argmax(D::Minus1)?.to_vec1::<u32>()?)
+}

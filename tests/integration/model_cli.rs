@@ -1,0 +1,123 @@
+//! The `s3mem` binary: scan and generate on the real model, and clear errors on bad input.
+
+use std::process::Command;
+
+use crate::common::real_model_path;
+
+fn s3mem() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_s3mem"));
+    cmd.env("S3MEM_THREADS", "2");
+    cmd
+}
+
+#[test]
+fn scan_json_reports_tokens_speed_and_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("doc.txt");
+    let text: String = (0..120)
+        .map(|i| format!("Sentence number {i} talks about topic {}. ", i % 7))
+        .collect();
+    std::fs::write(&doc, &text).unwrap();
+    let out = s3mem()
+        .args([
+            "scan", "--json", "--layers", "2,4", "--chunk", "256", "--model",
+        ])
+        .arg(real_model_path())
+        .arg(&doc)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tokens = v["tokens"].as_u64().unwrap();
+    assert!(tokens > 1000, "{v}");
+    assert_eq!(v["windows"].as_u64().unwrap(), tokens.div_ceil(256));
+    assert!(v["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v["peak_rss_bytes"].as_u64().unwrap() > 50_000_000);
+}
+
+#[test]
+fn generate_answers_from_the_prompt() {
+    let out = s3mem()
+        .args(["generate", "--json", "--max-new-tokens", "40", "--model"])
+        .arg(real_model_path())
+        .args([
+            "--prompt",
+            "The passkey is 48213. Remember it. What is the passkey?",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["answer"].as_str().unwrap().contains("48213"), "{v}");
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_no_panic() {
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("blob.bin");
+    std::fs::write(&binary, [0x66, 0x6f, 0xff, 0xfe, 0x00]).unwrap();
+    let empty = dir.path().join("empty.txt");
+    std::fs::write(&empty, "").unwrap();
+    let small = dir.path().join("small.txt");
+    std::fs::write(&small, "A small document.").unwrap();
+    let model = real_model_path();
+    let cases: Vec<(Vec<std::ffi::OsString>, &str)> = vec![
+        (
+            vec!["scan".into(), "--model".into(), model.clone().into(), binary.clone().into()],
+            "is not UTF-8 text (invalid byte at offset 2)",
+        ),
+        (
+            vec!["scan".into(), "--model".into(), model.clone().into(), empty.clone().into()],
+            "the document is empty",
+        ),
+        (
+            vec![
+                "scan".into(),
+                "--layers".into(),
+                "8,30".into(),
+                "--model".into(),
+                model.clone().into(),
+                empty.clone().into(),
+            ],
+            "layer 30 is out of range: the model has 30 layers",
+        ),
+        (
+            vec!["scan".into(), "--layers".into(), "8,x".into(), empty.clone().into()],
+            "`x` is not a layer index",
+        ),
+        (
+            vec!["scan".into(), "--model".into(), "gpt-17".into(), empty.clone().into()],
+            "unknown model `gpt-17`",
+        ),
+        (
+            vec!["scan".into(), "--model".into(), binary.clone().into(), empty.clone().into()],
+            "is not a valid GGUF file",
+        ),
+        (
+            vec![
+                "scan".into(),
+                "--chunk".into(),
+                "9000".into(),
+                "--model".into(),
+                model.clone().into(),
+                small.clone().into(),
+            ],
+            "a window of 9068 tokens (chunk 9000 + sinks 4 + overlap 64) exceeds the model context of 8192",
+        ),
+    ];
+    for (args, expected) in cases {
+        let out = s3mem().args(&args).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}

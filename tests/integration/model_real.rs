@@ -1,0 +1,188 @@
+//! The real embedded default, SmolLM2-135M-Instruct (Q4_1 GGUF): parity with candle's own
+//! quantized llama, the tokenizer, taps and generation.
+
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, IndexOp, Tensor};
+use s3mem::model::{argmax_rows, GenerateConfig, Logits, Model, TapRequest, WeightFormat};
+
+use crate::common::{max_abs_diff, real_model, real_model_path};
+
+const PROMPT: &str = "The capital of France is Paris. The capital of Italy is Rome. \
+                      What is the capital of France?";
+
+/// Logits at every prompt position from candle-transformers' quantized llama.
+fn stock_logits(ids: &[u32]) -> Tensor {
+    let path = real_model_path();
+    let mut f = std::fs::File::open(&path).unwrap();
+    let ct = gguf_file::Content::read(&mut f).unwrap();
+    let dev = Device::Cpu;
+    let mut m =
+        candle_transformers::models::quantized_llama::ModelWeights::from_gguf(ct, &mut f, &dev)
+            .unwrap();
+    let rows: Vec<Tensor> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| {
+            let x = Tensor::new(&[t], &dev).unwrap().unsqueeze(0).unwrap();
+            m.forward(&x, i).unwrap().flatten_all().unwrap()
+        })
+        .collect();
+    Tensor::stack(&rows, 0).unwrap()
+}
+
+/// Last-position logits from candle-transformers' quantized llama, the whole prompt at once.
+fn stock_last_logits(ids: &[u32]) -> Tensor {
+    let path = real_model_path();
+    let mut f = std::fs::File::open(&path).unwrap();
+    let ct = gguf_file::Content::read(&mut f).unwrap();
+    let dev = Device::Cpu;
+    let mut m =
+        candle_transformers::models::quantized_llama::ModelWeights::from_gguf(ct, &mut f, &dev)
+            .unwrap();
+    let x = Tensor::new(ids, &dev).unwrap().unsqueeze(0).unwrap();
+    m.forward(&x, 0).unwrap().flatten_all().unwrap()
+}
+
+#[test]
+fn logits_match_candle_transformers_on_a_real_prompt() {
+    let quantized = Model::load(&real_model_path(), WeightFormat::Quantized, &Device::Cpu).unwrap();
+    let ids = quantized.chat_prompt(None, PROMPT).unwrap();
+    assert!(ids.len() > 40, "{} prompt tokens", ids.len());
+    let stock = stock_logits(&ids);
+    let none = TapRequest::default();
+    let ours_q = quantized
+        .transformer()
+        .forward(&ids, None, &none, Logits::All)
+        .unwrap()
+        .logits
+        .unwrap();
+    // candle's quantized kernels differ between one-row and many-row inputs (x86 repacking),
+    // so against its token-by-token pass the drift is that of two kernels (measured: 2.0 on
+    // logits of about 30): every position still predicts the same token.
+    assert_eq!(argmax_rows(&ours_q).unwrap(), argmax_rows(&stock).unwrap());
+    let diff_q = max_abs_diff(&ours_q, &stock);
+    assert!(diff_q < 3.0, "quantized: max abs logit difference {diff_q}");
+    // With the same kernels (the whole prompt in one call) the last position agrees closely.
+    let stock_last = stock_last_logits(&ids);
+    let ours_last = ours_q.i(ids.len() - 1).unwrap();
+    let diff_last = max_abs_diff(&ours_last, &stock_last);
+    assert!(diff_last < 1e-3, "quantized, last position: {diff_last}");
+
+    // f32 weights (the default): activations are no longer rounded to 8 bits before each
+    // matmul, so where the top two tokens are nearly tied the winner may differ.
+    let ours_f = real_model()
+        .transformer()
+        .forward(&ids, None, &none, Logits::All)
+        .unwrap()
+        .logits
+        .unwrap();
+    let (a, b) = (argmax_rows(&ours_f).unwrap(), argmax_rows(&stock).unwrap());
+    let agree = a.iter().zip(&b).filter(|(x, y)| x == y).count() as f64 / a.len() as f64;
+    let diff_f = max_abs_diff(&ours_f, &stock);
+    eprintln!("f32: argmax agreement {agree}, max abs diff {diff_f}");
+    assert!(agree >= 0.95, "f32: argmax agrees at {agree} of positions");
+    // Measured: 2.86 on logits of about 30, one position of 51 with another argmax.
+    assert!(diff_f < 4.0, "f32: max abs logit difference {diff_f}");
+    eprintln!("max abs logit difference: quantized {diff_q} (last {diff_last}), f32 {diff_f}");
+}
+
+#[test]
+fn tokenizer_round_trips_with_contiguous_char_offsets() {
+    let tok = real_model().tokenizer();
+    let samples = [
+        "Hello, world! The year 2024 had 366 days.",
+        "  leading spaces\n\nand\ttabs\r\n",
+        "naïve café — “quotes” and emoji 🦀🚀 and 漢字かな",
+        "x = foo(bar[3]) + 0.25 * baz; // code",
+        "<|im_start|>user\nnot a control token<|im_end|>",
+    ];
+    for text in samples {
+        let enc = tok.encode(text).unwrap();
+        assert_eq!(tok.decode(&enc.ids), text);
+        assert_eq!(enc.ids.len(), enc.offsets.len());
+        let chars = text.chars().count();
+        assert_eq!(enc.offsets.first().unwrap().0, 0);
+        assert_eq!(enc.offsets.last().unwrap().1, chars);
+        for w in enc.offsets.windows(2) {
+            // A multi-byte char split across tokens gives both tokens its range.
+            assert!(
+                w[1].0 == w[0].1 || w[1] == w[0] || w[1].0 + 1 == w[0].1,
+                "{w:?} in {text:?}"
+            );
+        }
+        // Control-token spellings in text stay text.
+        let im_start = tok.token_id("<|im_start|>").unwrap();
+        assert!(!enc.ids.contains(&im_start));
+    }
+    // Digits are split one by one (the `smollm` pre-tokenizer).
+    let digits = tok.encode("48213").unwrap();
+    assert_eq!(digits.ids.len(), 5);
+    assert_eq!(digits.offsets[2], (2, 3));
+}
+
+#[test]
+fn taps_have_the_model_shape() {
+    let model = real_model();
+    let ids = model
+        .tokenizer()
+        .encode_ids("A short sentence about keys.")
+        .unwrap();
+    let taps = TapRequest {
+        keys: Some("8,16,24".parse().unwrap()),
+        queries: Some("8,16,24".parse().unwrap()),
+    };
+    let out = model
+        .transformer()
+        .forward(&ids, None, &taps, Logits::None)
+        .unwrap();
+    assert_eq!(
+        out.keys.iter().map(|t| t.layer).collect::<Vec<_>>(),
+        [8, 16, 24]
+    );
+    for t in &out.keys {
+        assert_eq!(t.values.dims(), &[ids.len(), 3, 64]);
+    }
+    for t in &out.queries {
+        assert_eq!(t.values.dims(), &[ids.len(), 9, 64]);
+    }
+}
+
+#[test]
+fn answers_the_passkey_question() {
+    let model = real_model();
+    let prompt = model
+        .chat_prompt(
+            None,
+            "The passkey is 48213. Remember it. What is the passkey?",
+        )
+        .unwrap();
+    let mut streamed = String::new();
+    let cfg = GenerateConfig {
+        max_new_tokens: 48,
+        ..Default::default()
+    };
+    let out = model
+        .generate(&prompt, &cfg, &mut |piece| {
+            streamed.push_str(piece);
+            true
+        })
+        .unwrap();
+    assert!(out.text.contains("48213"), "answer: {:?}", out.text);
+    assert_eq!(streamed, out.text);
+    assert!(out.tokens.len() <= 48);
+}
+
+#[test]
+fn generation_stops_when_the_caller_says_so() {
+    let model = real_model();
+    let prompt = model.chat_prompt(None, "Count from one to fifty.").unwrap();
+    let mut pieces = 0;
+    let out = model
+        .generate(&prompt, &GenerateConfig::default(), &mut |_| {
+            pieces += 1;
+            pieces < 3
+        })
+        .unwrap();
+    assert_eq!(out.stop, s3mem::model::StopReason::Cancelled);
+    assert_eq!(pieces, 3);
+}
