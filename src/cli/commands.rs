@@ -7,7 +7,9 @@ use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::{Cli, Command, GenerateArgs, ModelArgs, ModelCommand, QuickstartArgs, ScanArgs};
+use super::{
+    BenchCommand, Cli, Command, GenerateArgs, ModelArgs, ModelCommand, QuickstartArgs, ScanArgs,
+};
 use crate::model::{fetch, GenerateConfig, Model, ScanConfig, TapRequest};
 
 /// Runs one parsed command line.
@@ -59,6 +61,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Scan(args) => scan(&args, &models),
         Command::Generate(args) => generate(&args, &models),
         Command::Quickstart(args) => quickstart(&args, &models),
+        Command::Bench(BenchCommand::Scan(args)) => super::bench::scan(&args, &models),
     }
 }
 

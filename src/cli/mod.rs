@@ -1,5 +1,6 @@
 //! The `s3mem` command line: wiring only; every command calls into the layers.
 
+mod bench;
 mod commands;
 mod sys;
 
@@ -37,6 +38,41 @@ pub enum Command {
     Generate(GenerateArgs),
     /// The main job on the embedded default: fetch the model, scan a document, answer.
     Quickstart(QuickstartArgs),
+    /// Benchmarks that report numbers (never pass/fail).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Scan speed and peak memory against document length, chunk and depth; each run is a
+    /// separate process so its peak RSS is its own.
+    Scan(BenchScanArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchScanArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Text the benchmark documents are cut from (repeated as needed).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "/usr/share/common-licenses/GPL-3,/usr/share/common-licenses/Apache-2.0,/usr/share/common-licenses/MPL-2.0"
+    )]
+    pub corpus: Vec<PathBuf>,
+    /// Document lengths in tokens.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000")]
+    pub tokens: Vec<usize>,
+    /// Chunk sizes to compare.
+    #[arg(long, value_delimiter = ',', default_value = "512")]
+    pub chunks: Vec<usize>,
+    /// Layer sets to compare, separated by `;` (a set of one deep layer measures full depth).
+    #[arg(long, value_delimiter = ';', default_value = "8,16,24")]
+    pub layers: Vec<LayerSet>,
+    /// Print one JSON array instead of a Markdown table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

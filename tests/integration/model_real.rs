@@ -186,3 +186,56 @@ fn generation_stops_when_the_caller_says_so() {
     assert_eq!(out.stop, s3mem::model::StopReason::Cancelled);
     assert_eq!(pieces, 3);
 }
+
+/// The qwen2 architecture on the real Qwen2.5-Coder-0.5B-Instruct (Q4_K_M), fetched if missing.
+#[test]
+fn qwen2_matches_candle_and_answers() {
+    let dir = s3mem::model::fetch::models_dir(None);
+    let path = s3mem::model::fetch::resolve("qwen2.5-coder-0.5b", &dir, true).unwrap();
+    let model = Model::load(&path, WeightFormat::Quantized, &Device::Cpu).unwrap();
+    assert_eq!(model.config().arch, s3mem::model::Architecture::Qwen2);
+    let ids = model.chat_prompt(None, PROMPT).unwrap();
+    let none = TapRequest::default();
+    let ours = model
+        .transformer()
+        .forward(&ids, None, &none, Logits::All)
+        .unwrap()
+        .logits
+        .unwrap();
+    let mut f = std::fs::File::open(&path).unwrap();
+    let ct = gguf_file::Content::read(&mut f).unwrap();
+    let mut stock = candle_transformers::models::quantized_qwen2::ModelWeights::from_gguf(
+        ct,
+        &mut f,
+        &Device::Cpu,
+    )
+    .unwrap();
+    let x = Tensor::new(ids.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let stock_last = stock.forward(&x, 0).unwrap().flatten_all().unwrap();
+    let ours_last = ours.i(ids.len() - 1).unwrap();
+    assert_eq!(
+        argmax_rows(&ours_last.unsqueeze(0).unwrap()).unwrap(),
+        argmax_rows(&stock_last.unsqueeze(0).unwrap()).unwrap()
+    );
+    let diff = max_abs_diff(&ours_last, &stock_last);
+    assert!(
+        diff < 1e-2,
+        "qwen2 last-position max abs logit difference {diff}"
+    );
+
+    let prompt = model
+        .chat_prompt(
+            None,
+            "The passkey is 48213. Remember it. What is the passkey?",
+        )
+        .unwrap();
+    let cfg = GenerateConfig {
+        max_new_tokens: 24,
+        ..Default::default()
+    };
+    let out = model.generate(&prompt, &cfg, &mut |_| true).unwrap();
+    assert!(out.text.contains("48213"), "answer: {:?}", out.text);
+}

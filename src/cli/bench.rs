@@ -1,0 +1,94 @@
+//! `s3mem bench scan`: scan throughput and peak memory, one child process per run.
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use super::{BenchScanArgs, ModelArgs};
+use crate::model::{fetch, Model};
+
+/// Runs every combination of length, chunk and layer set and prints the numbers.
+pub fn scan(args: &BenchScanArgs, models: &std::path::Path) -> Result<()> {
+    let model_path = fetch::resolve(&args.model.model, models, true)?;
+    let model = Model::load(&model_path, args.model.weights, &candle_core::Device::Cpu)?;
+    let mut corpus = String::new();
+    for p in &args.corpus {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        corpus.push_str(&text);
+        corpus.push('\n');
+    }
+    let unit = model.tokenizer().encode(&corpus)?;
+    if unit.ids.is_empty() {
+        bail!("the benchmark corpus is empty");
+    }
+    drop(model);
+    let dir = tempfile_dir()?;
+    let exe = std::env::current_exe().context("locating the s3mem binary")?;
+    let mut rows = Vec::new();
+    for &tokens in &args.tokens {
+        // Whole copies of the corpus, then a prefix cut on a token boundary.
+        let copies = tokens / unit.ids.len();
+        let rest = tokens % unit.ids.len();
+        let cut_char = if rest == 0 {
+            0
+        } else {
+            unit.offsets[rest - 1].1
+        };
+        let mut doc = corpus.repeat(copies);
+        doc.extend(corpus.chars().take(cut_char));
+        let file = dir.join(format!("doc-{tokens}.txt"));
+        std::fs::write(&file, &doc)?;
+        for &chunk in &args.chunks {
+            for layers in &args.layers {
+                let out = Command::new(&exe)
+                    .args(["scan", "--json", "--chunk", &chunk.to_string()])
+                    .args(["--layers", &layers.to_string()])
+                    .args(model_flags(&args.model, &model_path))
+                    .arg(&file)
+                    .output()
+                    .context("running s3mem scan")?;
+                if !out.status.success() {
+                    bail!("scan failed: {}", String::from_utf8_lossy(&out.stderr));
+                }
+                let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+                eprintln!("{v}");
+                rows.push(v);
+            }
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(());
+    }
+    println!("| tokens | chunk | layers | weights | tokens/s | peak RSS (MB) |");
+    println!("|---:|---:|---|---|---:|---:|");
+    for v in &rows {
+        println!(
+            "| {} | {} | {} | {} | {:.1} | {:.0} |",
+            v["tokens"],
+            v["chunk"],
+            v["layers"].as_str().unwrap_or_default(),
+            v["weights"].as_str().unwrap_or_default(),
+            v["tokens_per_s"].as_f64().unwrap_or_default(),
+            v["peak_rss_bytes"].as_f64().unwrap_or_default() / 1e6,
+        );
+    }
+    Ok(())
+}
+
+fn model_flags(args: &ModelArgs, path: &std::path::Path) -> Vec<String> {
+    vec![
+        "--model".into(),
+        path.display().to_string(),
+        "--weights".into(),
+        format!("{:?}", args.weights).to_lowercase(),
+    ]
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("s3mem-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
