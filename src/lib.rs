@@ -5,4 +5,4 @@
 //! `sae` turns those projections into sparse feature IDs; later layers index, retrieve,
 //! answer and serve them (see ARCHITECTURE.md).
 
-
+pub mod sae;
