@@ -1,13 +1,19 @@
 //! Top-k sparse autoencoders (SAEs): they turn the model's pre-RoPE key and query projections into
 //! sparse feature IDs, the vocabulary of the inverted index.
 //!
-//! [`topk`] encodes and decodes, [`sample`] keeps a bounded uniform sample of a key stream.
+//! [`topk`] encodes and decodes, [`train`] fits an SAE to sampled keys (the Gao et al. 2024 /
+//! EleutherAI sparsify recipe), [`sample`] keeps a bounded uniform sample of a key stream, [`eval`]
+//! measures FVU and dead features.
 
 pub mod error;
+pub mod eval;
 mod rng;
 pub mod sample;
 pub mod topk;
+pub mod train;
 
 pub use error::{Result, SaeError};
+pub use eval::{EvalReport, KFvu};
 pub use sample::Reservoir;
 pub use topk::{SparseCodes, TopKSae};
+pub use train::{train, TrainConfig, TrainLength, TrainProgress, TrainReport};

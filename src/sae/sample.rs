@@ -55,7 +55,11 @@ impl Reservoir {
                 // Grow by doubling, but never past the capacity: memory stays within
                 // `capacity * d_in` floats.
                 let limit = self.capacity * self.d_in;
-                let grow = self.data.len().max(1024 * self.d_in).min(limit - self.data.len());
+                let grow = self
+                    .data
+                    .len()
+                    .max(1024 * self.d_in)
+                    .min(limit - self.data.len());
                 self.data.reserve_exact(grow);
             }
             self.data.extend_from_slice(v);
@@ -112,7 +116,11 @@ impl Reservoir {
     /// Returns the sample as a `[len, d_in]` f32 tensor on the CPU, without copying.
     pub fn into_tensor(self) -> Result<Tensor> {
         let rows = self.len();
-        Ok(Tensor::from_vec(self.data, (rows, self.d_in), &Device::Cpu)?)
+        Ok(Tensor::from_vec(
+            self.data,
+            (rows, self.d_in),
+            &Device::Cpu,
+        )?)
     }
 }
 
@@ -154,7 +162,10 @@ mod tests {
         r.push_rows(&[1.0, 2.0, 3.0, 4.0]).unwrap();
         assert_eq!(r.len(), 2);
         let t = r.into_tensor().unwrap();
-        assert_eq!(t.to_vec2::<f32>().unwrap(), vec![vec![1.0, 2.0], vec![3.0, 4.0]]);
+        assert_eq!(
+            t.to_vec2::<f32>().unwrap(),
+            vec![vec![1.0, 2.0], vec![3.0, 4.0]]
+        );
     }
 
     #[test]
@@ -174,7 +185,10 @@ mod tests {
     fn wrong_lengths_are_refused() {
         let mut r = Reservoir::new(3, 4, 0).unwrap();
         assert!(matches!(r.push(&[1.0]), Err(SaeError::Shape { .. })));
-        assert!(matches!(r.push_rows(&[1.0; 4]), Err(SaeError::Shape { .. })));
+        assert!(matches!(
+            r.push_rows(&[1.0; 4]),
+            Err(SaeError::Shape { .. })
+        ));
         assert!(Reservoir::new(0, 4, 0).is_err());
     }
 }

