@@ -78,7 +78,7 @@ pub fn evaluate(sae: &TopKSae, x: &Tensor, ks: &[usize]) -> Result<EvalReport> {
     let view = F32View::new(&x)?;
     let data = view.as_slice();
     let tv = total_variance(data, d);
-    if !(tv > 0.0) {
+    if tv.is_nan() || tv <= 0.0 {
         return Err(SaeError::DegenerateSamples {
             reason: format!("{n} vectors with zero total variance"),
         });
@@ -162,7 +162,12 @@ mod tests {
     #[test]
     fn exact_codes_give_zero_fvu_and_fewer_features_do_not() {
         let sae = axes_sae();
-        let x = rows(&[[2.0, 0.5, 0.0], [-3.0, 0.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 0.0]]);
+        let x = rows(&[
+            [2.0, 0.5, 0.0],
+            [-3.0, 0.0, 0.0],
+            [0.0, 0.0, 1.0],
+            [1.0, 1.0, 0.0],
+        ]);
         let report = evaluate(&sae, &x, &[1, 2, 4]).unwrap();
         assert_eq!(report.fvu, 0.0);
         assert_eq!(report.dead_fraction, 0.0);

@@ -1,12 +1,14 @@
 //! Top-k sparse autoencoders (SAEs): they turn the model's pre-RoPE key and query projections into
 //! sparse feature IDs, the vocabulary of the inverted index.
 //!
-//! [`topk`] encodes and decodes, [`train`] fits an SAE to sampled keys (the Gao et al. 2024 /
-//! EleutherAI sparsify recipe), [`sample`] keeps a bounded uniform sample of a key stream, [`eval`]
-//! measures FVU and dead features.
+//! [`topk`] encodes and decodes; [`train`](mod@train) fits an SAE to sampled keys (the Gao et al.
+//! 2024 / EleutherAI sparsify recipe); [`sample`] keeps a bounded uniform sample of a key stream;
+//! [`eval`] measures FVU and dead features; [`file`](mod@file) stores SAEs with the metadata that
+//! ties them to a model, a layer and a head, and groups them into the set an index records.
 
 pub mod error;
 pub mod eval;
+pub mod file;
 mod rng;
 pub mod sample;
 pub mod topk;
@@ -14,6 +16,7 @@ pub mod train;
 
 pub use error::{Result, SaeError};
 pub use eval::{EvalReport, KFvu};
+pub use file::{HeadMode, SaeExpectation, SaeMeta, SaeSet, TrainedOn};
 pub use sample::Reservoir;
 pub use topk::{SparseCodes, TopKSae};
 pub use train::{train, TrainConfig, TrainLength, TrainProgress, TrainReport};
