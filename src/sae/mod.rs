@@ -15,8 +15,10 @@ pub mod topk;
 pub mod train;
 
 pub use error::{Result, SaeError};
-pub use eval::{EvalReport, KFvu};
-pub use file::{HeadMode, SaeExpectation, SaeMeta, SaeSet, TrainedOn};
+pub use eval::{evaluate, EvalReport, KFvu, DEFAULT_EVAL_KS};
+pub use file::{
+    load_sae, save_sae, HeadMode, SaeExpectation, SaeMeta, SaeSet, TrainedOn, SAE_FORMAT_VERSION,
+};
 pub use sample::Reservoir;
 pub use topk::{SparseCodes, TopKSae};
 pub use train::{train, TrainConfig, TrainLength, TrainProgress, TrainReport};

@@ -513,6 +513,13 @@ mod tests {
     }
 
     #[test]
+    fn an_sae_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<TopKSae>();
+        assert_send_sync::<SparseCodes>();
+    }
+
+    #[test]
     fn top_k_flags_non_finite_values() {
         let mut ids = [0u32; 2];
         let mut vals = [0f32; 2];
