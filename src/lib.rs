@@ -2,8 +2,9 @@
 //!
 //! The data flows through one module per layer, in this order:
 //! [`model`] runs the LLM and taps its key/query projections in a bounded streaming scan;
-//! `sae` turns those projections into sparse feature IDs; later layers index, retrieve,
+//! [`sae`] turns those projections into sparse feature IDs; later layers index, retrieve,
 //! answer and serve them (see ARCHITECTURE.md).
 
 pub mod cli;
 pub mod model;
+pub mod sae;
