@@ -62,10 +62,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Generate(args) => generate(&args, &models),
         Command::Quickstart(args) => quickstart(&args, &models),
         Command::Bench(BenchCommand::Scan(args)) => super::bench::scan(&args, &models),
+        Command::Sae(cmd) => super::sae::run(cmd, &models),
     }
 }
 
-fn load(args: &ModelArgs, models: &Path) -> Result<Model> {
+pub(super) fn load(args: &ModelArgs, models: &Path) -> Result<Model> {
     let path = fetch::resolve(&args.model, models, true)?;
     let t0 = Instant::now();
     let model = Model::load(&path, args.weights, &Device::Cpu)
@@ -172,11 +173,7 @@ fn scan_document(
 fn scan(args: &ScanArgs, models: &Path) -> Result<()> {
     let model = load(&args.model, models)?;
     let text = read_document(&args.file)?;
-    let cfg = ScanConfig {
-        chunk: args.chunk,
-        sinks: args.sinks,
-        overlap: args.overlap,
-    };
+    let cfg = args.window.config();
     let report = scan_document(&model, &text, &args.layers, &cfg, args.model.weights)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);

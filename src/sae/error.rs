@@ -41,6 +41,19 @@ pub enum SaeError {
     #[error("tensor operation failed: {0}")]
     Candle(#[from] candle_core::Error),
 
+    /// A training or evaluation corpus could not be read.
+    #[error("corpus {}: {reason}", path.display())]
+    Corpus {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// Running the model over the corpus failed.
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+
     /// A configuration value is out of range or inconsistent with another.
     #[error("invalid config: {0}")]
     InvalidConfig(String),

@@ -49,7 +49,8 @@ impl fmt::Display for HeadMode {
 }
 
 impl HeadMode {
-    fn parse(s: &str) -> Option<Self> {
+    /// Parses the `Display` form (`shared`, `head:N`).
+    pub fn parse(s: &str) -> Option<Self> {
         match s {
             "shared" => Some(Self::Shared),
             _ => s.strip_prefix("head:")?.parse().ok().map(Self::Head),

@@ -6,6 +6,9 @@
 //! [`eval`] measures FVU and dead features; [`file`](mod@file) stores SAEs with the metadata that
 //! ties them to a model, a layer and a head, and groups them into the set an index records.
 
+pub mod build;
+pub mod corpus;
+pub mod defaults;
 pub mod error;
 pub mod eval;
 pub mod file;

@@ -5,3 +5,4 @@ mod fetch;
 mod model_cli;
 mod model_real;
 mod model_tiny;
+mod sae_cli;

@@ -1,0 +1,64 @@
+//! The embedded default SAE sets: compiled into the binary, written out to the models folder
+//! on first use, then loaded and checked like any other set.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::error::{Result, SaeError};
+use crate::model::Model;
+
+/// An SAE set shipped inside the binary for one model file.
+struct EmbeddedSet {
+    /// sha256 of the GGUF file the set was trained for.
+    model_sha256: &'static str,
+    name: &'static str,
+    files: &'static [(&'static str, &'static [u8])],
+}
+
+const SETS: &[EmbeddedSet] = &[];
+
+/// Returns the folder of the default SAE set for `model`, writing it out on first use, or
+/// `None` when s3mem ships no default for that model file.
+pub fn default_set_dir(model: &Model, models_dir: &Path) -> Result<Option<PathBuf>> {
+    let fingerprint = model.fingerprint()?;
+    let Some(set) = SETS.iter().find(|s| s.model_sha256 == fingerprint) else {
+        return Ok(None);
+    };
+    let mut h = Sha256::new();
+    for (name, bytes) in set.files {
+        h.update(name.as_bytes());
+        h.update(bytes);
+    }
+    let tag = crate::model::hex_digest(&h.finalize()[..6]);
+    let dir = models_dir.join("sae").join(format!("{}-{tag}", set.name));
+    if dir.join(super::file::MANIFEST_FILE).is_file() {
+        return Ok(Some(dir));
+    }
+    // Write into a fresh sibling, then rename: a crash never leaves a half-written set.
+    let staging =
+        models_dir
+            .join("sae")
+            .join(format!(".{}-{tag}.{}", set.name, std::process::id()));
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| SaeError::Io { path: p, source: e }
+    };
+    fs::create_dir_all(&staging).map_err(io(&staging))?;
+    for (name, bytes) in set.files {
+        fs::write(staging.join(name), bytes).map_err(io(&staging.join(name)))?;
+    }
+    match fs::rename(&staging, &dir) {
+        Ok(()) => Ok(Some(dir)),
+        // Another process won the race: its copy is identical.
+        Err(_) if dir.join(super::file::MANIFEST_FILE).is_file() => {
+            let _ = fs::remove_dir_all(&staging);
+            Ok(Some(dir))
+        }
+        Err(e) => Err(SaeError::Io {
+            path: dir,
+            source: e,
+        }),
+    }
+}
