@@ -33,7 +33,7 @@ pub enum ModelError {
     Fetch { name: String, reason: String },
     #[error("model file {path} failed verification: {reason}")]
     Verification { path: PathBuf, reason: String },
-    #[error("generation aborted by the caller")]
+    #[error("aborted by the caller")]
     Aborted,
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -235,7 +235,8 @@ pub fn collect(
             for id in &ids {
                 hasher.update(id.to_le_bytes());
             }
-            model.scan(&ids, &taps, &cfg.scan, &mut |chunk| {
+            let mut failed: Option<SaeError> = None;
+            let scanned = model.scan(&ids, &taps, &cfg.scan, &mut |chunk| {
                 chunk_no += 1;
                 let held = cfg.holdout_every > 0 && chunk_no % cfg.holdout_every == 0;
                 let (keys, queries) = if held {
@@ -243,17 +244,27 @@ pub fn collect(
                 } else {
                     (&mut pools.keys, &mut pools.queries)
                 };
-                for tap in &chunk.keys {
-                    push_rows(keys, tap.layer, &tap.values, 1, cfg.per_head).map_err(to_model)?;
-                }
-                for tap in &chunk.queries {
-                    push_rows(queries, tap.layer, &tap.values, group, cfg.per_head)
-                        .map_err(to_model)?;
+                let pushed = chunk
+                    .keys
+                    .iter()
+                    .try_for_each(|t| push_rows(keys, t.layer, &t.values, 1, cfg.per_head))
+                    .and_then(|()| {
+                        chunk.queries.iter().try_for_each(|t| {
+                            push_rows(queries, t.layer, &t.values, group, cfg.per_head)
+                        })
+                    });
+                if let Err(e) = pushed {
+                    failed = Some(e);
+                    return Err(crate::model::ModelError::Aborted);
                 }
                 used += chunk.chunk.len() as u64;
                 progress(used);
                 Ok(())
-            })?;
+            });
+            if let Some(e) = failed {
+                return Err(e);
+            }
+            scanned?;
             Ok(used < cfg.tokens)
         };
         for_each_document(file, &cfg.text_field, &mut on_doc)?;
@@ -299,10 +310,6 @@ fn push_rows(
         }
     }
     Ok(())
-}
-
-fn to_model(e: SaeError) -> crate::model::ModelError {
-    crate::model::ModelError::InvalidScan(e.to_string())
 }
 
 /// Trains one SAE per slot of `collected` and saves them as a set in `out`.
