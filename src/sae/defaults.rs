@@ -17,7 +17,24 @@ struct EmbeddedSet {
     files: &'static [(&'static str, &'static [u8])],
 }
 
-const SETS: &[EmbeddedSet] = &[];
+/// Embeds the files of `src/sae/default/<name>/`.
+macro_rules! embedded_files {
+    ($name:literal: $($file:literal),+ $(,)?) => {
+        &[$(($file, include_bytes!(concat!("default/", $name, "/", $file)) as &[u8])),+]
+    };
+}
+
+/// The default sets; `src/sae/default/README.md` says how each was made.
+const SETS: &[EmbeddedSet] = &[EmbeddedSet {
+    model_sha256: crate::model::fetch::SMOLLM2_135M_SHA256,
+    name: "smollm2-135m",
+    files: embedded_files!("smollm2-135m":
+        "manifest.json",
+        "layer-008.safetensors",
+        "layer-016.safetensors",
+        "layer-024.safetensors",
+    ),
+}];
 
 /// Returns the folder of the default SAE set for `model`, writing it out on first use, or
 /// `None` when s3mem ships no default for that model file.

@@ -239,3 +239,38 @@ fn qwen2_matches_candle_and_answers() {
     let out = model.generate(&prompt, &cfg, &mut |_| true).unwrap();
     assert!(out.text.contains("48213"), "answer: {:?}", out.text);
 }
+
+/// The embedded default SAE set fits the default model and turns its keys into feature IDs.
+#[test]
+fn default_sae_set_encodes_real_keys() {
+    use s3mem::sae::{defaults::default_set_dir, SaeExpectation, SaeSet};
+    let model = real_model();
+    let models = tempfile::tempdir().unwrap();
+    let dir = default_set_dir(model, models.path()).unwrap().expect("a default set");
+    // A second call finds the written-out copy.
+    assert_eq!(default_set_dir(model, models.path()).unwrap().unwrap(), dir);
+    let expect = SaeExpectation::new(model.fingerprint().unwrap(), model.config().head_dim);
+    let set = SaeSet::load(&dir, &expect).unwrap();
+    assert_eq!(set.layers(), [8, 16, 24]);
+    let ids = model
+        .tokenizer()
+        .encode_ids("Sparse features of attention keys make a searchable memory.")
+        .unwrap();
+    let taps = TapRequest {
+        keys: Some("8,16,24".parse().unwrap()),
+        queries: None,
+    };
+    let out = model
+        .transformer()
+        .forward(&ids, None, &taps, Logits::None)
+        .unwrap();
+    for tap in &out.keys {
+        let sae = set.sae_for(tap.layer, 0).unwrap();
+        let rows = tap.values.reshape(((), 64)).unwrap();
+        let codes = sae.encode(&rows).unwrap();
+        assert_eq!(codes.rows(), ids.len() * 3);
+        assert!(codes.ids.iter().all(|&f| (f as usize) < sae.dict_size()));
+        let fvu = s3mem::sae::eval::fvu(sae, &rows).unwrap();
+        assert!(fvu < 0.5, "layer {}: FVU {fvu} on real keys", tap.layer);
+    }
+}
