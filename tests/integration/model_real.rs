@@ -246,7 +246,9 @@ fn default_sae_set_encodes_real_keys() {
     use s3mem::sae::{defaults::default_set_dir, SaeExpectation, SaeSet};
     let model = real_model();
     let models = tempfile::tempdir().unwrap();
-    let dir = default_set_dir(model, models.path()).unwrap().expect("a default set");
+    let dir = default_set_dir(model, models.path())
+        .unwrap()
+        .expect("a default set");
     // A second call finds the written-out copy.
     assert_eq!(default_set_dir(model, models.path()).unwrap().unwrap(), dir);
     let expect = SaeExpectation::new(model.fingerprint().unwrap(), model.config().head_dim);
