@@ -11,6 +11,7 @@ use super::{
     BenchCommand, Cli, Command, GenerateArgs, ModelArgs, ModelCommand, QuickstartArgs, ScanArgs,
 };
 use crate::model::{fetch, GenerateConfig, Model, ScanConfig, TapRequest};
+use crate::sae::{SaeExpectation, SaeSet};
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
@@ -113,6 +114,12 @@ struct ScanReport {
     weights: crate::model::WeightFormat,
     tokenize_ms: f64,
     scan_seconds: f64,
+    /// Feature activations the SAE set produced (with `--sae`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    features_fired: Option<u64>,
+    /// Distinct (layer, feature) pairs among them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    distinct_features: Option<usize>,
 }
 
 fn scan_document(
@@ -121,6 +128,7 @@ fn scan_document(
     args_layers: &crate::model::LayerSet,
     cfg: &ScanConfig,
     weights: crate::model::WeightFormat,
+    sae: Option<&SaeSet>,
 ) -> Result<ScanReport> {
     args_layers.check(model.config())?;
     cfg.check(model.config().context)?;
@@ -143,14 +151,29 @@ fn scan_document(
     );
     let t1 = Instant::now();
     let mut checksum = 0f64;
+    let mut fired = 0u64;
+    let mut distinct = std::collections::HashSet::new();
+    let mut sae_error = None;
     let stats = model.scan(&doc, &taps, cfg, &mut |chunk| {
-        // Touch the projections so the measured scan includes handing them over.
         for tap in &chunk.keys {
-            checksum += tap.values.sum_all()?.to_scalar::<f32>()? as f64;
+            match sae {
+                Some(set) => {
+                    if let Err(e) = encode_keys(set, tap, &mut fired, &mut distinct) {
+                        sae_error = Some(e);
+                        return Err(crate::model::ModelError::Aborted);
+                    }
+                }
+                // Touch the projections so the measured scan includes handing them over.
+                None => checksum += tap.values.sum_all()?.to_scalar::<f32>()? as f64,
+            }
         }
         bar.inc(chunk.chunk.len() as u64);
         Ok(())
-    })?;
+    });
+    if let Some(e) = sae_error {
+        return Err(e.into());
+    }
+    let stats = stats?;
     bar.finish_and_clear();
     let secs = t1.elapsed().as_secs_f64();
     tracing::debug!(checksum, "scan done");
@@ -167,14 +190,61 @@ fn scan_document(
         weights,
         tokenize_ms,
         scan_seconds: secs,
+        features_fired: sae.map(|_| fired),
+        distinct_features: sae.map(|_| distinct.len()),
     })
+}
+
+/// Encodes one layer's keys (`[tokens, kv_heads, d]`) with the SAE of each KV head.
+fn encode_keys(
+    set: &SaeSet,
+    tap: &crate::model::LayerTap,
+    fired: &mut u64,
+    distinct: &mut std::collections::HashSet<(usize, u32)>,
+) -> std::result::Result<(), crate::sae::SaeError> {
+    use candle_core::IndexOp;
+    let kv_heads = tap.values.dim(1)?;
+    for h in 0..kv_heads {
+        let rows = tap.values.i((.., h, ..))?.contiguous()?;
+        let codes = set.sae_for(tap.layer, h)?.encode(&rows)?;
+        for (&id, &act) in codes.ids.iter().zip(&codes.acts) {
+            if act > 0.0 {
+                *fired += 1;
+                distinct.insert((tap.layer, id));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Loads the SAE set at `spec` (a folder, or `default` for the model's embedded set).
+fn load_sae_set(model: &Model, spec: &str, models: &Path) -> Result<SaeSet> {
+    let dir = if spec == "default" {
+        crate::sae::defaults::default_set_dir(model, models)?
+            .with_context(|| format!("no default SAE set for {}", model.path().display()))?
+    } else {
+        std::path::PathBuf::from(spec)
+    };
+    let expect = SaeExpectation::new(model.fingerprint()?, model.config().head_dim);
+    Ok(SaeSet::load(&dir, &expect)?)
 }
 
 fn scan(args: &ScanArgs, models: &Path) -> Result<()> {
     let model = load(&args.model, models)?;
     let text = read_document(&args.file)?;
     let cfg = args.window.config();
-    let report = scan_document(&model, &text, &args.layers, &cfg, args.model.weights)?;
+    let sae = match &args.sae {
+        Some(spec) => Some(load_sae_set(&model, spec, models)?),
+        None => None,
+    };
+    let report = scan_document(
+        &model,
+        &text,
+        &args.layers,
+        &cfg,
+        args.model.weights,
+        sae.as_ref(),
+    )?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -228,7 +298,7 @@ fn generate(args: &GenerateArgs, models: &Path) -> Result<()> {
 }
 
 fn quickstart(args: &QuickstartArgs, models: &Path) -> Result<()> {
-    eprintln!("1/3 model: {}", args.model.model);
+    eprintln!("1/4 model: {}", args.model.model);
     let model = load(&args.model, models)?;
     eprintln!(
         "    {} ({:?}, {} layers, {} KV heads x {} dims), weights {:?}",
@@ -239,18 +309,25 @@ fn quickstart(args: &QuickstartArgs, models: &Path) -> Result<()> {
         model.config().head_dim,
         args.model.weights
     );
-    eprintln!("2/3 streaming scan of {}", args.document.display());
+    eprintln!("2/4 default SAE set");
+    let sae = load_sae_set(&model, "default", models)?;
+    eprintln!("    layers {:?}, digest {}", sae.layers(), sae.digest());
+    eprintln!(
+        "3/4 streaming scan of {} into SAE features",
+        args.document.display()
+    );
     let text = read_document(&args.document)?;
-    let layers: crate::model::LayerSet = "8,16,24".parse().map_err(anyhow::Error::msg)?;
+    let layers = crate::model::LayerSet::new(sae.layers())?;
     let report = scan_document(
         &model,
         &text,
         &layers,
         &ScanConfig::default(),
         args.model.weights,
+        Some(&sae),
     )?;
     println!("{}", serde_json::to_string(&report)?);
-    eprintln!("3/3 question: {}", args.question);
+    eprintln!("4/4 question: {}", args.question);
     let prompt = model.chat_prompt(None, &args.question)?;
     let mut stdout = std::io::stdout();
     model.generate(&prompt, &GenerateConfig::default(), &mut |piece| {

@@ -137,6 +137,9 @@ pub struct ScanArgs {
     pub layers: LayerSet,
     #[command(flatten)]
     pub window: WindowArgs,
+    /// Also encode the keys with this SAE set (a folder, or `default`) and count features.
+    #[arg(long)]
+    pub sae: Option<String>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,

@@ -121,3 +121,35 @@ fn bad_input_gets_a_clear_error_and_no_panic() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+#[test]
+fn scan_with_the_default_sae_set_counts_features() {
+    let dir = tempfile::tempdir().unwrap();
+    let doc = dir.path().join("doc.txt");
+    std::fs::write(&doc, "Keys become sparse features. ".repeat(20)).unwrap();
+    let out = s3mem()
+        .args([
+            "scan", "--json", "--layers", "8,16,24", "--sae", "default", "--model",
+        ])
+        .arg(real_model_path())
+        .arg("--models-dir")
+        .arg(dir.path())
+        .arg(&doc)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let tokens = v["tokens"].as_u64().unwrap();
+    let fired = v["features_fired"].as_u64().unwrap();
+    // At most k = 16 features per key, 3 KV heads, 3 layers; most slots fire.
+    assert!(
+        fired <= tokens * 3 * 3 * 16 && fired > tokens * 3 * 3 * 8,
+        "{v}"
+    );
+    let distinct = v["distinct_features"].as_u64().unwrap();
+    assert!(distinct > 16 && distinct <= 3 * 2048, "{v}");
+}
