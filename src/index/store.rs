@@ -1,0 +1,168 @@
+//! The key-value storage the index is written to: a small trait, so retrieval never sees sled
+//! and a later backend can replace it.
+
+use std::path::Path;
+
+use super::error::{IndexError, Result};
+
+/// One write of an atomic batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// Sets a key.
+    Put(Vec<u8>, Vec<u8>),
+    /// Removes a key (absent keys are fine).
+    Delete(Vec<u8>),
+}
+
+/// A batch of writes that becomes visible, and durable after [`KvStore::flush`], all at once.
+#[derive(Debug, Default, Clone)]
+pub struct Batch {
+    writes: Vec<Write>,
+}
+
+impl Batch {
+    /// Adds a put.
+    pub fn put(&mut self, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) {
+        self.writes.push(Write::Put(key.into(), value.into()));
+    }
+
+    /// Adds a delete.
+    pub fn delete(&mut self, key: impl Into<Vec<u8>>) {
+        self.writes.push(Write::Delete(key.into()));
+    }
+
+    /// Returns the writes in order.
+    pub fn writes(&self) -> &[Write] {
+        &self.writes
+    }
+
+    /// Returns whether the batch holds no write.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+}
+
+/// An ordered key-value store with atomic batches.
+pub trait KvStore: Send + Sync {
+    /// Returns the value of `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Calls `each` with every key starting with `prefix`, in key order, until it returns false.
+    fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        each: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()>;
+
+    /// Applies all writes of `batch` atomically: after a crash either all or none are there.
+    fn apply(&self, batch: Batch) -> Result<()>;
+
+    /// Makes every applied batch durable.
+    fn flush(&self) -> Result<()>;
+}
+
+/// The sled implementation: one sled tree holds every record under prefixed keys.
+pub struct SledStore {
+    db: sled::Db,
+}
+
+impl SledStore {
+    /// Opens (or creates) the sled database in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let db = sled::Config::new()
+            .path(dir)
+            // Durability comes from explicit flushes after each batch; the periodic flusher
+            // would only add background writes.
+            .flush_every_ms(None)
+            .open()?;
+        Ok(Self { db })
+    }
+
+    /// Returns sled's own estimate of its bytes on disk.
+    pub fn size_on_disk(&self) -> Result<u64> {
+        Ok(self.db.size_on_disk()?)
+    }
+
+    /// Copies every record into a fresh sled database in `dir` (compaction by rewrite).
+    pub fn copy_to(&self, dir: &Path) -> Result<()> {
+        let fresh = Self::open(dir)?;
+        let mut batch = sled::Batch::default();
+        let mut n = 0usize;
+        for kv in self.db.iter() {
+            let (k, v) = kv?;
+            batch.insert(k, v);
+            n += 1;
+            if n % 4096 == 0 {
+                fresh.db.apply_batch(std::mem::take(&mut batch))?;
+            }
+        }
+        fresh.db.apply_batch(batch)?;
+        fresh.db.flush()?;
+        Ok(())
+    }
+}
+
+impl KvStore for SledStore {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.db.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn scan_prefix(
+        &self,
+        prefix: &[u8],
+        each: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        for kv in self.db.scan_prefix(prefix) {
+            let (k, v) = kv?;
+            if !each(&k, &v)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply(&self, batch: Batch) -> Result<()> {
+        let mut b = sled::Batch::default();
+        for w in batch.writes {
+            match w {
+                Write::Put(k, v) => b.insert(k, v),
+                Write::Delete(k) => b.remove(k),
+            }
+        }
+        self.db.apply_batch(b).map_err(IndexError::from)
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_apply_and_prefix_scan_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SledStore::open(dir.path()).unwrap();
+        let mut b = Batch::default();
+        b.put(b"a/2".to_vec(), b"two".to_vec());
+        b.put(b"a/1".to_vec(), b"one".to_vec());
+        b.put(b"b/1".to_vec(), b"other".to_vec());
+        s.apply(b).unwrap();
+        let mut seen = Vec::new();
+        s.scan_prefix(b"a/", &mut |k, v| {
+            seen.push((k.to_vec(), v.to_vec()));
+            Ok(true)
+        })
+        .unwrap();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[0].0, b"a/1");
+        let mut b = Batch::default();
+        b.delete(b"a/1".to_vec());
+        s.apply(b).unwrap();
+        assert_eq!(s.get(b"a/1").unwrap(), None);
+        assert_eq!(s.get(b"a/2").unwrap().as_deref(), Some(&b"two"[..]));
+    }
+}
