@@ -112,7 +112,11 @@ impl Bm25 {
 
     fn writer(&mut self) -> Result<&mut IndexWriter> {
         if self.writer.is_none() {
-            self.writer = Some(self.index.writer_with_num_threads(1, WRITER_MEMORY)?);
+            let w: IndexWriter = self.index.writer_with_num_threads(1, WRITER_MEMORY)?;
+            // A process killed before its commit leaves segment and delete files no commit
+            // uses; a new writer reusing their opstamp would fail on them, so remove them first.
+            w.garbage_collect_files().wait()?;
+            self.writer = Some(w);
         }
         Ok(self.writer.as_mut().expect("just set"))
     }
