@@ -32,10 +32,7 @@ fn expand(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     for p in entries {
         if p.is_dir() {
             expand(&p, out)?;
-        } else if matches!(
-            p.extension().and_then(|e| e.to_str()),
-            Some("txt" | "md")
-        ) {
+        } else if matches!(p.extension().and_then(|e| e.to_str()), Some("txt" | "md")) {
             out.push(p);
         }
     }
@@ -80,7 +77,9 @@ fn read_input(path: &Path, limit: usize) -> Result<Input> {
     }
     let text = document_text(bytes, &name)?;
     if text.trim().is_empty() {
-        bail!(IndexError::InvalidInput(format!("document {name} is empty")));
+        bail!(IndexError::InvalidInput(format!(
+            "document {name} is empty"
+        )));
     }
     Ok(Input { id, text })
 }
@@ -96,10 +95,7 @@ pub fn ingest(args: &IngestArgs, models: &Path) -> Result<()> {
         bail!("no .txt or .md files under the given paths");
     }
     if args.id.is_some() && files.len() > 1 {
-        bail!(
-            "--id names one document but the paths hold {}",
-            files.len()
-        );
+        bail!("--id names one document but the paths hold {}", files.len());
     }
     // Read and check every input first: a bad one stops the run before anything is written.
     let mut inputs = files
@@ -202,7 +198,9 @@ fn parse_chars(s: &str) -> Result<std::ops::Range<usize>> {
     let (a, b) = s
         .split_once("..")
         .with_context(|| format!("char range `{s}` is not start..end"))?;
-    let a: usize = a.parse().with_context(|| format!("bad range start `{a}`"))?;
+    let a: usize = a
+        .parse()
+        .with_context(|| format!("bad range start `{a}`"))?;
     let b: usize = b.parse().with_context(|| format!("bad range end `{b}`"))?;
     if a > b {
         bail!("char range `{s}` ends before it starts");
@@ -319,7 +317,10 @@ pub fn compact(args: &DataDirArgs) -> Result<()> {
     let after = index.compact()?.stats()?;
     eprintln!(
         "store {} -> {} bytes, bm25 {} -> {} bytes",
-        before.store_disk_bytes, after.store_disk_bytes, before.bm25_disk_bytes, after.bm25_disk_bytes
+        before.store_disk_bytes,
+        after.store_disk_bytes,
+        before.bm25_disk_bytes,
+        after.bm25_disk_bytes
     );
     Ok(())
 }

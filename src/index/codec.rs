@@ -75,7 +75,10 @@ pub fn decode_posting(bytes: &[u8]) -> Result<Vec<u32>, String> {
             let n = get_varint(bytes, &mut pos).ok_or("truncated length")?;
             // A length can never exceed the bytes that remain (each entry takes one at least).
             if n as usize > bytes.len() - pos {
-                return Err(format!("length {n} exceeds the {} bytes left", bytes.len() - pos));
+                return Err(format!(
+                    "length {n} exceeds the {} bytes left",
+                    bytes.len() - pos
+                ));
             }
             let mut out = Vec::with_capacity(n as usize);
             let mut prev = 0u64;

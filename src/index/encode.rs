@@ -119,30 +119,35 @@ impl<'a> Encoder<'a> {
         progress: &mut dyn FnMut(usize),
     ) -> Result<EncodedDocument> {
         let taps = TapRequest {
-            keys: Some(LayerSet::new(self.layers.iter().map(|l| l.layer).collect())?),
+            keys: Some(LayerSet::new(
+                self.layers.iter().map(|l| l.layer).collect(),
+            )?),
             queries: None,
         };
         let mut postings: BTreeMap<(u16, u32), Vec<u32>> = BTreeMap::new();
         let mut encode_seconds = 0.0;
         let mut failure: Option<IndexError> = None;
-        let stats = self.model.scan(&tokens.ids, &taps, &self.scan, &mut |chunk| {
-            let t0 = Instant::now();
-            for tap in &chunk.keys {
-                let Some(code) = self.layers.iter().find(|l| l.layer == tap.layer) else {
-                    continue;
-                };
-                if let Err(e) = self.add_layer(code, chunk.chunk.start, &tap.values, &mut postings)
-                {
-                    failure = Some(e);
-                    return Err(crate::model::ModelError::InvalidScan(
-                        "sae encoding failed".into(),
-                    ));
+        let stats = self
+            .model
+            .scan(&tokens.ids, &taps, &self.scan, &mut |chunk| {
+                let t0 = Instant::now();
+                for tap in &chunk.keys {
+                    let Some(code) = self.layers.iter().find(|l| l.layer == tap.layer) else {
+                        continue;
+                    };
+                    if let Err(e) =
+                        self.add_layer(code, chunk.chunk.start, &tap.values, &mut postings)
+                    {
+                        failure = Some(e);
+                        return Err(crate::model::ModelError::InvalidScan(
+                            "sae encoding failed".into(),
+                        ));
+                    }
                 }
-            }
-            encode_seconds += t0.elapsed().as_secs_f64();
-            progress(chunk.chunk.end);
-            Ok(())
-        });
+                encode_seconds += t0.elapsed().as_secs_f64();
+                progress(chunk.chunk.end);
+                Ok(())
+            });
         if let Some(e) = failure {
             return Err(e);
         }

@@ -321,12 +321,7 @@ impl Index {
         let Some(stored) = self.identity()? else {
             return Ok(());
         };
-        let fmt_layers = |l: &[u32]| {
-            l.iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(",")
-        };
+        let fmt_layers = |l: &[u32]| l.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
         let checks: [(&'static str, String, String); 4] = [
             (
                 "model fingerprint",
@@ -390,7 +385,10 @@ impl Index {
         };
         let mut b = Batch::default();
         b.put(rec::collection_key(name), rec::encode(&record)?);
-        b.put(rec::KEY_NEXT_COLLECTION.to_vec(), next.to_be_bytes().to_vec());
+        b.put(
+            rec::KEY_NEXT_COLLECTION.to_vec(),
+            next.to_be_bytes().to_vec(),
+        );
         self.store.apply(b)?;
         self.store.flush()
     }
@@ -573,8 +571,8 @@ impl Index {
         self.store
             .scan_prefix(&rec::feature_prefix(c.id, layer, feature), &mut |k, v| {
                 let what = || format!("posting key {k:?}");
-                let (_, _, _, doc) =
-                    rec::parse_posting_key(k).ok_or_else(|| IndexError::corrupt(what(), "bad key"))?;
+                let (_, _, _, doc) = rec::parse_posting_key(k)
+                    .ok_or_else(|| IndexError::corrupt(what(), "bad key"))?;
                 let first = *firsts
                     .get(&doc)
                     .ok_or_else(|| IndexError::corrupt(what(), "no such document"))?;
@@ -681,7 +679,10 @@ impl Index {
     ) -> Result<Ingested> {
         let number = c.next_doc;
         c.next_doc = c.next_doc.checked_add(1).ok_or_else(|| {
-            IndexError::InvalidInput(format!("collection `{}` has no document numbers left", c.name))
+            IndexError::InvalidInput(format!(
+                "collection `{}` has no document numbers left",
+                c.name
+            ))
         })?;
         let external_id = doc
             .id
@@ -857,7 +858,11 @@ impl Index {
             && pending.len() as u64 == self.seq - applied
             && pending.first().is_none_or(|(s, _)| *s == applied + 1);
         if complete {
-            tracing::info!(from = applied, to = self.seq, "replaying the journal into bm25");
+            tracing::info!(
+                from = applied,
+                to = self.seq,
+                "replaying the journal into bm25"
+            );
             for (_, ops) in pending {
                 for op in ops {
                     match op {
@@ -1040,10 +1045,8 @@ impl Index {
             let (cid, layer, feature, doc) = rec::parse_posting_key(k)
                 .ok_or_else(|| IndexError::corrupt(format!("{k:?}"), "bad posting key"))?;
             let listed = docs.contains_key(&(cid, doc))
-                && rec::pack_feature(layer, feature).is_some_and(|p| {
-                    self.stored_features(cid, doc)
-                        .is_ok_and(|f| f.contains(p))
-                });
+                && rec::pack_feature(layer, feature)
+                    .is_some_and(|p| self.stored_features(cid, doc).is_ok_and(|f| f.contains(p)));
             if !listed {
                 orphans += 1;
             }
@@ -1074,7 +1077,9 @@ impl Index {
             let missing: Vec<_> = in_store.difference(&in_bm25).collect();
             return bad(
                 "bm25 passages".into(),
-                &format!("documents without passages {missing:?}, passages without documents {extra:?}"),
+                &format!(
+                    "documents without passages {missing:?}, passages without documents {extra:?}"
+                ),
             );
         }
         Ok(docs.len() as u64)

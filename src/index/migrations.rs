@@ -55,7 +55,12 @@ pub fn upgrade(store: &dyn KvStore, found: u32, steps: &[Step]) -> Result<u32> {
         version_write(&mut batch, version + 1);
         store.apply(batch)?;
         store.flush()?;
-        tracing::info!(from = version, to = version + 1, step = step.name, "store upgraded");
+        tracing::info!(
+            from = version,
+            to = version + 1,
+            step = step.name,
+            "store upgraded"
+        );
         version += 1;
     }
     Ok(version)

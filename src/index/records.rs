@@ -126,7 +126,11 @@ pub enum JournalOp {
 pub fn encode<T>(value: &T) -> Result<Vec<u8>>
 where
     T: for<'a> rkyv::Serialize<
-        rkyv::api::high::HighSerializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
+        rkyv::api::high::HighSerializer<
+            AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rancor::Error,
+        >,
     >,
 {
     let bytes = rkyv::to_bytes::<rancor::Error>(value)
@@ -242,7 +246,11 @@ pub fn posting_key(cid: u32, layer: u16, feature: u32, doc: u32) -> Vec<u8> {
 pub fn feature_prefix(cid: u32, layer: u16, feature: u32) -> Vec<u8> {
     key(
         b"p/",
-        &[&cid.to_be_bytes(), &layer.to_be_bytes(), &feature.to_be_bytes()],
+        &[
+            &cid.to_be_bytes(),
+            &layer.to_be_bytes(),
+            &feature.to_be_bytes(),
+        ],
     )
 }
 
@@ -344,8 +352,14 @@ mod tests {
     #[test]
     fn journal_ops_round_trip() {
         for op in [
-            JournalOp::Put { collection: 1, doc: 2 },
-            JournalOp::Delete { collection: 3, doc: 4 },
+            JournalOp::Put {
+                collection: 1,
+                doc: 2,
+            },
+            JournalOp::Delete {
+                collection: 3,
+                doc: 4,
+            },
             JournalOp::DropCollection { collection: 5 },
         ] {
             assert_eq!(decode::<JournalOp>(&encode(&op).unwrap(), "j").unwrap(), op);

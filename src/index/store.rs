@@ -42,17 +42,16 @@ impl Batch {
     }
 }
 
+/// The visitor of [`KvStore::scan_prefix`]: gets each key and value, returns whether to go on.
+pub type Visit<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool> + 'a;
+
 /// An ordered key-value store with atomic batches.
 pub trait KvStore: Send + Sync {
     /// Returns the value of `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
 
     /// Calls `each` with every key starting with `prefix`, in key order, until it returns false.
-    fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        each: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
-    ) -> Result<()>;
+    fn scan_prefix(&self, prefix: &[u8], each: &mut Visit<'_>) -> Result<()>;
 
     /// Applies all writes of `batch` atomically: after a crash either all or none are there.
     fn apply(&self, batch: Batch) -> Result<()>;
@@ -107,11 +106,7 @@ impl KvStore for SledStore {
         Ok(self.db.get(key)?.map(|v| v.to_vec()))
     }
 
-    fn scan_prefix(
-        &self,
-        prefix: &[u8],
-        each: &mut dyn FnMut(&[u8], &[u8]) -> Result<bool>,
-    ) -> Result<()> {
+    fn scan_prefix(&self, prefix: &[u8], each: &mut Visit<'_>) -> Result<()> {
         for kv in self.db.scan_prefix(prefix) {
             let (k, v) = kv?;
             if !each(&k, &v)? {

@@ -51,8 +51,19 @@ fn fixture() -> &'static Fixture {
         std::fs::write(&corpus, sample_text(0, 3000)).unwrap();
         let sae_dir = dir.path().join("sae");
         let out = s3mem()
-            .args(["sae", "train", "--layers", "0,2", "--chunk", "128", "--overlap", "16"])
-            .args(["--dict", "64", "--k", "4", "--tokens", "3000", "--epochs", "2"])
+            .args([
+                "sae",
+                "train",
+                "--layers",
+                "0,2",
+                "--chunk",
+                "128",
+                "--overlap",
+                "16",
+            ])
+            .args([
+                "--dict", "64", "--k", "4", "--tokens", "3000", "--epochs", "2",
+            ])
             .args(["--batch-size", "256", "--holdout-every", "0", "--model"])
             .arg(&model_path)
             .arg("--corpus")
@@ -61,7 +72,11 @@ fn fixture() -> &'static Fixture {
             .arg(&sae_dir)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let model = Model::load(&model_path, WeightFormat::F32, &Device::Cpu).unwrap();
         let expect = SaeExpectation::new(model.fingerprint().unwrap(), model.config().head_dim);
         let saes = SaeSet::load(&sae_dir, &expect).unwrap();
@@ -98,7 +113,12 @@ fn encoder(f: &Fixture) -> Encoder<'_> {
     Encoder::new(&f.model, &f.saes, SCAN).unwrap()
 }
 
-fn ingest(index: &mut Index, enc: &Encoder<'_>, id: &str, text: &str) -> s3mem::index::Result<usize> {
+fn ingest(
+    index: &mut Index,
+    enc: &Encoder<'_>,
+    id: &str,
+    text: &str,
+) -> s3mem::index::Result<usize> {
     index
         .ingest(
             enc,
@@ -148,7 +168,10 @@ fn index_ingest_reopen_delete_and_replace() {
         // Positions are collection-global and consecutive.
         assert_eq!(docs[0].positions.start, 0);
         assert_eq!(docs[1].positions.start, docs[0].positions.end);
-        assert_eq!(docs[0].meta, vec![("source".to_string(), "test".to_string())]);
+        assert_eq!(
+            docs[0].meta,
+            vec![("source".to_string(), "test".to_string())]
+        );
         postings_before = index.document_postings("c", "doc1").unwrap();
         assert!(!postings_before.is_empty());
         for ((layer, _), positions) in &postings_before {
@@ -162,7 +185,10 @@ fn index_ingest_reopen_delete_and_replace() {
         assert_eq!(offsets.len(), docs[0].tokens as usize);
     }
     let mut index = Index::open(dir.path(), IndexConfig::default()).unwrap();
-    assert_eq!(index.document_postings("c", "doc1").unwrap(), postings_before);
+    assert_eq!(
+        index.document_postings("c", "doc1").unwrap(),
+        postings_before
+    );
     let (&(layer, feature), _) = postings_before.iter().next().unwrap();
     let across = index.feature_postings("c", layer, feature).unwrap();
     assert!(across.iter().any(|(doc, _)| *doc == 1));
@@ -249,7 +275,10 @@ fn index_bad_input_is_refused_and_writes_nothing() {
     let big = sample_text(1, 1000);
     let e = doc("c", "big", &big).unwrap_err();
     assert!(matches!(e, IndexError::TooLarge { .. }));
-    assert!(e.to_string().contains("over the limit of 2000 bytes"), "{e}");
+    assert!(
+        e.to_string().contains("over the limit of 2000 bytes"),
+        "{e}"
+    );
     let e = doc("c", "#3", "text").unwrap_err();
     assert!(e.to_string().contains("kept for generated ids"), "{e}");
     let e = doc("c", "", "text").unwrap_err();
@@ -310,9 +339,14 @@ fn index_refuses_another_identity_a_newer_format_and_a_second_opener() {
         store.apply(b).unwrap();
         store.flush().unwrap();
     }
-    let e = Index::open(dir.path(), IndexConfig::default()).err().unwrap();
+    let e = Index::open(dir.path(), IndexConfig::default())
+        .err()
+        .unwrap();
     assert!(matches!(e, IndexError::NewerFormat { found: 2, .. }), "{e}");
-    assert!(e.to_string().contains("newer than this build supports"), "{e}");
+    assert!(
+        e.to_string().contains("newer than this build supports"),
+        "{e}"
+    );
 }
 
 fn run_ok(cmd: &mut Command) -> String {
@@ -330,7 +364,15 @@ fn ingest_cmd(f: &Fixture, data: &Path) -> Command {
     cmd.arg("ingest")
         .arg("--data-dir")
         .arg(data)
-        .args(["--collection", "c", "--chunk", "128", "--overlap", "16", "--model"])
+        .args([
+            "--collection",
+            "c",
+            "--chunk",
+            "128",
+            "--overlap",
+            "16",
+            "--model",
+        ])
         .arg(&f.model_path)
         .arg("--sae")
         .arg(&f.sae_dir);
@@ -347,7 +389,11 @@ fn index_cli_ingest_docs_collections_stats() {
     std::fs::write(docs.join("a.txt"), sample_text(3, 80)).unwrap();
     std::fs::write(docs.join("sub/b.md"), sample_text(4, 90)).unwrap();
     std::fs::write(docs.join("skip.bin"), [0u8, 1, 2]).unwrap();
-    let out = run_ok(ingest_cmd(f, &data).args(["--json", "--meta", "lang=en"]).arg(&docs));
+    let out = run_ok(
+        ingest_cmd(f, &data)
+            .args(["--json", "--meta", "lang=en"])
+            .arg(&docs),
+    );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     let listed = v["documents"].as_array().unwrap();
     assert_eq!(listed.len(), 2);
@@ -370,20 +416,43 @@ fn index_cli_ingest_docs_collections_stats() {
         .write_all(sample_text(5, 40).as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let d = |args: &[&str]| {
         let mut cmd = s3mem();
         cmd.args(args).arg("--data-dir").arg(&data);
         cmd
     };
-    let list: serde_json::Value =
-        serde_json::from_str(&run_ok(&mut d(&["docs", "list", "--collection", "c", "--json"])))
-            .unwrap();
+    let list: serde_json::Value = serde_json::from_str(&run_ok(&mut d(&[
+        "docs",
+        "list",
+        "--collection",
+        "c",
+        "--json",
+    ])))
+    .unwrap();
     assert_eq!(list.as_array().unwrap().len(), 3);
-    let text = run_ok(&mut d(&["docs", "get", "--collection", "c", "from-stdin", "--chars", "0..9"]));
+    let text = run_ok(&mut d(&[
+        "docs",
+        "get",
+        "--collection",
+        "c",
+        "from-stdin",
+        "--chars",
+        "0..9",
+    ]));
     assert_eq!(text, sample_text(5, 40)[..9]);
-    run_ok(&mut d(&["docs", "delete", "--collection", "c", "from-stdin"]));
+    run_ok(&mut d(&[
+        "docs",
+        "delete",
+        "--collection",
+        "c",
+        "from-stdin",
+    ]));
     let cols: serde_json::Value =
         serde_json::from_str(&run_ok(&mut d(&["collections", "list", "--json"]))).unwrap();
     assert_eq!(cols[0]["documents"], 2);
@@ -403,8 +472,13 @@ fn index_cli_ingest_docs_collections_stats() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("bad.txt is not utf-8 text (invalid byte at offset 2)"), "{err}");
-    let out = d(&["docs", "get", "--collection", "nope", "x"]).output().unwrap();
+    assert!(
+        err.contains("bad.txt is not utf-8 text (invalid byte at offset 2)"),
+        "{err}"
+    );
+    let out = d(&["docs", "get", "--collection", "nope", "x"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown collection `nope`"));
     let stats2: serde_json::Value =
         serde_json::from_str(&run_ok(&mut d(&["stats", "--json"]))).unwrap();
@@ -498,11 +572,7 @@ fn index_write_golden_v1() {
         }
         index.commit().unwrap();
         let view = golden_view(&index);
-        std::fs::write(
-            golden.join("v1.json"),
-            serde_json::to_vec(&view).unwrap(),
-        )
-        .unwrap();
+        std::fs::write(golden.join("v1.json"), serde_json::to_vec(&view).unwrap()).unwrap();
     }
     std::fs::remove_file(target.join("LOCK")).unwrap();
 }
@@ -578,17 +648,26 @@ fn index_crash_test_sigkill_during_ingest() {
         if index.collections().unwrap().is_empty() {
             continue;
         }
-        index.verify().unwrap_or_else(|e| panic!("after kill {killed}: {e}"));
+        index
+            .verify()
+            .unwrap_or_else(|e| panic!("after kill {killed}: {e}"));
         let docs = index.documents("c").unwrap();
         let now: BTreeMap<String, String> = docs
             .iter()
             .map(|d| (d.id.clone(), index.text("c", &d.id, None).unwrap()))
             .collect();
         for (id, text) in &now {
-            assert_eq!(Some(text), sent.get(id), "document {id} differs from what was sent");
+            assert_eq!(
+                Some(text),
+                sent.get(id),
+                "document {id} differs from what was sent"
+            );
         }
         for id in seen.keys() {
-            assert!(now.contains_key(id), "document {id} was lost after kill {killed}");
+            assert!(
+                now.contains_key(id),
+                "document {id} was lost after kill {killed}"
+            );
         }
         seen = now;
     }
