@@ -627,7 +627,7 @@ fn index_crash_test_sigkill_during_ingest() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let delay = Duration::from_millis(next() % 250);
+        let delay = Duration::from_millis(next() % 120);
         let start = Instant::now();
         let mut finished = false;
         while start.elapsed() < delay {
