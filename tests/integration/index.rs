@@ -678,3 +678,92 @@ fn index_crash_test_sigkill_during_ingest() {
     );
     assert!(seen.len() > 2, "no ingest ever got through: {}", seen.len());
 }
+
+/// Prints bytes per token by component, ingest time against scan time, and what the posting
+/// codec choices cost, for the tiny model on the licence texts in /usr/share/common-licenses,
+/// or for an existing data dir named by `S3MEM_MEASURE_DIR` (e.g. one built with SmolLM2).
+/// Run: `cargo test --test integration index_measure -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement that prints numbers"]
+fn index_measure_sizes_and_times() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = match std::env::var_os("S3MEM_MEASURE_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let f = fixture();
+            let enc = encoder(f);
+            let dir = tmp.path().join("data");
+            let mut index = Index::open(&dir, IndexConfig::default()).unwrap();
+            index.create_collection("c").unwrap();
+            let (mut scan, mut encode, mut store, mut tokens) = (0.0, 0.0, 0.0, 0);
+            for name in ["GPL-3", "Apache-2.0", "MPL-2.0"] {
+                let text =
+                    std::fs::read_to_string(Path::new("/usr/share/common-licenses").join(name))
+                        .unwrap();
+                let out = index
+                    .ingest(
+                        &enc,
+                        NewDocument {
+                            collection: "c",
+                            id: Some(name.into()),
+                            meta: vec![],
+                            text: &text,
+                        },
+                        &mut |_, _| {},
+                    )
+                    .unwrap();
+                scan += out.scan_seconds;
+                encode += out.encode_seconds;
+                store += out.store_seconds;
+                tokens += out.tokens;
+            }
+            let t = Instant::now();
+            index.commit().unwrap();
+            store += t.elapsed().as_secs_f64();
+            eprintln!(
+                "tiny model: {tokens} tokens; scan {scan:.2} s, sae encode {encode:.2} s ({:.1}% of scan), store {store:.3} s ({:.2}% of scan)",
+                100.0 * encode / scan,
+                100.0 * store / scan
+            );
+            dir
+        }
+    };
+    let index = Index::open(&dir, IndexConfig::default()).unwrap();
+    let stats = index.stats().unwrap();
+    eprintln!("{}", serde_json::to_string_pretty(&stats).unwrap());
+    // The same postings under each codec choice.
+    let (mut mixed, mut deltas, mut roaring, mut raw, mut entries) = (0usize, 0, 0, 0, 0);
+    index
+        .store()
+        .scan_prefix(b"p/", &mut |_, v| {
+            let p = s3mem::index::codec::decode_posting(v).unwrap();
+            mixed += v.len();
+            let mut d = Vec::new();
+            s3mem::index::codec::put_varint(&mut d, p.len() as u64);
+            let mut prev = 0;
+            for (i, &x) in p.iter().enumerate() {
+                s3mem::index::codec::put_varint(
+                    &mut d,
+                    u64::from(if i == 0 { x } else { x - prev - 1 }),
+                );
+                prev = x;
+            }
+            deltas += d.len() + 1;
+            let mut r: roaring::RoaringBitmap = p.iter().copied().collect();
+            r.optimize();
+            roaring += r.serialized_size();
+            raw += 4 * p.len();
+            entries += p.len();
+            Ok(true)
+        })
+        .unwrap();
+    let t = stats.tokens as f64;
+    eprintln!(
+        "postings: {entries} entries ({:.1} per token); bytes per token: chosen {:.1}, delta-varint only {:.1}, roaring only {:.1}, raw u32 {:.1}",
+        entries as f64 / t,
+        mixed as f64 / t,
+        deltas as f64 / t,
+        roaring as f64 / t,
+        raw as f64 / t
+    );
+}
