@@ -17,6 +17,17 @@ fn open(data: &DataDirArgs, config: IndexConfig) -> Result<Index> {
     Ok(Index::open(&data.data_dir, config)?)
 }
 
+/// Opens an existing data dir: commands that only read or delete never create one.
+fn open_existing(data: &DataDirArgs) -> Result<Index> {
+    if !data.data_dir.join("store").is_dir() {
+        bail!(
+            "data dir {} does not exist or holds no index",
+            data.data_dir.display()
+        );
+    }
+    open(data, IndexConfig::default())
+}
+
 /// Returns the files a path stands for: itself, or a folder's .txt and .md files, sorted.
 fn expand(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     if path == Path::new("-") || !path.is_dir() {
@@ -216,7 +227,7 @@ pub fn docs(cmd: DocsCommand) -> Result<()> {
             collection,
             json,
         } => {
-            let index = open(&data, IndexConfig::default())?;
+            let index = open_existing(&data)?;
             let docs = index.documents(&collection)?;
             if json {
                 println!("{}", serde_json::to_string(&docs)?);
@@ -233,7 +244,7 @@ pub fn docs(cmd: DocsCommand) -> Result<()> {
             json,
             id,
         } => {
-            let index = open(&data, IndexConfig::default())?;
+            let index = open_existing(&data)?;
             let range = chars.as_deref().map(parse_chars).transpose()?;
             let info = index.document(&collection, &id)?;
             let text = index.text(&collection, &id, range)?;
@@ -248,7 +259,7 @@ pub fn docs(cmd: DocsCommand) -> Result<()> {
             collection,
             ids,
         } => {
-            let mut index = open(&data, IndexConfig::default())?;
+            let mut index = open_existing(&data)?;
             for id in ids {
                 index.delete(&collection, &id)?;
                 eprintln!("deleted {id}");
@@ -262,7 +273,7 @@ pub fn docs(cmd: DocsCommand) -> Result<()> {
 pub fn collections(cmd: CollectionsCommand) -> Result<()> {
     match cmd {
         CollectionsCommand::List { data, json } => {
-            let index = open(&data, IndexConfig::default())?;
+            let index = open_existing(&data)?;
             let list = index.collections()?;
             if json {
                 println!("{}", serde_json::to_string(&list)?);
@@ -276,7 +287,7 @@ pub fn collections(cmd: CollectionsCommand) -> Result<()> {
             open(&data, IndexConfig::default())?.create_collection(&name)?;
         }
         CollectionsCommand::Drop { data, name } => {
-            open(&data, IndexConfig::default())?.drop_collection(&name)?;
+            open_existing(&data)?.drop_collection(&name)?;
         }
     }
     Ok(())
@@ -284,7 +295,7 @@ pub fn collections(cmd: CollectionsCommand) -> Result<()> {
 
 /// Runs `s3mem stats`.
 pub fn stats(args: &StatsArgs) -> Result<()> {
-    let s = open(&args.data, IndexConfig::default())?.stats()?;
+    let s = open_existing(&args.data)?.stats()?;
     if args.json {
         println!("{}", serde_json::to_string(&s)?);
         return Ok(());
@@ -312,7 +323,7 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
 
 /// Runs `s3mem compact`.
 pub fn compact(args: &DataDirArgs) -> Result<()> {
-    let index = open(args, IndexConfig::default())?;
+    let index = open_existing(args)?;
     let before = index.stats()?;
     let after = index.compact()?.stats()?;
     eprintln!(

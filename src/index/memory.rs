@@ -255,7 +255,11 @@ impl Index {
             });
         }
         finish_compaction(dir)?;
-        let store = SledStore::open(&dir.join("store"))?;
+        let store_dir = dir.join("store");
+        if !store_dir.exists() {
+            create_store(dir)?;
+        }
+        let store = SledStore::open(&store_dir)?;
         match migrations::stored_version(&store)? {
             None => {
                 let mut b = Batch::default();
@@ -1084,6 +1088,36 @@ impl Index {
         }
         Ok(docs.len() as u64)
     }
+}
+
+/// Creates an empty store under a staging name and renames it into place.
+///
+/// sled writes its `conf` file in place on creation: a process killed in the middle left a
+/// partial file that the next open refuses as corruption (seen in the crash test). A store
+/// that appears under its real name is always complete.
+fn create_store(dir: &Path) -> Result<()> {
+    let staging = dir.join("store.new");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(|e| IndexError::io(&staging, e))?;
+    }
+    {
+        let store = SledStore::open(&staging)?;
+        let mut b = Batch::default();
+        migrations::version_write(&mut b, STORE_FORMAT_VERSION);
+        store.apply(b)?;
+        store.flush()?;
+    }
+    sync_dir(&staging)?;
+    let target = dir.join("store");
+    std::fs::rename(&staging, &target).map_err(|e| IndexError::io(&target, e))?;
+    sync_dir(dir)
+}
+
+/// Makes a directory's entries (renames, new files) durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| IndexError::io(dir, e))
 }
 
 /// Swaps a finished compaction copy in, or cleans up one that never finished.

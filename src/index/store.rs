@@ -73,8 +73,6 @@ impl SledStore {
             // Durability comes from explicit flushes after each batch; the periodic flusher
             // would only add background writes.
             .flush_every_ms(None)
-            // Measured: 3.5% fewer bytes on disk than the default mode for the same ingest.
-            .mode(sled::Mode::LowSpace)
             .open()?;
         Ok(Self { db })
     }

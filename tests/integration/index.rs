@@ -480,6 +480,13 @@ fn index_cli_ingest_docs_collections_stats() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown collection `nope`"));
+    let out = s3mem()
+        .args(["stats", "--data-dir"])
+        .arg(dir.path().join("missing"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+    assert!(!dir.path().join("missing").exists());
     let stats2: serde_json::Value =
         serde_json::from_str(&run_ok(&mut d(&["stats", "--json"]))).unwrap();
     assert_eq!(stats2["documents"], 2);
@@ -644,7 +651,8 @@ fn index_crash_test_sigkill_during_ingest() {
             killed += 1;
         }
         child.wait().unwrap();
-        let index = Index::open(&data, IndexConfig::default()).unwrap();
+        let index = Index::open(&data, IndexConfig::default())
+            .unwrap_or_else(|e| panic!("reopen after kill {killed} (round {round}): {e}"));
         if index.collections().unwrap().is_empty() {
             continue;
         }
