@@ -651,8 +651,15 @@ fn index_crash_test_sigkill_during_ingest() {
             killed += 1;
         }
         child.wait().unwrap();
-        let index = Index::open(&data, IndexConfig::default())
-            .unwrap_or_else(|e| panic!("reopen after kill {killed} (round {round}): {e}"));
+        let index = Index::open(&data, IndexConfig::default()).unwrap_or_else(|e| {
+            // Keep the store that failed to open for diagnosis.
+            let kept = std::env::temp_dir().join(format!("s3mem-crash-{}", std::process::id()));
+            copy_dir(&data, &kept);
+            panic!(
+                "reopen after kill {killed} (round {round}): {e} (store kept in {})",
+                kept.display()
+            )
+        });
         if index.collections().unwrap().is_empty() {
             continue;
         }
