@@ -360,7 +360,12 @@ fn run_ok(cmd: &mut Command) -> String {
 }
 
 fn ingest_cmd(f: &Fixture, data: &Path) -> Command {
-    let mut cmd = s3mem();
+    ingest_cmd_with(Path::new(env!("CARGO_BIN_EXE_s3mem")), f, data)
+}
+
+fn ingest_cmd_with(exe: &Path, f: &Fixture, data: &Path) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.env("S3MEM_THREADS", "1");
     cmd.arg("ingest")
         .arg("--data-dir")
         .arg(data)
@@ -595,6 +600,9 @@ fn index_crash_test_sigkill_during_ingest() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(200);
     let dir = tempfile::tempdir().unwrap();
+    // A private copy: a build sharing the target dir may replace the binary mid-test.
+    let exe = dir.path().join("s3mem");
+    std::fs::copy(env!("CARGO_BIN_EXE_s3mem"), &exe).unwrap();
     let data = dir.path().join("data");
     let inputs = dir.path().join("in");
     std::fs::create_dir_all(&inputs).unwrap();
@@ -628,12 +636,12 @@ fn index_crash_test_sigkill_during_ingest() {
             let old = inputs.join(format!("r{}-0.txt", 1 + next() as usize % (round - 1)));
             files.push(old);
         }
-        let mut child = ingest_cmd(f, &data)
+        let mut child = ingest_cmd_with(&exe, f, &data)
             .args(&files)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap();
+            .unwrap_or_else(|e| panic!("spawning the ingest after {killed} kills: {e}"));
         let delay = Duration::from_millis(next() % 120);
         let start = Instant::now();
         let mut finished = false;
