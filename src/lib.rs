@@ -6,5 +6,6 @@
 //! answer and serve them (see ARCHITECTURE.md).
 
 pub mod cli;
+pub mod index;
 pub mod model;
 pub mod sae;

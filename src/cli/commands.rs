@@ -64,6 +64,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Quickstart(args) => quickstart(&args, &models),
         Command::Bench(BenchCommand::Scan(args)) => super::bench::scan(&args, &models),
         Command::Sae(cmd) => super::sae::run(cmd, &models),
+        Command::Ingest(args) => super::index::ingest(&args, &models),
+        Command::Docs(cmd) => super::index::docs(cmd),
+        Command::Collections(cmd) => super::index::collections(cmd),
+        Command::Stats(args) => super::index::stats(&args),
+        Command::Compact(args) => super::index::compact(&args),
     }
 }
 

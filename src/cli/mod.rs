@@ -2,6 +2,7 @@
 
 mod bench;
 mod commands;
+mod index;
 mod sae;
 mod sys;
 
@@ -45,6 +46,141 @@ pub enum Command {
     /// Benchmarks that report numbers (never pass/fail).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Read documents into a data dir: scan, encode, store postings, text and passages.
+    Ingest(IngestArgs),
+    /// List, show and delete the documents of a collection.
+    #[command(subcommand)]
+    Docs(DocsCommand),
+    /// List, create and drop collections.
+    #[command(subcommand)]
+    Collections(CollectionsCommand),
+    /// Count documents, tokens and postings, and size each part of a data dir.
+    Stats(StatsArgs),
+    /// Reclaim the space of deleted documents.
+    Compact(DataDirArgs),
+}
+
+/// Where the index lives.
+#[derive(Debug, Args, Clone)]
+pub struct DataDirArgs {
+    /// The data dir (created on first use).
+    #[arg(long, env = "S3MEM_DATA_DIR")]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct IngestArgs {
+    #[command(flatten)]
+    pub data: DataDirArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub window: WindowArgs,
+    /// The collection (created if it does not exist).
+    #[arg(long)]
+    pub collection: String,
+    /// External id of the document (only with a single input; default: the path).
+    #[arg(long)]
+    pub id: Option<String>,
+    /// Metadata as key=value, repeatable.
+    #[arg(long = "meta", value_parser = parse_meta)]
+    pub meta: Vec<(String, String)>,
+    /// The SAE set folder (default: the model's embedded default set).
+    #[arg(long)]
+    pub sae: Option<PathBuf>,
+    /// Largest document accepted, in bytes.
+    #[arg(long, default_value_t = 64 << 20)]
+    pub max_document_bytes: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Files, `-` for stdin, or folders (recursively, .txt and .md).
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+}
+
+fn parse_meta(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("metadata `{s}` is not key=value")),
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DocsCommand {
+    /// List the documents of a collection.
+    List {
+        #[command(flatten)]
+        data: DataDirArgs,
+        /// The collection.
+        #[arg(long)]
+        collection: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a document's text (or a char range of it) or, with --json, its record too.
+    Get {
+        #[command(flatten)]
+        data: DataDirArgs,
+        /// The collection.
+        #[arg(long)]
+        collection: String,
+        /// A char range `start..end` instead of the whole text.
+        #[arg(long)]
+        chars: Option<String>,
+        /// Print JSON with the record and text.
+        #[arg(long)]
+        json: bool,
+        /// The document's id.
+        id: String,
+    },
+    /// Delete documents: their postings, passages and text.
+    Delete {
+        #[command(flatten)]
+        data: DataDirArgs,
+        /// The collection.
+        #[arg(long)]
+        collection: String,
+        /// The documents' ids.
+        #[arg(required = true)]
+        ids: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CollectionsCommand {
+    /// List collections with their document and token counts.
+    List {
+        #[command(flatten)]
+        data: DataDirArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a collection.
+    Create {
+        #[command(flatten)]
+        data: DataDirArgs,
+        /// Its name.
+        name: String,
+    },
+    /// Drop a collection with all its documents.
+    Drop {
+        #[command(flatten)]
+        data: DataDirArgs,
+        /// Its name.
+        name: String,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub data: DataDirArgs,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,0 +1,337 @@
+//! `s3mem ingest|docs|collections|stats|compact`: wiring of the index layer.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use super::commands::load;
+use super::{CollectionsCommand, DataDirArgs, DocsCommand, IngestArgs, StatsArgs};
+use crate::index::{document_text, Encoder, Index, IndexConfig, IndexError, NewDocument};
+use crate::sae::{SaeExpectation, SaeSet};
+
+fn open(data: &DataDirArgs, config: IndexConfig) -> Result<Index> {
+    Ok(Index::open(&data.data_dir, config)?)
+}
+
+/// Opens an existing data dir: commands that only read or delete never create one.
+fn open_existing(data: &DataDirArgs) -> Result<Index> {
+    if !data.data_dir.join("store").is_dir() {
+        bail!(
+            "data dir {} does not exist or holds no index",
+            data.data_dir.display()
+        );
+    }
+    open(data, IndexConfig::default())
+}
+
+/// Returns the files a path stands for: itself, or a folder's .txt and .md files, sorted.
+fn expand(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    if path == Path::new("-") || !path.is_dir() {
+        out.push(path.to_path_buf());
+        return Ok(());
+    }
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+        .with_context(|| format!("reading folder {}", path.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .with_context(|| format!("reading folder {}", path.display()))?;
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            expand(&p, out)?;
+        } else if matches!(p.extension().and_then(|e| e.to_str()), Some("txt" | "md")) {
+            out.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// A document read and checked before anything is written.
+struct Input {
+    id: Option<String>,
+    text: String,
+}
+
+fn read_input(path: &Path, limit: usize) -> Result<Input> {
+    let (bytes, name, id) = if path == Path::new("-") {
+        let mut b = Vec::new();
+        std::io::stdin()
+            .take(limit as u64 + 1)
+            .read_to_end(&mut b)
+            .context("reading stdin")?;
+        (b, "stdin".to_string(), None)
+    } else {
+        let len = std::fs::metadata(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .len();
+        if len > limit as u64 {
+            bail!(IndexError::TooLarge {
+                id: path.display().to_string(),
+                bytes: len as usize,
+                limit,
+            });
+        }
+        let b = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let name = path.display().to_string();
+        (b, name.clone(), Some(name))
+    };
+    if bytes.len() > limit {
+        bail!(IndexError::TooLarge {
+            id: name,
+            bytes: bytes.len(),
+            limit,
+        });
+    }
+    let text = document_text(bytes, &name)?;
+    if text.trim().is_empty() {
+        bail!(IndexError::InvalidInput(format!(
+            "document {name} is empty"
+        )));
+    }
+    Ok(Input { id, text })
+}
+
+/// Runs `s3mem ingest`.
+pub fn ingest(args: &IngestArgs, models: &Path) -> Result<()> {
+    let t0 = Instant::now();
+    let mut files = Vec::new();
+    for p in &args.paths {
+        expand(p, &mut files)?;
+    }
+    if files.is_empty() {
+        bail!("no .txt or .md files under the given paths");
+    }
+    if args.id.is_some() && files.len() > 1 {
+        bail!("--id names one document but the paths hold {}", files.len());
+    }
+    // Read and check every input first: a bad one stops the run before anything is written.
+    let mut inputs = files
+        .iter()
+        .map(|f| read_input(f, args.max_document_bytes))
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(id) = &args.id {
+        inputs[0].id = Some(id.clone());
+    }
+    let model = load(&args.model, models)?;
+    let sae_dir = match &args.sae {
+        Some(d) => d.clone(),
+        None => match crate::sae::defaults::default_set_dir(&model, models)? {
+            Some(d) => d,
+            None => bail!(
+                "no default SAE set for {}; pass --sae DIR (train one with `s3mem sae train`)",
+                model.path().display()
+            ),
+        },
+    };
+    let expect = SaeExpectation::new(model.fingerprint()?, model.config().head_dim);
+    let saes = SaeSet::load(&sae_dir, &expect)
+        .with_context(|| format!("loading the sae set {}", sae_dir.display()))?;
+    let encoder = Encoder::new(&model, &saes, args.window.config())?;
+    let mut index = open(
+        &args.data,
+        IndexConfig {
+            max_document_bytes: args.max_document_bytes,
+        },
+    )?;
+    index.check_identity(encoder.identity())?;
+    match index.create_collection(&args.collection) {
+        Ok(()) | Err(IndexError::CollectionExists(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let style = ProgressStyle::with_template(
+        "{spinner} {msg} [{bar:30}] {pos}/{len} tokens  {per_sec}  eta {eta}",
+    )
+    .expect("static template")
+    .progress_chars("=> ");
+    let mut done = Vec::new();
+    let (mut scan_s, mut encode_s, mut store_s) = (0.0, 0.0, 0.0);
+    for input in inputs {
+        let bar = ProgressBar::new(0)
+            .with_style(style.clone())
+            .with_message(input.id.clone().unwrap_or_else(|| "stdin".into()));
+        let out = index.ingest(
+            &encoder,
+            NewDocument {
+                collection: &args.collection,
+                id: input.id,
+                meta: args.meta.clone(),
+                text: &input.text,
+            },
+            &mut |pos, len| {
+                bar.set_length(len as u64);
+                bar.set_position(pos as u64);
+            },
+        )?;
+        bar.finish_and_clear();
+        scan_s += out.scan_seconds;
+        encode_s += out.encode_seconds;
+        store_s += out.store_seconds;
+        if !args.json {
+            eprintln!(
+                "{} {}: {} tokens",
+                if out.replaced { "replaced" } else { "ingested" },
+                out.id,
+                out.tokens
+            );
+        }
+        done.push(out);
+    }
+    let t_commit = Instant::now();
+    index.commit()?;
+    store_s += t_commit.elapsed().as_secs_f64();
+    let seconds = t0.elapsed().as_secs_f64();
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "documents": done.iter().map(|d| json!({"id": d.id, "tokens": d.tokens})).collect::<Vec<_>>(),
+                "seconds": seconds,
+                "scan_seconds": scan_s,
+                "encode_seconds": encode_s,
+                "store_seconds": store_s,
+            })
+        );
+    } else {
+        let tokens: usize = done.iter().map(|d| d.tokens).sum();
+        println!(
+            "{} documents, {tokens} tokens in {seconds:.1} s (scan {scan_s:.1} s, encode {encode_s:.1} s, store {store_s:.2} s)",
+            done.len()
+        );
+    }
+    Ok(())
+}
+
+fn parse_chars(s: &str) -> Result<std::ops::Range<usize>> {
+    let (a, b) = s
+        .split_once("..")
+        .with_context(|| format!("char range `{s}` is not start..end"))?;
+    let a: usize = a
+        .parse()
+        .with_context(|| format!("bad range start `{a}`"))?;
+    let b: usize = b.parse().with_context(|| format!("bad range end `{b}`"))?;
+    if a > b {
+        bail!("char range `{s}` ends before it starts");
+    }
+    Ok(a..b)
+}
+
+/// Runs `s3mem docs ...`.
+pub fn docs(cmd: DocsCommand) -> Result<()> {
+    match cmd {
+        DocsCommand::List {
+            data,
+            collection,
+            json,
+        } => {
+            let index = open_existing(&data)?;
+            let docs = index.documents(&collection)?;
+            if json {
+                println!("{}", serde_json::to_string(&docs)?);
+            } else {
+                for d in docs {
+                    println!("{}\t{} tokens\t{} chars", d.id, d.tokens, d.chars);
+                }
+            }
+        }
+        DocsCommand::Get {
+            data,
+            collection,
+            chars,
+            json,
+            id,
+        } => {
+            let index = open_existing(&data)?;
+            let range = chars.as_deref().map(parse_chars).transpose()?;
+            let info = index.document(&collection, &id)?;
+            let text = index.text(&collection, &id, range)?;
+            if json {
+                println!("{}", json!({ "document": info, "text": text }));
+            } else {
+                print!("{text}");
+            }
+        }
+        DocsCommand::Delete {
+            data,
+            collection,
+            ids,
+        } => {
+            let mut index = open_existing(&data)?;
+            for id in ids {
+                index.delete(&collection, &id)?;
+                eprintln!("deleted {id}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs `s3mem collections ...`.
+pub fn collections(cmd: CollectionsCommand) -> Result<()> {
+    match cmd {
+        CollectionsCommand::List { data, json } => {
+            let index = open_existing(&data)?;
+            let list = index.collections()?;
+            if json {
+                println!("{}", serde_json::to_string(&list)?);
+            } else {
+                for c in list {
+                    println!("{}\t{} documents\t{} tokens", c.name, c.documents, c.tokens);
+                }
+            }
+        }
+        CollectionsCommand::Create { data, name } => {
+            open(&data, IndexConfig::default())?.create_collection(&name)?;
+        }
+        CollectionsCommand::Drop { data, name } => {
+            open_existing(&data)?.drop_collection(&name)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `s3mem stats`.
+pub fn stats(args: &StatsArgs) -> Result<()> {
+    let s = open_existing(&args.data)?.stats()?;
+    if args.json {
+        println!("{}", serde_json::to_string(&s)?);
+        return Ok(());
+    }
+    println!(
+        "{} collections, {} documents, {} tokens, {} postings ({} entries)",
+        s.collections, s.documents, s.tokens, s.postings, s.posting_entries
+    );
+    for (name, c) in &s.components {
+        let per_token = s.bytes_per_token.get(name).copied().unwrap_or(0.0);
+        println!(
+            "  {name:<10} {:>12} bytes  {:>9} records  {per_token:>8.2} bytes/token",
+            c.bytes, c.records
+        );
+    }
+    println!(
+        "  on disk: store {} bytes, bm25 {} bytes",
+        s.store_disk_bytes, s.bm25_disk_bytes
+    );
+    if let Some(t) = s.bytes_per_token.get("total") {
+        println!("  total {t:.1} bytes/token (logical store records + bm25 on disk)");
+    }
+    Ok(())
+}
+
+/// Runs `s3mem compact`.
+pub fn compact(args: &DataDirArgs) -> Result<()> {
+    let index = open_existing(args)?;
+    let before = index.stats()?;
+    let after = index.compact()?.stats()?;
+    eprintln!(
+        "store {} -> {} bytes, bm25 {} -> {} bytes",
+        before.store_disk_bytes,
+        after.store_disk_bytes,
+        before.bm25_disk_bytes,
+        after.bm25_disk_bytes
+    );
+    Ok(())
+}

@@ -1,0 +1,211 @@
+//! Where a feature ID becomes a posting: tokenize -> streaming scan -> SAE encode per layer and
+//! KV head -> per (layer, feature) lists of document-local token positions.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use candle_core::IndexOp;
+
+use super::error::{IndexError, Result};
+use super::records::StoreIdentity;
+use crate::model::{LayerSet, Model, ScanConfig, TapRequest};
+use crate::sae::{HeadMode, SaeSet};
+
+/// A document turned into everything the store keeps, before it is written.
+#[derive(Debug, Clone, Default)]
+pub struct EncodedDocument {
+    /// Each token's char range.
+    pub offsets: Vec<(usize, usize)>,
+    /// Positions (document-local, ascending) per (layer, feature).
+    pub postings: BTreeMap<(u16, u32), Vec<u32>>,
+    /// Seconds spent tokenizing.
+    pub tokenize_seconds: f64,
+    /// Seconds spent in the model (the scan alone).
+    pub scan_seconds: f64,
+    /// Seconds spent in SAE encoding and building postings.
+    pub encode_seconds: f64,
+}
+
+impl EncodedDocument {
+    /// Returns the number of tokens.
+    pub fn tokens(&self) -> usize {
+        self.offsets.len()
+    }
+}
+
+/// Per indexed layer: whether its SAE is shared by the KV heads, and its dictionary size.
+#[derive(Debug, Clone, Copy)]
+struct LayerCode {
+    layer: usize,
+    shared: bool,
+    dict_size: usize,
+}
+
+/// Turns documents into postings with one model, one SAE set and one scan geometry.
+pub struct Encoder<'a> {
+    model: &'a Model,
+    saes: &'a SaeSet,
+    scan: ScanConfig,
+    layers: Vec<LayerCode>,
+    identity: StoreIdentity,
+}
+
+impl<'a> Encoder<'a> {
+    /// Returns an encoder for the layers of `saes`, checked against `model` and `scan`.
+    pub fn new(model: &'a Model, saes: &'a SaeSet, scan: ScanConfig) -> Result<Self> {
+        let mc = model.config();
+        scan.check(mc.context)?;
+        let mut layers = Vec::new();
+        for layer in saes.layers() {
+            let metas: Vec<_> = saes.metas().filter(|m| m.layer == layer).collect();
+            let shared = metas.iter().any(|m| m.head == HeadMode::Shared);
+            let dict_size = metas.iter().map(|m| m.dict_size).max().unwrap_or(0);
+            // Per-head SAEs get disjoint feature ranges (head * dict + feature) in the merged
+            // per-layer posting space; a shared SAE is one space already.
+            let span = if shared {
+                dict_size
+            } else {
+                dict_size * mc.kv_heads
+            };
+            if layer > 255 || span > 1 << 24 {
+                return Err(IndexError::InvalidInput(format!(
+                    "layer {layer} with {span} features does not fit the posting key (layers < 256, features < 2^24)"
+                )));
+            }
+            layers.push(LayerCode {
+                layer,
+                shared,
+                dict_size,
+            });
+        }
+        let set = LayerSet::new(layers.iter().map(|l| l.layer).collect())?;
+        set.check(mc)?;
+        let identity = StoreIdentity {
+            model_fingerprint: model.fingerprint()?.to_string(),
+            sae_digest: saes.digest().to_string(),
+            layers: set.layers().iter().map(|&l| l as u32).collect(),
+            chunk: scan.chunk as u32,
+            sinks: scan.sinks as u32,
+            overlap: scan.overlap as u32,
+        };
+        Ok(Self {
+            model,
+            saes,
+            scan,
+            layers,
+            identity,
+        })
+    }
+
+    /// Returns what a store built by this encoder records.
+    pub fn identity(&self) -> &StoreIdentity {
+        &self.identity
+    }
+
+    /// Returns the model.
+    pub fn model(&self) -> &Model {
+        self.model
+    }
+
+    /// Tokenizes `text` (char offsets only, no scan).
+    pub fn tokenize(&self, text: &str) -> Result<crate::model::Tokenized> {
+        Ok(self.model.tokenizer().encode(text)?)
+    }
+
+    /// Scans and encodes a tokenized document; `progress` gets the tokens done so far.
+    pub fn encode(
+        &self,
+        tokens: crate::model::Tokenized,
+        progress: &mut dyn FnMut(usize),
+    ) -> Result<EncodedDocument> {
+        let taps = TapRequest {
+            keys: Some(LayerSet::new(
+                self.layers.iter().map(|l| l.layer).collect(),
+            )?),
+            queries: None,
+        };
+        let mut postings: BTreeMap<(u16, u32), Vec<u32>> = BTreeMap::new();
+        let mut encode_seconds = 0.0;
+        let mut failure: Option<IndexError> = None;
+        let stats = self
+            .model
+            .scan(&tokens.ids, &taps, &self.scan, &mut |chunk| {
+                let t0 = Instant::now();
+                for tap in &chunk.keys {
+                    let Some(code) = self.layers.iter().find(|l| l.layer == tap.layer) else {
+                        continue;
+                    };
+                    if let Err(e) =
+                        self.add_layer(code, chunk.chunk.start, &tap.values, &mut postings)
+                    {
+                        failure = Some(e);
+                        return Err(crate::model::ModelError::InvalidScan(
+                            "sae encoding failed".into(),
+                        ));
+                    }
+                }
+                encode_seconds += t0.elapsed().as_secs_f64();
+                progress(chunk.chunk.end);
+                Ok(())
+            });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let stats = stats?;
+        Ok(EncodedDocument {
+            offsets: tokens.offsets,
+            postings,
+            tokenize_seconds: 0.0,
+            scan_seconds: stats.model_seconds,
+            encode_seconds,
+        })
+    }
+
+    /// Encodes one layer's keys (`[tokens, kv_heads, d]`) of a chunk starting at `first`.
+    fn add_layer(
+        &self,
+        code: &LayerCode,
+        first: usize,
+        values: &candle_core::Tensor,
+        postings: &mut BTreeMap<(u16, u32), Vec<u32>>,
+    ) -> Result<()> {
+        let (n, heads, d) = values.dims3()?;
+        // codes[h] holds rows in token order for head h (or all heads interleaved when shared).
+        let per_head: Vec<crate::sae::SparseCodes> = if code.shared {
+            let sae = self.saes.sae_for(code.layer, 0)?;
+            vec![sae.encode(&values.reshape((n * heads, d))?)?]
+        } else {
+            (0..heads)
+                .map(|h| {
+                    let sae = self.saes.sae_for(code.layer, h)?;
+                    Ok(sae.encode(&values.i((.., h, ..))?.contiguous()?)?)
+                })
+                .collect::<Result<_>>()?
+        };
+        let layer = code.layer as u16;
+        for t in 0..n {
+            let pos = (first + t) as u32;
+            for h in 0..heads {
+                let (ids, acts, base) = if code.shared {
+                    let (ids, acts) = per_head[0].row(t * heads + h).unwrap_or((&[], &[]));
+                    (ids, acts, 0)
+                } else {
+                    let (ids, acts) = per_head[h].row(t).unwrap_or((&[], &[]));
+                    (ids, acts, (h * code.dict_size) as u32)
+                };
+                for (&f, &a) in ids.iter().zip(acts) {
+                    // A zero activation is a slot that did not fire.
+                    if a <= 0.0 {
+                        continue;
+                    }
+                    let list = postings.entry((layer, base + f)).or_default();
+                    // KV heads of a layer share the posting space: one entry per token.
+                    if list.last() != Some(&pos) {
+                        list.push(pos);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,148 @@
+//! The error type of the `index` layer.
+
+use std::path::PathBuf;
+
+/// Lists everything that can go wrong while opening, writing or reading the persistent index.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// Another process holds the data dir.
+    #[error("data dir {} is in use by another process (lock file {})", dir.display(), lock.display())]
+    Locked {
+        /// The data dir.
+        dir: PathBuf,
+        /// The lock file that is held.
+        lock: PathBuf,
+    },
+
+    /// The store was written by a newer s3mem.
+    #[error("store format version {found} in {} is newer than this build supports ({supported}): upgrade s3mem", path.display())]
+    NewerFormat {
+        /// The version on disk.
+        found: u32,
+        /// The newest version this build reads.
+        supported: u32,
+        /// The data dir.
+        path: PathBuf,
+    },
+
+    /// The store was built with another model, SAE set, layer set or scan geometry.
+    #[error("the index was built with {field} {stored}, not {given}: use the same {field} or another data dir")]
+    IdentityMismatch {
+        /// Which part of the identity differs: `model fingerprint`, `sae set digest`, ...
+        field: &'static str,
+        /// The value the store records.
+        stored: String,
+        /// The value the caller brought.
+        given: String,
+    },
+
+    /// A stored record or file cannot be decoded.
+    #[error("corrupt index data in {what}: {reason}")]
+    Corrupt {
+        /// The record key or file.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The named collection does not exist.
+    #[error("unknown collection `{0}`")]
+    UnknownCollection(String),
+
+    /// A collection of that name already exists.
+    #[error("collection `{0}` already exists")]
+    CollectionExists(String),
+
+    /// The collection has no document with that id.
+    #[error("no document `{id}` in collection `{collection}`")]
+    UnknownDocument {
+        /// The collection searched.
+        collection: String,
+        /// The external id asked for.
+        id: String,
+    },
+
+    /// The caller passed something the index cannot take (empty text, bad name, too large).
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
+    /// A document is larger than the configured limit.
+    #[error("document `{id}` has {bytes} bytes, over the limit of {limit} bytes")]
+    TooLarge {
+        /// The document's id (or source).
+        id: String,
+        /// Its size.
+        bytes: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+
+    /// A document's bytes are not UTF-8.
+    #[error("{source_name} is not utf-8 text (invalid byte at offset {offset})")]
+    NotUtf8 {
+        /// Where the bytes came from (a path or `stdin`).
+        source_name: String,
+        /// The first invalid byte.
+        offset: usize,
+    },
+
+    /// A collection ran out of u32 token positions.
+    #[error("collection `{collection}` is full: {needed} more token positions do not fit in u32 (compact or use another collection)")]
+    PositionsExhausted {
+        /// The collection.
+        collection: String,
+        /// Tokens of the document that did not fit.
+        needed: usize,
+    },
+
+    /// The key-value store failed.
+    #[error("store error: {0}")]
+    Store(#[from] sled::Error),
+
+    /// The BM25 index failed.
+    #[error("bm25 index error: {0}")]
+    Bm25(#[from] tantivy::TantivyError),
+
+    /// Reading or writing a file failed.
+    #[error("i/o error on {}: {source}", path.display())]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Running the model failed.
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+
+    /// Encoding with the SAE set failed.
+    #[error(transparent)]
+    Sae(#[from] crate::sae::SaeError),
+
+    /// A tensor operation failed.
+    #[error("tensor operation failed: {0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+impl IndexError {
+    /// Returns an [`IndexError::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// Returns an [`IndexError::Corrupt`] for `what`.
+    pub fn corrupt(what: impl Into<String>, reason: impl std::fmt::Display) -> Self {
+        Self::Corrupt {
+            what: what.into(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// The result type of the `index` layer.
+pub type Result<T, E = IndexError> = std::result::Result<T, E>;

@@ -1,0 +1,1161 @@
+//! The persistent index of one data dir: collections, documents, postings and BM25 passages.
+//!
+//! Layout of a data dir: `LOCK` (held by the process that has it open), `store/` (sled: every
+//! record, see [`super::records`]) and `bm25/` (tantivy passages).
+//!
+//! Writes go to sled first, in one atomic batch per change, and are flushed before tantivy
+//! sees them: a document is visible (record, text, offsets, postings) entirely or not at all.
+//! Each batch also writes a journal entry under its sequence number; tantivy's commit payload
+//! records the last sequence it holds, and opening replays the journal past it, so after any
+//! crash both sides agree again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use fs2::FileExt;
+use roaring::RoaringBitmap;
+
+use super::bm25::{Bm25, PassageHit};
+use super::codec;
+use super::encode::{EncodedDocument, Encoder};
+use super::error::{IndexError, Result};
+use super::migrations::{self, STORE_FORMAT_VERSION};
+use super::passages::{passages, CharIndex};
+use super::records::{
+    self as rec, CollectionRecord, DocPart, DocumentRecord, JournalOp, MetaEntry, StoreIdentity,
+};
+use super::store::{Batch, KvStore, SledStore};
+
+/// Longest collection name or external id, in bytes.
+const MAX_NAME_BYTES: usize = 512;
+/// Generated external ids start with this; user ids may not.
+const GENERATED_ID_PREFIX: char = '#';
+
+/// Limits of an open index.
+#[derive(Debug, Clone)]
+pub struct IndexConfig {
+    /// Largest document accepted, in bytes of UTF-8 text.
+    pub max_document_bytes: usize,
+}
+
+impl Default for IndexConfig {
+    fn default() -> Self {
+        Self {
+            max_document_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A document to ingest.
+#[derive(Debug, Clone)]
+pub struct NewDocument<'a> {
+    /// The collection it goes into (must exist).
+    pub collection: &'a str,
+    /// External id; an existing one is replaced. `None` generates `#<number>`.
+    pub id: Option<String>,
+    /// Key-value metadata.
+    pub meta: Vec<(String, String)>,
+    /// The text.
+    pub text: &'a str,
+}
+
+/// What an ingest did and how long each part took.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Ingested {
+    /// The document's external id.
+    pub id: String,
+    /// Tokens scanned and indexed.
+    pub tokens: usize,
+    /// Whether an earlier document with the same id was replaced.
+    pub replaced: bool,
+    /// Seconds in the model's scan.
+    pub scan_seconds: f64,
+    /// Seconds in SAE encoding.
+    pub encode_seconds: f64,
+    /// Seconds writing sled and tantivy.
+    pub store_seconds: f64,
+}
+
+/// A collection as listed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct CollectionInfo {
+    /// Its name.
+    pub name: String,
+    /// Documents in it.
+    pub documents: u64,
+    /// Tokens in it.
+    pub tokens: u64,
+}
+
+/// A document as listed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DocumentInfo {
+    /// External id.
+    pub id: String,
+    /// Internal number in the collection.
+    pub number: u32,
+    /// Tokens.
+    pub tokens: u32,
+    /// Chars of text.
+    pub chars: u64,
+    /// Bytes of text.
+    pub bytes: u64,
+    /// Collection-global positions of its tokens.
+    pub positions: Range<u64>,
+    /// Metadata.
+    pub meta: Vec<(String, String)>,
+}
+
+impl From<&DocumentRecord> for DocumentInfo {
+    fn from(d: &DocumentRecord) -> Self {
+        let first = u64::from(d.first_position);
+        Self {
+            id: d.external_id.clone(),
+            number: d.doc,
+            tokens: d.tokens,
+            chars: d.chars,
+            bytes: d.bytes,
+            positions: first..first + u64::from(d.tokens),
+            meta: d
+                .meta
+                .iter()
+                .map(|m| (m.key.clone(), m.value.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// A BM25 hit with its document's external id.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Bm25Hit {
+    /// External id.
+    pub id: String,
+    /// Char range of the passage.
+    pub chars: Range<usize>,
+    /// BM25 score.
+    pub score: f32,
+}
+
+/// Bytes of one kind of record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ComponentBytes {
+    /// Records.
+    pub records: u64,
+    /// Key plus value bytes.
+    pub bytes: u64,
+}
+
+/// Sizes and counts of a data dir.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Stats {
+    /// Collections.
+    pub collections: u64,
+    /// Documents.
+    pub documents: u64,
+    /// Tokens indexed.
+    pub tokens: u64,
+    /// Posting lists (one per document, layer and feature).
+    pub postings: u64,
+    /// Positions in all posting lists.
+    pub posting_entries: u64,
+    /// Logical bytes (keys + values) per kind: postings, offsets, text, features, records.
+    pub components: BTreeMap<String, ComponentBytes>,
+    /// Bytes of the sled directory on disk.
+    pub store_disk_bytes: u64,
+    /// Bytes of the tantivy directory on disk.
+    pub bm25_disk_bytes: u64,
+    /// Logical bytes per token of each component, plus the BM25 index on disk.
+    pub bytes_per_token: BTreeMap<String, f64>,
+}
+
+/// One data dir, open and locked.
+pub struct Index {
+    dir: PathBuf,
+    store: SledStore,
+    bm25: Bm25,
+    config: IndexConfig,
+    seq: u64,
+    /// Held for the lifetime of the index: a second process gets [`IndexError::Locked`].
+    _lock: File,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn u64_be(bytes: &[u8], what: &str) -> Result<u64> {
+    <[u8; 8]>::try_from(bytes)
+        .map(u64::from_be_bytes)
+        .map_err(|_| IndexError::corrupt(what, "not a u64"))
+}
+
+fn u32_be(bytes: &[u8], what: &str) -> Result<u32> {
+    <[u8; 4]>::try_from(bytes)
+        .map(u32::from_be_bytes)
+        .map_err(|_| IndexError::corrupt(what, "not a u32"))
+}
+
+/// Returns the bytes of every file under `dir`.
+fn dir_bytes(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Checks a collection name or external id.
+fn check_name(kind: &str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(IndexError::InvalidInput(format!("the {kind} is empty")));
+    }
+    if name.len() > MAX_NAME_BYTES {
+        return Err(IndexError::InvalidInput(format!(
+            "the {kind} has {} bytes, over the limit of {MAX_NAME_BYTES}",
+            name.len()
+        )));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(IndexError::InvalidInput(format!(
+            "the {kind} {name:?} contains control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Returns `bytes` as text, or an error naming `source_name` and the first invalid byte.
+pub fn document_text(bytes: Vec<u8>, source_name: &str) -> Result<String> {
+    String::from_utf8(bytes).map_err(|e| IndexError::NotUtf8 {
+        source_name: source_name.to_string(),
+        offset: e.utf8_error().valid_up_to(),
+    })
+}
+
+impl Index {
+    /// Opens (or creates) the data dir `dir`, upgrading an older store and reconciling BM25.
+    pub fn open(dir: &Path, config: IndexConfig) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
+        let lock_path = dir.join("LOCK");
+        let lock = File::create(&lock_path).map_err(|e| IndexError::io(&lock_path, e))?;
+        if lock.try_lock_exclusive().is_err() {
+            return Err(IndexError::Locked {
+                dir: dir.into(),
+                lock: lock_path,
+            });
+        }
+        finish_compaction(dir)?;
+        let store_dir = dir.join("store");
+        if !store_dir.exists() {
+            create_store(dir)?;
+        }
+        let store = SledStore::open(&store_dir)?;
+        match migrations::stored_version(&store)? {
+            None => {
+                let mut b = Batch::default();
+                migrations::version_write(&mut b, STORE_FORMAT_VERSION);
+                store.apply(b)?;
+                store.flush()?;
+            }
+            Some(v) if v > STORE_FORMAT_VERSION => {
+                return Err(IndexError::NewerFormat {
+                    found: v,
+                    supported: STORE_FORMAT_VERSION,
+                    path: dir.into(),
+                })
+            }
+            Some(v) if v < migrations::STORE_FORMAT_OLDEST_SUPPORTED => {
+                return Err(IndexError::corrupt(
+                    dir.display().to_string(),
+                    format!("store format {v} is older than any this build can upgrade"),
+                ))
+            }
+            Some(v) if v < STORE_FORMAT_VERSION => {
+                migrations::upgrade(&store, v, migrations::STEPS)?;
+            }
+            Some(_) => {}
+        }
+        let seq = match store.get(rec::KEY_SEQ)? {
+            Some(v) => u64_be(&v, "m/seq")?,
+            None => 0,
+        };
+        let bm25 = Bm25::open(&dir.join("bm25"))?;
+        let mut index = Self {
+            dir: dir.into(),
+            store,
+            bm25,
+            config,
+            seq,
+            _lock: lock,
+        };
+        index.reconcile()?;
+        Ok(index)
+    }
+
+    /// Returns the data dir.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Returns the key-value store (what retrieval reads postings from).
+    pub fn store(&self) -> &dyn KvStore {
+        &self.store
+    }
+
+    /// Returns what the index was built with, if anything was ingested yet.
+    pub fn identity(&self) -> Result<Option<StoreIdentity>> {
+        self.store
+            .get(rec::KEY_IDENTITY)?
+            .map(|v| rec::decode(&v, "m/identity"))
+            .transpose()
+    }
+
+    /// Refuses `given` unless it is what the store was built with (or the store is new).
+    pub fn check_identity(&self, given: &StoreIdentity) -> Result<()> {
+        let Some(stored) = self.identity()? else {
+            return Ok(());
+        };
+        let fmt_layers = |l: &[u32]| l.iter().map(u32::to_string).collect::<Vec<_>>().join(",");
+        let checks: [(&'static str, String, String); 4] = [
+            (
+                "model fingerprint",
+                stored.model_fingerprint.clone(),
+                given.model_fingerprint.clone(),
+            ),
+            (
+                "sae set digest",
+                stored.sae_digest.clone(),
+                given.sae_digest.clone(),
+            ),
+            (
+                "layer set",
+                fmt_layers(&stored.layers),
+                fmt_layers(&given.layers),
+            ),
+            (
+                "scan geometry (chunk/sinks/overlap)",
+                format!("{}/{}/{}", stored.chunk, stored.sinks, stored.overlap),
+                format!("{}/{}/{}", given.chunk, given.sinks, given.overlap),
+            ),
+        ];
+        for (field, stored, given) in checks {
+            if stored != given {
+                return Err(IndexError::IdentityMismatch {
+                    field,
+                    stored,
+                    given,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn collection(&self, name: &str) -> Result<CollectionRecord> {
+        match self.store.get(&rec::collection_key(name))? {
+            Some(v) => rec::decode(&v, &format!("collection {name}")),
+            None => Err(IndexError::UnknownCollection(name.into())),
+        }
+    }
+
+    /// Creates a collection.
+    pub fn create_collection(&mut self, name: &str) -> Result<()> {
+        check_name("collection name", name)?;
+        if self.store.get(&rec::collection_key(name))?.is_some() {
+            return Err(IndexError::CollectionExists(name.into()));
+        }
+        let id = match self.store.get(rec::KEY_NEXT_COLLECTION)? {
+            Some(v) => u32_be(&v, "m/next_collection")?,
+            None => 1,
+        };
+        let next = id.checked_add(1).ok_or_else(|| {
+            IndexError::InvalidInput("no collection ids left (u32 exhausted)".into())
+        })?;
+        let record = CollectionRecord {
+            id,
+            name: name.into(),
+            next_doc: 0,
+            next_position: 0,
+            created_unix: now_unix(),
+        };
+        let mut b = Batch::default();
+        b.put(rec::collection_key(name), rec::encode(&record)?);
+        b.put(
+            rec::KEY_NEXT_COLLECTION.to_vec(),
+            next.to_be_bytes().to_vec(),
+        );
+        self.store.apply(b)?;
+        self.store.flush()
+    }
+
+    /// Lists the collections with their document and token counts.
+    pub fn collections(&self) -> Result<Vec<CollectionInfo>> {
+        let mut records = Vec::new();
+        self.store
+            .scan_prefix(rec::COLLECTION_PREFIX, &mut |k, v| {
+                records.push(rec::decode::<CollectionRecord>(
+                    v,
+                    &String::from_utf8_lossy(k),
+                )?);
+                Ok(true)
+            })?;
+        records
+            .into_iter()
+            .map(|c| {
+                let docs = self.document_records(c.id)?;
+                Ok(CollectionInfo {
+                    name: c.name,
+                    documents: docs.len() as u64,
+                    tokens: docs.iter().map(|d| u64::from(d.tokens)).sum(),
+                })
+            })
+            .collect()
+    }
+
+    /// Drops a collection with all its documents.
+    pub fn drop_collection(&mut self, name: &str) -> Result<()> {
+        let c = self.collection(name)?;
+        let mut b = Batch::default();
+        b.delete(rec::collection_key(name));
+        let mut prefixes: Vec<Vec<u8>> = DocPart::ALL
+            .iter()
+            .map(|&p| rec::doc_prefix(p, c.id))
+            .collect();
+        prefixes.push(rec::external_prefix(c.id));
+        prefixes.push(rec::posting_prefix(c.id));
+        for p in prefixes {
+            self.store.scan_prefix(&p, &mut |k, _| {
+                b.delete(k.to_vec());
+                Ok(true)
+            })?;
+        }
+        self.commit_batch(b, vec![JournalOp::DropCollection { collection: c.id }])?;
+        self.bm25.drop_collection(c.id)?;
+        self.commit()
+    }
+
+    fn document_records(&self, cid: u32) -> Result<Vec<DocumentRecord>> {
+        let mut out = Vec::new();
+        self.store
+            .scan_prefix(&rec::doc_prefix(DocPart::Record, cid), &mut |k, v| {
+                out.push(rec::decode(v, &format!("document {k:?}"))?);
+                Ok(true)
+            })?;
+        Ok(out)
+    }
+
+    fn document_number(&self, cid: u32, external_id: &str) -> Result<Option<u32>> {
+        self.store
+            .get(&rec::external_key(cid, external_id))?
+            .map(|v| u32_be(&v, "external id"))
+            .transpose()
+    }
+
+    fn record(&self, collection: &str, id: &str) -> Result<(CollectionRecord, DocumentRecord)> {
+        let c = self.collection(collection)?;
+        let unknown = || IndexError::UnknownDocument {
+            collection: collection.into(),
+            id: id.into(),
+        };
+        let doc = self.document_number(c.id, id)?.ok_or_else(unknown)?;
+        let v = self
+            .store
+            .get(&rec::doc_key(DocPart::Record, c.id, doc))?
+            .ok_or_else(unknown)?;
+        let d = rec::decode(&v, &format!("document {id}"))?;
+        Ok((c, d))
+    }
+
+    /// Lists the documents of a collection in ingest order.
+    pub fn documents(&self, collection: &str) -> Result<Vec<DocumentInfo>> {
+        let c = self.collection(collection)?;
+        Ok(self
+            .document_records(c.id)?
+            .iter()
+            .map(DocumentInfo::from)
+            .collect())
+    }
+
+    /// Returns one document's table entry.
+    pub fn document(&self, collection: &str, id: &str) -> Result<DocumentInfo> {
+        Ok(DocumentInfo::from(&self.record(collection, id)?.1))
+    }
+
+    /// Returns a document's text, or the char range `chars` of it (clamped to the text).
+    pub fn text(&self, collection: &str, id: &str, chars: Option<Range<usize>>) -> Result<String> {
+        let (c, d) = self.record(collection, id)?;
+        let text = self.stored_text(c.id, d.doc)?;
+        Ok(match chars {
+            None => text,
+            Some(r) => CharIndex::new(&text).slice(r).to_string(),
+        })
+    }
+
+    fn stored_text(&self, cid: u32, doc: u32) -> Result<String> {
+        let what = format!("text of document {cid}/{doc}");
+        let bytes = self
+            .store
+            .get(&rec::doc_key(DocPart::Text, cid, doc))?
+            .ok_or_else(|| IndexError::corrupt(&what, "missing"))?;
+        String::from_utf8(bytes).map_err(|e| IndexError::corrupt(what, e))
+    }
+
+    fn stored_offsets(&self, cid: u32, doc: u32) -> Result<Vec<(usize, usize)>> {
+        let what = format!("offsets of document {cid}/{doc}");
+        let bytes = self
+            .store
+            .get(&rec::doc_key(DocPart::Offsets, cid, doc))?
+            .ok_or_else(|| IndexError::corrupt(&what, "missing"))?;
+        codec::decode_offsets(&bytes).map_err(|e| IndexError::corrupt(what, e))
+    }
+
+    fn stored_features(&self, cid: u32, doc: u32) -> Result<RoaringBitmap> {
+        let what = format!("features of document {cid}/{doc}");
+        let bytes = self
+            .store
+            .get(&rec::doc_key(DocPart::Features, cid, doc))?
+            .ok_or_else(|| IndexError::corrupt(&what, "missing"))?;
+        RoaringBitmap::deserialize_from(&bytes[..]).map_err(|e| IndexError::corrupt(what, e))
+    }
+
+    /// Returns each token's char range of a document.
+    pub fn offsets(&self, collection: &str, id: &str) -> Result<Vec<(usize, usize)>> {
+        let (c, d) = self.record(collection, id)?;
+        self.stored_offsets(c.id, d.doc)
+    }
+
+    /// Returns a document's postings: collection-global positions per (layer, feature).
+    pub fn document_postings(
+        &self,
+        collection: &str,
+        id: &str,
+    ) -> Result<BTreeMap<(u16, u32), Vec<u32>>> {
+        let (c, d) = self.record(collection, id)?;
+        let mut out = BTreeMap::new();
+        for packed in &self.stored_features(c.id, d.doc)? {
+            let (layer, feature) = rec::unpack_feature(packed);
+            let key = rec::posting_key(c.id, layer, feature, d.doc);
+            let what = format!("posting {layer}/{feature} of {id}");
+            let bytes = self
+                .store
+                .get(&key)?
+                .ok_or_else(|| IndexError::corrupt(&what, "missing"))?;
+            let local = codec::decode_posting(&bytes).map_err(|e| IndexError::corrupt(what, e))?;
+            out.insert(
+                (layer, feature),
+                local.iter().map(|p| p + d.first_position).collect(),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Returns the postings of (layer, feature) across a collection: per document number, its
+    /// collection-global positions.
+    pub fn feature_postings(
+        &self,
+        collection: &str,
+        layer: u16,
+        feature: u32,
+    ) -> Result<Vec<(u32, Vec<u32>)>> {
+        let c = self.collection(collection)?;
+        let mut firsts = BTreeMap::new();
+        for d in self.document_records(c.id)? {
+            firsts.insert(d.doc, d.first_position);
+        }
+        let mut out = Vec::new();
+        self.store
+            .scan_prefix(&rec::feature_prefix(c.id, layer, feature), &mut |k, v| {
+                let what = || format!("posting key {k:?}");
+                let (_, _, _, doc) = rec::parse_posting_key(k)
+                    .ok_or_else(|| IndexError::corrupt(what(), "bad key"))?;
+                let first = *firsts
+                    .get(&doc)
+                    .ok_or_else(|| IndexError::corrupt(what(), "no such document"))?;
+                let local = codec::decode_posting(v).map_err(|e| IndexError::corrupt(what(), e))?;
+                out.push((doc, local.iter().map(|p| p + first).collect()));
+                Ok(true)
+            })?;
+        Ok(out)
+    }
+
+    /// Searches a collection's passages with BM25 (committed changes only).
+    pub fn bm25(&self, collection: &str, query: &str, limit: usize) -> Result<Vec<Bm25Hit>> {
+        let c = self.collection(collection)?;
+        let ids: BTreeMap<u32, String> = self
+            .document_records(c.id)?
+            .into_iter()
+            .map(|d| (d.doc, d.external_id))
+            .collect();
+        self.bm25
+            .search(c.id, query, limit)?
+            .into_iter()
+            .filter_map(|PassageHit { doc, chars, score }| {
+                ids.get(&doc).map(|id| {
+                    Ok(Bm25Hit {
+                        id: id.clone(),
+                        chars,
+                        score,
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// Scans, encodes and stores a document; replaces an existing one with the same id.
+    ///
+    /// The document is durable and its postings visible when this returns; its BM25 passages
+    /// become searchable at the next [`Index::commit`] (or the next open).
+    pub fn ingest(
+        &mut self,
+        encoder: &Encoder<'_>,
+        doc: NewDocument<'_>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Ingested> {
+        let c = self.collection(doc.collection)?;
+        let id_for_errors = doc.id.clone().unwrap_or_else(|| "(new)".into());
+        if doc.text.len() > self.config.max_document_bytes {
+            return Err(IndexError::TooLarge {
+                id: id_for_errors,
+                bytes: doc.text.len(),
+                limit: self.config.max_document_bytes,
+            });
+        }
+        if doc.text.trim().is_empty() {
+            return Err(IndexError::InvalidInput(format!(
+                "document `{id_for_errors}` is empty"
+            )));
+        }
+        if let Some(id) = &doc.id {
+            check_name("document id", id)?;
+            if id.starts_with(GENERATED_ID_PREFIX) {
+                return Err(IndexError::InvalidInput(format!(
+                    "document id `{id}` starts with `{GENERATED_ID_PREFIX}`, which is kept for generated ids"
+                )));
+            }
+        }
+        for (k, _) in &doc.meta {
+            check_name("metadata key", k)?;
+        }
+        self.check_identity(encoder.identity())?;
+        let t0 = Instant::now();
+        let tokens = encoder.tokenize(doc.text)?;
+        let tokenize_seconds = t0.elapsed().as_secs_f64();
+        let n = tokens.ids.len();
+        if n == 0 {
+            return Err(IndexError::InvalidInput(format!(
+                "document `{id_for_errors}` has no tokens"
+            )));
+        }
+        if c.next_position + n as u64 > u64::from(u32::MAX) + 1 {
+            return Err(IndexError::PositionsExhausted {
+                collection: c.name,
+                needed: n,
+            });
+        }
+        let mut encoded = encoder.encode(tokens, &mut |done| progress(done, n))?;
+        encoded.tokenize_seconds = tokenize_seconds;
+        let t1 = Instant::now();
+        let out = self.store_document(c, doc, &encoded, encoder.identity())?;
+        Ok(Ingested {
+            store_seconds: t1.elapsed().as_secs_f64(),
+            scan_seconds: encoded.scan_seconds,
+            encode_seconds: encoded.encode_seconds,
+            ..out
+        })
+    }
+
+    /// Writes an encoded document: one sled batch, flushed, then its passages to tantivy.
+    fn store_document(
+        &mut self,
+        mut c: CollectionRecord,
+        doc: NewDocument<'_>,
+        encoded: &EncodedDocument,
+        identity: &StoreIdentity,
+    ) -> Result<Ingested> {
+        let number = c.next_doc;
+        c.next_doc = c.next_doc.checked_add(1).ok_or_else(|| {
+            IndexError::InvalidInput(format!(
+                "collection `{}` has no document numbers left",
+                c.name
+            ))
+        })?;
+        let external_id = doc
+            .id
+            .clone()
+            .unwrap_or_else(|| format!("{GENERATED_ID_PREFIX}{number}"));
+        let first_position = c.next_position as u32;
+        let tokens = encoded.tokens();
+        c.next_position += tokens as u64;
+        let mut b = Batch::default();
+        let mut journal = Vec::new();
+        let old = self.document_number(c.id, &external_id)?;
+        if let Some(old) = old {
+            self.delete_writes(c.id, old, &mut b)?;
+            journal.push(JournalOp::Delete {
+                collection: c.id,
+                doc: old,
+            });
+        }
+        if self.identity()?.is_none() {
+            b.put(rec::KEY_IDENTITY.to_vec(), rec::encode(identity)?);
+        }
+        let seq = self.seq + 1;
+        let record = DocumentRecord {
+            doc: number,
+            external_id: external_id.clone(),
+            meta: doc
+                .meta
+                .iter()
+                .map(|(k, v)| MetaEntry {
+                    key: k.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+            tokens: tokens as u32,
+            chars: doc.text.chars().count() as u64,
+            bytes: doc.text.len() as u64,
+            first_position,
+            seq,
+            ingested_unix: now_unix(),
+        };
+        b.put(rec::collection_key(&c.name), rec::encode(&c)?);
+        b.put(
+            rec::doc_key(DocPart::Record, c.id, number),
+            rec::encode(&record)?,
+        );
+        b.put(
+            rec::external_key(c.id, &external_id),
+            number.to_be_bytes().to_vec(),
+        );
+        b.put(
+            rec::doc_key(DocPart::Text, c.id, number),
+            doc.text.as_bytes().to_vec(),
+        );
+        b.put(
+            rec::doc_key(DocPart::Offsets, c.id, number),
+            codec::encode_offsets(&encoded.offsets),
+        );
+        let mut features = RoaringBitmap::new();
+        for (&(layer, feature), positions) in &encoded.postings {
+            let packed = rec::pack_feature(layer, feature).ok_or_else(|| {
+                IndexError::InvalidInput(format!(
+                    "layer {layer} feature {feature} does not fit the posting key"
+                ))
+            })?;
+            features.insert(packed);
+            b.put(
+                rec::posting_key(c.id, layer, feature, number),
+                codec::encode_posting(positions),
+            );
+        }
+        let mut fbytes = Vec::with_capacity(features.serialized_size());
+        features
+            .serialize_into(&mut fbytes)
+            .map_err(|e| IndexError::io(&self.dir, e))?;
+        b.put(rec::doc_key(DocPart::Features, c.id, number), fbytes);
+        journal.push(JournalOp::Put {
+            collection: c.id,
+            doc: number,
+        });
+        self.commit_batch(b, journal)?;
+        if let Some(old) = old {
+            self.bm25.delete(c.id, old)?;
+        }
+        self.bm25
+            .put(c.id, number, &passages(doc.text, &encoded.offsets))?;
+        tracing::debug!(id = %external_id, tokens, seq, "document stored");
+        Ok(Ingested {
+            id: external_id,
+            tokens,
+            replaced: old.is_some(),
+            scan_seconds: 0.0,
+            encode_seconds: 0.0,
+            store_seconds: 0.0,
+        })
+    }
+
+    /// Adds to `b` the deletes of every record of a document.
+    fn delete_writes(&self, cid: u32, doc: u32, b: &mut Batch) -> Result<()> {
+        for packed in &self.stored_features(cid, doc)? {
+            let (layer, feature) = rec::unpack_feature(packed);
+            b.delete(rec::posting_key(cid, layer, feature, doc));
+        }
+        let v = self
+            .store
+            .get(&rec::doc_key(DocPart::Record, cid, doc))?
+            .ok_or_else(|| IndexError::corrupt(format!("document {cid}/{doc}"), "missing"))?;
+        let d: DocumentRecord = rec::decode(&v, "document")?;
+        b.delete(rec::external_key(cid, &d.external_id));
+        for part in DocPart::ALL {
+            b.delete(rec::doc_key(part, cid, doc));
+        }
+        Ok(())
+    }
+
+    /// Deletes a document: its record, text, offsets, postings and passages.
+    pub fn delete(&mut self, collection: &str, id: &str) -> Result<()> {
+        let (c, d) = self.record(collection, id)?;
+        let mut b = Batch::default();
+        self.delete_writes(c.id, d.doc, &mut b)?;
+        self.commit_batch(
+            b,
+            vec![JournalOp::Delete {
+                collection: c.id,
+                doc: d.doc,
+            }],
+        )?;
+        self.bm25.delete(c.id, d.doc)?;
+        self.commit()
+    }
+
+    /// Applies `b` with the next sequence number and its journal entry, and flushes.
+    fn commit_batch(&mut self, mut b: Batch, journal: Vec<JournalOp>) -> Result<()> {
+        let seq = self.seq + 1;
+        b.put(rec::KEY_SEQ.to_vec(), seq.to_be_bytes().to_vec());
+        b.put(rec::journal_key(seq), rec::encode(&journal)?);
+        self.store.apply(b)?;
+        self.store.flush()?;
+        self.seq = seq;
+        Ok(())
+    }
+
+    /// Commits pending BM25 changes and trims the journal they cover.
+    pub fn commit(&mut self) -> Result<()> {
+        self.bm25.commit(self.seq)?;
+        let mut b = Batch::default();
+        self.store.scan_prefix(rec::JOURNAL_PREFIX, &mut |k, _| {
+            b.delete(k.to_vec());
+            Ok(true)
+        })?;
+        if !b.is_empty() {
+            // Not flushed: a stale journal entry only replays a change tantivy already has.
+            self.store.apply(b)?;
+        }
+        Ok(())
+    }
+
+    /// Brings BM25 up to the store's sequence number by replaying the journal (or, when the
+    /// journal does not reach back far enough, rebuilding every passage).
+    fn reconcile(&mut self) -> Result<()> {
+        let applied = self.bm25.applied_seq()?;
+        let mut pending: Vec<(u64, Vec<JournalOp>)> = Vec::new();
+        self.store.scan_prefix(rec::JOURNAL_PREFIX, &mut |k, v| {
+            let seq = u64_be(&k[2..], "journal key")?;
+            if seq > applied {
+                pending.push((seq, rec::decode(v, &format!("journal entry {seq}"))?));
+            }
+            Ok(true)
+        })?;
+        if applied == self.seq && pending.is_empty() {
+            return Ok(());
+        }
+        let complete = applied <= self.seq
+            && pending.len() as u64 == self.seq - applied
+            && pending.first().is_none_or(|(s, _)| *s == applied + 1);
+        if complete {
+            tracing::info!(
+                from = applied,
+                to = self.seq,
+                "replaying the journal into bm25"
+            );
+            for (_, ops) in pending {
+                for op in ops {
+                    match op {
+                        JournalOp::Put { collection, doc } => {
+                            self.replay_put(collection, doc)?;
+                        }
+                        JournalOp::Delete { collection, doc } => {
+                            self.bm25.delete(collection, doc)?;
+                        }
+                        JournalOp::DropCollection { collection } => {
+                            self.bm25.drop_collection(collection)?;
+                        }
+                    }
+                }
+            }
+        } else {
+            tracing::warn!(bm25 = applied, store = self.seq, "rebuilding bm25 passages");
+            self.bm25.clear()?;
+            let mut docs = Vec::new();
+            self.store
+                .scan_prefix(DocPart::Record.prefix(), &mut |k, _| {
+                    if let Some(d) = rec::parse_doc_key(k) {
+                        docs.push(d);
+                    }
+                    Ok(true)
+                })?;
+            for (cid, doc) in docs {
+                self.replay_put(cid, doc)?;
+            }
+        }
+        self.commit()
+    }
+
+    /// Re-adds a document's passages from its stored text and offsets, if it still exists.
+    fn replay_put(&mut self, cid: u32, doc: u32) -> Result<()> {
+        if self
+            .store
+            .get(&rec::doc_key(DocPart::Record, cid, doc))?
+            .is_none()
+        {
+            return self.bm25.delete(cid, doc);
+        }
+        let text = self.stored_text(cid, doc)?;
+        let offsets = self.stored_offsets(cid, doc)?;
+        self.bm25.put(cid, doc, &passages(&text, &offsets))
+    }
+
+    /// Counts and sizes everything in the data dir.
+    pub fn stats(&self) -> Result<Stats> {
+        let mut s = Stats::default();
+        let mut add = |name: &str, k: &[u8], v: &[u8]| {
+            let e = s.components.entry(name.to_string()).or_default();
+            e.records += 1;
+            e.bytes += (k.len() + v.len()) as u64;
+        };
+        let mut postings = 0u64;
+        let mut entries = 0u64;
+        let mut documents = 0u64;
+        let mut tokens = 0u64;
+        let mut collections = 0u64;
+        self.store.scan_prefix(b"", &mut |k, v| {
+            let name = match &k[..2.min(k.len())] {
+                b"p/" => {
+                    postings += 1;
+                    entries += codec::posting_len(v)
+                        .map_err(|e| IndexError::corrupt(format!("posting {k:?}"), e))?;
+                    "postings"
+                }
+                b"o/" => "offsets",
+                b"t/" => "text",
+                b"f/" => "features",
+                b"d/" => {
+                    let d: DocumentRecord = rec::decode(v, "document")?;
+                    documents += 1;
+                    tokens += u64::from(d.tokens);
+                    "records"
+                }
+                b"c/" => {
+                    collections += 1;
+                    "records"
+                }
+                _ => "records",
+            };
+            add(name, k, v);
+            Ok(true)
+        })?;
+        s.collections = collections;
+        s.documents = documents;
+        s.tokens = tokens;
+        s.postings = postings;
+        s.posting_entries = entries;
+        s.store_disk_bytes = dir_bytes(&self.dir.join("store"));
+        s.bm25_disk_bytes = dir_bytes(self.bm25.dir());
+        if tokens > 0 {
+            let t = tokens as f64;
+            let mut total = 0.0;
+            for (name, c) in &s.components {
+                s.bytes_per_token.insert(name.clone(), c.bytes as f64 / t);
+                total += c.bytes as f64 / t;
+            }
+            let bm25 = s.bm25_disk_bytes as f64 / t;
+            s.bytes_per_token.insert("bm25".into(), bm25);
+            s.bytes_per_token.insert("total".into(), total + bm25);
+            s.bytes_per_token
+                .insert("store_disk".into(), s.store_disk_bytes as f64 / t);
+        }
+        Ok(s)
+    }
+
+    /// Rewrites the store without the space of deleted records and merges BM25 segments.
+    pub fn compact(self) -> Result<Self> {
+        let dir = self.dir.clone();
+        let config = self.config.clone();
+        let staging = dir.join("store.compact");
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(|e| IndexError::io(&staging, e))?;
+        }
+        self.store.copy_to(&staging)?;
+        let done = staging.join("COMPLETE");
+        File::create(&done).map_err(|e| IndexError::io(&done, e))?;
+        let mut this = self;
+        this.bm25.compact()?;
+        // Release sled and the lock before the directories swap.
+        drop(this);
+        let lock_path = dir.join("LOCK");
+        let lock = File::create(&lock_path).map_err(|e| IndexError::io(&lock_path, e))?;
+        if lock.try_lock_exclusive().is_err() {
+            return Err(IndexError::Locked {
+                dir: dir.clone(),
+                lock: lock_path,
+            });
+        }
+        finish_compaction(&dir)?;
+        drop(lock);
+        Self::open(&dir, config)
+    }
+
+    /// Checks the invariants of the store and its agreement with BM25; returns the number of
+    /// documents checked.
+    pub fn verify(&self) -> Result<u64> {
+        let mut docs: BTreeMap<(u32, u32), DocumentRecord> = BTreeMap::new();
+        self.store
+            .scan_prefix(DocPart::Record.prefix(), &mut |k, v| {
+                let key = rec::parse_doc_key(k)
+                    .ok_or_else(|| IndexError::corrupt(format!("{k:?}"), "bad document key"))?;
+                docs.insert(key, rec::decode(v, "document")?);
+                Ok(true)
+            })?;
+        let bad = |what: String, why: &str| Err(IndexError::corrupt(what, why));
+        for (&(cid, doc), d) in &docs {
+            let what = format!("document {cid}/{doc} ({})", d.external_id);
+            let text = self.stored_text(cid, doc)?;
+            if text.len() as u64 != d.bytes {
+                return bad(what, "text length differs from the record");
+            }
+            let offsets = self.stored_offsets(cid, doc)?;
+            if offsets.len() != d.tokens as usize {
+                return bad(what, "offset count differs from the token count");
+            }
+            if self.document_number(cid, &d.external_id)? != Some(doc) {
+                return bad(what, "external id does not point back");
+            }
+            for packed in &self.stored_features(cid, doc)? {
+                let (layer, feature) = rec::unpack_feature(packed);
+                let Some(p) = self
+                    .store
+                    .get(&rec::posting_key(cid, layer, feature, doc))?
+                else {
+                    return bad(what, "a posting of its feature set is missing");
+                };
+                let positions =
+                    codec::decode_posting(&p).map_err(|e| IndexError::corrupt(&what, e))?;
+                if positions.is_empty() || positions.iter().any(|&x| x >= d.tokens) {
+                    return bad(what, "a posting is empty or points past the document");
+                }
+            }
+        }
+        let mut orphans = 0u64;
+        self.store.scan_prefix(b"p/", &mut |k, _| {
+            let (cid, layer, feature, doc) = rec::parse_posting_key(k)
+                .ok_or_else(|| IndexError::corrupt(format!("{k:?}"), "bad posting key"))?;
+            let listed = docs.contains_key(&(cid, doc))
+                && rec::pack_feature(layer, feature)
+                    .is_some_and(|p| self.stored_features(cid, doc).is_ok_and(|f| f.contains(p)));
+            if !listed {
+                orphans += 1;
+            }
+            Ok(true)
+        })?;
+        if orphans > 0 {
+            return bad(
+                format!("{orphans} postings"),
+                "they belong to no document's feature set",
+            );
+        }
+        for part in [DocPart::Text, DocPart::Offsets, DocPart::Features] {
+            let mut stray = 0u64;
+            self.store.scan_prefix(part.prefix(), &mut |k, _| {
+                if rec::parse_doc_key(k).is_none_or(|d| !docs.contains_key(&d)) {
+                    stray += 1;
+                }
+                Ok(true)
+            })?;
+            if stray > 0 {
+                return bad(format!("{stray} {part:?} records"), "no document owns them");
+            }
+        }
+        let in_bm25: BTreeSet<(u32, u32)> = self.bm25.documents()?.into_keys().collect();
+        let in_store: BTreeSet<(u32, u32)> = docs.keys().copied().collect();
+        if in_bm25 != in_store {
+            let extra: Vec<_> = in_bm25.difference(&in_store).collect();
+            let missing: Vec<_> = in_store.difference(&in_bm25).collect();
+            return bad(
+                "bm25 passages".into(),
+                &format!(
+                    "documents without passages {missing:?}, passages without documents {extra:?}"
+                ),
+            );
+        }
+        Ok(docs.len() as u64)
+    }
+}
+
+/// Creates an empty store under a staging name and renames it into place.
+///
+/// sled writes its `conf` file in place on creation: a process killed in the middle left a
+/// partial file that the next open refuses as corruption (seen in the crash test). A store
+/// that appears under its real name is always complete.
+fn create_store(dir: &Path) -> Result<()> {
+    let staging = dir.join("store.new");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging).map_err(|e| IndexError::io(&staging, e))?;
+    }
+    {
+        let store = SledStore::open(&staging)?;
+        let mut b = Batch::default();
+        migrations::version_write(&mut b, STORE_FORMAT_VERSION);
+        store.apply(b)?;
+        store.flush()?;
+    }
+    sync_dir(&staging)?;
+    let target = dir.join("store");
+    std::fs::rename(&staging, &target).map_err(|e| IndexError::io(&target, e))?;
+    sync_dir(dir)
+}
+
+/// Makes a directory's entries (renames, new files) durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| IndexError::io(dir, e))
+}
+
+/// Swaps a finished compaction copy in, or cleans up one that never finished.
+///
+/// Order on disk: the copy is marked `COMPLETE`; the old store moves to `store.old`; the copy
+/// moves to `store`; `store.old` goes. Any crash in between leaves a state this resumes from.
+fn finish_compaction(dir: &Path) -> Result<()> {
+    let staging = dir.join("store.compact");
+    let store = dir.join("store");
+    let old = dir.join("store.old");
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |e| IndexError::io(p, e)
+    };
+    if staging.exists() {
+        if !staging.join("COMPLETE").is_file() {
+            // The copy never finished: the old store is intact and authoritative.
+            std::fs::remove_dir_all(&staging).map_err(io(&staging))?;
+        } else {
+            if store.exists() {
+                if old.exists() {
+                    std::fs::remove_dir_all(&old).map_err(io(&old))?;
+                }
+                std::fs::rename(&store, &old).map_err(io(&store))?;
+            }
+            std::fs::rename(&staging, &store).map_err(io(&staging))?;
+        }
+    }
+    if old.exists() {
+        if store.exists() {
+            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+        } else {
+            std::fs::rename(&old, &store).map_err(io(&old))?;
+        }
+    }
+    let marker = store.join("COMPLETE");
+    if marker.exists() {
+        std::fs::remove_file(&marker).map_err(io(&marker))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,28 @@
+//! The index layer: the persistent memory of a data dir.
+//!
+//! [`encode`](mod@encode) turns a document into postings (tokenize -> scan -> SAE codes);
+//! [`memory`] keeps collections, documents, postings and BM25 passages in one data dir with
+//! atomic per-document visibility; [`store`] is the key-value trait retrieval reads through;
+//! [`records`] and [`codec`] are the on-disk formats; [`migrations`] upgrades old stores;
+//! [`bm25`] and [`passages`] are the tantivy side.
+
+pub mod bm25;
+pub mod codec;
+pub mod encode;
+pub mod error;
+pub mod memory;
+pub mod migrations;
+pub mod passages;
+pub mod records;
+pub mod store;
+
+pub use bm25::PassageHit;
+pub use encode::{EncodedDocument, Encoder};
+pub use error::{IndexError, Result};
+pub use memory::{
+    document_text, Bm25Hit, CollectionInfo, ComponentBytes, DocumentInfo, Index, IndexConfig,
+    Ingested, NewDocument, Stats,
+};
+pub use migrations::{STORE_FORMAT_OLDEST_SUPPORTED, STORE_FORMAT_VERSION};
+pub use records::StoreIdentity;
+pub use store::{Batch, KvStore, SledStore};
