@@ -223,7 +223,7 @@ fn encode_keys(
 }
 
 /// Loads the SAE set at `spec` (a folder, or `default` for the model's embedded set).
-fn load_sae_set(model: &Model, spec: &str, models: &Path) -> Result<SaeSet> {
+pub(super) fn load_sae_set(model: &Model, spec: &str, models: &Path) -> Result<SaeSet> {
     let dir = if spec == "default" {
         crate::sae::defaults::default_set_dir(model, models)?
             .with_context(|| format!("no default SAE set for {}", model.path().display()))?
@@ -231,7 +231,7 @@ fn load_sae_set(model: &Model, spec: &str, models: &Path) -> Result<SaeSet> {
         std::path::PathBuf::from(spec)
     };
     let expect = SaeExpectation::new(model.fingerprint()?, model.config().head_dim);
-    Ok(SaeSet::load(&dir, &expect)?)
+    SaeSet::load(&dir, &expect).with_context(|| format!("loading the SAE set {}", dir.display()))
 }
 
 fn scan(args: &ScanArgs, models: &Path) -> Result<()> {

@@ -8,10 +8,9 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::commands::load;
+use super::commands::{load, load_sae_set};
 use super::{CollectionsCommand, DataDirArgs, DocsCommand, IngestArgs, StatsArgs};
 use crate::index::{document_text, Encoder, Index, IndexConfig, IndexError, NewDocument};
-use crate::sae::{SaeExpectation, SaeSet};
 
 fn open(data: &DataDirArgs, config: IndexConfig) -> Result<Index> {
     Ok(Index::open(&data.data_dir, config)?)
@@ -117,19 +116,11 @@ pub fn ingest(args: &IngestArgs, models: &Path) -> Result<()> {
         inputs[0].id = Some(id.clone());
     }
     let model = load(&args.model, models)?;
-    let sae_dir = match &args.sae {
-        Some(d) => d.clone(),
-        None => match crate::sae::defaults::default_set_dir(&model, models)? {
-            Some(d) => d,
-            None => bail!(
-                "no default SAE set for {}; pass --sae DIR (train one with `s3mem sae train`)",
-                model.path().display()
-            ),
-        },
-    };
-    let expect = SaeExpectation::new(model.fingerprint()?, model.config().head_dim);
-    let saes = SaeSet::load(&sae_dir, &expect)
-        .with_context(|| format!("loading the sae set {}", sae_dir.display()))?;
+    let spec = args
+        .sae
+        .as_ref()
+        .map_or("default".into(), |d| d.display().to_string());
+    let saes = load_sae_set(&model, &spec, models)?;
     let encoder = Encoder::new(&model, &saes, args.window.config())?;
     let mut index = open(
         &args.data,

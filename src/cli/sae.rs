@@ -3,15 +3,15 @@
 use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::commands::load;
+use super::commands::{load, load_sae_set};
 use super::{SaeCommand, SaeEvalArgs, SaeTrainArgs};
 use crate::model::Model;
 use crate::sae::build::{collect, eval_set, train_set, CollectConfig, Collected, SaeEval};
-use crate::sae::{SaeExpectation, SaeSet, TrainConfig, TrainLength};
+use crate::sae::{TrainConfig, TrainLength};
 
 /// Runs an `sae` subcommand.
 pub fn run(cmd: SaeCommand, models: &Path) -> Result<()> {
@@ -173,18 +173,11 @@ fn train(args: &SaeTrainArgs, models: &Path) -> Result<()> {
 
 fn eval(args: &SaeEvalArgs, models: &Path) -> Result<()> {
     let model = load(&args.model, models)?;
-    let dir = match &args.sae {
-        Some(d) => d.clone(),
-        None => match crate::sae::defaults::default_set_dir(&model, models)? {
-            Some(d) => d,
-            None => bail!(
-                "no default SAE set for {}; pass --sae DIR (train one with `s3mem sae train`)",
-                model.path().display()
-            ),
-        },
-    };
-    let expect = SaeExpectation::new(model.fingerprint()?, model.config().head_dim);
-    let set = SaeSet::load(&dir, &expect)?;
+    let spec = args
+        .sae
+        .as_ref()
+        .map_or("default".into(), |d| d.display().to_string());
+    let set = load_sae_set(&model, &spec, models)?;
     let mut layers: Vec<usize> = set.layers();
     layers.dedup();
     let per_head = set.metas().any(|m| m.head != crate::sae::HeadMode::Shared);
@@ -206,10 +199,10 @@ fn eval(args: &SaeEvalArgs, models: &Path) -> Result<()> {
     if args.json {
         println!(
             "{}",
-            json!({"sae": dir, "digest": set.digest(), "tokens": tokens, "saes": evals})
+            json!({"sae": spec, "digest": set.digest(), "tokens": tokens, "saes": evals})
         );
     } else {
-        println!("SAE set {} ({} tokens held out)", dir.display(), tokens);
+        println!("SAE set {spec} ({tokens} tokens held out)");
         print_evals(&evals);
     }
     Ok(())
