@@ -10,37 +10,38 @@ use crate::common::{max_abs_diff, real_model, real_model_path};
 const PROMPT: &str = "The capital of France is Paris. The capital of Italy is Rome. \
                       What is the capital of France?";
 
-/// Logits at every prompt position from candle-transformers' quantized llama.
-fn stock_logits(ids: &[u32]) -> Tensor {
-    let path = real_model_path();
-    let mut f = std::fs::File::open(&path).unwrap();
+/// candle-transformers' quantized llama on the real model file.
+fn stock_model() -> candle_transformers::models::quantized_llama::ModelWeights {
+    let mut f = std::fs::File::open(real_model_path()).unwrap();
     let ct = gguf_file::Content::read(&mut f).unwrap();
-    let dev = Device::Cpu;
-    let mut m =
-        candle_transformers::models::quantized_llama::ModelWeights::from_gguf(ct, &mut f, &dev)
-            .unwrap();
+    candle_transformers::models::quantized_llama::ModelWeights::from_gguf(ct, &mut f, &Device::Cpu)
+        .unwrap()
+}
+
+/// Logits at every prompt position from candle's model, one token at a time with its cache.
+fn stock_logits(ids: &[u32]) -> Tensor {
+    let mut m = stock_model();
     let rows: Vec<Tensor> = ids
         .iter()
         .enumerate()
         .map(|(i, &t)| {
-            let x = Tensor::new(&[t], &dev).unwrap().unsqueeze(0).unwrap();
+            let x = Tensor::new(&[t], &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap();
             m.forward(&x, i).unwrap().flatten_all().unwrap()
         })
         .collect();
     Tensor::stack(&rows, 0).unwrap()
 }
 
-/// Last-position logits from candle-transformers' quantized llama, the whole prompt at once.
+/// Last-position logits from candle's model, the whole prompt at once.
 fn stock_last_logits(ids: &[u32]) -> Tensor {
-    let path = real_model_path();
-    let mut f = std::fs::File::open(&path).unwrap();
-    let ct = gguf_file::Content::read(&mut f).unwrap();
-    let dev = Device::Cpu;
-    let mut m =
-        candle_transformers::models::quantized_llama::ModelWeights::from_gguf(ct, &mut f, &dev)
-            .unwrap();
-    let x = Tensor::new(ids, &dev).unwrap().unsqueeze(0).unwrap();
-    m.forward(&x, 0).unwrap().flatten_all().unwrap()
+    let x = Tensor::new(ids, &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    stock_model().forward(&x, 0).unwrap().flatten_all().unwrap()
 }
 
 #[test]
