@@ -143,16 +143,7 @@ mod tests {
     use super::*;
     use candle_core::Device;
 
-    /// Features along +x, +y, +z and -x of a 3-d space, k 2.
-    fn axes_sae() -> TopKSae {
-        let w = vec![
-            1.0, 0.0, 0.0, //
-            0.0, 1.0, 0.0, //
-            0.0, 0.0, 1.0, //
-            -1.0, 0.0, 0.0,
-        ];
-        TopKSae::from_vecs(3, 4, w.clone(), vec![0.0; 4], w, vec![0.0; 3], 2, 1.0).unwrap()
-    }
+    use crate::sae::topk::axes_sae;
 
     fn rows(v: &[[f32; 3]]) -> Tensor {
         let flat: Vec<f32> = v.iter().flatten().copied().collect();

@@ -474,20 +474,21 @@ impl<'a> F32View<'a> {
     }
 }
 
+/// Returns an SAE with features along +x, +y, +z and -x of a 3-d space, k 2 (a test fixture).
+#[cfg(test)]
+pub(crate) fn axes_sae() -> TopKSae {
+    let w = vec![
+        1.0, 0.0, 0.0, //
+        0.0, 1.0, 0.0, //
+        0.0, 0.0, 1.0, //
+        -1.0, 0.0, 0.0,
+    ];
+    TopKSae::from_vecs(3, 4, w.clone(), vec![0.0; 4], w, vec![0.0; 3], 2, 1.0).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn tiny_sae() -> TopKSae {
-        // Three features along the axes of a 3-d space, plus a fourth along -x.
-        let w = vec![
-            1.0, 0.0, 0.0, //
-            0.0, 1.0, 0.0, //
-            0.0, 0.0, 1.0, //
-            -1.0, 0.0, 0.0,
-        ];
-        TopKSae::from_vecs(3, 4, w.clone(), vec![0.0; 4], w, vec![0.0; 3], 2, 1.0).unwrap()
-    }
 
     #[test]
     fn top_k_matches_a_full_sort() {
@@ -539,7 +540,7 @@ mod tests {
 
     #[test]
     fn encode_and_decode_round_trip_on_axes() {
-        let sae = tiny_sae();
+        let sae = axes_sae();
         let x = Tensor::new(&[[2.0f32, 0.5, 0.0], [-3.0, 0.0, 0.0]], &Device::Cpu).unwrap();
         let codes = sae.encode(&x).unwrap();
         assert_eq!(codes.rows(), 2);
@@ -555,7 +556,7 @@ mod tests {
 
     #[test]
     fn bad_inputs_are_refused_not_panicked_on() {
-        let sae = tiny_sae();
+        let sae = axes_sae();
         let wrong = Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();
         assert!(matches!(sae.encode(&wrong), Err(SaeError::Shape { .. })));
         let nan = Tensor::new(&[[0.0f32, 0.0, 0.0], [f32::NAN, 0.0, 0.0]], &Device::Cpu).unwrap();

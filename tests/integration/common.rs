@@ -1,6 +1,7 @@
 //! Shared fixtures: the real default model (fetched once per machine) and tiny random models.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
@@ -200,4 +201,22 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap()
+}
+
+/// Returns a command running the `s3mem` binary under test on two threads.
+pub fn s3mem() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_s3mem"));
+    cmd.env("S3MEM_THREADS", "2");
+    cmd
+}
+
+/// Runs a command that must succeed and print one JSON object.
+pub fn run_json(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }

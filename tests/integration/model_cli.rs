@@ -1,14 +1,6 @@
 //! The `s3mem` binary: scan and generate on the real model, and clear errors on bad input.
 
-use std::process::Command;
-
-use crate::common::real_model_path;
-
-fn s3mem() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_s3mem"));
-    cmd.env("S3MEM_THREADS", "2");
-    cmd
-}
+use crate::common::{real_model_path, run_json, s3mem};
 
 #[test]
 fn scan_json_reports_tokens_speed_and_memory() {
@@ -18,20 +10,14 @@ fn scan_json_reports_tokens_speed_and_memory() {
         .map(|i| format!("Sentence number {i} talks about topic {}. ", i % 7))
         .collect();
     std::fs::write(&doc, &text).unwrap();
-    let out = s3mem()
-        .args([
-            "scan", "--json", "--layers", "2,4", "--chunk", "256", "--model",
-        ])
-        .arg(real_model_path())
-        .arg(&doc)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let v = run_json(
+        s3mem()
+            .args([
+                "scan", "--json", "--layers", "2,4", "--chunk", "256", "--model",
+            ])
+            .arg(real_model_path())
+            .arg(&doc),
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let tokens = v["tokens"].as_u64().unwrap();
     assert!(tokens > 1000, "{v}");
     assert_eq!(v["windows"].as_u64().unwrap(), tokens.div_ceil(256));
@@ -41,21 +27,15 @@ fn scan_json_reports_tokens_speed_and_memory() {
 
 #[test]
 fn generate_answers_from_the_prompt() {
-    let out = s3mem()
-        .args(["generate", "--json", "--max-new-tokens", "40", "--model"])
-        .arg(real_model_path())
-        .args([
-            "--prompt",
-            "The passkey is 48213. Remember it. What is the passkey?",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let v = run_json(
+        s3mem()
+            .args(["generate", "--json", "--max-new-tokens", "40", "--model"])
+            .arg(real_model_path())
+            .args([
+                "--prompt",
+                "The passkey is 48213. Remember it. What is the passkey?",
+            ]),
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(v["answer"].as_str().unwrap().contains("48213"), "{v}");
 }
 
@@ -127,22 +107,16 @@ fn scan_with_the_default_sae_set_counts_features() {
     let dir = tempfile::tempdir().unwrap();
     let doc = dir.path().join("doc.txt");
     std::fs::write(&doc, "Keys become sparse features. ".repeat(20)).unwrap();
-    let out = s3mem()
-        .args([
-            "scan", "--json", "--layers", "8,16,24", "--sae", "default", "--model",
-        ])
-        .arg(real_model_path())
-        .arg("--models-dir")
-        .arg(dir.path())
-        .arg(&doc)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let v = run_json(
+        s3mem()
+            .args([
+                "scan", "--json", "--layers", "8,16,24", "--sae", "default", "--model",
+            ])
+            .arg(real_model_path())
+            .arg("--models-dir")
+            .arg(dir.path())
+            .arg(&doc),
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let tokens = v["tokens"].as_u64().unwrap();
     let fired = v["features_fired"].as_u64().unwrap();
     // At most k = 16 features per key, 3 KV heads, 3 layers; most slots fire.

@@ -2,15 +2,8 @@
 //! reused from the sample cache, and refused for another model.
 
 use std::path::Path;
-use std::process::Command;
 
-use crate::common::{write_tiny_gguf, TinySpec};
-
-fn s3mem() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_s3mem"));
-    cmd.env("S3MEM_THREADS", "2");
-    cmd
-}
+use crate::common::{run_json, s3mem, write_tiny_gguf, TinySpec};
 
 fn corpus(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("corpus.jsonl");
@@ -24,16 +17,6 @@ fn corpus(dir: &Path) -> std::path::PathBuf {
         .collect();
     std::fs::write(&path, lines).unwrap();
     path
-}
-
-fn run_json(cmd: &mut Command) -> serde_json::Value {
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]
