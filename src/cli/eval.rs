@@ -181,10 +181,11 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
         max_features: args.max_features.unwrap_or(defaults.max_features),
         query_k: args.query_k.or(defaults.query_k),
         layers: args.layers.clone().or(defaults.layers.clone()),
+        probe: args.probe.unwrap_or(defaults.probe),
         fusion: Fusion {
             weights: args.fusion_weights.unwrap_or(defaults.fusion.weights),
             shares: args.fusion_shares.unwrap_or(defaults.fusion.shares),
-            ..defaults.fusion.clone()
+            rrf_k: args.rrf_k.unwrap_or(defaults.fusion.rrf_k),
         },
         ..defaults
     };

@@ -189,9 +189,15 @@ pub struct RecallArgs {
     /// Indexed layers S3 reads.
     #[arg(long, value_delimiter = ',')]
     pub layers: Option<Vec<usize>>,
+    /// Question projections encoded: queries, keys or both.
+    #[arg(long)]
+    pub probe: Option<crate::retrieve::question::Probe>,
     /// Fusion weights s3,bm25,bias.
     #[arg(long, value_parser = parse_triple)]
     pub fusion_weights: Option<[f32; 3]>,
+    /// Reciprocal-rank fusion constant.
+    #[arg(long)]
+    pub rrf_k: Option<f32>,
     /// Budget shares filled first, s3,bm25,bias.
     #[arg(long, value_parser = parse_triple)]
     pub fusion_shares: Option<[f32; 3]>,
