@@ -9,3 +9,4 @@ pub mod cli;
 pub mod index;
 pub mod model;
 pub mod sae;
+pub mod service;

@@ -69,6 +69,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Collections(cmd) => super::index::collections(cmd),
         Command::Stats(args) => super::index::stats(&args),
         Command::Compact(args) => super::index::compact(&args),
+        Command::Serve(args) => super::serve::serve(&args, &models),
     }
 }
 

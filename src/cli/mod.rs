@@ -1,16 +1,20 @@
 //! The `s3mem` command line: wiring only; every command calls into the layers.
 
 mod bench;
+pub mod client;
 mod commands;
 mod index;
 mod sae;
+mod serve;
 mod sys;
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use client::ServerArgs;
 pub use commands::run;
+pub use serve::ServeArgs;
 pub use sys::peak_rss_bytes;
 
 use crate::model::{LayerSet, WeightFormat};
@@ -58,6 +62,8 @@ pub enum Command {
     Stats(StatsArgs),
     /// Reclaim the space of deleted documents.
     Compact(DataDirArgs),
+    /// Run the gRPC daemon on a data dir until SIGINT or SIGTERM.
+    Serve(Box<ServeArgs>),
 }
 
 /// Where the index lives.
@@ -65,13 +71,24 @@ pub enum Command {
 pub struct DataDirArgs {
     /// The data dir (created on first use).
     #[arg(long, env = "S3MEM_DATA_DIR")]
-    pub data_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl DataDirArgs {
+    /// Returns the data dir, or an error saying how to give one.
+    pub fn dir(&self) -> anyhow::Result<&std::path::Path> {
+        self.data_dir.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("no data dir: give --data-dir DIR (or S3MEM_DATA_DIR), or --server URL where the command takes it")
+        })
+    }
 }
 
 #[derive(Debug, Args)]
 pub struct IngestArgs {
     #[command(flatten)]
     pub data: DataDirArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -112,6 +129,8 @@ pub enum DocsCommand {
     List {
         #[command(flatten)]
         data: DataDirArgs,
+        #[command(flatten)]
+        server: ServerArgs,
         /// The collection.
         #[arg(long)]
         collection: String,
@@ -123,6 +142,8 @@ pub enum DocsCommand {
     Get {
         #[command(flatten)]
         data: DataDirArgs,
+        #[command(flatten)]
+        server: ServerArgs,
         /// The collection.
         #[arg(long)]
         collection: String,
@@ -139,6 +160,8 @@ pub enum DocsCommand {
     Delete {
         #[command(flatten)]
         data: DataDirArgs,
+        #[command(flatten)]
+        server: ServerArgs,
         /// The collection.
         #[arg(long)]
         collection: String,
@@ -178,6 +201,8 @@ pub enum CollectionsCommand {
 pub struct StatsArgs {
     #[command(flatten)]
     pub data: DataDirArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,

@@ -1,0 +1,738 @@
+//! The gRPC daemon end to end with the real SmolLM2 and its default SAE set: the server runs
+//! in this process on a free port (and, in one test, as the `s3mem serve` binary), and the
+//! tests talk gRPC to it: health, collections, streamed ingest, documents, stats, errors by
+//! field, auth, a full queue, cancelled ingests, restart on the same data dir.
+
+use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use s3mem::index::{Index, IndexConfig, IndexError};
+use s3mem::model::{Model, ScanConfig, WeightFormat};
+use s3mem::sae::{SaeExpectation, SaeSet};
+use s3mem::service::pb::{self, ingest_request::Part, memory_client::MemoryClient};
+use s3mem::service::{Daemon, Loaded, Loader, ServeConfig};
+use tonic::transport::Channel;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::common::real_model_path;
+
+/// The real model and default SAE set, loaded once and shared by every daemon of the run.
+fn model_side() -> (Arc<Model>, Arc<SaeSet>) {
+    static M: OnceLock<(Arc<Model>, Arc<SaeSet>)> = OnceLock::new();
+    M.get_or_init(|| {
+        let path = real_model_path();
+        let model = Model::load(&path, WeightFormat::F32, &candle_core::Device::Cpu).unwrap();
+        let models = path.parent().unwrap();
+        let dir = s3mem::sae::defaults::default_set_dir(&model, models)
+            .unwrap()
+            .expect("SmolLM2 has a default SAE set");
+        let expect = SaeExpectation::new(model.fingerprint().unwrap(), model.config().head_dim);
+        let saes = SaeSet::load(&dir, &expect).unwrap();
+        (Arc::new(model), Arc::new(saes))
+    })
+    .clone()
+}
+
+/// Returns a loader of the shared model side; with a gate, it waits until the gate opens.
+fn loader(gate: Option<mpsc::Receiver<()>>) -> Loader {
+    Box::new(move || {
+        if let Some(gate) = gate {
+            gate.recv()
+                .map_err(|_| "the test closed the gate".to_string())?;
+        }
+        let (model, saes) = model_side();
+        Ok(Loaded {
+            model,
+            saes,
+            scan: ScanConfig::default(),
+        })
+    })
+}
+
+/// A daemon settings for tests: a free loopback port, a short grace period.
+fn test_config() -> ServeConfig {
+    ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shutdown_grace_seconds: 5,
+        ..ServeConfig::default()
+    }
+}
+
+async fn start(dir: &Path, config: ServeConfig, gate: Option<mpsc::Receiver<()>>) -> Daemon {
+    let index = Index::open(dir, IndexConfig::default()).unwrap();
+    s3mem::service::start(config, index, loader(gate))
+        .await
+        .unwrap()
+}
+
+async fn channel(daemon: &Daemon) -> Channel {
+    Channel::from_shared(format!("http://{}", daemon.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn health(ch: &Channel) -> ServingStatus {
+    let r = HealthClient::new(ch.clone())
+        .check(HealthCheckRequest {
+            service: "s3mem.v1.Memory".into(),
+        })
+        .await
+        .unwrap();
+    r.into_inner().status()
+}
+
+/// Waits (polling, no time limit of its own) until the daemon reports SERVING.
+async fn wait_serving(ch: &Channel) {
+    while health(ch).await != ServingStatus::Serving {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sentences about a made-up town, `n` of them, each naming its number.
+fn town_text(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "In the year {}, the harbour of Velmora counted {} fishing boats and {} lanterns. ",
+                1800 + i,
+                3 + i * 7 % 23,
+                11 + i * 5 % 17
+            )
+        })
+        .collect()
+}
+
+fn header(collection: &str, id: &str) -> pb::IngestRequest {
+    pb::IngestRequest {
+        part: Some(Part::Header(pb::IngestHeader {
+            collection: collection.into(),
+            id: id.into(),
+            metadata: vec![pb::MetaEntry {
+                key: "source".into(),
+                value: "test".into(),
+            }],
+        })),
+    }
+}
+
+fn text(piece: &[u8]) -> pb::IngestRequest {
+    pb::IngestRequest {
+        part: Some(Part::Text(piece.to_vec())),
+    }
+}
+
+async fn ingest(
+    client: &mut MemoryClient<Channel>,
+    messages: Vec<pb::IngestRequest>,
+) -> Result<pb::IngestResponse, tonic::Status> {
+    client
+        .ingest(tokio_stream::iter(messages))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Asserts a refusal with `code` whose message names `field`.
+fn refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, field: &str) {
+    let s = r.expect_err("the call should be refused");
+    assert_eq!(s.code(), code, "{}", s.message());
+    assert!(
+        s.message().contains(field),
+        "the message {:?} should name {field}",
+        s.message()
+    );
+}
+
+async fn doc_ids(client: &mut MemoryClient<Channel>, collection: &str) -> Vec<String> {
+    client
+        .list_documents(pb::ListDocumentsRequest {
+            collection: collection.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .documents
+        .into_iter()
+        .map(|d| d.id)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_collections_documents_and_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.limits.max_document_bytes = 20_000;
+    let (open_gate, gate) = mpsc::channel();
+    let daemon = start(dir.path(), config, Some(gate)).await;
+    let ch = channel(&daemon).await;
+    let mut c = MemoryClient::new(ch.clone());
+
+    // Until the model is in place: NOT_SERVING, and model work is refused as unavailable.
+    assert_eq!(health(&ch).await, ServingStatus::NotServing);
+    let early = ingest(&mut c, vec![header("town", "a"), text(b"hello")]).await;
+    assert_eq!(early.unwrap_err().code(), Code::Unavailable);
+    open_gate.send(()).unwrap();
+    wait_serving(&ch).await;
+
+    // Collections.
+    c.create_collection(pb::CreateCollectionRequest {
+        name: "town".into(),
+    })
+    .await
+    .unwrap();
+    c.create_collection(pb::CreateCollectionRequest {
+        name: "spare".into(),
+    })
+    .await
+    .unwrap();
+    let again = c
+        .create_collection(pb::CreateCollectionRequest {
+            name: "town".into(),
+        })
+        .await;
+    assert_eq!(again.unwrap_err().code(), Code::AlreadyExists);
+    refused(
+        c.create_collection(pb::CreateCollectionRequest { name: "".into() })
+            .await,
+        Code::InvalidArgument,
+        "name",
+    );
+    c.drop_collection(pb::DropCollectionRequest {
+        name: "spare".into(),
+    })
+    .await
+    .unwrap();
+    let names: Vec<String> = c
+        .list_collections(pb::ListCollectionsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .collections
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["town"]);
+    refused(
+        c.drop_collection(pb::DropCollectionRequest {
+            name: "spare".into(),
+        })
+        .await,
+        Code::NotFound,
+        "spare",
+    );
+
+    // Ingest over the stream, in pieces that split a two-byte character.
+    let body = format!("Café notes. {}", town_text(6));
+    let bytes = body.as_bytes();
+    let split = body.find('é').unwrap() + 1;
+    let out = ingest(
+        &mut c,
+        vec![
+            header("town", "notes"),
+            text(&bytes[..split]),
+            text(&bytes[split..]),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.id, "notes");
+    assert!(out.tokens > 50, "{out:?}");
+    assert!(!out.replaced);
+    let generated = ingest(
+        &mut c,
+        vec![header("town", ""), text(b"A second, short note.")],
+    )
+    .await
+    .unwrap();
+    assert!(generated.id.starts_with('#'), "{}", generated.id);
+    assert_eq!(
+        doc_ids(&mut c, "town").await,
+        ["notes", generated.id.as_str()]
+    );
+
+    let got = c
+        .get_document(pb::GetDocumentRequest {
+            collection: "town".into(),
+            id: "notes".into(),
+            chars: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.text, body);
+    let info = got.document.unwrap();
+    assert_eq!(info.tokens as u64, out.tokens);
+    assert_eq!(info.chars, body.chars().count() as u64);
+    assert_eq!(info.metadata[0].key, "source");
+    let range = c
+        .get_document(pb::GetDocumentRequest {
+            collection: "town".into(),
+            id: "notes".into(),
+            chars: Some(pb::CharRange { start: 0, end: 4 }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(range.text, "Café");
+
+    let stats = c.stats(pb::StatsRequest {}).await.unwrap().into_inner();
+    assert_eq!(stats.collections, 1);
+    assert_eq!(stats.documents, 2);
+    assert!(stats.posting_entries > stats.tokens);
+    assert_eq!(stats.queues.len(), 2);
+
+    // Unknown ids.
+    refused(
+        c.get_document(pb::GetDocumentRequest {
+            collection: "town".into(),
+            id: "missing".into(),
+            chars: None,
+        })
+        .await,
+        Code::NotFound,
+        "missing",
+    );
+    refused(
+        c.list_documents(pb::ListDocumentsRequest {
+            collection: "nowhere".into(),
+        })
+        .await,
+        Code::NotFound,
+        "nowhere",
+    );
+    refused(
+        ingest(&mut c, vec![header("nowhere", "x"), text(b"some text")]).await,
+        Code::NotFound,
+        "nowhere",
+    );
+    refused(
+        c.delete_document(pb::DeleteDocumentRequest {
+            collection: "town".into(),
+            id: "missing".into(),
+        })
+        .await,
+        Code::NotFound,
+        "missing",
+    );
+
+    // Malformed input, each refused naming its field, none written.
+    refused(
+        ingest(&mut c, vec![]).await,
+        Code::InvalidArgument,
+        "header",
+    );
+    refused(
+        ingest(&mut c, vec![text(b"text first")]).await,
+        Code::InvalidArgument,
+        "header",
+    );
+    refused(
+        ingest(&mut c, vec![header("town", "#7"), text(b"x y z")]).await,
+        Code::InvalidArgument,
+        "header.id",
+    );
+    refused(
+        ingest(&mut c, vec![header("", "a"), text(b"x y z")]).await,
+        Code::InvalidArgument,
+        "header.collection",
+    );
+    refused(
+        ingest(
+            &mut c,
+            vec![header("town", "bad"), text(&[0x66, 0xff, 0x66])],
+        )
+        .await,
+        Code::InvalidArgument,
+        "text",
+    );
+    refused(
+        ingest(&mut c, vec![header("town", "blank"), text(b"   \n")]).await,
+        Code::InvalidArgument,
+        "text",
+    );
+    refused(
+        ingest(
+            &mut c,
+            vec![header("town", "twice"), header("town", "twice"), text(b"x")],
+        )
+        .await,
+        Code::InvalidArgument,
+        "header",
+    );
+    refused(
+        ingest(
+            &mut c,
+            vec![header("town", "huge"), text(&vec![b'a'; 20_001])],
+        )
+        .await,
+        Code::InvalidArgument,
+        "text",
+    );
+    refused(
+        c.get_document(pb::GetDocumentRequest {
+            collection: "town".into(),
+            id: "notes".into(),
+            chars: Some(pb::CharRange { start: 9, end: 2 }),
+        })
+        .await,
+        Code::InvalidArgument,
+        "chars",
+    );
+    refused(
+        c.list_documents(pb::ListDocumentsRequest {
+            collection: "bad\nname".into(),
+        })
+        .await,
+        Code::InvalidArgument,
+        "collection",
+    );
+    assert_eq!(doc_ids(&mut c, "town").await.len(), 2);
+
+    c.delete_document(pb::DeleteDocumentRequest {
+        collection: "town".into(),
+        id: generated.id.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(doc_ids(&mut c, "town").await, ["notes"]);
+    daemon.shutdown().await.unwrap();
+    Index::open(dir.path(), IndexConfig::default())
+        .unwrap()
+        .verify()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_bearer_token_is_required_except_for_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "correct-horse-battery\n").unwrap();
+    let mut config = test_config();
+    config.auth_token_file = Some(token_file);
+    let daemon = start(&dir.path().join("data"), config, None).await;
+    let ch = channel(&daemon).await;
+    wait_serving(&ch).await;
+
+    let mut anonymous = MemoryClient::new(ch.clone());
+    let r = anonymous
+        .list_collections(pb::ListCollectionsRequest {})
+        .await;
+    assert_eq!(r.unwrap_err().code(), Code::Unauthenticated);
+    let with = |token: &'static str| {
+        MemoryClient::with_interceptor(ch.clone(), move |mut req: tonic::Request<()>| {
+            req.metadata_mut()
+                .insert("authorization", token.parse().unwrap());
+            Ok(req)
+        })
+    };
+    let r = with("Bearer correct-horse-batterx")
+        .list_collections(pb::ListCollectionsRequest {})
+        .await;
+    assert_eq!(r.unwrap_err().code(), Code::Unauthenticated);
+    let r = with("correct-horse-battery")
+        .list_collections(pb::ListCollectionsRequest {})
+        .await;
+    assert_eq!(r.unwrap_err().code(), Code::Unauthenticated);
+    with("Bearer correct-horse-battery")
+        .create_collection(pb::CreateCollectionRequest { name: "c".into() })
+        .await
+        .unwrap();
+    daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_full_queue_cancelled_ingests_and_reads_during_a_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.queues.ingest_workers = 1;
+    config.queues.ingest_queue_depth = 0;
+    let daemon = start(dir.path(), config, None).await;
+    let ch = channel(&daemon).await;
+    wait_serving(&ch).await;
+    let mut c = MemoryClient::new(ch.clone());
+    c.create_collection(pb::CreateCollectionRequest { name: "c".into() })
+        .await
+        .unwrap();
+
+    // A long document (several windows) keeps the only scan thread busy.
+    let long = town_text(120);
+    let mut busy_client = c.clone();
+    let long_bytes = long.clone().into_bytes();
+    let busy = tokio::spawn(async move {
+        ingest(
+            &mut busy_client,
+            vec![header("c", "long"), text(&long_bytes)],
+        )
+        .await
+    });
+    let ingest_queue = |s: &pb::StatsResponse| {
+        s.queues
+            .iter()
+            .find(|q| q.name == "ingest")
+            .cloned()
+            .unwrap()
+    };
+    loop {
+        let s = c.stats(pb::StatsRequest {}).await.unwrap().into_inner();
+        if ingest_queue(&s).running == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Depth 0 and the worker busy: the next ingest is refused at once.
+    refused(
+        ingest(
+            &mut c,
+            vec![header("c", "second"), text(b"Another document.")],
+        )
+        .await,
+        Code::ResourceExhausted,
+        "ingest queue is full",
+    );
+    // Reads are served during the scan.
+    assert!(doc_ids(&mut c, "c").await.is_empty());
+
+    // The client goes away mid-scan: the scan stops and nothing is written.
+    busy.abort();
+    let _ = busy.await;
+    loop {
+        let s = c.stats(pb::StatsRequest {}).await.unwrap().into_inner();
+        if ingest_queue(&s).running == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(doc_ids(&mut c, "c").await.is_empty());
+
+    // A client that breaks off mid-stream (header and a piece sent, never finished).
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(header("c", "partial")).await.unwrap();
+    tx.send(text(b"The first half of a document"))
+        .await
+        .unwrap();
+    let mut partial_client = c.clone();
+    let partial = tokio::spawn(async move {
+        partial_client
+            .ingest(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    partial.abort();
+    let _ = partial.await;
+    drop(tx);
+
+    // The queue is free again and a short document goes in whole.
+    let out = loop {
+        match ingest(
+            &mut c,
+            vec![header("c", "short"), text(b"A short note about boats.")],
+        )
+        .await
+        {
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            r => break r.unwrap(),
+        }
+    };
+    assert_eq!(out.id, "short");
+    assert_eq!(doc_ids(&mut c, "c").await, ["short"]);
+    daemon.shutdown().await.unwrap();
+    let index = Index::open(dir.path(), IndexConfig::default()).unwrap();
+    assert_eq!(index.verify().unwrap(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_restart_on_the_same_data_dir_and_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(dir.path(), test_config(), None).await;
+    let ch = channel(&daemon).await;
+    wait_serving(&ch).await;
+    let mut c = MemoryClient::new(ch.clone());
+    c.create_collection(pb::CreateCollectionRequest { name: "c".into() })
+        .await
+        .unwrap();
+    let body = town_text(5);
+    ingest(&mut c, vec![header("c", "town"), text(body.as_bytes())])
+        .await
+        .unwrap();
+    let before = c
+        .list_documents(pb::ListDocumentsRequest {
+            collection: "c".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+
+    // A second opener of the data dir gets the lock error, not a store.
+    match Index::open(dir.path(), IndexConfig::default()) {
+        Err(IndexError::Locked { .. }) => {}
+        Err(e) => panic!("expected the lock error, got {e}"),
+        Ok(_) => panic!("a second opener got the data dir"),
+    }
+    drop(c);
+    drop(ch);
+    daemon.shutdown().await.unwrap();
+
+    let daemon = start(dir.path(), test_config(), None).await;
+    let ch = channel(&daemon).await;
+    wait_serving(&ch).await;
+    let mut c = MemoryClient::new(ch.clone());
+    let after = c
+        .list_documents(pb::ListDocumentsRequest {
+            collection: "c".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after, before);
+    let got = c
+        .get_document(pb::GetDocumentRequest {
+            collection: "c".into(),
+            id: "town".into(),
+            chars: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.text, body);
+    daemon.shutdown().await.unwrap();
+}
+
+/// The `s3mem serve` binary: a second daemon on the same data dir fails with the lock error;
+/// the CLI's `--server` mode prints what local mode prints; SIGTERM stops it cleanly.
+#[test]
+fn grpc_serve_binary_and_cli_client() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let doc = dir.path().join("town.txt");
+    std::fs::write(&doc, town_text(4)).unwrap();
+    let model = real_model_path();
+    let mut child = crate::common::s3mem()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .arg("--model")
+        .arg(&model)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let (addr_tx, addr_rx) = mpsc::channel();
+    let seen = lines.clone();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(a) = line.strip_prefix("s3mem: listening on ") {
+                let _ = addr_tx.send(a.to_string());
+            }
+            seen.lock().unwrap().push(line);
+        }
+    });
+    let addr = addr_rx
+        .recv()
+        .unwrap_or_else(|_| panic!("serve exited: {:?}", lines.lock().unwrap()));
+    let url = format!("http://{addr}");
+
+    let second = crate::common::s3mem()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .arg("--model")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("in use by another process"), "{err}");
+
+    let remote = |args: &[&str]| {
+        let out = crate::common::s3mem()
+            .args(args)
+            .args(["--server", &url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // The model may still be loading: ingest retries until the daemon serves.
+    let ingested = loop {
+        let out = crate::common::s3mem()
+            .args(["ingest", "--collection", "c", "--id", "town", "--json"])
+            .arg(&doc)
+            .args(["--server", &url])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Unavailable"), "{err}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(ingested["documents"][0]["id"], "town");
+    let list_remote = remote(&["docs", "list", "--collection", "c", "--json"]);
+    let get_remote = remote(&["docs", "get", "--collection", "c", "town"]);
+    let stats_remote: serde_json::Value =
+        serde_json::from_str(&remote(&["stats", "--json"])).unwrap();
+
+    let pid = child.id().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    assert!(
+        status.success(),
+        "serve exited with {status}: {:?}",
+        lines.lock().unwrap()
+    );
+
+    let local = |args: &[&str]| {
+        let out = crate::common::s3mem()
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(
+        local(&["docs", "list", "--collection", "c", "--json"]),
+        list_remote
+    );
+    assert_eq!(
+        local(&["docs", "get", "--collection", "c", "town"]),
+        get_remote
+    );
+    let stats_local: serde_json::Value =
+        serde_json::from_str(&local(&["stats", "--json"])).unwrap();
+    // Disk sizes move with sled's own flushing; the counts and logical sizes do not.
+    for key in [
+        "collections",
+        "documents",
+        "tokens",
+        "postings",
+        "posting_entries",
+        "components",
+    ] {
+        assert_eq!(stats_local[key], stats_remote[key], "{key}");
+    }
+}
