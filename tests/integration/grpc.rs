@@ -616,7 +616,15 @@ fn grpc_serve_binary_and_cli_client() {
     let doc = dir.path().join("town.txt");
     std::fs::write(&doc, town_text(4)).unwrap();
     let model = real_model_path();
-    let mut child = crate::common::s3mem()
+    // A private copy: a build sharing the target dir may replace the binary mid-test.
+    let exe = dir.path().join("s3mem");
+    std::fs::copy(env!("CARGO_BIN_EXE_s3mem"), &exe).unwrap();
+    let s3mem = || {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.env("S3MEM_THREADS", "2");
+        cmd
+    };
+    let mut child = s3mem()
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
         .arg("--model")
@@ -641,7 +649,7 @@ fn grpc_serve_binary_and_cli_client() {
         .unwrap_or_else(|_| panic!("serve exited: {:?}", lines.lock().unwrap()));
     let url = format!("http://{addr}");
 
-    let second = crate::common::s3mem()
+    let second = s3mem()
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data)
         .arg("--model")
@@ -653,7 +661,7 @@ fn grpc_serve_binary_and_cli_client() {
     assert!(err.contains("in use by another process"), "{err}");
 
     let remote = |args: &[&str]| {
-        let out = crate::common::s3mem()
+        let out = s3mem()
             .args(args)
             .args(["--server", &url])
             .output()
@@ -667,7 +675,7 @@ fn grpc_serve_binary_and_cli_client() {
     };
     // The model may still be loading: ingest retries until the daemon serves.
     let ingested = loop {
-        let out = crate::common::s3mem()
+        let out = s3mem()
             .args(["ingest", "--collection", "c", "--id", "town", "--json"])
             .arg(&doc)
             .args(["--server", &url])
@@ -701,7 +709,7 @@ fn grpc_serve_binary_and_cli_client() {
     );
 
     let local = |args: &[&str]| {
-        let out = crate::common::s3mem()
+        let out = s3mem()
             .args(args)
             .arg("--data-dir")
             .arg(&data)
