@@ -13,7 +13,8 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
 use crate::index::{CollectionInfo, DocumentInfo, Stats};
-use crate::service::convert::stats_from_pb;
+use crate::retrieve::Evidence;
+use crate::service::convert::{evidence_from_pb, method_to_pb, stats_from_pb};
 use crate::service::pb::{self, memory_client::MemoryClient};
 
 /// Text bytes per ingest message: well under the daemon's default 4 MiB message limit.
@@ -250,6 +251,60 @@ impl Client {
         Ok(())
     }
 
+    /// Retrieves evidence; returns it with its trace (as JSON) when one was asked for.
+    pub fn retrieve(
+        &mut self,
+        args: &super::RetrieveArgs,
+    ) -> Result<(Evidence, Option<serde_json::Value>)> {
+        let r = self
+            .runtime
+            .block_on(self.api.retrieve(retrieve_request(args)))
+            .map_err(status_error)?;
+        Ok(evidence_from_pb(r.into_inner())?)
+    }
+
+    /// Asks a question: `on_text` gets the answer's pieces as they come; returns the evidence,
+    /// its trace and the final message.
+    pub fn ask(
+        &mut self,
+        args: &super::RetrieveArgs,
+        max_new_tokens: usize,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(Evidence, Option<serde_json::Value>, pb::AskResult)> {
+        let r = retrieve_request(args);
+        let req = pb::AskRequest {
+            collection: r.collection,
+            docs: r.docs,
+            question: r.question,
+            budget: r.budget,
+            method: r.method,
+            trace: r.trace,
+            max_new_tokens: u32::try_from(max_new_tokens).unwrap_or(u32::MAX),
+        };
+        let api = &mut self.api;
+        self.runtime.block_on(async {
+            let mut stream = api.ask(req).await.map_err(status_error)?.into_inner();
+            let mut evidence = None;
+            while let Some(msg) = stream.message().await.map_err(status_error)? {
+                match msg.event {
+                    Some(pb::ask_response::Event::Evidence(e)) => {
+                        evidence = Some(evidence_from_pb(e)?);
+                    }
+                    Some(pb::ask_response::Event::Delta(piece)) if !on_text(&piece) => {
+                        bail!("cancelled");
+                    }
+                    Some(pb::ask_response::Event::Delta(_)) | None => {}
+                    Some(pb::ask_response::Event::Done(done)) => {
+                        let (e, trace) =
+                            evidence.context("the daemon answered before sending evidence")?;
+                        return Ok((e, trace, done));
+                    }
+                }
+            }
+            bail!("the daemon ended the answer without its final message")
+        })
+    }
+
     /// Counts and sizes the daemon's data dir.
     pub fn stats(&mut self) -> Result<Stats> {
         let r = self
@@ -257,6 +312,18 @@ impl Client {
             .block_on(self.api.stats(pb::StatsRequest {}))
             .map_err(status_error)?;
         Ok(stats_from_pb(r.into_inner()))
+    }
+}
+
+fn retrieve_request(args: &super::RetrieveArgs) -> pb::RetrieveRequest {
+    pb::RetrieveRequest {
+        collection: args.collection.clone(),
+        docs: args.docs.clone(),
+        question: args.question.clone(),
+        // An over-large budget stays over the daemon's limit, which refuses it by name.
+        budget: u32::try_from(args.budget).unwrap_or(u32::MAX),
+        method: method_to_pb(args.method) as i32,
+        trace: args.trace,
     }
 }
 

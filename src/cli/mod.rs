@@ -1,5 +1,6 @@
 //! The `s3mem` command line: wiring only; every command calls into the layers.
 
+mod ask;
 mod bench;
 pub mod client;
 mod commands;
@@ -62,8 +63,54 @@ pub enum Command {
     Stats(StatsArgs),
     /// Reclaim the space of deleted documents.
     Compact(DataDirArgs),
+    /// Find evidence for a question: S3, BM25, bias or hybrid spans under a token budget.
+    Retrieve(RetrieveArgs),
+    /// Answer a question from the evidence retrieved for it, citing the spans.
+    Ask(AskArgs),
     /// Run the gRPC daemon on a data dir until SIGINT or SIGTERM.
     Serve(Box<ServeArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct RetrieveArgs {
+    #[command(flatten)]
+    pub data: DataDirArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The SAE set the index was built with (`default`: the model's embedded set).
+    #[arg(long, default_value = "default")]
+    pub sae: String,
+    /// The collection.
+    #[arg(long)]
+    pub collection: String,
+    /// Restrict to these documents (repeatable; default: the whole collection).
+    #[arg(long = "doc")]
+    pub docs: Vec<String>,
+    /// Most tokens of evidence (counted with the model's tokenizer).
+    #[arg(long, default_value_t = 1024)]
+    pub budget: usize,
+    /// s3, bm25, hybrid or bias.
+    #[arg(long, default_value = "hybrid")]
+    pub method: crate::retrieve::Method,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Add a trace (features, positions, NMS, BM25 hits, fusion, timings) to the JSON.
+    #[arg(long)]
+    pub trace: bool,
+    /// The question.
+    pub question: String,
+}
+
+#[derive(Debug, Args)]
+pub struct AskArgs {
+    #[command(flatten)]
+    pub retrieve: RetrieveArgs,
+    /// Most tokens of the answer.
+    #[arg(long, default_value_t = 96)]
+    pub max_new_tokens: usize,
 }
 
 /// Where the index lives.

@@ -41,7 +41,7 @@ impl Default for Limits {
             max_budget: 8192,
             default_budget: 1024,
             max_new_tokens: 1024,
-            default_new_tokens: 256,
+            default_new_tokens: 96,
             max_concurrent_streams: 64,
         }
     }

@@ -14,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use super::config::Limits;
 use super::error::{Result, ServiceError};
+use crate::answer::{self, Answer, AnswerConfig};
 use crate::index::{
     encode_document, CollectionInfo, DocumentInfo, Encoder, Index, Ingested, NewDocument, Stats,
 };
 use crate::model::{Model, ScanConfig};
+use crate::retrieve::{Evidence, Query, RetrieveConfig, Retriever};
 use crate::sae::SaeSet;
 
 /// The model side of the daemon, loaded once after start-up.
@@ -192,6 +194,45 @@ impl Engine {
         // The commit makes the passages searchable: part of storing, as the caller sees it.
         out.store_seconds = t0.elapsed().as_secs_f64();
         tracing::info!(id = %out.id, tokens = out.tokens, collection = %upload.collection, "document ingested");
+        Ok(out)
+    }
+
+    /// Retrieves the evidence for a question (the index shared with other readers).
+    pub fn retrieve(&self, query: &Query, cancel: &Cancel) -> Result<Evidence> {
+        let loaded = self.loaded()?;
+        self.check_live(cancel)?;
+        let config = RetrieveConfig {
+            max_question_chars: self.limits.max_question_bytes,
+            ..RetrieveConfig::default()
+        };
+        let retriever = Retriever::new(&loaded.model, &loaded.saes, config)?;
+        let index = self.read();
+        Ok(retriever.retrieve(&index, query)?)
+    }
+
+    /// Answers from `evidence`, calling `on_text` with each piece (`false` stops); stops too
+    /// when the daemon does.
+    pub fn answer(
+        &self,
+        evidence: &Evidence,
+        max_new_tokens: usize,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Answer> {
+        let loaded = self.loaded()?;
+        let config = AnswerConfig {
+            max_new_tokens,
+            max_new_tokens_limit: self.limits.max_new_tokens,
+        };
+        let out = answer::answer(&loaded.model, evidence, &config, &mut |piece| {
+            on_text(piece) && !self.is_stopping()
+        })?;
+        if out.stop == crate::model::StopReason::Cancelled {
+            return Err(if self.is_stopping() {
+                ServiceError::ShuttingDown
+            } else {
+                ServiceError::Cancelled
+            });
+        }
         Ok(out)
     }
 

@@ -3,8 +3,10 @@
 
 use tonic::{Code, Status};
 
+use crate::answer::AnswerError;
 use crate::index::IndexError;
 use crate::model::ModelError;
+use crate::retrieve::RetrieveError;
 use crate::sae::SaeError;
 
 /// Lists everything a call to the daemon can fail with.
@@ -78,6 +80,14 @@ pub enum ServiceError {
     /// The model refused or failed.
     #[error(transparent)]
     Model(#[from] ModelError),
+
+    /// Retrieval refused or failed.
+    #[error(transparent)]
+    Retrieve(#[from] RetrieveError),
+
+    /// Answering refused or failed.
+    #[error(transparent)]
+    Answer(#[from] AnswerError),
 }
 
 impl ServiceError {
@@ -103,7 +113,27 @@ impl ServiceError {
             Self::Index(e) => index_code(e),
             Self::Sae(e) => sae_code(e),
             Self::Model(e) => model_code(e),
+            Self::Retrieve(e) => retrieve_code(e),
+            Self::Answer(e) => answer_code(e),
         }
+    }
+}
+
+fn retrieve_code(e: &RetrieveError) -> Code {
+    match e {
+        RetrieveError::InvalidInput { .. } => Code::InvalidArgument,
+        RetrieveError::SaeForAnotherModel { .. } => Code::FailedPrecondition,
+        RetrieveError::Index(e) => index_code(e),
+        RetrieveError::Model(e) => model_code(e),
+        RetrieveError::Sae(e) => sae_code(e),
+        RetrieveError::Tensor(_) => Code::Internal,
+    }
+}
+
+fn answer_code(e: &AnswerError) -> Code {
+    match e {
+        AnswerError::TooLong { .. } | AnswerError::MaxNewTokens(_) => Code::InvalidArgument,
+        AnswerError::Model(e) => model_code(e),
     }
 }
 
@@ -188,6 +218,16 @@ mod tests {
             id: "d".into(),
         });
         assert_eq!(e.code(), Code::NotFound);
+        let e = ServiceError::Retrieve(RetrieveError::Index(IndexError::UnknownCollection(
+            "c".into(),
+        )));
+        assert_eq!(e.code(), Code::NotFound);
+        let e = ServiceError::Answer(AnswerError::TooLong {
+            prompt_tokens: 9000,
+            max_new_tokens: 96,
+            context: 8192,
+        });
+        assert_eq!(e.code(), Code::InvalidArgument);
         let s = Status::from(ServiceError::invalid("budget", "0 is below 1"));
         assert_eq!(s.code(), Code::InvalidArgument);
         assert_eq!(s.message(), "budget: 0 is below 1");

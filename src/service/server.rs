@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{self, check_name};
-use super::engine::{CancelOnDrop, Engine, Upload};
+use super::engine::{Cancel, CancelOnDrop, Engine, Upload};
 use super::error::{Result, ServiceError};
 use super::pb::{self, ingest_request::Part};
 use super::queue::WorkQueue;
@@ -258,10 +258,13 @@ impl pb::memory_server::Memory for MemoryService {
         request: Request<pb::RetrieveRequest>,
     ) -> Result<Response<pb::RetrieveResponse>, Status> {
         self.ready()?;
-        let _ = request;
-        Err(Status::unimplemented(
-            "retrieve arrives with the retrieval layer",
-        ))
+        let query = convert::query(request.into_inner().into(), self.engine.limits())?;
+        let guard = CancelOnDrop::default();
+        let cancel = guard.token();
+        let engine = self.engine.clone();
+        let evidence = queued(&self.query, move || engine.retrieve(&query, &cancel)).await?;
+        drop(guard);
+        Ok(Response::new(convert::evidence_to_pb(evidence)?))
     }
 
     type AskStream = tokio_stream::wrappers::ReceiverStream<Result<pb::AskResponse, Status>>;
@@ -271,10 +274,47 @@ impl pb::memory_server::Memory for MemoryService {
         request: Request<pb::AskRequest>,
     ) -> Result<Response<Self::AskStream>, Status> {
         self.ready()?;
-        let _ = request;
-        Err(Status::unimplemented(
-            "ask arrives with the retrieval layer",
-        ))
+        let r = request.into_inner();
+        let limits = self.engine.limits();
+        let max_new_tokens = convert::max_new_tokens(r.max_new_tokens, limits)?;
+        let query = convert::query(
+            convert::QueryFields {
+                collection: r.collection,
+                docs: r.docs,
+                question: r.question,
+                budget: r.budget,
+                method: r.method,
+                trace: r.trace,
+            },
+            limits,
+        )?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let engine = self.engine.clone();
+        self.query.try_submit(move || {
+            // The stream's receiver goes when the client does: a failed send is its cancel.
+            let send = |event| {
+                tx.blocking_send(Ok(pb::AskResponse { event: Some(event) }))
+                    .is_ok()
+            };
+            let run = || -> Result<()> {
+                let evidence = engine.retrieve(&query, &Cancel::default())?;
+                let first = convert::evidence_to_pb(evidence.clone())?;
+                if !send(pb::ask_response::Event::Evidence(first)) {
+                    return Err(ServiceError::Cancelled);
+                }
+                let answer = engine.answer(&evidence, max_new_tokens, &mut |piece| {
+                    send(pb::ask_response::Event::Delta(piece.to_string()))
+                })?;
+                send(pb::ask_response::Event::Done(convert::answer_to_pb(answer)));
+                Ok(())
+            };
+            if let Err(e) = run() {
+                let _ = tx.blocking_send(Err(e.into()));
+            }
+        })?;
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 
     async fn stats(

@@ -162,6 +162,22 @@ async fn doc_ids(client: &mut MemoryClient<Channel>, collection: &str) -> Vec<St
         .collect()
 }
 
+fn retrieve_request(collection: &str, question: &str, budget: u32) -> pb::RetrieveRequest {
+    pb::RetrieveRequest {
+        collection: collection.into(),
+        docs: vec![],
+        question: question.into(),
+        budget,
+        method: pb::Method::Hybrid as i32,
+        trace: false,
+    }
+}
+
+/// The parts of evidence that must not change between runs (timings do).
+fn evidence_view(r: &pb::RetrieveResponse) -> (String, u32, Vec<pb::EvidenceSpan>) {
+    (r.context.clone(), r.context_tokens, r.spans.clone())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_health_collections_documents_and_bad_input() {
     let dir = tempfile::tempdir().unwrap();
@@ -279,6 +295,99 @@ async fn grpc_health_collections_documents_and_bad_input() {
         .unwrap()
         .into_inner();
     assert_eq!(range.text, "Café");
+
+    // Retrieve: spans cite the document's own text.
+    let question = "How many fishing boats did the harbour of Velmora count in 1803?";
+    let ev = c
+        .retrieve(retrieve_request("town", question, 96))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ev.method, "hybrid");
+    assert!(ev.context_tokens > 0 && ev.context_tokens <= 96, "{ev:?}");
+    assert!(!ev.spans.is_empty());
+    let chars: Vec<char> = body.chars().collect();
+    for span in ev.spans.iter().filter(|s| s.doc_id == "notes") {
+        let cited: String = chars[span.char_start as usize..span.char_end as usize]
+            .iter()
+            .collect();
+        assert_eq!(cited, span.text);
+    }
+
+    // Ask streams the evidence, then pieces of the answer, then the final message.
+    let mut stream = c
+        .ask(pb::AskRequest {
+            collection: "town".into(),
+            docs: vec!["notes".into()],
+            question: question.into(),
+            budget: 96,
+            method: pb::Method::Bm25 as i32,
+            trace: false,
+            max_new_tokens: 12,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        events.push(m.event.unwrap());
+    }
+    use pb::ask_response::Event;
+    assert!(matches!(events.first(), Some(Event::Evidence(e)) if !e.spans.is_empty()));
+    let Some(Event::Done(done)) = events.last() else {
+        panic!("the last message is not the final one: {events:?}");
+    };
+    let streamed: String = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Delta(d) => Some(d.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(streamed.trim(), done.answer);
+    assert!(done.new_tokens >= 1 && done.new_tokens <= 12, "{done:?}");
+    assert!(done.prompt_tokens > 0);
+
+    // Bad questions, by field.
+    refused(
+        c.retrieve(retrieve_request("town", question, 100_000))
+            .await,
+        Code::InvalidArgument,
+        "budget",
+    );
+    refused(
+        c.retrieve(retrieve_request("town", "  ", 64)).await,
+        Code::InvalidArgument,
+        "question",
+    );
+    refused(
+        c.retrieve(pb::RetrieveRequest {
+            method: 42,
+            ..retrieve_request("town", question, 64)
+        })
+        .await,
+        Code::InvalidArgument,
+        "method",
+    );
+    refused(
+        c.retrieve(retrieve_request("nowhere", question, 64)).await,
+        Code::NotFound,
+        "nowhere",
+    );
+    refused(
+        c.ask(pb::AskRequest {
+            collection: "town".into(),
+            docs: vec![],
+            question: question.into(),
+            budget: 64,
+            method: 0,
+            trace: false,
+            max_new_tokens: 1_000_000,
+        })
+        .await,
+        Code::InvalidArgument,
+        "max_new_tokens",
+    );
 
     let stats = c.stats(pb::StatsRequest {}).await.unwrap().into_inner();
     assert_eq!(stats.collections, 1);
@@ -459,6 +568,12 @@ async fn grpc_full_queue_cancelled_ingests_and_reads_during_a_scan() {
         .await
         .unwrap();
 
+    ingest(
+        &mut c,
+        vec![header("c", "short"), text(b"A short note about boats.")],
+    )
+    .await
+    .unwrap();
     // A long document (several windows) keeps the only scan thread busy.
     let long = town_text(120);
     let mut busy_client = c.clone();
@@ -494,8 +609,19 @@ async fn grpc_full_queue_cancelled_ingests_and_reads_during_a_scan() {
         Code::ResourceExhausted,
         "ingest queue is full",
     );
-    // Reads are served during the scan.
-    assert!(doc_ids(&mut c, "c").await.is_empty());
+    // Reads and questions are served during the scan.
+    assert_eq!(doc_ids(&mut c, "c").await, ["short"]);
+    let ev = c
+        .retrieve(retrieve_request("c", "What is the note about?", 64))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ev.spans[0].doc_id, "short");
+    assert_eq!(
+        ingest_queue(&c.stats(pb::StatsRequest {}).await.unwrap().into_inner()).running,
+        1,
+        "the scan should still run (a 3000-token scan takes seconds)"
+    );
 
     // The client goes away mid-scan: the scan stops and nothing is written.
     busy.abort();
@@ -507,7 +633,7 @@ async fn grpc_full_queue_cancelled_ingests_and_reads_during_a_scan() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(doc_ids(&mut c, "c").await.is_empty());
+    assert_eq!(doc_ids(&mut c, "c").await, ["short"]);
 
     // A client that breaks off mid-stream (header and a piece sent, never finished).
     let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -530,7 +656,7 @@ async fn grpc_full_queue_cancelled_ingests_and_reads_during_a_scan() {
     let out = loop {
         match ingest(
             &mut c,
-            vec![header("c", "short"), text(b"A short note about boats.")],
+            vec![header("c", "other"), text(b"Another note, on lanterns.")],
         )
         .await
         {
@@ -540,11 +666,11 @@ async fn grpc_full_queue_cancelled_ingests_and_reads_during_a_scan() {
             r => break r.unwrap(),
         }
     };
-    assert_eq!(out.id, "short");
-    assert_eq!(doc_ids(&mut c, "c").await, ["short"]);
+    assert_eq!(out.id, "other");
+    assert_eq!(doc_ids(&mut c, "c").await, ["short", "other"]);
     daemon.shutdown().await.unwrap();
     let index = Index::open(dir.path(), IndexConfig::default()).unwrap();
-    assert_eq!(index.verify().unwrap(), 1);
+    assert_eq!(index.verify().unwrap(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -565,6 +691,12 @@ async fn grpc_restart_on_the_same_data_dir_and_the_lock() {
         .list_documents(pb::ListDocumentsRequest {
             collection: "c".into(),
         })
+        .await
+        .unwrap()
+        .into_inner();
+    let question = "How many lanterns did Velmora have in 1802?";
+    let evidence_before = c
+        .retrieve(retrieve_request("c", question, 64))
         .await
         .unwrap()
         .into_inner();
@@ -601,6 +733,15 @@ async fn grpc_restart_on_the_same_data_dir_and_the_lock() {
         .unwrap()
         .into_inner();
     assert_eq!(got.text, body);
+    let evidence_after = c
+        .retrieve(retrieve_request("c", question, 64))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        evidence_view(&evidence_after),
+        evidence_view(&evidence_before)
+    );
     daemon.shutdown().await.unwrap();
 }
 
@@ -693,6 +834,34 @@ fn grpc_serve_binary_and_cli_client() {
     let get_remote = remote(&["docs", "get", "--collection", "c", "town"]);
     let stats_remote: serde_json::Value =
         serde_json::from_str(&remote(&["stats", "--json"])).unwrap();
+    let question = "How many boats did Velmora count?";
+    let retrieve_args = [
+        "retrieve",
+        "--collection",
+        "c",
+        "--budget",
+        "64",
+        "--json",
+        question,
+    ];
+    let ask_args = [
+        "ask",
+        "--collection",
+        "c",
+        "--budget",
+        "64",
+        "--max-new-tokens",
+        "6",
+        "--json",
+        question,
+    ];
+    let without_timings = |json: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+        v.as_object_mut().unwrap().remove("timings_ms");
+        v
+    };
+    let retrieve_remote = without_timings(&remote(&retrieve_args));
+    let ask_remote = without_timings(&remote(&ask_args));
 
     let pid = child.id().to_string();
     let kill = std::process::Command::new("kill")
@@ -729,6 +898,20 @@ fn grpc_serve_binary_and_cli_client() {
     assert_eq!(
         local(&["docs", "get", "--collection", "c", "town"]),
         get_remote
+    );
+    let model_arg = model.to_str().unwrap();
+    fn with_model<'a>(args: &[&'a str], model: &'a str) -> Vec<&'a str> {
+        let mut a = args.to_vec();
+        a.extend(["--model", model]);
+        a
+    }
+    assert_eq!(
+        without_timings(&local(&with_model(&retrieve_args, model_arg))),
+        retrieve_remote
+    );
+    assert_eq!(
+        without_timings(&local(&with_model(&ask_args, model_arg))),
+        ask_remote
     );
     let stats_local: serde_json::Value =
         serde_json::from_str(&local(&["stats", "--json"])).unwrap();
