@@ -180,6 +180,8 @@ pub struct RetrieveConfig {
     pub trace: bool,
     /// Longest question, in chars.
     pub max_question_chars: usize,
+    /// Indexed layers S3 reads (`None`: all of them).
+    pub layers: Option<Vec<usize>>,
 }
 
 impl Default for RetrieveConfig {
@@ -200,6 +202,7 @@ impl Default for RetrieveConfig {
             fusion: Fusion::default(),
             trace: false,
             max_question_chars: 4096,
+            layers: None,
         }
     }
 }
@@ -324,7 +327,21 @@ impl<'a> Retriever<'a> {
                 model: fingerprint.to_string(),
             });
         }
-        let codes = layer_codes(saes, model.config().kv_heads)?;
+        let mut codes = layer_codes(saes, model.config().kv_heads)?;
+        if let Some(layers) = &config.layers {
+            if let Some(l) = layers
+                .iter()
+                .find(|l| !codes.iter().any(|c| c.layer == **l))
+            {
+                return Err(RetrieveError::invalid(
+                    "layers",
+                    format!("layer {l} is not indexed by this SAE set"),
+                ));
+            }
+        }
+        if let Some(layers) = &config.layers {
+            codes.retain(|c| layers.contains(&c.layer));
+        }
         Ok(Self {
             model,
             saes,
@@ -346,7 +363,10 @@ impl<'a> Retriever<'a> {
         let given = StoreIdentity {
             model_fingerprint: self.model.fingerprint()?.to_string(),
             sae_digest: self.saes.digest().to_string(),
-            layers: self.codes.iter().map(|c| c.layer as u32).collect(),
+            layers: layer_codes(self.saes, self.model.config().kv_heads)?
+                .iter()
+                .map(|c| c.layer as u32)
+                .collect(),
             ..stored.clone()
         };
         Ok(index.check_identity(&given)?)

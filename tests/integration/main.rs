@@ -7,4 +7,5 @@ mod index;
 mod model_cli;
 mod model_real;
 mod model_tiny;
+mod retrieve;
 mod sae_cli;
