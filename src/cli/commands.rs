@@ -72,6 +72,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Retrieve(args) => super::ask::retrieve(&args, &models),
         Command::Ask(args) => super::ask::ask(&args, &models),
         Command::Eval(cmd) => super::eval::run(cmd, &models),
+        Command::Serve(args) => super::serve::serve(&args, &models),
     }
 }
 

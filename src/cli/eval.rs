@@ -170,7 +170,7 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
     anyhow::ensure!(!items.is_empty(), "no items with gold spans in the dataset");
     let model = load(&args.model, models)?;
     let saes = load_sae_set(&model, &args.sae, models)?;
-    let mut index = Index::open(&args.data.data_dir, IndexConfig::default())?;
+    let mut index = Index::open(args.data.dir()?, IndexConfig::default())?;
     let encoder = Encoder::new(&model, &saes, crate::model::ScanConfig::default())?;
     ingest_contexts(&mut index, &encoder, &args.collection, &items)?;
     let defaults = RetrieveConfig::default();

@@ -2,17 +2,21 @@
 
 mod ask;
 mod bench;
+pub mod client;
 mod commands;
 mod eval;
 mod index;
 mod sae;
+mod serve;
 mod sys;
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use client::ServerArgs;
 pub use commands::run;
+pub use serve::ServeArgs;
 pub use sys::peak_rss_bytes;
 
 use crate::model::{LayerSet, WeightFormat};
@@ -64,6 +68,8 @@ pub enum Command {
     Retrieve(RetrieveArgs),
     /// Answer a question from the evidence retrieved for it, citing the spans.
     Ask(AskArgs),
+    /// Run the gRPC daemon on a data dir until SIGINT or SIGTERM.
+    Serve(Box<ServeArgs>),
     /// Build development datasets and measure retrieval on them.
     #[command(subcommand)]
     Eval(EvalCommand),
@@ -211,6 +217,8 @@ pub struct RetrieveArgs {
     #[command(flatten)]
     pub data: DataDirArgs,
     #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(flatten)]
     pub model: ModelArgs,
     /// The SAE set the index was built with (`default`: the model's embedded set).
     #[arg(long, default_value = "default")]
@@ -251,13 +259,24 @@ pub struct AskArgs {
 pub struct DataDirArgs {
     /// The data dir (created on first use).
     #[arg(long, env = "S3MEM_DATA_DIR")]
-    pub data_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl DataDirArgs {
+    /// Returns the data dir, or an error saying how to give one.
+    pub fn dir(&self) -> anyhow::Result<&std::path::Path> {
+        self.data_dir.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("no data dir: give --data-dir DIR (or S3MEM_DATA_DIR), or --server URL where the command takes it")
+        })
+    }
 }
 
 #[derive(Debug, Args)]
 pub struct IngestArgs {
     #[command(flatten)]
     pub data: DataDirArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -298,6 +317,8 @@ pub enum DocsCommand {
     List {
         #[command(flatten)]
         data: DataDirArgs,
+        #[command(flatten)]
+        server: ServerArgs,
         /// The collection.
         #[arg(long)]
         collection: String,
@@ -309,6 +330,8 @@ pub enum DocsCommand {
     Get {
         #[command(flatten)]
         data: DataDirArgs,
+        #[command(flatten)]
+        server: ServerArgs,
         /// The collection.
         #[arg(long)]
         collection: String,
@@ -325,6 +348,8 @@ pub enum DocsCommand {
     Delete {
         #[command(flatten)]
         data: DataDirArgs,
+        #[command(flatten)]
+        server: ServerArgs,
         /// The collection.
         #[arg(long)]
         collection: String,
@@ -364,6 +389,8 @@ pub enum CollectionsCommand {
 pub struct StatsArgs {
     #[command(flatten)]
     pub data: DataDirArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
