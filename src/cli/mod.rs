@@ -81,7 +81,7 @@ pub enum EvalCommand {
     #[command(subcommand)]
     Build(EvalBuildCommand),
     /// Evidence recall (gold spans wholly inside the context) per method and budget.
-    Recall(RecallArgs),
+    Recall(Box<RecallArgs>),
 }
 
 #[derive(Debug, Subcommand)]
