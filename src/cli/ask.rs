@@ -69,7 +69,7 @@ struct Answered {
 }
 
 /// Prints the cited spans, readable.
-fn print_spans(e: &Evidence) {
+pub(super) fn print_spans(e: &Evidence) {
     println!(
         "evidence: {} spans, {} of {} tokens ({})",
         e.spans.len(),

@@ -401,6 +401,50 @@ pub enum BenchCommand {
     /// Scan speed and peak memory against document length, chunk and depth; each run is a
     /// separate process so its peak RSS is its own.
     Scan(BenchScanArgs),
+    /// Retrieve latency (p50/p99, without the question's forward pass) against collection
+    /// size; the collection grows by copies of the corpus's encodings.
+    Retrieve(BenchRetrieveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchRetrieveArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The SAE set (`default`: the model's embedded set).
+    #[arg(long, default_value = "default")]
+    pub sae: String,
+    /// A data dir for the benchmark collection (reused: later runs only add what is missing).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The benchmark collection.
+    #[arg(long, default_value = "bench")]
+    pub collection: String,
+    /// Documents scanned once and stored in copies.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "/usr/share/common-licenses/GPL-3,/usr/share/common-licenses/Apache-2.0,/usr/share/common-licenses/MPL-2.0"
+    )]
+    pub corpus: Vec<PathBuf>,
+    /// Collection sizes in tokens, ascending.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+    pub tokens: Vec<usize>,
+    /// Questions asked in turn.
+    #[arg(
+        long,
+        value_delimiter = '|',
+        default_value = "How many days does a licensee have to cure a violation?|What does the patent license grant?|Who may distribute copies of the covered software?|What happens when the license terminates?|Is there any warranty for the program?"
+    )]
+    pub questions: Vec<String>,
+    /// Retrievals per size.
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
+    /// Evidence budget in tokens.
+    #[arg(long, default_value_t = 1024)]
+    pub budget: usize,
+    /// The method.
+    #[arg(long, default_value = "hybrid")]
+    pub method: crate::retrieve::Method,
 }
 
 #[derive(Debug, Args)]
@@ -518,13 +562,26 @@ pub struct GenerateArgs {
 pub struct QuickstartArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// The sample document to scan.
-    #[arg(long, default_value = "/usr/share/common-licenses/GPL-3")]
-    pub document: PathBuf,
-    /// The question to answer.
+    /// Where the sample index is kept (default: `quickstart/` beside the models folder).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The collection the documents go into.
+    #[arg(long, default_value = "licences")]
+    pub collection: String,
+    /// The sample documents to ingest (once; later runs reuse them).
     #[arg(
         long,
-        default_value = "The passkey is 48213. Remember it. What is the passkey?"
+        value_delimiter = ',',
+        default_value = "/usr/share/common-licenses/GPL-3,/usr/share/common-licenses/Apache-2.0,/usr/share/common-licenses/MPL-2.0"
+    )]
+    pub documents: Vec<PathBuf>,
+    /// Most tokens of evidence.
+    #[arg(long, default_value_t = 256)]
+    pub budget: usize,
+    /// The question to answer from them.
+    #[arg(
+        long,
+        default_value = "How many days after receiving notice does a licensee have to cure a violation?"
     )]
     pub question: String,
 }

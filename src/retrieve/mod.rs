@@ -121,7 +121,7 @@ impl Default for Fusion {
     fn default() -> Self {
         Self {
             rrf_k: 60.0,
-            weights: [1.0, 1.0, 1.0],
+            weights: [0.5, 1.0, 0.1],
             shares: [0.0; 3],
         }
     }
