@@ -145,30 +145,17 @@ pub fn retrieve(
     let coarse = scope.docs.len() > cfg.token_level_max_docs || n_tokens > cfg.coarse_min_tokens;
     out.coarse = coarse;
     let block = COARSE_BLOCK_TOKENS;
-    // Document frequency per feature, and what the regions are scored from.
+    // Document frequency per feature from the coarse records (one small record per 2^16
+    // positions): exact for a whole collection, counted by whole blocks for a subset.
     let mut dfs: Vec<u64> = Vec::with_capacity(activation.len());
-    // Coarse path: per feature, (global block, count) in scope.
     let mut blocks: Vec<Vec<(u32, u32)>> = Vec::new();
-    // Token path: per feature, per scope document, local positions.
-    let mut postings: Vec<Vec<Vec<u32>>> = Vec::new();
     for &(layer, feature) in activation.keys() {
-        if coarse {
-            let mut b = index.coarse_blocks(scope.cid, layer, feature)?;
-            if !scope.whole {
-                b.retain(|&(g, _)| !scope.locate(g * block..(g + 1) * block).is_empty());
-            }
-            dfs.push(b.iter().map(|&(_, c)| u64::from(c)).sum());
-            blocks.push(b);
-        } else {
-            let per_doc = scope
-                .docs
-                .iter()
-                .map(|d| index.posting(scope.cid, layer, feature, d.number))
-                .collect::<crate::index::Result<Vec<_>>>()?;
-            out.postings_read += per_doc.len();
-            dfs.push(per_doc.iter().map(|p| p.len() as u64).sum());
-            postings.push(per_doc);
+        let mut b = index.coarse_blocks(scope.cid, layer, feature)?;
+        if !scope.whole {
+            b.retain(|&(g, _)| !scope.locate(g * block..(g + 1) * block).is_empty());
         }
+        dfs.push(b.iter().map(|&(_, c)| u64::from(c)).sum());
+        blocks.push(b);
     }
     lap("df", &mut out);
     // Weights.
@@ -197,6 +184,19 @@ pub fn retrieve(
     }
     weighted.sort_by(|a, b| b.1.weight.total_cmp(&a.1.weight));
     weighted.truncate(cfg.max_features);
+    // Token path: the kept features' postings in every scope document.
+    let mut postings: HashMap<usize, Vec<Vec<u32>>> = HashMap::new();
+    if !coarse {
+        for (i, w) in &weighted {
+            let per_doc = scope
+                .docs
+                .iter()
+                .map(|d| index.posting(scope.cid, w.layer, w.feature, d.number))
+                .collect::<crate::index::Result<Vec<_>>>()?;
+            out.postings_read += per_doc.len();
+            postings.insert(*i, per_doc);
+        }
+    }
     // Regions to score per token.
     let margin = (3.0 * cfg.sigma).ceil() as usize + cfg.span_tokens;
     let regions: Vec<(usize, Range<usize>)> = if coarse {
@@ -265,7 +265,7 @@ pub fn retrieve(
                 out.postings_read += 1;
                 &fetched
             } else {
-                &postings[*i][d]
+                &postings[i][d]
             };
             for &ri in rs {
                 let r = &mut regions[ri];
