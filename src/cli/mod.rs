@@ -1,7 +1,9 @@
 //! The `s3mem` command line: wiring only; every command calls into the layers.
 
 mod bench;
+mod bench_random;
 mod commands;
+mod device;
 mod index;
 mod sae;
 mod sys;
@@ -11,6 +13,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 pub use commands::run;
+pub use device::DeviceArgs;
 pub use sys::peak_rss_bytes;
 
 use crate::model::{LayerSet, WeightFormat};
@@ -188,6 +191,8 @@ pub enum BenchCommand {
     /// Scan speed and peak memory against document length, chunk and depth; each run is a
     /// separate process so its peak RSS is its own.
     Scan(BenchScanArgs),
+    /// SAE training speed on a device, on synthetic vectors of the default set's shape.
+    SaeTrain(bench_random::SaeTrainBenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -213,6 +218,8 @@ pub struct BenchScanArgs {
     /// Print one JSON array instead of a Markdown table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub random: bench_random::RandomArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -234,9 +241,12 @@ pub struct ModelArgs {
     /// A known model name (fetched if missing) or a path to a GGUF file.
     #[arg(long, default_value = crate::model::fetch::DEFAULT_MODEL, env = "S3MEM_MODEL")]
     pub model: String,
-    /// How weights are held in memory: f32 (fastest on CPU), f16, or quantized (as shipped).
-    #[arg(long, default_value = "f32")]
-    pub weights: WeightFormat,
+    /// How weights are held in memory: f32, f16, bf16 or quantized (as shipped); default f32 on
+    /// the CPU (fastest there), bf16 on a GPU.
+    #[arg(long)]
+    pub weights: Option<WeightFormat>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// The scan's window geometry.

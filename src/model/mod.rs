@@ -3,9 +3,11 @@
 
 mod chat;
 mod config;
+mod device;
 mod error;
 pub mod fetch;
 mod generate;
+pub mod random;
 mod scan;
 mod tokenizer;
 mod transformer;
@@ -21,9 +23,11 @@ use sha2::{Digest, Sha256};
 
 pub use chat::ChatTemplate;
 pub use config::{Architecture, ModelConfig};
+pub use device::{device_name, gpu_memory, reset_gpu_peak, DeviceSpec, GpuMemory};
 pub use error::{ModelError, Result};
 pub use generate::{GenerateConfig, Generation, StopReason};
-pub use scan::{ChunkTaps, ScanConfig, ScanStats, WindowPlan};
+pub use random::{random_tokens, RandomShape};
+pub use scan::{scan_documents, ChunkTaps, ScanConfig, ScanStats, WindowPlan};
 pub use tokenizer::{StreamDecoder, TextTokenizer, Tokenized};
 pub use transformer::{
     argmax_rows, ForwardOutput, KvCache, LayerSet, LayerTap, Logits, TapRequest, Transformer,
@@ -37,7 +41,12 @@ pub struct Model {
     tokenizer: TextTokenizer,
     template: ChatTemplate,
     fingerprint: OnceLock<String>,
+    scan_batch: usize,
 }
+
+/// Windows per forward pass of a scan on a GPU by default: enough rows (about 18k tokens at
+/// chunk 512) for large matmuls, a few GB of activations for an 8B model.
+pub const GPU_SCAN_BATCH: usize = 32;
 
 impl Model {
     /// Loads a GGUF file; weights are held in `format` on `device`.
@@ -62,7 +71,19 @@ impl Model {
             tokenizer,
             template,
             fingerprint: OnceLock::new(),
+            scan_batch: default_scan_batch(device),
         })
+    }
+
+    /// Returns how many windows a scan puts through the model at once.
+    pub fn scan_batch(&self) -> usize {
+        self.scan_batch
+    }
+
+    /// Sets how many windows a scan puts through the model at once (at least 1). Results do
+    /// not depend on it (up to the rounding of differently shaped matmuls); memory grows with it.
+    pub fn set_scan_batch(&mut self, windows: usize) {
+        self.scan_batch = windows.max(1);
     }
 
     /// Returns the file the model was loaded from.
@@ -102,6 +123,16 @@ impl Model {
     /// Returns the IDs of a chat prompt asking `user`, ready for [`Model::generate`].
     pub fn chat_prompt(&self, system: Option<&str>, user: &str) -> Result<Vec<u32>> {
         self.template.prompt(&self.tokenizer, system, user)
+    }
+}
+
+/// Returns the default scan batch on `device`: one window on the CPU (where a batch gains
+/// nothing), [`GPU_SCAN_BATCH`] on a GPU.
+pub fn default_scan_batch(device: &Device) -> usize {
+    if device.is_cpu() {
+        1
+    } else {
+        GPU_SCAN_BATCH
     }
 }
 
