@@ -38,7 +38,7 @@ pub struct RandomArgs {
     #[arg(long, value_delimiter = ',')]
     pub prefill: Vec<usize>,
     /// Tokens of a parity run (0: none): the same random model scanned on the CPU in f32 and on
-    /// --device in its weight format and in f32, keys encoded by random Top-k SAEs (dictionary
+    /// --device in its weight format, in f16 and in f32, keys encoded by random Top-k SAEs (dictionary
     /// 32 x head dim, k 16), top-k feature sets compared per (token, layer, KV head).
     #[arg(long, default_value_t = 0)]
     pub parity_tokens: usize,
@@ -412,9 +412,12 @@ fn parity(
         doc.len(),
         t0.elapsed().as_secs_f64()
     );
+    // The device's format first, then the others a GPU can use, for comparison.
     let mut formats = vec![weights];
-    if weights != WeightFormat::F32 {
-        formats.push(WeightFormat::F32);
+    for f in [WeightFormat::F16, WeightFormat::F32] {
+        if !formats.contains(&f) {
+            formats.push(f);
+        }
     }
     let mut rows = Vec::new();
     for format in formats {

@@ -11,7 +11,7 @@ pub struct DeviceArgs {
     /// Where the model runs: cpu, cuda or cuda:N (CUDA needs a build with --features cuda).
     #[arg(long, default_value = "cpu", env = "S3MEM_DEVICE")]
     pub device: DeviceSpec,
-    /// Windows per forward pass of a scan (default: 1 on the CPU, 32 on a GPU).
+    /// Windows per forward pass of a scan (default: 1 on the CPU, 8 on a GPU).
     #[arg(long)]
     pub scan_batch: Option<usize>,
 }

@@ -598,10 +598,12 @@ impl Transformer {
             seq,
             self.config.hidden,
         ))?;
-        let mask = match causal_mask(seq, start, &self.device)? {
-            Some(m) => Some(m.to_dtype(self.dtype)?),
-            None => None,
+        // The fused GPU softmax masks by position itself.
+        let mask = match self.device.is_cuda() {
+            true => None,
+            false => causal_mask(seq, start, &self.device)?,
         };
+        let mask = mask.map(|m| m.to_dtype(self.dtype)).transpose()?;
         let cos = self.cos.narrow(0, start, seq)?;
         let sin = self.sin.narrow(0, start, seq)?;
         let mut out = ForwardOutput::default();
@@ -644,7 +646,7 @@ impl Transformer {
                 }
                 None => (k, v),
             };
-            let y = attention(&q, &k, &v, mask.as_ref(), nh, nkv, hd)?;
+            let y = attention(&q, &k, &v, mask.as_ref(), start, nh, nkv, hd)?;
             let y = y.transpose(1, 2)?.reshape((batch, seq, nh * hd))?;
             x = (block.wo.forward(&y)? + &x)?;
             let h = block.ffn_norm.forward(&x)?;
@@ -682,12 +684,19 @@ fn with_bias(x: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
 }
 
 /// Grouped-query attention without copying K/V per query head: the query heads of one KV
-/// group are stacked along the row axis and meet their shared K/V in one matmul.
+/// group are stacked along the row axis and meet their shared K/V in one matmul. On a GPU the
+/// scale, the causal mask and the softmax are one fused kernel (`softmax.rs`); on the CPU they
+/// are candle's ops, as they always were.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the heads' shape and the window position"
+)]
 fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     mask: Option<&Tensor>,
+    start: usize,
     nh: usize,
     nkv: usize,
     hd: usize,
@@ -698,6 +707,11 @@ fn attention(
     let q = q.reshape((batch * nkv, group * seq, hd))?;
     let k = k.reshape((batch * nkv, kv_len, hd))?;
     let v = v.reshape((batch * nkv, kv_len, hd))?;
+    if q.device().is_cuda() {
+        let att = q.matmul(&k.t()?)?;
+        super::softmax::causal_softmax_(&att, seq, start, 1.0 / (hd as f32).sqrt())?;
+        return Ok(att.matmul(&v)?.reshape((batch, nh, seq, hd))?);
+    }
     let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
     let att = match mask {
         Some(m) => att
