@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::{Device, Tensor};
+use candle_core::{Device, IndexOp, Tensor};
 use clap::Args;
 use serde::Serialize;
 
@@ -321,13 +321,16 @@ fn gib(bytes: u64) -> String {
 /// Fired features of each (token, layer, KV head), in scan order, one list per tapped layer.
 type Codes = Vec<Vec<Vec<u32>>>;
 
-/// Scans `doc` and encodes every key with its layer's SAE; also returns the keys.
+/// The SAE that encodes the keys of (layer, KV head).
+type SaeFor<'a> = &'a dyn Fn(usize, usize) -> Result<&'a TopKSae>;
+
+/// Scans `doc` and encodes every key with the SAE of its layer and head; also returns the keys.
 fn encode_scan(
     model: &Transformer,
     batch: usize,
     doc: &[u32],
     layers: &LayerSet,
-    saes: &[TopKSae],
+    sae_for: SaeFor<'_>,
 ) -> Result<(Codes, Vec<Vec<f32>>)> {
     let taps = TapRequest {
         keys: Some(layers.clone()),
@@ -340,36 +343,75 @@ fn encode_scan(
     let cfg = ScanConfig::default();
     let scanned = scan_documents(model, batch, &[doc], &taps, &cfg, &mut |_, chunk| {
         for (i, tap) in chunk.keys.iter().enumerate() {
-            let (t, h, d) = tap.values.dims3()?;
-            let rows = tap.values.reshape((t * h, d))?;
-            match saes[i].encode(&rows) {
-                Ok(c) => {
-                    for r in 0..t * h {
-                        let (ids, acts) = c.row(r).unwrap_or((&[], &[]));
-                        let mut fired: Vec<u32> = ids
-                            .iter()
-                            .zip(acts)
-                            .filter(|(_, &a)| a > 0.0)
-                            .map(|(&id, _)| id)
-                            .collect();
-                        fired.sort_unstable();
-                        codes[i].push(fired);
+            let heads = tap.values.dim(1)?;
+            for h in 0..heads {
+                let rows = tap.values.i((.., h, ..))?.contiguous()?;
+                let encoded = sae_for(tap.layer, h).and_then(|sae| Ok(sae.encode(&rows)?));
+                let c = match encoded {
+                    Ok(c) => c,
+                    Err(e) => {
+                        failed = Some(e);
+                        return Err(crate::model::ModelError::Aborted);
                     }
+                };
+                for r in 0..c.rows() {
+                    let (ids, acts) = c.row(r).unwrap_or((&[], &[]));
+                    let mut fired: Vec<u32> = ids
+                        .iter()
+                        .zip(acts)
+                        .filter(|(_, &a)| a > 0.0)
+                        .map(|(&id, _)| id)
+                        .collect();
+                    fired.sort_unstable();
+                    codes[i].push(fired);
                 }
-                Err(e) => {
-                    failed = Some(e);
-                    return Err(crate::model::ModelError::Aborted);
-                }
+                keys[i].extend(rows.flatten_all()?.to_vec1::<f32>()?);
             }
-            keys[i].extend(rows.flatten_all()?.to_vec1::<f32>()?);
         }
         Ok(())
     });
     if let Some(e) = failed {
-        return Err(e.into());
+        return Err(e);
     }
     scanned?;
     Ok((codes, keys))
+}
+
+/// Compares the codes and keys of a device scan with the CPU's.
+fn compare(
+    format: WeightFormat,
+    cpu: &(Codes, Vec<Vec<f32>>),
+    dev: &(Codes, Vec<Vec<f32>>),
+) -> Result<ParityRow> {
+    let (mut same, mut overlap, mut triples) = (0usize, 0f64, 0usize);
+    for (a_layer, b_layer) in cpu.0.iter().zip(&dev.0) {
+        if a_layer.len() != b_layer.len() {
+            bail!("parity: the scans produced different numbers of keys");
+        }
+        for (a, b) in a_layer.iter().zip(b_layer) {
+            triples += 1;
+            same += usize::from(a == b);
+            let common = a.iter().filter(|id| b.binary_search(id).is_ok()).count();
+            overlap += match a.len().max(b.len()) {
+                0 => 1.0,
+                n => common as f64 / n as f64,
+            };
+        }
+    }
+    let (mut max_diff, mut err, mut norm) = (0f32, 0f64, 0f64);
+    for (a, b) in cpu.1.iter().flatten().zip(dev.1.iter().flatten()) {
+        max_diff = max_diff.max((a - b).abs());
+        err += f64::from(a - b).powi(2);
+        norm += f64::from(*a).powi(2);
+    }
+    Ok(ParityRow {
+        weights: format,
+        triples,
+        identical: same as f64 / triples.max(1) as f64,
+        mean_overlap: overlap / triples.max(1) as f64,
+        max_abs_key_diff: max_diff,
+        rel_key_error: (err / norm.max(1e-30)).sqrt(),
+    })
 }
 
 /// One random Top-k SAE per tapped layer (tied weights, no biases): dictionary 32 x head dim.
@@ -403,61 +445,126 @@ fn parity(
 ) -> Result<Vec<ParityRow>> {
     let doc = random_tokens(r.seed ^ 0x9a9a, r.parity_tokens, shape.config.vocab);
     let saes = random_saes(shape, layers, r.seed)?;
+    let sae_for = |layer: usize, _head: usize| -> Result<&TopKSae> {
+        let i = layers.layers().iter().position(|&l| l == layer);
+        i.map(|i| &saes[i]).context("no SAE for this layer")
+    };
     let t0 = Instant::now();
     let cpu = Transformer::random(shape, WeightFormat::F32, r.seed, &Device::Cpu)?;
-    let (cpu_codes, cpu_keys) = encode_scan(&cpu, 1, &doc, layers, &saes)?;
+    let cpu_scan = encode_scan(&cpu, 1, &doc, layers, &sae_for)?;
     drop(cpu);
     eprintln!(
         "parity: CPU scan of {} tokens in {:.1} s",
         doc.len(),
         t0.elapsed().as_secs_f64()
     );
-    // The device's format first, then the others a GPU can use, for comparison.
-    let mut formats = vec![weights];
+    let mut rows = Vec::new();
+    for format in device_formats(weights) {
+        let model = Transformer::random(shape, format, r.seed, device)?;
+        let batch = crate::model::default_scan_batch(device);
+        let dev_scan = encode_scan(&model, batch, &doc, layers, &sae_for)?;
+        drop(model);
+        let row = compare(format, &cpu_scan, &dev_scan)?;
+        eprintln!("{}", serde_json::to_string(&row)?);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// The device's format first, then the others a GPU can use, for comparison.
+fn device_formats(first: WeightFormat) -> Vec<WeightFormat> {
+    let mut formats = vec![first];
     for f in [WeightFormat::F16, WeightFormat::F32] {
         if !formats.contains(&f) {
             formats.push(f);
         }
     }
+    formats
+}
+
+/// Flags of `bench parity`.
+#[derive(Debug, Args)]
+pub struct ParityArgs {
+    #[command(flatten)]
+    pub model: super::ModelArgs,
+    /// The SAE set: a folder, or `default` for the model's embedded set.
+    #[arg(long, default_value = "default")]
+    pub sae: String,
+    /// Document tokens compared (the file is repeated as needed).
+    #[arg(long, default_value_t = 8192)]
+    pub tokens: usize,
+    /// The document (UTF-8 text).
+    pub file: PathBuf,
+}
+
+/// `bench parity`: the model scanned on the CPU in f32 and on --device in its weight format,
+/// in f16 and in f32, keys encoded by the SAE set, top-k sets compared per (token, layer, KV
+/// head).
+pub fn parity_model(args: &ParityArgs, models: &std::path::Path) -> Result<()> {
+    let cpu_args = super::ModelArgs {
+        model: args.model.model.clone(),
+        weights: Some(WeightFormat::F32),
+        device: DeviceArgs::default(),
+    };
+    let cpu = super::commands::load(&cpu_args, models)?;
+    let set = super::commands::load_sae_set(&cpu, &args.sae, models)?;
+    let mut layers = set.layers();
+    layers.dedup();
+    let layers = LayerSet::new(layers)?;
+    let text = std::fs::read_to_string(&args.file)
+        .with_context(|| format!("reading {}", args.file.display()))?;
+    let unit = cpu.tokenizer().encode_ids(&text)?;
+    if unit.is_empty() {
+        bail!("{} holds no tokens", args.file.display());
+    }
+    let doc: Vec<u32> = unit.iter().copied().cycle().take(args.tokens).collect();
+    let sae_for = |layer: usize, head: usize| -> Result<&TopKSae> { Ok(set.sae_for(layer, head)?) };
+    let t0 = Instant::now();
+    let cpu_scan = encode_scan(cpu.transformer(), 1, &doc, &layers, &sae_for)?;
+    eprintln!(
+        "parity: CPU scan of {} tokens in {:.1} s",
+        doc.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    drop(cpu);
+    let first = args
+        .model
+        .weights
+        .unwrap_or(if args.model.device.device.is_gpu() {
+            WeightFormat::Bf16
+        } else {
+            WeightFormat::F32
+        });
     let mut rows = Vec::new();
-    for format in formats {
-        let model = Transformer::random(shape, format, r.seed, device)?;
-        let batch = crate::model::default_scan_batch(device);
-        let (codes, keys) = encode_scan(&model, batch, &doc, layers, &saes)?;
-        drop(model);
-        let (mut same, mut overlap, mut triples) = (0usize, 0f64, 0usize);
-        for (a_layer, b_layer) in cpu_codes.iter().zip(&codes) {
-            if a_layer.len() != b_layer.len() {
-                bail!("parity: the scans produced different numbers of keys");
-            }
-            for (a, b) in a_layer.iter().zip(b_layer) {
-                triples += 1;
-                same += usize::from(a == b);
-                let common = a.iter().filter(|id| b.binary_search(id).is_ok()).count();
-                overlap += match a.len().max(b.len()) {
-                    0 => 1.0,
-                    n => common as f64 / n as f64,
-                };
-            }
-        }
-        let (mut max_diff, mut err, mut norm) = (0f32, 0f64, 0f64);
-        for (a, b) in cpu_keys.iter().flatten().zip(keys.iter().flatten()) {
-            max_diff = max_diff.max((a - b).abs());
-            err += f64::from(a - b).powi(2);
-            norm += f64::from(*a).powi(2);
-        }
-        let row = ParityRow {
-            weights: format,
-            triples,
-            identical: same as f64 / triples.max(1) as f64,
-            mean_overlap: overlap / triples.max(1) as f64,
-            max_abs_key_diff: max_diff,
-            rel_key_error: (err / norm.max(1e-30)).sqrt(),
+    for format in device_formats(first) {
+        let dev_args = super::ModelArgs {
+            weights: Some(format),
+            ..args.model.clone()
         };
+        let model = super::commands::load(&dev_args, models)?;
+        let dev_scan = encode_scan(
+            model.transformer(),
+            model.scan_batch(),
+            &doc,
+            &layers,
+            &sae_for,
+        )?;
+        let row = compare(format, &cpu_scan, &dev_scan)?;
         eprintln!("{}", serde_json::to_string(&row)?);
         rows.push(row);
     }
-    Ok(rows)
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&serde_json::json!({
+            "model": args.model.model,
+            "device": args.model.device.device.to_string(),
+            "sae": args.sae,
+            "tokens": doc.len(),
+            "layers": layers.to_string(),
+            "parity": rows,
+        }))?
+    );
+    Ok(())
 }
 
 fn print_tables(report: &Report) {

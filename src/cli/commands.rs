@@ -66,6 +66,9 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(BenchCommand::Scan(args)) => super::bench::scan(&args, &models),
         Command::Bench(BenchCommand::SaeTrain(args)) => super::bench_random::sae_train(&args),
+        Command::Bench(BenchCommand::Parity(args)) => {
+            super::bench_random::parity_model(&args, &models)
+        }
         Command::Sae(cmd) => super::sae::run(cmd, &models),
         Command::Ingest(args) => super::index::ingest(&args, &models),
         Command::Docs(cmd) => super::index::docs(cmd),

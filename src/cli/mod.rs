@@ -193,6 +193,8 @@ pub enum BenchCommand {
     Scan(BenchScanArgs),
     /// SAE training speed on a device, on synthetic vectors of the default set's shape.
     SaeTrain(bench_random::SaeTrainBenchArgs),
+    /// Top-k SAE features of a device scan against a CPU scan in f32, per (token, layer, head).
+    Parity(bench_random::ParityArgs),
 }
 
 #[derive(Debug, Args)]
