@@ -5,7 +5,10 @@
 //! [`sae`] turns those projections into sparse feature IDs; later layers index, retrieve,
 //! answer and serve them (see ARCHITECTURE.md).
 
+pub mod answer;
 pub mod cli;
+pub mod eval;
 pub mod index;
 pub mod model;
+pub mod retrieve;
 pub mod sae;

@@ -75,6 +75,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Collections(cmd) => super::index::collections(cmd),
         Command::Stats(args) => super::index::stats(&args),
         Command::Compact(args) => super::index::compact(&args),
+        Command::Retrieve(args) => super::ask::retrieve(&args, &models),
+        Command::Ask(args) => super::ask::ask(&args, &models),
+        Command::Eval(cmd) => super::eval::run(cmd, &models),
     }
 }
 

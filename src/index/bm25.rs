@@ -182,8 +182,15 @@ impl Bm25 {
         Ok(())
     }
 
-    /// Returns the best passages of `collection` for a free-text query.
-    pub fn search(&self, collection: u32, query: &str, limit: usize) -> Result<Vec<PassageHit>> {
+    /// Returns the best passages of `collection` (of documents `docs` only, when given) for a
+    /// free-text query.
+    pub fn search(
+        &self,
+        collection: u32,
+        docs: Option<&[u32]>,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<PassageHit>> {
         let f = self.fields;
         let parser = QueryParser::for_index(&self.index, vec![f.text]);
         // Free text from users: syntax errors drop the offending part instead of failing.
@@ -196,7 +203,24 @@ impl Bm25 {
             )),
             0.0,
         ));
-        let q = BooleanQuery::new(vec![(Occur::Must, text_query), (Occur::Must, scope)]);
+        let mut clauses = vec![(Occur::Must, text_query), (Occur::Must, scope)];
+        if let Some(docs) = docs {
+            let any_of: Vec<(Occur, Box<dyn Query>)> = docs
+                .iter()
+                .map(|&d| {
+                    let q: Box<dyn Query> = Box::new(ConstScoreQuery::new(
+                        Box::new(TermQuery::new(
+                            Term::from_field_u64(f.doc, doc_term(collection, d)),
+                            IndexRecordOption::Basic,
+                        )),
+                        0.0,
+                    ));
+                    (Occur::Should, q)
+                })
+                .collect();
+            clauses.push((Occur::Must, Box::new(BooleanQuery::new(any_of))));
+        }
+        let q = BooleanQuery::new(clauses);
         let searcher = self.reader.searcher();
         let top = searcher.search(&q, &TopDocs::with_limit(limit.max(1)).order_by_score())?;
         top.into_iter()

@@ -115,6 +115,64 @@ pub fn posting_len(bytes: &[u8]) -> Result<u64, String> {
     }
 }
 
+/// Tokens per coarse block: the unit of the collection-wide first pass of retrieval.
+pub const COARSE_BLOCK_TOKENS: u32 = 512;
+/// Coarse blocks per coarse record: one record covers `2^16` collection-global positions.
+pub const COARSE_BLOCKS_PER_BUCKET: u32 = (1 << 16) / COARSE_BLOCK_TOKENS;
+
+/// Returns (bucket, block within the bucket) of a collection-global position.
+pub fn coarse_block(position: u32) -> (u32, u32) {
+    let block = position / COARSE_BLOCK_TOKENS;
+    (
+        block / COARSE_BLOCKS_PER_BUCKET,
+        block % COARSE_BLOCKS_PER_BUCKET,
+    )
+}
+
+/// Encodes a coarse record: (block within the bucket, count) pairs, blocks ascending and
+/// distinct, counts above zero. Blocks are gaps as varints, counts varints.
+pub fn encode_coarse(blocks: &[(u32, u32)]) -> Vec<u8> {
+    debug_assert!(blocks.windows(2).all(|w| w[0].0 < w[1].0));
+    let mut out = Vec::with_capacity(blocks.len() * 2 + 2);
+    put_varint(&mut out, blocks.len() as u64);
+    let mut prev = 0u32;
+    for (i, &(block, count)) in blocks.iter().enumerate() {
+        let d = if i == 0 { block } else { block - prev - 1 };
+        put_varint(&mut out, u64::from(d));
+        put_varint(&mut out, u64::from(count));
+        prev = block;
+    }
+    out
+}
+
+/// Decodes a coarse record.
+pub fn decode_coarse(bytes: &[u8]) -> Result<Vec<(u32, u32)>, String> {
+    let mut pos = 0;
+    let n = get_varint(bytes, &mut pos).ok_or("truncated length")?;
+    if n > u64::from(COARSE_BLOCKS_PER_BUCKET) {
+        return Err(format!(
+            "{n} blocks, more than a bucket's {COARSE_BLOCKS_PER_BUCKET}"
+        ));
+    }
+    let mut out = Vec::with_capacity(n as usize);
+    let mut prev = 0u64;
+    for i in 0..n {
+        let d = get_varint(bytes, &mut pos).ok_or("truncated block")?;
+        let count = get_varint(bytes, &mut pos).ok_or("truncated count")?;
+        let block = if i == 0 { d } else { prev + d + 1 };
+        if block >= u64::from(COARSE_BLOCKS_PER_BUCKET) || count == 0 || count > u64::from(u32::MAX)
+        {
+            return Err(format!("bad block {block} with count {count}"));
+        }
+        out.push((block as u32, count as u32));
+        prev = block;
+    }
+    if pos != bytes.len() {
+        return Err(format!("{} trailing bytes", bytes.len() - pos));
+    }
+    Ok(out)
+}
+
 /// Encodes per-token char ranges: for each token the gap since the previous token's end and
 /// its length, as varints (2 bytes a token on ordinary text).
 pub fn encode_offsets(offsets: &[(usize, usize)]) -> Vec<u8> {
@@ -194,7 +252,14 @@ mod tests {
         }
 
         #[test]
+        fn coarse_round_trip(blocks in proptest::collection::btree_map(0u32..COARSE_BLOCKS_PER_BUCKET, 1u32..100_000, 0..128)) {
+            let v: Vec<(u32, u32)> = blocks.into_iter().collect();
+            prop_assert_eq!(decode_coarse(&encode_coarse(&v)).unwrap(), v);
+        }
+
+        #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = decode_coarse(&bytes);
             let _ = decode_posting(&bytes);
             let _ = posting_len(&bytes);
             let _ = decode_offsets(&bytes);

@@ -34,11 +34,55 @@ impl EncodedDocument {
 }
 
 /// Per indexed layer: whether its SAE is shared by the KV heads, and its dictionary size.
+///
+/// The KV heads of a layer share one posting space: a shared SAE's feature `f` is posting
+/// feature `f`; per-head SAEs get disjoint ranges, head `h`'s feature `f` being
+/// `h * dict_size + f`. Queries use the same mapping with their KV group as the head.
 #[derive(Debug, Clone, Copy)]
-struct LayerCode {
-    layer: usize,
-    shared: bool,
-    dict_size: usize,
+pub struct LayerCode {
+    /// The model layer.
+    pub layer: usize,
+    /// Whether one SAE serves every KV head.
+    pub shared: bool,
+    /// Features per SAE.
+    pub dict_size: usize,
+}
+
+impl LayerCode {
+    /// Returns the posting feature of SAE feature `f` of KV head `head`.
+    pub fn posting_feature(&self, head: usize, f: u32) -> u32 {
+        if self.shared {
+            f
+        } else {
+            (head * self.dict_size) as u32 + f
+        }
+    }
+}
+
+/// Returns the layer codes of an SAE set for a model with `kv_heads` KV heads.
+pub fn layer_codes(saes: &SaeSet, kv_heads: usize) -> Result<Vec<LayerCode>> {
+    let mut layers = Vec::new();
+    for layer in saes.layers() {
+        let metas: Vec<_> = saes.metas().filter(|m| m.layer == layer).collect();
+        let shared = metas.iter().any(|m| m.head == HeadMode::Shared);
+        let dict_size = metas.iter().map(|m| m.dict_size).max().unwrap_or(0);
+        let span = if shared {
+            dict_size
+        } else {
+            dict_size * kv_heads
+        };
+        if layer > 255 || span > 1 << 24 {
+            return Err(IndexError::InvalidInput(format!(
+                "layer {layer} with {span} features does not fit the posting key (layers < 256, features < 2^24)"
+            )));
+        }
+        layers.push(LayerCode {
+            layer,
+            shared,
+            dict_size,
+        });
+    }
+    Ok(layers)
 }
 
 /// Turns documents into postings with one model, one SAE set and one scan geometry.
@@ -55,29 +99,7 @@ impl<'a> Encoder<'a> {
     pub fn new(model: &'a Model, saes: &'a SaeSet, scan: ScanConfig) -> Result<Self> {
         let mc = model.config();
         scan.check(mc.context)?;
-        let mut layers = Vec::new();
-        for layer in saes.layers() {
-            let metas: Vec<_> = saes.metas().filter(|m| m.layer == layer).collect();
-            let shared = metas.iter().any(|m| m.head == HeadMode::Shared);
-            let dict_size = metas.iter().map(|m| m.dict_size).max().unwrap_or(0);
-            // Per-head SAEs get disjoint feature ranges (head * dict + feature) in the merged
-            // per-layer posting space; a shared SAE is one space already.
-            let span = if shared {
-                dict_size
-            } else {
-                dict_size * mc.kv_heads
-            };
-            if layer > 255 || span > 1 << 24 {
-                return Err(IndexError::InvalidInput(format!(
-                    "layer {layer} with {span} features does not fit the posting key (layers < 256, features < 2^24)"
-                )));
-            }
-            layers.push(LayerCode {
-                layer,
-                shared,
-                dict_size,
-            });
-        }
+        let layers = layer_codes(saes, mc.kv_heads)?;
         let set = LayerSet::new(layers.iter().map(|l| l.layer).collect())?;
         set.check(mc)?;
         let identity = StoreIdentity {
@@ -186,19 +208,19 @@ impl<'a> Encoder<'a> {
         for t in 0..n {
             let pos = (first + t) as u32;
             for h in 0..heads {
-                let (ids, acts, base) = if code.shared {
-                    let (ids, acts) = per_head[0].row(t * heads + h).unwrap_or((&[], &[]));
-                    (ids, acts, 0)
+                let (ids, acts) = if code.shared {
+                    per_head[0].row(t * heads + h).unwrap_or((&[], &[]))
                 } else {
-                    let (ids, acts) = per_head[h].row(t).unwrap_or((&[], &[]));
-                    (ids, acts, (h * code.dict_size) as u32)
+                    per_head[h].row(t).unwrap_or((&[], &[]))
                 };
                 for (&f, &a) in ids.iter().zip(acts) {
                     // A zero activation is a slot that did not fire.
                     if a <= 0.0 {
                         continue;
                     }
-                    let list = postings.entry((layer, base + f)).or_default();
+                    let list = postings
+                        .entry((layer, code.posting_feature(h, f)))
+                        .or_default();
                     // KV heads of a layer share the posting space: one entry per token.
                     if list.last() != Some(&pos) {
                         list.push(pos);

@@ -19,6 +19,7 @@ use fs2::FileExt;
 use roaring::RoaringBitmap;
 
 use super::bm25::{Bm25, PassageHit};
+use super::coarse::{self, CoarseEdits};
 use super::codec;
 use super::encode::{EncodedDocument, Encoder};
 use super::error::{IndexError, Result};
@@ -281,7 +282,7 @@ impl Index {
                 ))
             }
             Some(v) if v < STORE_FORMAT_VERSION => {
-                migrations::upgrade(&store, v, migrations::STEPS)?;
+                migrations::upgrade(&store, v, STORE_FORMAT_VERSION, migrations::STEPS)?;
             }
             Some(_) => {}
         }
@@ -432,6 +433,7 @@ impl Index {
             .collect();
         prefixes.push(rec::external_prefix(c.id));
         prefixes.push(rec::posting_prefix(c.id));
+        prefixes.push(rec::coarse_prefix(c.id));
         for p in prefixes {
             self.store.scan_prefix(&p, &mut |k, _| {
                 b.delete(k.to_vec());
@@ -587,8 +589,49 @@ impl Index {
         Ok(out)
     }
 
-    /// Searches a collection's passages with BM25 (committed changes only).
-    pub fn bm25(&self, collection: &str, query: &str, limit: usize) -> Result<Vec<Bm25Hit>> {
+    /// Returns a collection's internal id (what the read paths below take).
+    pub fn collection_id(&self, collection: &str) -> Result<u32> {
+        Ok(self.collection(collection)?.id)
+    }
+
+    /// Returns (collection-global block, tokens that fired) of (layer, feature), ascending;
+    /// blocks are [`codec::COARSE_BLOCK_TOKENS`] positions long.
+    pub fn coarse_blocks(&self, cid: u32, layer: u16, feature: u32) -> Result<Vec<(u32, u32)>> {
+        coarse::read(&self.store, cid, layer, feature)
+    }
+
+    /// Returns the document-local positions where (layer, feature) fired in document `doc`.
+    pub fn posting(&self, cid: u32, layer: u16, feature: u32, doc: u32) -> Result<Vec<u32>> {
+        match self
+            .store
+            .get(&rec::posting_key(cid, layer, feature, doc))?
+        {
+            None => Ok(Vec::new()),
+            Some(v) => codec::decode_posting(&v).map_err(|e| {
+                IndexError::corrupt(format!("posting {layer}/{feature} of {cid}/{doc}"), e)
+            }),
+        }
+    }
+
+    /// Returns the text of document number `doc` of collection `cid`.
+    pub fn text_of(&self, cid: u32, doc: u32) -> Result<String> {
+        self.stored_text(cid, doc)
+    }
+
+    /// Returns the token char ranges of document number `doc` of collection `cid`.
+    pub fn offsets_of(&self, cid: u32, doc: u32) -> Result<Vec<(usize, usize)>> {
+        self.stored_offsets(cid, doc)
+    }
+
+    /// Searches a collection's passages with BM25 (committed changes only), optionally only
+    /// those of the documents numbered `docs`.
+    pub fn bm25(
+        &self,
+        collection: &str,
+        docs: Option<&[u32]>,
+        query: &str,
+        limit: usize,
+    ) -> Result<Vec<Bm25Hit>> {
         let c = self.collection(collection)?;
         let ids: BTreeMap<u32, String> = self
             .document_records(c.id)?
@@ -596,7 +639,7 @@ impl Index {
             .map(|d| (d.doc, d.external_id))
             .collect();
         self.bm25
-            .search(c.id, query, limit)?
+            .search(c.id, docs, query, limit)?
             .into_iter()
             .filter_map(|PassageHit { doc, chars, score }| {
                 ids.get(&doc).map(|id| {
@@ -698,8 +741,9 @@ impl Index {
         let mut b = Batch::default();
         let mut journal = Vec::new();
         let old = self.document_number(c.id, &external_id)?;
+        let mut coarse = CoarseEdits::default();
         if let Some(old) = old {
-            self.delete_writes(c.id, old, &mut b)?;
+            self.delete_writes(c.id, old, &mut b, &mut coarse)?;
             journal.push(JournalOp::Delete {
                 collection: c.id,
                 doc: old,
@@ -752,6 +796,13 @@ impl Index {
                 ))
             })?;
             features.insert(packed);
+            coarse.apply(
+                &self.store,
+                c.id,
+                (layer, feature),
+                positions.iter().map(|p| p + first_position),
+                false,
+            )?;
             b.put(
                 rec::posting_key(c.id, layer, feature, number),
                 codec::encode_posting(positions),
@@ -762,6 +813,7 @@ impl Index {
             .serialize_into(&mut fbytes)
             .map_err(|e| IndexError::io(&self.dir, e))?;
         b.put(rec::doc_key(DocPart::Features, c.id, number), fbytes);
+        coarse.write(&mut b);
         journal.push(JournalOp::Put {
             collection: c.id,
             doc: number,
@@ -783,17 +835,37 @@ impl Index {
         })
     }
 
-    /// Adds to `b` the deletes of every record of a document.
-    fn delete_writes(&self, cid: u32, doc: u32, b: &mut Batch) -> Result<()> {
-        for packed in &self.stored_features(cid, doc)? {
-            let (layer, feature) = rec::unpack_feature(packed);
-            b.delete(rec::posting_key(cid, layer, feature, doc));
-        }
+    /// Adds to `b` the deletes of every record of a document, and to `coarse` the removal
+    /// of its block counts.
+    fn delete_writes(
+        &self,
+        cid: u32,
+        doc: u32,
+        b: &mut Batch,
+        coarse: &mut CoarseEdits,
+    ) -> Result<()> {
         let v = self
             .store
             .get(&rec::doc_key(DocPart::Record, cid, doc))?
             .ok_or_else(|| IndexError::corrupt(format!("document {cid}/{doc}"), "missing"))?;
         let d: DocumentRecord = rec::decode(&v, "document")?;
+        for packed in &self.stored_features(cid, doc)? {
+            let (layer, feature) = rec::unpack_feature(packed);
+            let key = rec::posting_key(cid, layer, feature, doc);
+            if let Some(p) = self.store.get(&key)? {
+                let local = codec::decode_posting(&p).map_err(|e| {
+                    IndexError::corrupt(format!("posting {layer}/{feature} of {cid}/{doc}"), e)
+                })?;
+                coarse.apply(
+                    &self.store,
+                    cid,
+                    (layer, feature),
+                    local.iter().map(|p| p + d.first_position),
+                    true,
+                )?;
+            }
+            b.delete(key);
+        }
         b.delete(rec::external_key(cid, &d.external_id));
         for part in DocPart::ALL {
             b.delete(rec::doc_key(part, cid, doc));
@@ -805,7 +877,9 @@ impl Index {
     pub fn delete(&mut self, collection: &str, id: &str) -> Result<()> {
         let (c, d) = self.record(collection, id)?;
         let mut b = Batch::default();
-        self.delete_writes(c.id, d.doc, &mut b)?;
+        let mut coarse = CoarseEdits::default();
+        self.delete_writes(c.id, d.doc, &mut b, &mut coarse)?;
+        coarse.write(&mut b);
         self.commit_batch(
             b,
             vec![JournalOp::Delete {
@@ -936,6 +1010,7 @@ impl Index {
                     "postings"
                 }
                 b"o/" => "offsets",
+                b"g/" => "coarse",
                 b"t/" => "text",
                 b"f/" => "features",
                 b"d/" => {
@@ -1073,6 +1148,23 @@ impl Index {
             if stray > 0 {
                 return bad(format!("{stray} {part:?} records"), "no document owns them");
             }
+        }
+        let want = coarse::expected(&self.store)?;
+        let mut have = BTreeMap::new();
+        self.store.scan_prefix(b"g/", &mut |k, v| {
+            have.insert(k.to_vec(), v.to_vec());
+            Ok(true)
+        })?;
+        if want != have {
+            let differ = want
+                .keys()
+                .chain(have.keys())
+                .filter(|k| want.get(*k) != have.get(*k))
+                .count();
+            return bad(
+                format!("{differ} coarse records"),
+                "they disagree with the token postings",
+            );
         }
         let in_bm25: BTreeSet<(u32, u32)> = self.bm25.documents()?.into_keys().collect();
         let in_store: BTreeSet<(u32, u32)> = docs.keys().copied().collect();

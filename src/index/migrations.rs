@@ -8,7 +8,7 @@ use super::records::KEY_FORMAT;
 use super::store::{Batch, KvStore};
 
 /// The store format this build writes.
-pub const STORE_FORMAT_VERSION: u32 = 1;
+pub const STORE_FORMAT_VERSION: u32 = 2;
 /// The oldest store format this build can upgrade.
 pub const STORE_FORMAT_OLDEST_SUPPORTED: u32 = 1;
 
@@ -22,8 +22,12 @@ pub struct Step {
     pub run: fn(&dyn KvStore) -> Result<Batch>,
 }
 
-/// The steps in order; empty while version 1 is the only format.
-pub const STEPS: &[Step] = &[];
+/// The steps in order.
+pub const STEPS: &[Step] = &[Step {
+    from: 1,
+    name: "coarse block counts for collection-wide retrieval",
+    run: super::coarse::migrate_v1,
+}];
 
 /// Returns the format version a store records, or `None` for a store never written.
 pub fn stored_version(store: &dyn KvStore) -> Result<Option<u32>> {
@@ -41,10 +45,10 @@ pub fn version_write(batch: &mut Batch, version: u32) {
     batch.put(KEY_FORMAT.to_vec(), version.to_be_bytes().to_vec());
 }
 
-/// Brings a store at `found` up to [`STORE_FORMAT_VERSION`] with `steps`, one batch each.
-pub fn upgrade(store: &dyn KvStore, found: u32, steps: &[Step]) -> Result<u32> {
+/// Brings a store at `found` up to `target` with `steps`, one batch each.
+pub fn upgrade(store: &dyn KvStore, found: u32, target: u32, steps: &[Step]) -> Result<u32> {
     let mut version = found;
-    while version < STORE_FORMAT_VERSION {
+    while version < target {
         let step = steps.iter().find(|s| s.from == version).ok_or_else(|| {
             IndexError::corrupt(
                 "m/format",
@@ -93,9 +97,9 @@ mod tests {
             name: "rename old to new",
             run: rename_v0,
         }];
-        assert_eq!(upgrade(&s, 0, &steps).unwrap(), STORE_FORMAT_VERSION);
-        assert_eq!(stored_version(&s).unwrap(), Some(STORE_FORMAT_VERSION));
+        assert_eq!(upgrade(&s, 0, 1, &steps).unwrap(), 1);
+        assert_eq!(stored_version(&s).unwrap(), Some(1));
         assert_eq!(s.get(b"new").unwrap().as_deref(), Some(&b"x"[..]));
-        assert!(upgrade(&s, 0, &[]).is_err());
+        assert!(upgrade(&s, 1, 2, &[]).is_err());
     }
 }

@@ -4,9 +4,11 @@
 //! [`memory`] keeps collections, documents, postings and BM25 passages in one data dir with
 //! atomic per-document visibility; [`store`] is the key-value trait retrieval reads through;
 //! [`records`] and [`codec`] are the on-disk formats; [`migrations`] upgrades old stores;
-//! [`bm25`] and [`passages`] are the tantivy side.
+//! [`bm25`] and [`passages`] are the tantivy side; [`coarse`] keeps the per-block feature
+//! counts that collection-wide retrieval ranks first.
 
 pub mod bm25;
+pub mod coarse;
 pub mod codec;
 pub mod encode;
 pub mod error;
@@ -17,7 +19,7 @@ pub mod records;
 pub mod store;
 
 pub use bm25::PassageHit;
-pub use encode::{EncodedDocument, Encoder};
+pub use encode::{layer_codes, EncodedDocument, Encoder, LayerCode};
 pub use error::{IndexError, Result};
 pub use memory::{
     document_text, Bm25Hit, CollectionInfo, ComponentBytes, DocumentInfo, Index, IndexConfig,

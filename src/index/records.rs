@@ -259,6 +259,46 @@ pub fn posting_prefix(cid: u32) -> Vec<u8> {
     key(b"p/", &[&cid.to_be_bytes()])
 }
 
+/// Key of the coarse record of (layer, feature) over one bucket of collection positions.
+pub fn coarse_key(cid: u32, layer: u16, feature: u32, bucket: u32) -> Vec<u8> {
+    key(
+        b"g/",
+        &[
+            &cid.to_be_bytes(),
+            &layer.to_be_bytes(),
+            &feature.to_be_bytes(),
+            &bucket.to_be_bytes(),
+        ],
+    )
+}
+
+/// Prefix of every coarse record of (layer, feature).
+pub fn coarse_feature_prefix(cid: u32, layer: u16, feature: u32) -> Vec<u8> {
+    key(
+        b"g/",
+        &[
+            &cid.to_be_bytes(),
+            &layer.to_be_bytes(),
+            &feature.to_be_bytes(),
+        ],
+    )
+}
+
+/// Prefix of all coarse records of a collection.
+pub fn coarse_prefix(cid: u32) -> Vec<u8> {
+    key(b"g/", &[&cid.to_be_bytes()])
+}
+
+/// Splits a coarse key into (cid, layer, feature, bucket): the same layout as a posting key.
+pub fn parse_coarse_key(k: &[u8]) -> Option<(u32, u16, u32, u32)> {
+    if !k.starts_with(b"g/") {
+        return None;
+    }
+    let mut p = k.to_vec();
+    p[0] = b'p';
+    parse_posting_key(&p)
+}
+
 /// Splits a posting key into (cid, layer, feature, doc).
 pub fn parse_posting_key(k: &[u8]) -> Option<(u32, u16, u32, u32)> {
     if k.len() != 2 + 4 + 2 + 4 + 4 || !k.starts_with(b"p/") {

@@ -6,4 +6,5 @@ mod index;
 mod model_cli;
 mod model_real;
 mod model_tiny;
+mod retrieve;
 mod sae_cli;

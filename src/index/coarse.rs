@@ -1,0 +1,159 @@
+//! Coarse block counts: the first pass of collection-wide retrieval.
+//!
+//! For each (layer, feature) a collection keeps, per block of
+//! [`COARSE_BLOCK_TOKENS`](super::codec::COARSE_BLOCK_TOKENS) collection-global positions, how
+//! many tokens of the block fired it. Records are split into buckets of `2^16` positions
+//! (`g/{cid}{layer}{feature}{bucket}`), so an ingest rewrites only the buckets its document
+//! touches. Retrieval reads these small records for the question's features, ranks blocks,
+//! and decodes token postings only inside the best blocks: its cost follows the hits, not the
+//! size of the collection.
+
+use std::collections::BTreeMap;
+
+use super::codec::{self, COARSE_BLOCKS_PER_BUCKET};
+use super::error::{IndexError, Result};
+use super::records::{self as rec, DocPart, DocumentRecord};
+use super::store::{Batch, KvStore};
+
+/// Block counts of one coarse record: block within the bucket -> tokens that fired.
+type Counts = BTreeMap<u32, u32>;
+
+/// Pending changes to coarse records, loaded on first touch and written in one batch.
+#[derive(Default)]
+pub struct CoarseEdits {
+    records: BTreeMap<Vec<u8>, Counts>,
+}
+
+impl CoarseEdits {
+    fn record(&mut self, store: &dyn KvStore, key: Vec<u8>) -> Result<&mut Counts> {
+        if !self.records.contains_key(&key) {
+            let counts = match store.get(&key)? {
+                Some(v) => decode(&key, &v)?.into_iter().collect(),
+                None => Counts::new(),
+            };
+            self.records.insert(key.clone(), counts);
+        }
+        Ok(self.records.get_mut(&key).expect("inserted above"))
+    }
+
+    /// Adds (or with `remove`, takes away) the global `positions` where (layer, feature) fired.
+    pub fn apply(
+        &mut self,
+        store: &dyn KvStore,
+        cid: u32,
+        (layer, feature): (u16, u32),
+        positions: impl Iterator<Item = u32>,
+        remove: bool,
+    ) -> Result<()> {
+        for ((bucket, block), n) in block_counts(positions) {
+            let counts = self.record(store, rec::coarse_key(cid, layer, feature, bucket))?;
+            let c = counts.entry(block).or_insert(0);
+            if remove {
+                *c = c.checked_sub(n).ok_or_else(|| {
+                    IndexError::corrupt(
+                        format!("coarse record {layer}/{feature} bucket {bucket}"),
+                        "holds fewer tokens than a document being removed",
+                    )
+                })?;
+                if *c == 0 {
+                    counts.remove(&block);
+                }
+            } else {
+                *c += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds the writes to `b`: changed records, or deletes of emptied ones.
+    pub fn write(self, b: &mut Batch) {
+        for (key, counts) in self.records {
+            if counts.is_empty() {
+                b.delete(key);
+            } else {
+                let v: Vec<(u32, u32)> = counts.into_iter().collect();
+                b.put(key, codec::encode_coarse(&v));
+            }
+        }
+    }
+}
+
+/// Counts ascending global positions per (bucket, block).
+fn block_counts(positions: impl Iterator<Item = u32>) -> BTreeMap<(u32, u32), u32> {
+    let mut out = BTreeMap::new();
+    for p in positions {
+        *out.entry(codec::coarse_block(p)).or_insert(0) += 1;
+    }
+    out
+}
+
+fn decode(key: &[u8], v: &[u8]) -> Result<Vec<(u32, u32)>> {
+    codec::decode_coarse(v).map_err(|e| IndexError::corrupt(format!("coarse record {key:?}"), e))
+}
+
+/// Returns (global block, count) of (layer, feature) across a collection, ascending.
+pub fn read(store: &dyn KvStore, cid: u32, layer: u16, feature: u32) -> Result<Vec<(u32, u32)>> {
+    let mut out = Vec::new();
+    store.scan_prefix(
+        &rec::coarse_feature_prefix(cid, layer, feature),
+        &mut |k, v| {
+            let (_, _, _, bucket) = rec::parse_coarse_key(k)
+                .ok_or_else(|| IndexError::corrupt(format!("{k:?}"), "bad coarse key"))?;
+            for (block, count) in decode(k, v)? {
+                out.push((bucket * COARSE_BLOCKS_PER_BUCKET + block, count));
+            }
+            Ok(true)
+        },
+    )?;
+    Ok(out)
+}
+
+/// Computes every coarse record from the token postings: what the store should hold.
+pub fn expected(store: &dyn KvStore) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+    let mut firsts: BTreeMap<(u32, u32), u32> = BTreeMap::new();
+    store.scan_prefix(DocPart::Record.prefix(), &mut |k, v| {
+        let key = rec::parse_doc_key(k)
+            .ok_or_else(|| IndexError::corrupt(format!("{k:?}"), "bad key"))?;
+        let d: DocumentRecord = rec::decode(v, "document")?;
+        firsts.insert(key, d.first_position);
+        Ok(true)
+    })?;
+    let mut counts: BTreeMap<Vec<u8>, Counts> = BTreeMap::new();
+    store.scan_prefix(b"p/", &mut |k, v| {
+        let what = || format!("posting {k:?}");
+        let (cid, layer, feature, doc) =
+            rec::parse_posting_key(k).ok_or_else(|| IndexError::corrupt(what(), "bad key"))?;
+        let first = *firsts
+            .get(&(cid, doc))
+            .ok_or_else(|| IndexError::corrupt(what(), "no such document"))?;
+        let local = codec::decode_posting(v).map_err(|e| IndexError::corrupt(what(), e))?;
+        for ((bucket, block), n) in block_counts(local.iter().map(|p| p + first)) {
+            *counts
+                .entry(rec::coarse_key(cid, layer, feature, bucket))
+                .or_default()
+                .entry(block)
+                .or_insert(0) += n;
+        }
+        Ok(true)
+    })?;
+    Ok(counts
+        .into_iter()
+        .map(|(k, c)| {
+            let v: Vec<(u32, u32)> = c.into_iter().collect();
+            (k, codec::encode_coarse(&v))
+        })
+        .collect())
+}
+
+/// The upgrade step from store format 1: writes the coarse records of every collection.
+pub fn migrate_v1(store: &dyn KvStore) -> Result<Batch> {
+    let mut b = Batch::default();
+    store.scan_prefix(b"g/", &mut |k, _| {
+        b.delete(k.to_vec());
+        Ok(true)
+    })?;
+    for (k, v) in expected(store)? {
+        b.put(k, v);
+    }
+    Ok(b)
+}

@@ -1,0 +1,53 @@
+//! Errors of retrieval.
+
+use thiserror::Error;
+
+use crate::index::IndexError;
+use crate::model::ModelError;
+use crate::sae::SaeError;
+
+/// What can go wrong while retrieving evidence.
+#[derive(Debug, Error)]
+pub enum RetrieveError {
+    /// A request field is out of range or malformed; names the field.
+    #[error("invalid {field}: {reason}")]
+    InvalidInput {
+        /// The request field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The SAE set was trained for another model.
+    #[error("the SAE set belongs to model {sae_model}, not to the loaded model {model}")]
+    SaeForAnotherModel {
+        /// The model fingerprint the SAE set records.
+        sae_model: String,
+        /// The loaded model's fingerprint.
+        model: String,
+    },
+    /// The store failed, or an id is unknown, or the index was built with another model.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// The model failed on the question.
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    /// The SAE set does not fit.
+    #[error(transparent)]
+    Sae(#[from] SaeError),
+    /// A tensor operation failed.
+    #[error("tensor operation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+impl RetrieveError {
+    /// Returns an [`RetrieveError::InvalidInput`] for `field`.
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidInput {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Result of the retrieve layer.
+pub type Result<T, E = RetrieveError> = std::result::Result<T, E>;

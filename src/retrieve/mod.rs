@@ -1,0 +1,568 @@
+//! Retrieval: from a question to compact, cited evidence under an exact token budget.
+//!
+//! [`question`] runs the question through the model and encodes its query projections with the
+//! SAEs; [`s3`] scores the indexed tokens by feature co-activation (coarse blocks first on large
+//! scopes), smooths, and picks spans by non-maximum suppression; BM25 passages and bias spans
+//! (each document's opening) come from here; [`assemble`] fuses the ranked lists and renders the
+//! context within the budget. Every span carries its document's char and token range.
+
+pub mod assemble;
+pub mod docs;
+pub mod error;
+pub mod frame;
+pub mod question;
+pub mod s3;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::ops::Range;
+use std::str::FromStr;
+use std::time::Instant;
+
+pub use error::{Result, RetrieveError};
+
+use self::docs::{DocCache, Scope};
+use crate::index::{layer_codes, Index, LayerCode, StoreIdentity};
+use crate::model::Model;
+use crate::sae::SaeSet;
+
+/// How evidence is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// Feature co-activation alone.
+    S3,
+    /// BM25 passages alone.
+    Bm25,
+    /// S3, BM25 and bias under one budget.
+    Hybrid,
+    /// Each document's opening alone.
+    Bias,
+}
+
+impl FromStr for Method {
+    type Err = RetrieveError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "s3" => Ok(Self::S3),
+            "bm25" => Ok(Self::Bm25),
+            "hybrid" => Ok(Self::Hybrid),
+            "bias" => Ok(Self::Bias),
+            _ => Err(RetrieveError::invalid(
+                "method",
+                format!("`{s}` is not one of s3, bm25, hybrid, bias"),
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::S3 => "s3",
+            Self::Bm25 => "bm25",
+            Self::Hybrid => "hybrid",
+            Self::Bias => "bias",
+        })
+    }
+}
+
+/// Where a span came from.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// Feature co-activation.
+    S3,
+    /// BM25.
+    Bm25,
+    /// A document's opening.
+    Bias,
+}
+
+impl Source {
+    /// Returns the name used in evidence.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::S3 => "s3",
+            Self::Bm25 => "bm25",
+            Self::Bias => "bias",
+        }
+    }
+}
+
+/// A proposed span of one scope document.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    /// Index into the scope's documents.
+    pub doc: usize,
+    /// Document-local token range.
+    pub tokens: Range<usize>,
+    /// Who proposed it.
+    pub source: Source,
+    /// The source's own score.
+    pub score: f32,
+}
+
+/// How hybrid retrieval shares the budget.
+#[derive(Debug, Clone)]
+pub struct Fusion {
+    /// Reciprocal-rank fusion constant.
+    pub rrf_k: f32,
+    /// Per-source weights of the fusion score: s3, bm25, bias.
+    pub weights: [f32; 3],
+    /// Per-source shares of the budget filled first (all zero: fusion order only).
+    pub shares: [f32; 3],
+}
+
+impl Default for Fusion {
+    fn default() -> Self {
+        Self {
+            rrf_k: 60.0,
+            weights: [1.0, 1.0, 1.0],
+            shares: [0.0; 3],
+        }
+    }
+}
+
+impl Fusion {
+    fn slot(s: Source) -> usize {
+        match s {
+            Source::S3 => 0,
+            Source::Bm25 => 1,
+            Source::Bias => 2,
+        }
+    }
+
+    /// Returns the fusion weight of a source.
+    pub fn weight(&self, s: Source) -> f32 {
+        self.weights[Self::slot(s)]
+    }
+
+    /// Returns the budget share of a source.
+    pub fn share(&self, s: Source) -> f32 {
+        self.shares[Self::slot(s)]
+    }
+}
+
+/// Settings of retrieval (defaults chosen by the measurements in docs/retrieval.md).
+#[derive(Debug, Clone)]
+pub struct RetrieveConfig {
+    /// Gaussian smoothing of token scores, in tokens.
+    pub sigma: f32,
+    /// Span length around an NMS peak before snapping, in tokens.
+    pub span_tokens: usize,
+    /// How far a span may widen to reach a sentence or line end, in tokens per side.
+    pub snap_reach: usize,
+    /// Most S3 spans.
+    pub max_spans: usize,
+    /// Features with a lower idf in scope are dropped.
+    pub min_idf: f32,
+    /// Most question features kept, by weight.
+    pub max_features: usize,
+    /// Features per question row (`None`: the SAE's own k).
+    pub query_k: Option<usize>,
+    /// Scopes with at most this many tokens and documents are scored per token throughout.
+    pub coarse_min_tokens: u64,
+    /// Scopes with more documents than this use the coarse pass.
+    pub token_level_max_docs: usize,
+    /// Fewest coarse blocks scored per token.
+    pub coarse_blocks: usize,
+    /// BM25 passages fetched.
+    pub bm25_limit: usize,
+    /// Tokens of a document's opening drawn on as bias.
+    pub bias_tokens: usize,
+    /// How hybrid shares the budget.
+    pub fusion: Fusion,
+    /// Whether to collect a trace.
+    pub trace: bool,
+    /// Longest question, in chars.
+    pub max_question_chars: usize,
+    /// Indexed layers S3 reads (`None`: all of them).
+    pub layers: Option<Vec<usize>>,
+}
+
+impl Default for RetrieveConfig {
+    fn default() -> Self {
+        Self {
+            sigma: 8.0,
+            span_tokens: 48,
+            snap_reach: 24,
+            max_spans: 64,
+            min_idf: 1.0,
+            max_features: 384,
+            query_k: None,
+            coarse_min_tokens: 65_536,
+            token_level_max_docs: 16,
+            coarse_blocks: 32,
+            bm25_limit: 40,
+            bias_tokens: 48,
+            fusion: Fusion::default(),
+            trace: false,
+            max_question_chars: 4096,
+            layers: None,
+        }
+    }
+}
+
+/// A question to retrieve evidence for.
+#[derive(Debug, Clone)]
+pub struct Query {
+    /// The collection.
+    pub collection: String,
+    /// Documents to restrict to (empty: the whole collection).
+    pub docs: Vec<String>,
+    /// The question.
+    pub question: String,
+    /// Most tokens of context.
+    pub budget: usize,
+    /// The method.
+    pub method: Method,
+    /// Whether to include a trace.
+    pub trace: bool,
+}
+
+/// One span of evidence. `text == document[char_start..char_end]` (chars, end exclusive).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct EvidenceSpan {
+    /// The document's external id.
+    pub doc_id: String,
+    /// First char.
+    pub char_start: usize,
+    /// Char after the last.
+    pub char_end: usize,
+    /// First token.
+    pub token_start: usize,
+    /// Token after the last.
+    pub token_end: usize,
+    /// Sources joined by `+` (`s3`, `bm25`, `bias`).
+    pub source: String,
+    /// The best score of the source that proposed it.
+    pub score: f32,
+    /// The text.
+    pub text: String,
+}
+
+/// A span as a trace lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TraceSpan {
+    /// Document id.
+    pub doc_id: String,
+    /// Token range start.
+    pub token_start: usize,
+    /// Token range end.
+    pub token_end: usize,
+    /// Score.
+    pub score: f32,
+}
+
+/// What retrieval did, step by step.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Trace {
+    /// Question tokens encoded.
+    pub question_tokens: usize,
+    /// Question features with df, idf and weight, strongest first (at most 64).
+    pub query_features: Vec<s3::WeightedFeature>,
+    /// Features kept in all.
+    pub features_kept: usize,
+    /// Features dropped for idf below the floor.
+    pub features_dropped_low_idf: usize,
+    /// Whether the coarse block pass ran.
+    pub coarse_pass: bool,
+    /// Tokens scored per token.
+    pub scored_tokens: usize,
+    /// Posting lists decoded.
+    pub postings_read: usize,
+    /// Best positions before smoothing.
+    pub top_raw: Vec<s3::ScoredToken>,
+    /// Best positions after smoothing.
+    pub top_smoothed: Vec<s3::ScoredToken>,
+    /// S3 spans that survived non-maximum suppression.
+    pub nms: Vec<TraceSpan>,
+    /// BM25 passages.
+    pub bm25: Vec<TraceSpan>,
+    /// The fused ranking.
+    pub fused: Vec<assemble::FusedRank>,
+}
+
+/// Evidence for a question: the context the model reads and where each piece comes from.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Evidence {
+    /// The question.
+    pub question: String,
+    /// The method.
+    pub method: Method,
+    /// The budget.
+    pub budget: usize,
+    /// The assembled context.
+    pub context: String,
+    /// Its length in model tokens (never above the budget).
+    pub context_tokens: usize,
+    /// Its pieces in context order; `[n]` in the context is `spans[n - 1]`.
+    pub spans: Vec<EvidenceSpan>,
+    /// Milliseconds per stage; `retrieve` excludes the question's forward pass.
+    pub timings_ms: BTreeMap<String, f64>,
+    /// Step-by-step detail, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<Trace>,
+}
+
+/// Finds evidence with one model and SAE set.
+pub struct Retriever<'a> {
+    model: &'a Model,
+    saes: &'a SaeSet,
+    codes: Vec<LayerCode>,
+    config: RetrieveConfig,
+}
+
+impl<'a> Retriever<'a> {
+    /// Returns a retriever; the SAE set must belong to the model.
+    pub fn new(model: &'a Model, saes: &'a SaeSet, config: RetrieveConfig) -> Result<Self> {
+        let fingerprint = model.fingerprint()?;
+        if saes.model_fingerprint() != fingerprint {
+            return Err(RetrieveError::SaeForAnotherModel {
+                sae_model: saes.model_fingerprint().to_string(),
+                model: fingerprint.to_string(),
+            });
+        }
+        let mut codes = layer_codes(saes, model.config().kv_heads)?;
+        if let Some(layers) = &config.layers {
+            if let Some(l) = layers
+                .iter()
+                .find(|l| !codes.iter().any(|c| c.layer == **l))
+            {
+                return Err(RetrieveError::invalid(
+                    "layers",
+                    format!("layer {l} is not indexed by this SAE set"),
+                ));
+            }
+        }
+        if let Some(layers) = &config.layers {
+            codes.retain(|c| layers.contains(&c.layer));
+        }
+        Ok(Self {
+            model,
+            saes,
+            codes,
+            config,
+        })
+    }
+
+    /// Returns the settings.
+    pub fn config(&self) -> &RetrieveConfig {
+        &self.config
+    }
+
+    /// Refuses an index built with another model or SAE set.
+    fn check_index(&self, index: &Index) -> Result<()> {
+        let Some(stored) = index.identity()? else {
+            return Ok(());
+        };
+        let given = StoreIdentity {
+            model_fingerprint: self.model.fingerprint()?.to_string(),
+            sae_digest: self.saes.digest().to_string(),
+            layers: layer_codes(self.saes, self.model.config().kv_heads)?
+                .iter()
+                .map(|c| c.layer as u32)
+                .collect(),
+            ..stored.clone()
+        };
+        Ok(index.check_identity(&given)?)
+    }
+
+    fn check_query(&self, q: &Query) -> Result<()> {
+        if q.question.trim().is_empty() {
+            return Err(RetrieveError::invalid("question", "it is empty"));
+        }
+        let chars = q.question.chars().count();
+        if chars > self.config.max_question_chars {
+            return Err(RetrieveError::invalid(
+                "question",
+                format!(
+                    "it has {chars} chars, over the limit of {}",
+                    self.config.max_question_chars
+                ),
+            ));
+        }
+        let context = self.model.config().context;
+        if q.budget == 0 || q.budget > context {
+            return Err(RetrieveError::invalid(
+                "budget",
+                format!(
+                    "{} tokens; it must be between 1 and the model's window of {context}",
+                    q.budget
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Retrieves evidence for `q` from `index`.
+    pub fn retrieve(&self, index: &Index, q: &Query) -> Result<Evidence> {
+        let t_all = Instant::now();
+        self.check_query(q)?;
+        self.check_index(index)?;
+        let cfg = RetrieveConfig {
+            trace: q.trace,
+            ..self.config.clone()
+        };
+        let mut timings = BTreeMap::new();
+        let scope = Scope::new(index, &q.collection, &q.docs)?;
+        let mut docs = DocCache::new(index, &scope);
+        let want_s3 = matches!(q.method, Method::S3 | Method::Hybrid);
+        let want_bm25 = matches!(q.method, Method::Bm25 | Method::Hybrid);
+        let mut forward_ms = 0.0;
+        let mut s3_out = s3::S3Outcome::default();
+        let mut question_tokens = 0;
+        if want_s3 {
+            let qf = question::question_features(
+                self.model,
+                self.saes,
+                &self.codes,
+                &q.question,
+                cfg.query_k,
+            )?;
+            forward_ms = qf.forward_ms;
+            question_tokens = qf.tokens;
+            timings.insert("question_forward".to_string(), qf.forward_ms);
+            timings.insert("question_encode".to_string(), qf.encode_ms);
+            let t = Instant::now();
+            s3_out = s3::retrieve(index, &scope, &mut docs, &qf.activation, &cfg, q.budget)?;
+            timings.insert("s3".to_string(), t.elapsed().as_secs_f64() * 1e3);
+            for (k, v) in &s3_out.timings_ms {
+                timings.insert(format!("s3_{k}"), *v);
+            }
+        }
+        let mut bm25 = Vec::new();
+        if want_bm25 {
+            let t = Instant::now();
+            bm25 = self.bm25(index, &q.collection, &scope, &mut docs, &q.question)?;
+            timings.insert("bm25".to_string(), t.elapsed().as_secs_f64() * 1e3);
+        }
+        let bias = match q.method {
+            Method::Bias => self.bias(&scope, &mut docs, (0..scope.docs.len()).collect())?,
+            Method::Hybrid => {
+                // The openings of the documents the other sources drew on, best first.
+                let mut order = Vec::new();
+                let (a, b) = (&s3_out.candidates, &bm25);
+                for i in 0..a.len().max(b.len()) {
+                    for c in [a.get(i), b.get(i)].into_iter().flatten() {
+                        if !order.contains(&c.doc) {
+                            order.push(c.doc);
+                        }
+                    }
+                }
+                self.bias(&scope, &mut docs, order)?
+            }
+            _ => Vec::new(),
+        };
+        let t = Instant::now();
+        let lists = [s3_out.candidates.clone(), bm25.clone(), bias];
+        let out = assemble::assemble(
+            self.model.tokenizer(),
+            &scope,
+            &mut docs,
+            &lists,
+            &cfg.fusion,
+            q.budget,
+        )?;
+        timings.insert("assemble".to_string(), t.elapsed().as_secs_f64() * 1e3);
+        let total = t_all.elapsed().as_secs_f64() * 1e3;
+        timings.insert("retrieve".to_string(), total - forward_ms);
+        timings.insert("total".to_string(), total);
+        let trace = q.trace.then(|| {
+            let span = |c: &Candidate| TraceSpan {
+                doc_id: scope.docs[c.doc].id.clone(),
+                token_start: c.tokens.start,
+                token_end: c.tokens.end,
+                score: c.score,
+            };
+            Trace {
+                question_tokens,
+                features_kept: s3_out.features.len(),
+                query_features: s3_out.features.iter().take(64).cloned().collect(),
+                features_dropped_low_idf: s3_out.dropped_low_idf,
+                coarse_pass: s3_out.coarse,
+                scored_tokens: s3_out.scored_tokens,
+                postings_read: s3_out.postings_read,
+                top_raw: s3_out.top_raw.clone(),
+                top_smoothed: s3_out.top_smoothed.clone(),
+                nms: s3_out.candidates.iter().map(span).collect(),
+                bm25: bm25.iter().map(span).collect(),
+                fused: out.fused.clone(),
+            }
+        });
+        Ok(Evidence {
+            question: q.question.clone(),
+            method: q.method,
+            budget: q.budget,
+            context: out.context,
+            context_tokens: out.context_tokens,
+            spans: out.spans,
+            timings_ms: timings,
+            trace,
+        })
+    }
+
+    /// BM25 passages of the scope, best first.
+    fn bm25(
+        &self,
+        index: &Index,
+        collection: &str,
+        scope: &Scope,
+        docs: &mut DocCache<'_>,
+        question: &str,
+    ) -> Result<Vec<Candidate>> {
+        let by_id: HashMap<&str, usize> = scope
+            .docs
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (d.id.as_str(), i))
+            .collect();
+        let numbers: Vec<u32> = scope.docs.iter().map(|d| d.number).collect();
+        let filter = (!scope.whole).then_some(numbers.as_slice());
+        let mut out = Vec::new();
+        for hit in index.bm25(collection, filter, question, self.config.bm25_limit)? {
+            let Some(&d) = by_id.get(hit.id.as_str()) else {
+                continue;
+            };
+            let tokens = docs.get(d)?.char_tokens(hit.chars);
+            if !tokens.is_empty() {
+                out.push(Candidate {
+                    doc: d,
+                    tokens,
+                    source: Source::Bm25,
+                    score: hit.score,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The openings of documents `order` (scope indexes), in that order.
+    fn bias(
+        &self,
+        scope: &Scope,
+        docs: &mut DocCache<'_>,
+        order: Vec<usize>,
+    ) -> Result<Vec<Candidate>> {
+        let mut out = Vec::new();
+        for (rank, d) in order.into_iter().enumerate() {
+            let n = scope.docs[d].tokens as usize;
+            let head = docs
+                .get(d)?
+                .snap(0..self.config.bias_tokens.min(n), self.config.snap_reach);
+            if !head.is_empty() {
+                out.push(Candidate {
+                    doc: d,
+                    tokens: head,
+                    source: Source::Bias,
+                    score: 1.0 / (rank as f32 + 1.0),
+                });
+            }
+        }
+        Ok(out)
+    }
+}

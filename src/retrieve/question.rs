@@ -1,0 +1,126 @@
+//! The question's side of S3: its query projections, encoded by the SAEs into features.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use candle_core::IndexOp;
+
+use super::error::{Result, RetrieveError};
+use super::frame;
+use crate::index::LayerCode;
+use crate::model::{LayerSet, Logits, Model, TapRequest};
+use crate::sae::SaeSet;
+
+/// The SAE features a question fired, summed over its tokens and query heads.
+#[derive(Debug, Clone, Default)]
+pub struct QuestionFeatures {
+    /// Summed activation per (layer, posting feature).
+    pub activation: BTreeMap<(u16, u32), f32>,
+    /// Question tokens whose queries were encoded.
+    pub tokens: usize,
+    /// Milliseconds of the forward pass.
+    pub forward_ms: f64,
+    /// Milliseconds of SAE encoding.
+    pub encode_ms: f64,
+}
+
+/// Returns the rows of `with` that are not in `without`: the common prefix and suffix of two
+/// prompts that differ only in the question are the frame.
+fn question_rows(without: &[u32], with: &[u32]) -> std::ops::Range<usize> {
+    let prefix = without.iter().zip(with).take_while(|(a, b)| a == b).count();
+    let suffix = without[prefix..]
+        .iter()
+        .rev()
+        .zip(with[prefix..].iter().rev())
+        .take_while(|(a, b)| a == b)
+        .count();
+    prefix..with.len() - suffix
+}
+
+/// Runs `question` through layers `0..=max(L)` in the answer's frame (no evidence) and encodes
+/// the pre-RoPE query projections of its tokens: each query head through the SAE of its KV
+/// group, keeping `k` features per row (`None`: the SAE's own k).
+pub fn question_features(
+    model: &Model,
+    saes: &SaeSet,
+    codes: &[LayerCode],
+    question: &str,
+    k: Option<usize>,
+) -> Result<QuestionFeatures> {
+    let empty = model.chat_prompt(Some(frame::SYSTEM), &frame::user_turn(None, ""))?;
+    let ids = model.chat_prompt(Some(frame::SYSTEM), &frame::user_turn(None, question))?;
+    let rows = question_rows(&empty, &ids);
+    if rows.is_empty() {
+        return Err(RetrieveError::invalid("question", "it has no tokens"));
+    }
+    let context = model.config().context;
+    if ids.len() > context {
+        return Err(RetrieveError::invalid(
+            "question",
+            format!(
+                "its prompt has {} tokens, more than the model's window of {context}",
+                ids.len()
+            ),
+        ));
+    }
+    let t0 = Instant::now();
+    let taps = TapRequest {
+        keys: None,
+        queries: Some(LayerSet::new(codes.iter().map(|c| c.layer).collect())?),
+    };
+    let out = model
+        .transformer()
+        .forward(&ids, None, &taps, Logits::None)?;
+    let forward_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let t1 = Instant::now();
+    let mc = model.config();
+    let group = mc.heads / mc.kv_heads.max(1);
+    let mut activation = BTreeMap::new();
+    for tap in &out.queries {
+        let Some(code) = codes.iter().find(|c| c.layer == tap.layer) else {
+            continue;
+        };
+        // [question tokens, heads, head_dim]
+        let q = tap.values.i(rows.clone())?;
+        let (n, heads, d) = q.dims3()?;
+        for kv in 0..heads / group.max(1) {
+            let sae = saes.sae_for(code.layer, kv)?;
+            let x = q
+                .i((.., kv * group..(kv + 1) * group, ..))?
+                .contiguous()?
+                .reshape((n * group, d))?;
+            let codes_kv = match k {
+                Some(k) => sae.encode_with_k(&x, k)?,
+                None => sae.encode(&x)?,
+            };
+            for r in 0..codes_kv.rows() {
+                let (fs, acts) = codes_kv.row(r).unwrap_or((&[], &[]));
+                for (&f, &a) in fs.iter().zip(acts) {
+                    if a > 0.0 {
+                        *activation
+                            .entry((code.layer as u16, code.posting_feature(kv, f)))
+                            .or_insert(0.0) += a;
+                    }
+                }
+            }
+        }
+    }
+    Ok(QuestionFeatures {
+        activation,
+        tokens: rows.len(),
+        forward_ms,
+        encode_ms: t1.elapsed().as_secs_f64() * 1e3,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::question_rows;
+
+    #[test]
+    fn question_rows_are_what_differs_between_the_prompts() {
+        assert_eq!(question_rows(&[1, 2, 9, 9], &[1, 2, 5, 6, 7, 9, 9]), 2..5);
+        assert_eq!(question_rows(&[1, 9], &[1, 5, 9]), 1..2);
+        assert_eq!(question_rows(&[1, 2], &[1, 2]), 2..2);
+    }
+}
