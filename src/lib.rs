@@ -12,3 +12,4 @@ pub mod index;
 pub mod model;
 pub mod retrieve;
 pub mod sae;
+pub mod service;

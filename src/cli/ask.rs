@@ -33,7 +33,7 @@ struct Loaded {
 }
 
 fn load_all(args: &RetrieveArgs, models: &Path) -> Result<Loaded> {
-    let index = open_existing(&args.data.data_dir)?;
+    let index = open_existing(args.data.dir()?)?;
     let model = load(&args.model, models)?;
     let saes = load_sae_set(&model, &args.sae, models)?;
     Ok(Loaded { model, saes, index })
@@ -50,12 +50,26 @@ fn query(args: &RetrieveArgs) -> Query {
     }
 }
 
-fn evidence_json(e: &Evidence) -> Result<Value> {
-    Ok(serde_json::to_value(e)?)
+/// Returns the JSON of evidence; a daemon's evidence brings its trace as JSON beside it.
+fn evidence_json(e: &Evidence, remote_trace: Option<Value>) -> Result<Value> {
+    let mut v = serde_json::to_value(e)?;
+    if let Some(t) = remote_trace {
+        v["trace"] = t;
+    }
+    Ok(v)
+}
+
+/// An answer as printed: from the local model or from a daemon.
+struct Answered {
+    answer: String,
+    prompt_tokens: usize,
+    new_tokens: usize,
+    stop: Value,
+    timings_ms: std::collections::BTreeMap<String, f64>,
 }
 
 /// Prints the cited spans, readable.
-fn print_spans(e: &Evidence) {
+pub(super) fn print_spans(e: &Evidence) {
     println!(
         "evidence: {} spans, {} of {} tokens ({})",
         e.spans.len(),
@@ -81,11 +95,16 @@ fn print_spans(e: &Evidence) {
 
 /// Runs `s3mem retrieve`.
 pub fn retrieve(args: &RetrieveArgs, models: &Path) -> Result<()> {
-    let l = load_all(args, models)?;
-    let r = Retriever::new(&l.model, &l.saes, RetrieveConfig::default())?;
-    let e = r.retrieve(&l.index, &query(args))?;
+    let (e, trace) = match args.server.connect()? {
+        Some(mut client) => client.retrieve(args)?,
+        None => {
+            let l = load_all(args, models)?;
+            let r = Retriever::new(&l.model, &l.saes, RetrieveConfig::default())?;
+            (r.retrieve(&l.index, &query(args))?, None)
+        }
+    };
     if args.json {
-        println!("{}", serde_json::to_string(&evidence_json(&e)?)?);
+        println!("{}", serde_json::to_string(&evidence_json(&e, trace)?)?);
     } else {
         print_spans(&e);
     }
@@ -95,24 +114,48 @@ pub fn retrieve(args: &RetrieveArgs, models: &Path) -> Result<()> {
 /// Runs `s3mem ask`.
 pub fn ask(args: &AskArgs, models: &Path) -> Result<()> {
     let a = &args.retrieve;
-    let l = load_all(a, models)?;
-    let r = Retriever::new(&l.model, &l.saes, RetrieveConfig::default())?;
-    let e = r.retrieve(&l.index, &query(a))?;
-    let config = AnswerConfig {
-        max_new_tokens: args.max_new_tokens,
-        ..AnswerConfig::default()
-    };
     let mut out = std::io::stdout();
     let stream = !a.json;
-    let ans = answer::answer(&l.model, &e, &config, &mut |piece| {
+    let mut on_text = |piece: &str| {
         if stream {
             let _ = out.write_all(piece.as_bytes());
             let _ = out.flush();
         }
         true
-    })?;
+    };
+    let (e, trace, ans) = match a.server.connect()? {
+        Some(mut client) => {
+            let (e, trace, done) = client.ask(a, args.max_new_tokens, &mut on_text)?;
+            let ans = Answered {
+                answer: done.answer,
+                prompt_tokens: done.prompt_tokens as usize,
+                new_tokens: done.new_tokens as usize,
+                stop: json!(done.stop),
+                timings_ms: done.timings_ms.into_iter().collect(),
+            };
+            (e, trace, ans)
+        }
+        None => {
+            let l = load_all(a, models)?;
+            let r = Retriever::new(&l.model, &l.saes, RetrieveConfig::default())?;
+            let e = r.retrieve(&l.index, &query(a))?;
+            let config = AnswerConfig {
+                max_new_tokens: args.max_new_tokens,
+                ..AnswerConfig::default()
+            };
+            let ans = answer::answer(&l.model, &e, &config, &mut on_text)?;
+            let ans = Answered {
+                answer: ans.answer,
+                prompt_tokens: ans.prompt_tokens,
+                new_tokens: ans.new_tokens,
+                stop: json!(ans.stop),
+                timings_ms: ans.timings_ms,
+            };
+            (e, None, ans)
+        }
+    };
     if a.json {
-        let mut v = evidence_json(&e)?;
+        let mut v = evidence_json(&e, trace)?;
         v["answer"] = json!(ans.answer);
         v["usage"] = json!({
             "prompt_tokens": ans.prompt_tokens,

@@ -97,3 +97,99 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
+
+/// Runs `s3mem bench retrieve`: retrieve latency against collection size.
+///
+/// The corpus documents are scanned once; the collection grows by storing copies of their
+/// encodings under new ids (real postings, real coarse records, real BM25 passages), so a
+/// million-token collection costs one scan of the corpus, not a million tokens of scanning.
+pub fn retrieve(args: &super::BenchRetrieveArgs, models: &std::path::Path) -> Result<()> {
+    use crate::index::{encode_document, Index, IndexConfig, NewDocument};
+    use crate::retrieve::{Query, RetrieveConfig, Retriever};
+
+    let model = super::commands::load(&args.model, models)?;
+    let saes = super::commands::load_sae_set(&model, &args.sae, models)?;
+    let encoder = crate::index::Encoder::new(&model, &saes, crate::model::ScanConfig::default())?;
+    let mut index = Index::open(&args.data_dir, IndexConfig::default())?;
+    if index.collection_id(&args.collection).is_err() {
+        index.create_collection(&args.collection)?;
+    }
+    let mut corpus = Vec::new();
+    for p in &args.corpus {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        let name = p
+            .file_name()
+            .map_or("doc".into(), |n| n.to_string_lossy().to_string());
+        let doc = NewDocument {
+            collection: &args.collection,
+            id: None,
+            meta: Vec::new(),
+            text: &text,
+        };
+        eprintln!("scanning {name} once");
+        let encoded = encode_document(&encoder, &doc, &mut |_, _| true)?;
+        corpus.push((name, text, encoded));
+    }
+    let retriever = Retriever::new(&model, &saes, RetrieveConfig::default())?;
+    println!(
+        "| collection tokens | documents | retrieve p50 ms | retrieve p99 ms | question forward p50 ms |"
+    );
+    println!("|---|---|---|---|---|");
+    let mut copy = 0usize;
+    for &target in &args.tokens {
+        let have = |index: &Index| -> Result<u64> {
+            Ok(index
+                .collections()?
+                .into_iter()
+                .find(|c| c.name == args.collection)
+                .map_or(0, |c| c.tokens))
+        };
+        while have(&index)? < target as u64 {
+            for (name, text, encoded) in &corpus {
+                index.store_encoded(
+                    &encoder,
+                    NewDocument {
+                        collection: &args.collection,
+                        id: Some(format!("copy-{copy}-{name}")),
+                        meta: Vec::new(),
+                        text,
+                    },
+                    encoded,
+                )?;
+            }
+            copy += 1;
+        }
+        index.commit()?;
+        let docs = index.documents(&args.collection)?.len();
+        let (mut lat, mut fwd) = (Vec::new(), Vec::new());
+        for run in 0..args.runs {
+            let question = &args.questions[run % args.questions.len()];
+            let e = retriever.retrieve(
+                &index,
+                &Query {
+                    collection: args.collection.clone(),
+                    docs: Vec::new(),
+                    question: question.clone(),
+                    budget: args.budget,
+                    method: args.method,
+                    trace: false,
+                },
+            )?;
+            lat.push(e.timings_ms.get("retrieve").copied().unwrap_or(0.0));
+            fwd.push(e.timings_ms.get("question_forward").copied().unwrap_or(0.0));
+        }
+        let pct = |v: &mut Vec<f64>, p: f64| {
+            v.sort_by(f64::total_cmp);
+            v[((v.len() - 1) as f64 * p).round() as usize]
+        };
+        println!(
+            "| {} | {docs} | {:.1} | {:.1} | {:.1} |",
+            have(&index)?,
+            pct(&mut lat, 0.5),
+            pct(&mut lat, 0.99),
+            pct(&mut fwd, 0.5)
+        );
+    }
+    Ok(())
+}

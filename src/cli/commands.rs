@@ -69,6 +69,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(BenchCommand::Parity(args)) => {
             super::bench_random::parity_model(&args, &models)
         }
+        Command::Bench(BenchCommand::Retrieve(args)) => super::bench::retrieve(&args, &models),
         Command::Sae(cmd) => super::sae::run(cmd, &models),
         Command::Ingest(args) => super::index::ingest(&args, &models),
         Command::Docs(cmd) => super::index::docs(cmd),
@@ -78,6 +79,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Retrieve(args) => super::ask::retrieve(&args, &models),
         Command::Ask(args) => super::ask::ask(&args, &models),
         Command::Eval(cmd) => super::eval::run(cmd, &models),
+        Command::Serve(args) => super::serve::serve(&args, &models),
     }
 }
 
@@ -326,6 +328,9 @@ fn generate(args: &GenerateArgs, models: &Path) -> Result<()> {
 }
 
 fn quickstart(args: &QuickstartArgs, models: &Path) -> Result<()> {
+    use crate::index::{Encoder, Index, IndexConfig, IndexError, NewDocument};
+    use crate::retrieve::{Method, Query, RetrieveConfig, Retriever};
+
     eprintln!("1/4 model: {}", args.model.model);
     let model = load(&args.model, models)?;
     eprintln!(
@@ -340,22 +345,89 @@ fn quickstart(args: &QuickstartArgs, models: &Path) -> Result<()> {
     eprintln!("2/4 default SAE set");
     let sae = load_sae_set(&model, "default", models)?;
     eprintln!("    layers {:?}, digest {}", sae.layers(), sae.digest());
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| models.parent().unwrap_or(models).join("quickstart"));
     eprintln!(
-        "3/4 streaming scan of {} into SAE features",
-        args.document.display()
+        "3/4 ingest {} documents into {} (collection `{}`; kept for later runs)",
+        args.documents.len(),
+        data_dir.display(),
+        args.collection
     );
-    let text = read_document(&args.document)?;
-    let layers = crate::model::LayerSet::new(sae.layers())?;
-    let report = scan_document(&model, &text, &layers, &ScanConfig::default(), Some(&sae))?;
-    println!("{}", serde_json::to_string(&report)?);
-    eprintln!("4/4 question: {}", args.question);
-    let prompt = model.chat_prompt(None, &args.question)?;
+    let mut index = Index::open(&data_dir, IndexConfig::default())?;
+    if index.collection_id(&args.collection).is_err() {
+        index.create_collection(&args.collection)?;
+    }
+    let encoder = Encoder::new(&model, &sae, ScanConfig::default())?;
+    for path in &args.documents {
+        let id = path.display().to_string();
+        let text = read_document(path)?;
+        match index.document(&args.collection, &id) {
+            Ok(d) if d.bytes == text.len() as u64 => {
+                eprintln!("    {id}: already ingested ({} tokens)", d.tokens);
+                continue;
+            }
+            Ok(_) | Err(IndexError::UnknownDocument { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let bar = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template(
+                "    {msg} [{bar:30}] {pos}/{len} tokens {per_sec} eta {eta}",
+            )?
+            .progress_chars("=> "),
+        );
+        bar.set_message(id.clone());
+        let out = index.ingest(
+            &encoder,
+            NewDocument {
+                collection: &args.collection,
+                id: Some(id.clone()),
+                meta: Vec::new(),
+                text: &text,
+            },
+            &mut |pos, len| {
+                bar.set_length(len as u64);
+                bar.set_position(pos as u64);
+            },
+        )?;
+        bar.finish_and_clear();
+        eprintln!(
+            "    {id}: {} tokens, scan {:.1} s ({:.0} tokens/s)",
+            out.tokens,
+            out.scan_seconds,
+            out.tokens as f64 / out.scan_seconds.max(1e-9)
+        );
+    }
+    index.commit()?;
+    eprintln!(
+        "4/4 ask (hybrid, budget {}): {}",
+        args.budget, args.question
+    );
+    let retriever = Retriever::new(&model, &sae, RetrieveConfig::default())?;
+    let evidence = retriever.retrieve(
+        &index,
+        &Query {
+            collection: args.collection.clone(),
+            docs: Vec::new(),
+            question: args.question.clone(),
+            budget: args.budget,
+            method: Method::Hybrid,
+            trace: false,
+        },
+    )?;
     let mut stdout = std::io::stdout();
-    model.generate(&prompt, &GenerateConfig::default(), &mut |piece| {
-        let _ = write!(stdout, "{piece}");
-        let _ = stdout.flush();
-        true
-    })?;
-    println!();
+    crate::answer::answer(
+        &model,
+        &evidence,
+        &crate::answer::AnswerConfig::default(),
+        &mut |piece| {
+            let _ = write!(stdout, "{piece}");
+            let _ = stdout.flush();
+            true
+        },
+    )?;
+    println!("\n");
+    super::ask::print_spans(&evidence);
     Ok(())
 }

@@ -170,7 +170,7 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
     anyhow::ensure!(!items.is_empty(), "no items with gold spans in the dataset");
     let model = load(&args.model, models)?;
     let saes = load_sae_set(&model, &args.sae, models)?;
-    let mut index = Index::open(&args.data.data_dir, IndexConfig::default())?;
+    let mut index = Index::open(args.data.dir()?, IndexConfig::default())?;
     let encoder = Encoder::new(&model, &saes, crate::model::ScanConfig::default())?;
     ingest_contexts(&mut index, &encoder, &args.collection, &items)?;
     let defaults = RetrieveConfig::default();
@@ -181,10 +181,11 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
         max_features: args.max_features.unwrap_or(defaults.max_features),
         query_k: args.query_k.or(defaults.query_k),
         layers: args.layers.clone().or(defaults.layers.clone()),
+        probe: args.probe.unwrap_or(defaults.probe),
         fusion: Fusion {
             weights: args.fusion_weights.unwrap_or(defaults.fusion.weights),
             shares: args.fusion_shares.unwrap_or(defaults.fusion.shares),
-            ..defaults.fusion.clone()
+            rrf_k: args.rrf_k.unwrap_or(defaults.fusion.rrf_k),
         },
         ..defaults
     };

@@ -13,15 +13,16 @@ use super::{CollectionsCommand, DataDirArgs, DocsCommand, IngestArgs, StatsArgs}
 use crate::index::{document_text, Encoder, Index, IndexConfig, IndexError, NewDocument};
 
 fn open(data: &DataDirArgs, config: IndexConfig) -> Result<Index> {
-    Ok(Index::open(&data.data_dir, config)?)
+    Ok(Index::open(data.dir()?, config)?)
 }
 
 /// Opens an existing data dir: commands that only read or delete never create one.
 fn open_existing(data: &DataDirArgs) -> Result<Index> {
-    if !data.data_dir.join("store").is_dir() {
+    let dir = data.dir()?;
+    if !dir.join("store").is_dir() {
         bail!(
             "data dir {} does not exist or holds no index",
-            data.data_dir.display()
+            dir.display()
         );
     }
     open(data, IndexConfig::default())
@@ -115,6 +116,9 @@ pub fn ingest(args: &IngestArgs, models: &Path) -> Result<()> {
     if let Some(id) = &args.id {
         inputs[0].id = Some(id.clone());
     }
+    if let Some(client) = args.server.connect()? {
+        return ingest_remote(args, client, inputs, t0);
+    }
     let model = load(&args.model, models)?;
     let spec = args
         .sae
@@ -174,8 +178,55 @@ pub fn ingest(args: &IngestArgs, models: &Path) -> Result<()> {
     let t_commit = Instant::now();
     index.commit()?;
     store_s += t_commit.elapsed().as_secs_f64();
+    print_ingest_summary(args.json, &done, t0, [scan_s, encode_s, store_s])
+}
+
+/// Streams the inputs to a daemon, one Ingest call each.
+fn ingest_remote(
+    args: &IngestArgs,
+    mut client: super::client::Client,
+    inputs: Vec<Input>,
+    t0: Instant,
+) -> Result<()> {
+    client.ensure_collection(&args.collection)?;
+    let mut done = Vec::new();
+    let (mut scan_s, mut encode_s, mut store_s) = (0.0, 0.0, 0.0);
+    for input in inputs {
+        let label = input.id.clone().unwrap_or_else(|| "stdin".into());
+        let r = client.ingest(&args.collection, input.id, &args.meta, input.text, &label)?;
+        scan_s += r.scan_seconds;
+        encode_s += r.encode_seconds;
+        store_s += r.store_seconds;
+        let out = crate::index::Ingested {
+            id: r.id,
+            tokens: r.tokens as usize,
+            replaced: r.replaced,
+            scan_seconds: r.scan_seconds,
+            encode_seconds: r.encode_seconds,
+            store_seconds: r.store_seconds,
+        };
+        if !args.json {
+            eprintln!(
+                "{} {}: {} tokens",
+                if out.replaced { "replaced" } else { "ingested" },
+                out.id,
+                out.tokens
+            );
+        }
+        done.push(out);
+    }
+    print_ingest_summary(args.json, &done, t0, [scan_s, encode_s, store_s])
+}
+
+/// Prints what an ingest did (the same locally and through a daemon).
+fn print_ingest_summary(
+    json: bool,
+    done: &[crate::index::Ingested],
+    t0: Instant,
+    [scan_s, encode_s, store_s]: [f64; 3],
+) -> Result<()> {
     let seconds = t0.elapsed().as_secs_f64();
-    if args.json {
+    if json {
         println!(
             "{}",
             json!({
@@ -215,11 +266,14 @@ pub fn docs(cmd: DocsCommand) -> Result<()> {
     match cmd {
         DocsCommand::List {
             data,
+            server,
             collection,
             json,
         } => {
-            let index = open_existing(&data)?;
-            let docs = index.documents(&collection)?;
+            let docs = match server.connect()? {
+                Some(mut client) => client.documents(&collection)?,
+                None => open_existing(&data)?.documents(&collection)?,
+            };
             if json {
                 println!("{}", serde_json::to_string(&docs)?);
             } else {
@@ -230,15 +284,21 @@ pub fn docs(cmd: DocsCommand) -> Result<()> {
         }
         DocsCommand::Get {
             data,
+            server,
             collection,
             chars,
             json,
             id,
         } => {
-            let index = open_existing(&data)?;
             let range = chars.as_deref().map(parse_chars).transpose()?;
-            let info = index.document(&collection, &id)?;
-            let text = index.text(&collection, &id, range)?;
+            let (info, text) = match server.connect()? {
+                Some(mut client) => client.document(&collection, &id, range)?,
+                None => {
+                    let index = open_existing(&data)?;
+                    let info = index.document(&collection, &id)?;
+                    (info, index.text(&collection, &id, range)?)
+                }
+            };
             if json {
                 println!("{}", json!({ "document": info, "text": text }));
             } else {
@@ -247,15 +307,24 @@ pub fn docs(cmd: DocsCommand) -> Result<()> {
         }
         DocsCommand::Delete {
             data,
+            server,
             collection,
             ids,
-        } => {
-            let mut index = open_existing(&data)?;
-            for id in ids {
-                index.delete(&collection, &id)?;
-                eprintln!("deleted {id}");
+        } => match server.connect()? {
+            Some(mut client) => {
+                for id in ids {
+                    client.delete(&collection, &id)?;
+                    eprintln!("deleted {id}");
+                }
             }
-        }
+            None => {
+                let mut index = open_existing(&data)?;
+                for id in ids {
+                    index.delete(&collection, &id)?;
+                    eprintln!("deleted {id}");
+                }
+            }
+        },
     }
     Ok(())
 }
@@ -286,7 +355,10 @@ pub fn collections(cmd: CollectionsCommand) -> Result<()> {
 
 /// Runs `s3mem stats`.
 pub fn stats(args: &StatsArgs) -> Result<()> {
-    let s = open_existing(&args.data)?.stats()?;
+    let s = match args.server.connect()? {
+        Some(mut client) => client.stats()?,
+        None => open_existing(&args.data)?.stats()?,
+    };
     if args.json {
         println!("{}", serde_json::to_string(&s)?);
         return Ok(());

@@ -3,19 +3,23 @@
 mod ask;
 mod bench;
 mod bench_random;
+pub mod client;
 mod commands;
 mod device;
 mod eval;
 mod index;
 mod sae;
+mod serve;
 mod sys;
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+pub use client::ServerArgs;
 pub use commands::run;
 pub use device::DeviceArgs;
+pub use serve::ServeArgs;
 pub use sys::peak_rss_bytes;
 
 use crate::model::{LayerSet, WeightFormat};
@@ -67,6 +71,8 @@ pub enum Command {
     Retrieve(RetrieveArgs),
     /// Answer a question from the evidence retrieved for it, citing the spans.
     Ask(AskArgs),
+    /// Run the gRPC daemon on a data dir until SIGINT or SIGTERM.
+    Serve(Box<ServeArgs>),
     /// Build development datasets and measure retrieval on them.
     #[command(subcommand)]
     Eval(EvalCommand),
@@ -192,9 +198,15 @@ pub struct RecallArgs {
     /// Indexed layers S3 reads.
     #[arg(long, value_delimiter = ',')]
     pub layers: Option<Vec<usize>>,
+    /// Question projections encoded: queries, keys or both.
+    #[arg(long)]
+    pub probe: Option<crate::retrieve::question::Probe>,
     /// Fusion weights s3,bm25,bias.
     #[arg(long, value_parser = parse_triple)]
     pub fusion_weights: Option<[f32; 3]>,
+    /// Reciprocal-rank fusion constant.
+    #[arg(long)]
+    pub rrf_k: Option<f32>,
     /// Budget shares filled first, s3,bm25,bias.
     #[arg(long, value_parser = parse_triple)]
     pub fusion_shares: Option<[f32; 3]>,
@@ -207,6 +219,8 @@ pub struct RecallArgs {
 pub struct RetrieveArgs {
     #[command(flatten)]
     pub data: DataDirArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
     #[command(flatten)]
     pub model: ModelArgs,
     /// The SAE set the index was built with (`default`: the model's embedded set).
@@ -248,13 +262,24 @@ pub struct AskArgs {
 pub struct DataDirArgs {
     /// The data dir (created on first use).
     #[arg(long, env = "S3MEM_DATA_DIR")]
-    pub data_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl DataDirArgs {
+    /// Returns the data dir, or an error saying how to give one.
+    pub fn dir(&self) -> anyhow::Result<&std::path::Path> {
+        self.data_dir.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("no data dir: give --data-dir DIR (or S3MEM_DATA_DIR), or --server URL where the command takes it")
+        })
+    }
 }
 
 #[derive(Debug, Args)]
 pub struct IngestArgs {
     #[command(flatten)]
     pub data: DataDirArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
     #[command(flatten)]
     pub model: ModelArgs,
     #[command(flatten)]
@@ -295,6 +320,8 @@ pub enum DocsCommand {
     List {
         #[command(flatten)]
         data: DataDirArgs,
+        #[command(flatten)]
+        server: ServerArgs,
         /// The collection.
         #[arg(long)]
         collection: String,
@@ -306,6 +333,8 @@ pub enum DocsCommand {
     Get {
         #[command(flatten)]
         data: DataDirArgs,
+        #[command(flatten)]
+        server: ServerArgs,
         /// The collection.
         #[arg(long)]
         collection: String,
@@ -322,6 +351,8 @@ pub enum DocsCommand {
     Delete {
         #[command(flatten)]
         data: DataDirArgs,
+        #[command(flatten)]
+        server: ServerArgs,
         /// The collection.
         #[arg(long)]
         collection: String,
@@ -361,6 +392,8 @@ pub enum CollectionsCommand {
 pub struct StatsArgs {
     #[command(flatten)]
     pub data: DataDirArgs,
+    #[command(flatten)]
+    pub server: ServerArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -375,6 +408,50 @@ pub enum BenchCommand {
     SaeTrain(bench_random::SaeTrainBenchArgs),
     /// Top-k SAE features of a device scan against a CPU scan in f32, per (token, layer, head).
     Parity(bench_random::ParityArgs),
+    /// Retrieve latency (p50/p99, without the question's forward pass) against collection
+    /// size; the collection grows by copies of the corpus's encodings.
+    Retrieve(BenchRetrieveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchRetrieveArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The SAE set (`default`: the model's embedded set).
+    #[arg(long, default_value = "default")]
+    pub sae: String,
+    /// A data dir for the benchmark collection (reused: later runs only add what is missing).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The benchmark collection.
+    #[arg(long, default_value = "bench")]
+    pub collection: String,
+    /// Documents scanned once and stored in copies.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "/usr/share/common-licenses/GPL-3,/usr/share/common-licenses/Apache-2.0,/usr/share/common-licenses/MPL-2.0"
+    )]
+    pub corpus: Vec<PathBuf>,
+    /// Collection sizes in tokens, ascending.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+    pub tokens: Vec<usize>,
+    /// Questions asked in turn.
+    #[arg(
+        long,
+        value_delimiter = '|',
+        default_value = "How many days does a licensee have to cure a violation?|What does the patent license grant?|Who may distribute copies of the covered software?|What happens when the license terminates?|Is there any warranty for the program?"
+    )]
+    pub questions: Vec<String>,
+    /// Retrievals per size.
+    #[arg(long, default_value_t = 20)]
+    pub runs: usize,
+    /// Evidence budget in tokens.
+    #[arg(long, default_value_t = 1024)]
+    pub budget: usize,
+    /// The method.
+    #[arg(long, default_value = "hybrid")]
+    pub method: crate::retrieve::Method,
 }
 
 #[derive(Debug, Args)]
@@ -497,13 +574,26 @@ pub struct GenerateArgs {
 pub struct QuickstartArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// The sample document to scan.
-    #[arg(long, default_value = "/usr/share/common-licenses/GPL-3")]
-    pub document: PathBuf,
-    /// The question to answer.
+    /// Where the sample index is kept (default: `quickstart/` beside the models folder).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The collection the documents go into.
+    #[arg(long, default_value = "licences")]
+    pub collection: String,
+    /// The sample documents to ingest (once; later runs reuse them).
     #[arg(
         long,
-        default_value = "The passkey is 48213. Remember it. What is the passkey?"
+        value_delimiter = ',',
+        default_value = "/usr/share/common-licenses/GPL-3,/usr/share/common-licenses/Apache-2.0,/usr/share/common-licenses/MPL-2.0"
+    )]
+    pub documents: Vec<PathBuf>,
+    /// Most tokens of evidence.
+    #[arg(long, default_value_t = 256)]
+    pub budget: usize,
+    /// The question to answer from them.
+    #[arg(
+        long,
+        default_value = "How many days after receiving notice does a licensee have to cure a violation?"
     )]
     pub question: String,
 }

@@ -140,6 +140,19 @@ impl<'a> Encoder<'a> {
         tokens: crate::model::Tokenized,
         progress: &mut dyn FnMut(usize),
     ) -> Result<EncodedDocument> {
+        self.encode_until(tokens, &mut |done| {
+            progress(done);
+            true
+        })
+    }
+
+    /// Scans and encodes a tokenized document like [`Encoder::encode`]; `progress` returns
+    /// false to stop the scan after the current window ([`crate::model::ModelError::Aborted`]).
+    pub fn encode_until(
+        &self,
+        tokens: crate::model::Tokenized,
+        progress: &mut dyn FnMut(usize) -> bool,
+    ) -> Result<EncodedDocument> {
         let taps = TapRequest {
             keys: Some(LayerSet::new(
                 self.layers.iter().map(|l| l.layer).collect(),
@@ -167,8 +180,11 @@ impl<'a> Encoder<'a> {
                     }
                 }
                 encode_seconds += t0.elapsed().as_secs_f64();
-                progress(chunk.chunk.end);
-                Ok(())
+                if progress(chunk.chunk.end) {
+                    Ok(())
+                } else {
+                    Err(crate::model::ModelError::Aborted)
+                }
             });
         if let Some(e) = failure {
             return Err(e);

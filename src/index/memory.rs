@@ -243,6 +243,29 @@ pub fn document_text(bytes: Vec<u8>, source_name: &str) -> Result<String> {
     })
 }
 
+/// Tokenizes, scans and encodes a document with `encoder` (no index needed: the slow part of
+/// an ingest, which can run while the index serves reads). `progress` gets the tokens done and
+/// the total, and returns false to abort the scan.
+pub fn encode_document(
+    encoder: &Encoder<'_>,
+    doc: &NewDocument<'_>,
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<EncodedDocument> {
+    let id_for_errors = doc.id.as_deref().unwrap_or("(new)");
+    let t0 = Instant::now();
+    let tokens = encoder.tokenize(doc.text)?;
+    let tokenize_seconds = t0.elapsed().as_secs_f64();
+    let n = tokens.ids.len();
+    if n == 0 {
+        return Err(IndexError::InvalidInput(format!(
+            "document `{id_for_errors}` has no tokens"
+        )));
+    }
+    let mut encoded = encoder.encode_until(tokens, &mut |done| progress(done, n))?;
+    encoded.tokenize_seconds = tokenize_seconds;
+    Ok(encoded)
+}
+
 impl Index {
     /// Opens (or creates) the data dir `dir`, upgrading an older store and reconciling BM25.
     pub fn open(dir: &Path, config: IndexConfig) -> Result<Self> {
@@ -663,7 +686,18 @@ impl Index {
         doc: NewDocument<'_>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Ingested> {
-        let c = self.collection(doc.collection)?;
+        self.check_document(encoder, &doc)?;
+        let encoded = encode_document(encoder, &doc, &mut |done, n| {
+            progress(done, n);
+            true
+        })?;
+        self.store_encoded(encoder, doc, &encoded)
+    }
+
+    /// Checks a document before its scan: its collection, size, id and metadata, and that
+    /// `encoder` is what the index was built with.
+    pub fn check_document(&self, encoder: &Encoder<'_>, doc: &NewDocument<'_>) -> Result<()> {
+        self.collection(doc.collection)?;
         let id_for_errors = doc.id.clone().unwrap_or_else(|| "(new)".into());
         if doc.text.len() > self.config.max_document_bytes {
             return Err(IndexError::TooLarge {
@@ -688,26 +722,31 @@ impl Index {
         for (k, _) in &doc.meta {
             check_name("metadata key", k)?;
         }
-        self.check_identity(encoder.identity())?;
-        let t0 = Instant::now();
-        let tokens = encoder.tokenize(doc.text)?;
-        let tokenize_seconds = t0.elapsed().as_secs_f64();
-        let n = tokens.ids.len();
-        if n == 0 {
-            return Err(IndexError::InvalidInput(format!(
-                "document `{id_for_errors}` has no tokens"
-            )));
-        }
+        self.check_identity(encoder.identity())
+    }
+
+    /// Stores a document that [`encode_document`] encoded with `encoder`; replaces an existing
+    /// one with the same id. Checks the document again: the index may have changed during the
+    /// scan (the collection dropped, say).
+    ///
+    /// Durability and visibility as [`Index::ingest`].
+    pub fn store_encoded(
+        &mut self,
+        encoder: &Encoder<'_>,
+        doc: NewDocument<'_>,
+        encoded: &EncodedDocument,
+    ) -> Result<Ingested> {
+        self.check_document(encoder, &doc)?;
+        let c = self.collection(doc.collection)?;
+        let n = encoded.tokens();
         if c.next_position + n as u64 > u64::from(u32::MAX) + 1 {
             return Err(IndexError::PositionsExhausted {
                 collection: c.name,
                 needed: n,
             });
         }
-        let mut encoded = encoder.encode(tokens, &mut |done| progress(done, n))?;
-        encoded.tokenize_seconds = tokenize_seconds;
         let t1 = Instant::now();
-        let out = self.store_document(c, doc, &encoded, encoder.identity())?;
+        let out = self.store_document(c, doc, encoded, encoder.identity())?;
         Ok(Ingested {
             store_seconds: t1.elapsed().as_secs_f64(),
             scan_seconds: encoded.scan_seconds,

@@ -22,8 +22,8 @@ pub use bm25::PassageHit;
 pub use encode::{layer_codes, EncodedDocument, Encoder, LayerCode};
 pub use error::{IndexError, Result};
 pub use memory::{
-    document_text, Bm25Hit, CollectionInfo, ComponentBytes, DocumentInfo, Index, IndexConfig,
-    Ingested, NewDocument, Stats,
+    document_text, encode_document, Bm25Hit, CollectionInfo, ComponentBytes, DocumentInfo, Index,
+    IndexConfig, Ingested, NewDocument, Stats,
 };
 pub use migrations::{STORE_FORMAT_OLDEST_SUPPORTED, STORE_FORMAT_VERSION};
 pub use records::StoreIdentity;

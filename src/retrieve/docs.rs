@@ -231,8 +231,11 @@ mod tests {
         let d = doc("One two. Three four five six. Seven eight.");
         // tokens: One two. | Three four five six. | Seven eight.
         assert_eq!(d.snap(3..4, 8), 2..6);
-        // Too far to reach: the range stays.
-        assert_eq!(d.snap(3..4, 1), 3..4);
+        // The sentence start is within reach, its end is not: only the start moves.
+        assert_eq!(d.snap(3..4, 1), 2..4);
+        // The sentence end is within reach, its start is not: only the end moves.
+        assert_eq!(d.snap(4..5, 1), 4..6);
+        assert_eq!(d.snap(3..4, 0), 3..4);
         assert_eq!(d.chars(d.token_chars(2..6)), "Three four five six. ");
         assert_eq!(d.char_tokens(9..14), 2..3);
     }

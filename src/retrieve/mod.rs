@@ -121,7 +121,7 @@ impl Default for Fusion {
     fn default() -> Self {
         Self {
             rrf_k: 60.0,
-            weights: [1.0, 1.0, 1.0],
+            weights: [0.5, 1.0, 0.1],
             shares: [0.0; 3],
         }
     }
@@ -182,6 +182,8 @@ pub struct RetrieveConfig {
     pub max_question_chars: usize,
     /// Indexed layers S3 reads (`None`: all of them).
     pub layers: Option<Vec<usize>>,
+    /// Which projections of the question are encoded.
+    pub probe: question::Probe,
 }
 
 impl Default for RetrieveConfig {
@@ -191,7 +193,7 @@ impl Default for RetrieveConfig {
             span_tokens: 48,
             snap_reach: 24,
             max_spans: 64,
-            min_idf: 1.0,
+            min_idf: 3.0,
             max_features: 384,
             query_k: None,
             coarse_min_tokens: 65_536,
@@ -203,6 +205,7 @@ impl Default for RetrieveConfig {
             trace: false,
             max_question_chars: 4096,
             layers: None,
+            probe: question::Probe::Keys,
         }
     }
 }
@@ -423,6 +426,7 @@ impl<'a> Retriever<'a> {
                 &self.codes,
                 &q.question,
                 cfg.query_k,
+                cfg.probe,
             )?;
             forward_ms = qf.forward_ms;
             question_tokens = qf.tokens;

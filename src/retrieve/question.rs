@@ -37,15 +37,69 @@ fn question_rows(without: &[u32], with: &[u32]) -> std::ops::Range<usize> {
     prefix..with.len() - suffix
 }
 
+/// Which projections of the question's tokens are encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Probe {
+    /// Query projections, each query head through the SAE of its KV group (the paper's).
+    Queries,
+    /// Key projections, as documents are indexed: the question as if it were a document.
+    Keys,
+    /// Both.
+    Both,
+}
+
+impl std::str::FromStr for Probe {
+    type Err = RetrieveError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "queries" => Ok(Self::Queries),
+            "keys" => Ok(Self::Keys),
+            "both" => Ok(Self::Both),
+            _ => Err(RetrieveError::invalid(
+                "probe",
+                format!("`{s}` is not one of queries, keys, both"),
+            )),
+        }
+    }
+}
+
+/// Encodes `x` (`[rows, d]`) with `sae` and adds its features to `activation`.
+fn add_codes(
+    sae: &crate::sae::TopKSae,
+    x: &candle_core::Tensor,
+    k: Option<usize>,
+    code: &LayerCode,
+    kv: usize,
+    activation: &mut BTreeMap<(u16, u32), f32>,
+) -> Result<()> {
+    let codes = match k {
+        Some(k) => sae.encode_with_k(x, k)?,
+        None => sae.encode(x)?,
+    };
+    for r in 0..codes.rows() {
+        let (fs, acts) = codes.row(r).unwrap_or((&[], &[]));
+        for (&f, &a) in fs.iter().zip(acts) {
+            if a > 0.0 {
+                *activation
+                    .entry((code.layer as u16, code.posting_feature(kv, f)))
+                    .or_insert(0.0) += a;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Runs `question` through layers `0..=max(L)` in the answer's frame (no evidence) and encodes
-/// the pre-RoPE query projections of its tokens: each query head through the SAE of its KV
-/// group, keeping `k` features per row (`None`: the SAE's own k).
+/// the pre-RoPE projections of its tokens that `probe` names: query heads through the SAE of
+/// their KV group, keys through their own, keeping `k` features per row (`None`: the SAE's k).
 pub fn question_features(
     model: &Model,
     saes: &SaeSet,
     codes: &[LayerCode],
     question: &str,
     k: Option<usize>,
+    probe: Probe,
 ) -> Result<QuestionFeatures> {
     let empty = model.chat_prompt(Some(frame::SYSTEM), &frame::user_turn(None, ""))?;
     let ids = model.chat_prompt(Some(frame::SYSTEM), &frame::user_turn(None, question))?;
@@ -64,9 +118,10 @@ pub fn question_features(
         ));
     }
     let t0 = Instant::now();
+    let layers = LayerSet::new(codes.iter().map(|c| c.layer).collect())?;
     let taps = TapRequest {
-        keys: None,
-        queries: Some(LayerSet::new(codes.iter().map(|c| c.layer).collect())?),
+        keys: (probe != Probe::Queries).then(|| layers.clone()),
+        queries: (probe != Probe::Keys).then_some(layers),
     };
     let out = model
         .transformer()
@@ -89,20 +144,19 @@ pub fn question_features(
                 .i((.., kv * group..(kv + 1) * group, ..))?
                 .contiguous()?
                 .reshape((n * group, d))?;
-            let codes_kv = match k {
-                Some(k) => sae.encode_with_k(&x, k)?,
-                None => sae.encode(&x)?,
-            };
-            for r in 0..codes_kv.rows() {
-                let (fs, acts) = codes_kv.row(r).unwrap_or((&[], &[]));
-                for (&f, &a) in fs.iter().zip(acts) {
-                    if a > 0.0 {
-                        *activation
-                            .entry((code.layer as u16, code.posting_feature(kv, f)))
-                            .or_insert(0.0) += a;
-                    }
-                }
-            }
+            add_codes(sae, &x, k, code, kv, &mut activation)?;
+        }
+    }
+    for tap in &out.keys {
+        let Some(code) = codes.iter().find(|c| c.layer == tap.layer) else {
+            continue;
+        };
+        // [question tokens, kv heads, head_dim]
+        let keys = tap.values.i(rows.clone())?;
+        for kv in 0..keys.dim(1)? {
+            let sae = saes.sae_for(code.layer, kv)?;
+            let x = keys.i((.., kv, ..))?.contiguous()?;
+            add_codes(sae, &x, k, code, kv, &mut activation)?;
         }
     }
     Ok(QuestionFeatures {

@@ -2,6 +2,7 @@
 
 mod common;
 mod fetch;
+mod grpc;
 mod index;
 mod model_cli;
 mod model_real;

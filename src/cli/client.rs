@@ -1,0 +1,349 @@
+//! The CLI's client of a running `s3mem serve`: the same commands, over gRPC (`--server URL`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Request, Status};
+
+use crate::index::{CollectionInfo, DocumentInfo, Stats};
+use crate::retrieve::Evidence;
+use crate::service::convert::{evidence_from_pb, method_to_pb, stats_from_pb};
+use crate::service::pb::{self, memory_client::MemoryClient};
+
+/// Text bytes per ingest message: well under the daemon's default 4 MiB message limit.
+const PIECE_BYTES: usize = 1 << 20;
+/// Largest reply the client accepts (a whole document from GetDocument).
+const MAX_REPLY_BYTES: usize = 256 << 20;
+
+/// Where a running daemon is, for commands that can talk to one.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ServerArgs {
+    /// Talk to a running `s3mem serve` at this URL (http://HOST:PORT, or https://) instead of
+    /// opening the data dir.
+    #[arg(long, env = "S3MEM_SERVER")]
+    pub server: Option<String>,
+    /// A file holding the daemon's bearer token.
+    #[arg(long, env = "S3MEM_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// PEM certificate of the CA that signed the daemon's TLS certificate (https URLs).
+    #[arg(long, env = "S3MEM_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    /// Connects to the daemon if `--server` was given.
+    pub fn connect(&self) -> Result<Option<Client>> {
+        self.server
+            .as_deref()
+            .map(|url| Client::connect(url, self))
+            .transpose()
+    }
+}
+
+/// Sends the bearer token with every call.
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        if let Some(v) = &self.0 {
+            request.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A connection to a daemon, driven from synchronous CLI code.
+pub struct Client {
+    runtime: tokio::runtime::Runtime,
+    api: MemoryClient<InterceptedService<Channel, Bearer>>,
+}
+
+/// Returns a CLI error for a status: the daemon's message and the code.
+fn status_error(s: Status) -> anyhow::Error {
+    anyhow::anyhow!("{} (the daemon answered {:?})", s.message(), s.code())
+}
+
+impl Client {
+    /// Connects to `url`.
+    pub fn connect(url: &str, args: &ServerArgs) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let token = match &args.auth_token_file {
+            Some(path) => {
+                let token = crate::service::config::read_token(path)?;
+                Some(
+                    format!("Bearer {token}")
+                        .parse::<MetadataValue<Ascii>>()
+                        .context("the token is not valid in a header")?,
+                )
+            }
+            None => None,
+        };
+        let mut endpoint = Endpoint::from_shared(url.to_string())
+            .with_context(|| format!("--server {url} is not a URL"))?
+            .connect_timeout(Duration::from_secs(10));
+        if url.starts_with("https://") {
+            let Some(ca) = &args.tls_ca else {
+                bail!("--server {url} uses TLS: give the CA certificate with --tls-ca FILE");
+            };
+            let pem = std::fs::read(ca).with_context(|| format!("reading {}", ca.display()))?;
+            endpoint = endpoint
+                .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+                .context("TLS settings")?;
+        }
+        let channel = runtime
+            .block_on(endpoint.connect())
+            .with_context(|| format!("cannot connect to the daemon at {url}"))?;
+        let api = MemoryClient::with_interceptor(channel, Bearer(token))
+            .max_decoding_message_size(MAX_REPLY_BYTES)
+            .max_encoding_message_size(MAX_REPLY_BYTES);
+        Ok(Self { runtime, api })
+    }
+
+    /// Creates a collection unless it exists.
+    pub fn ensure_collection(&mut self, name: &str) -> Result<()> {
+        let req = pb::CreateCollectionRequest { name: name.into() };
+        match self.runtime.block_on(self.api.create_collection(req)) {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == Code::AlreadyExists => Ok(()),
+            Err(s) => Err(status_error(s)),
+        }
+    }
+
+    /// Creates a collection.
+    pub fn create_collection(&mut self, name: &str) -> Result<()> {
+        let req = pb::CreateCollectionRequest { name: name.into() };
+        self.runtime
+            .block_on(self.api.create_collection(req))
+            .map_err(status_error)?;
+        Ok(())
+    }
+
+    /// Lists the collections.
+    pub fn collections(&mut self) -> Result<Vec<CollectionInfo>> {
+        let r = self
+            .runtime
+            .block_on(self.api.list_collections(pb::ListCollectionsRequest {}))
+            .map_err(status_error)?;
+        Ok(r.into_inner()
+            .collections
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    /// Drops a collection.
+    pub fn drop_collection(&mut self, name: &str) -> Result<()> {
+        let req = pb::DropCollectionRequest { name: name.into() };
+        self.runtime
+            .block_on(self.api.drop_collection(req))
+            .map_err(status_error)?;
+        Ok(())
+    }
+
+    /// Streams one document to the daemon in pieces, with a progress bar of bytes sent, and
+    /// returns the daemon's reply.
+    pub fn ingest(
+        &mut self,
+        collection: &str,
+        id: Option<String>,
+        meta: &[(String, String)],
+        text: String,
+        label: &str,
+    ) -> Result<pb::IngestResponse> {
+        let bar = ProgressBar::new(text.len() as u64)
+            .with_style(
+                ProgressStyle::with_template(
+                    "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} sent  {bytes_per_sec}",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
+            )
+            .with_message(label.to_string());
+        let header = pb::IngestRequest {
+            part: Some(pb::ingest_request::Part::Header(pb::IngestHeader {
+                collection: collection.into(),
+                id: id.unwrap_or_default(),
+                metadata: meta
+                    .iter()
+                    .map(|(key, value)| pb::MetaEntry {
+                        key: key.clone(),
+                        value: value.clone(),
+                    })
+                    .collect(),
+            })),
+        };
+        let progress = bar.clone();
+        let bytes = text.into_bytes();
+        let pieces = text_pieces(bytes, move |n| {
+            progress.inc(n as u64);
+            if progress.position() >= progress.length().unwrap_or(0) {
+                progress.set_message("scanning on the daemon");
+            }
+        });
+        let stream = tokio_stream::iter(std::iter::once(header).chain(pieces));
+        let reply = self.runtime.block_on(self.api.ingest(stream));
+        bar.finish_and_clear();
+        Ok(reply.map_err(status_error)?.into_inner())
+    }
+
+    /// Lists a collection's documents.
+    pub fn documents(&mut self, collection: &str) -> Result<Vec<DocumentInfo>> {
+        let req = pb::ListDocumentsRequest {
+            collection: collection.into(),
+        };
+        let r = self
+            .runtime
+            .block_on(self.api.list_documents(req))
+            .map_err(status_error)?;
+        Ok(r.into_inner()
+            .documents
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    /// Returns a document's record and text (or a char range of it).
+    pub fn document(
+        &mut self,
+        collection: &str,
+        id: &str,
+        chars: Option<std::ops::Range<usize>>,
+    ) -> Result<(DocumentInfo, String)> {
+        let req = pb::GetDocumentRequest {
+            collection: collection.into(),
+            id: id.into(),
+            chars: chars.map(|r| pb::CharRange {
+                start: r.start as u64,
+                end: r.end as u64,
+            }),
+        };
+        let r = self
+            .runtime
+            .block_on(self.api.get_document(req))
+            .map_err(status_error)?
+            .into_inner();
+        let info = r
+            .document
+            .context("the daemon's reply lacks the document record")?;
+        Ok((info.into(), r.text))
+    }
+
+    /// Deletes a document.
+    pub fn delete(&mut self, collection: &str, id: &str) -> Result<()> {
+        let req = pb::DeleteDocumentRequest {
+            collection: collection.into(),
+            id: id.into(),
+        };
+        self.runtime
+            .block_on(self.api.delete_document(req))
+            .map_err(status_error)?;
+        Ok(())
+    }
+
+    /// Retrieves evidence; returns it with its trace (as JSON) when one was asked for.
+    pub fn retrieve(
+        &mut self,
+        args: &super::RetrieveArgs,
+    ) -> Result<(Evidence, Option<serde_json::Value>)> {
+        let r = self
+            .runtime
+            .block_on(self.api.retrieve(retrieve_request(args)))
+            .map_err(status_error)?;
+        Ok(evidence_from_pb(r.into_inner())?)
+    }
+
+    /// Asks a question: `on_text` gets the answer's pieces as they come; returns the evidence,
+    /// its trace and the final message.
+    pub fn ask(
+        &mut self,
+        args: &super::RetrieveArgs,
+        max_new_tokens: usize,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<(Evidence, Option<serde_json::Value>, pb::AskResult)> {
+        let r = retrieve_request(args);
+        let req = pb::AskRequest {
+            collection: r.collection,
+            docs: r.docs,
+            question: r.question,
+            budget: r.budget,
+            method: r.method,
+            trace: r.trace,
+            max_new_tokens: u32::try_from(max_new_tokens).unwrap_or(u32::MAX),
+        };
+        let api = &mut self.api;
+        self.runtime.block_on(async {
+            let mut stream = api.ask(req).await.map_err(status_error)?.into_inner();
+            let mut evidence = None;
+            while let Some(msg) = stream.message().await.map_err(status_error)? {
+                match msg.event {
+                    Some(pb::ask_response::Event::Evidence(e)) => {
+                        evidence = Some(evidence_from_pb(e)?);
+                    }
+                    Some(pb::ask_response::Event::Delta(piece)) if !on_text(&piece) => {
+                        bail!("cancelled");
+                    }
+                    Some(pb::ask_response::Event::Delta(_)) | None => {}
+                    Some(pb::ask_response::Event::Done(done)) => {
+                        let (e, trace) =
+                            evidence.context("the daemon answered before sending evidence")?;
+                        return Ok((e, trace, done));
+                    }
+                }
+            }
+            bail!("the daemon ended the answer without its final message")
+        })
+    }
+
+    /// Counts and sizes the daemon's data dir.
+    pub fn stats(&mut self) -> Result<Stats> {
+        let r = self
+            .runtime
+            .block_on(self.api.stats(pb::StatsRequest {}))
+            .map_err(status_error)?;
+        Ok(stats_from_pb(r.into_inner()))
+    }
+}
+
+fn retrieve_request(args: &super::RetrieveArgs) -> pb::RetrieveRequest {
+    pb::RetrieveRequest {
+        collection: args.collection.clone(),
+        docs: args.docs.clone(),
+        question: args.question.clone(),
+        // An over-large budget stays over the daemon's limit, which refuses it by name.
+        budget: u32::try_from(args.budget).unwrap_or(u32::MAX),
+        method: method_to_pb(args.method) as i32,
+        trace: args.trace,
+    }
+}
+
+/// Returns the text messages of an ingest: `bytes` cut into pieces, `sent` called with each
+/// piece's size as the transport takes it.
+fn text_pieces(
+    bytes: Vec<u8>,
+    mut sent: impl FnMut(usize) + Send + 'static,
+) -> impl Iterator<Item = pb::IngestRequest> + Send + 'static {
+    let mut offset = 0;
+    std::iter::from_fn(move || {
+        if offset >= bytes.len() {
+            return None;
+        }
+        let end = (offset + PIECE_BYTES).min(bytes.len());
+        let piece = bytes[offset..end].to_vec();
+        offset = end;
+        sent(piece.len());
+        Some(pb::IngestRequest {
+            part: Some(pb::ingest_request::Part::Text(piece)),
+        })
+    })
+}

@@ -1,0 +1,439 @@
+//! Conversions between the proto messages and the index layer's types, and the checks of
+//! request fields that name the field when they refuse.
+
+use std::ops::Range;
+
+use super::config::Limits;
+use super::error::{Result, ServiceError};
+use super::pb;
+use super::queue::QueueState;
+use crate::answer::Answer;
+use crate::index::{CollectionInfo, DocumentInfo, Ingested, Stats};
+use crate::retrieve::{Evidence, EvidenceSpan, Method, Query};
+
+/// Longest collection name, document id or metadata key, in bytes (the index's limit).
+const MAX_NAME_BYTES: usize = 512;
+
+/// Checks a name-like field (collection, id, metadata key): 1 to 512 bytes, no control
+/// characters.
+pub fn check_name(field: &'static str, value: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(ServiceError::invalid(field, "is empty"));
+    }
+    if value.len() > MAX_NAME_BYTES {
+        return Err(ServiceError::invalid(
+            field,
+            format!(
+                "has {} bytes, over the limit of {MAX_NAME_BYTES}",
+                value.len()
+            ),
+        ));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ServiceError::invalid(field, "contains control characters"));
+    }
+    Ok(())
+}
+
+/// Returns a proto char range as a Rust range, refusing one that ends before it starts.
+pub fn char_range(r: &pb::CharRange) -> Result<Range<usize>> {
+    let to_usize = |v: u64| {
+        usize::try_from(v).map_err(|_| ServiceError::invalid("chars", "does not fit in memory"))
+    };
+    let (start, end) = (to_usize(r.start)?, to_usize(r.end)?);
+    if start > end {
+        return Err(ServiceError::invalid(
+            "chars",
+            format!("ends ({end}) before it starts ({start})"),
+        ));
+    }
+    Ok(start..end)
+}
+
+/// The fields of a retrieve or ask request.
+pub struct QueryFields {
+    /// The collection.
+    pub collection: String,
+    /// Documents to restrict to.
+    pub docs: Vec<String>,
+    /// The question.
+    pub question: String,
+    /// Token budget (0: the default).
+    pub budget: u32,
+    /// `pb::Method` as sent.
+    pub method: i32,
+    /// Whether to trace.
+    pub trace: bool,
+}
+
+impl From<pb::RetrieveRequest> for QueryFields {
+    fn from(r: pb::RetrieveRequest) -> Self {
+        Self {
+            collection: r.collection,
+            docs: r.docs,
+            question: r.question,
+            budget: r.budget,
+            method: r.method,
+            trace: r.trace,
+        }
+    }
+}
+
+/// Checks a retrieve or ask request against the limits and returns the query.
+pub fn query(r: QueryFields, limits: &Limits) -> Result<Query> {
+    check_name("collection", &r.collection)?;
+    for d in &r.docs {
+        check_name("docs", d)?;
+    }
+    if r.question.trim().is_empty() {
+        return Err(ServiceError::invalid("question", "is empty"));
+    }
+    if r.question.len() > limits.max_question_bytes {
+        return Err(ServiceError::invalid(
+            "question",
+            format!(
+                "has {} bytes, over the limit of {} (max_question_bytes)",
+                r.question.len(),
+                limits.max_question_bytes
+            ),
+        ));
+    }
+    let budget = match r.budget as usize {
+        0 => limits.default_budget,
+        b if b > limits.max_budget => {
+            return Err(ServiceError::invalid(
+                "budget",
+                format!(
+                    "{b} tokens, over the limit of {} (max_budget)",
+                    limits.max_budget
+                ),
+            ))
+        }
+        b => b,
+    };
+    let method = match pb::Method::try_from(r.method) {
+        Ok(pb::Method::Unspecified | pb::Method::Hybrid) => Method::Hybrid,
+        Ok(pb::Method::S3) => Method::S3,
+        Ok(pb::Method::Bm25) => Method::Bm25,
+        Ok(pb::Method::Bias) => Method::Bias,
+        Err(_) => {
+            return Err(ServiceError::invalid(
+                "method",
+                format!("{} is not a Method", r.method),
+            ))
+        }
+    };
+    Ok(Query {
+        collection: r.collection,
+        docs: r.docs,
+        question: r.question,
+        budget,
+        method,
+        trace: r.trace,
+    })
+}
+
+/// Returns the answer length a request asks for (0: the default), checked against the limit.
+pub fn max_new_tokens(asked: u32, limits: &Limits) -> Result<usize> {
+    match asked as usize {
+        0 => Ok(limits.default_new_tokens),
+        n if n > limits.max_new_tokens => Err(ServiceError::invalid(
+            "max_new_tokens",
+            format!(
+                "{n}, over the limit of {} (max_new_tokens)",
+                limits.max_new_tokens
+            ),
+        )),
+        n => Ok(n),
+    }
+}
+
+/// Returns the proto method of a retrieval method.
+pub fn method_to_pb(m: Method) -> pb::Method {
+    match m {
+        Method::S3 => pb::Method::S3,
+        Method::Bm25 => pb::Method::Bm25,
+        Method::Hybrid => pb::Method::Hybrid,
+        Method::Bias => pb::Method::Bias,
+    }
+}
+
+/// Returns evidence as its reply; the trace travels as the CLI's JSON.
+pub fn evidence_to_pb(e: Evidence) -> Result<pb::RetrieveResponse> {
+    let trace_json = match &e.trace {
+        Some(t) => serde_json::to_string(t)
+            .map_err(|err| ServiceError::Internal(format!("writing the trace: {err}")))?,
+        None => String::new(),
+    };
+    Ok(pb::RetrieveResponse {
+        question: e.question,
+        method: e.method.to_string(),
+        budget: e.budget as u32,
+        context: e.context,
+        context_tokens: e.context_tokens as u32,
+        spans: e
+            .spans
+            .into_iter()
+            .map(|s| pb::EvidenceSpan {
+                doc_id: s.doc_id,
+                char_start: s.char_start as u64,
+                char_end: s.char_end as u64,
+                token_start: s.token_start as u64,
+                token_end: s.token_end as u64,
+                source: s.source,
+                score: s.score,
+                text: s.text,
+            })
+            .collect(),
+        timings_ms: e.timings_ms.into_iter().collect(),
+        trace_json,
+    })
+}
+
+/// Returns the evidence of a reply, and its trace as JSON (if it has one).
+pub fn evidence_from_pb(r: pb::RetrieveResponse) -> Result<(Evidence, Option<serde_json::Value>)> {
+    let method: Method = r
+        .method
+        .parse()
+        .map_err(|_| ServiceError::invalid("method", format!("unknown method {:?}", r.method)))?;
+    let trace = if r.trace_json.is_empty() {
+        None
+    } else {
+        Some(
+            serde_json::from_str(&r.trace_json)
+                .map_err(|e| ServiceError::invalid("trace_json", e.to_string()))?,
+        )
+    };
+    let evidence = Evidence {
+        question: r.question,
+        method,
+        budget: r.budget as usize,
+        context: r.context,
+        context_tokens: r.context_tokens as usize,
+        spans: r
+            .spans
+            .into_iter()
+            .map(|s| EvidenceSpan {
+                doc_id: s.doc_id,
+                char_start: s.char_start as usize,
+                char_end: s.char_end as usize,
+                token_start: s.token_start as usize,
+                token_end: s.token_end as usize,
+                source: s.source,
+                score: s.score,
+                text: s.text,
+            })
+            .collect(),
+        timings_ms: r.timings_ms.into_iter().collect(),
+        trace: None,
+    };
+    Ok((evidence, trace))
+}
+
+/// Returns the last message of an ask.
+pub fn answer_to_pb(a: Answer) -> pb::AskResult {
+    pb::AskResult {
+        answer: a.answer,
+        prompt_tokens: a.prompt_tokens as u32,
+        new_tokens: a.new_tokens as u32,
+        // The CLI's JSON spelling of the stop reason.
+        stop: serde_json::to_value(a.stop)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        timings_ms: a.timings_ms.into_iter().collect(),
+    }
+}
+
+impl From<CollectionInfo> for pb::CollectionInfo {
+    fn from(c: CollectionInfo) -> Self {
+        Self {
+            name: c.name,
+            documents: c.documents,
+            tokens: c.tokens,
+        }
+    }
+}
+
+impl From<pb::CollectionInfo> for CollectionInfo {
+    fn from(c: pb::CollectionInfo) -> Self {
+        Self {
+            name: c.name,
+            documents: c.documents,
+            tokens: c.tokens,
+        }
+    }
+}
+
+fn meta_to_pb(meta: Vec<(String, String)>) -> Vec<pb::MetaEntry> {
+    meta.into_iter()
+        .map(|(key, value)| pb::MetaEntry { key, value })
+        .collect()
+}
+
+impl From<DocumentInfo> for pb::DocumentInfo {
+    fn from(d: DocumentInfo) -> Self {
+        Self {
+            id: d.id,
+            number: d.number,
+            tokens: d.tokens,
+            chars: d.chars,
+            bytes: d.bytes,
+            position_start: d.positions.start,
+            position_end: d.positions.end,
+            metadata: meta_to_pb(d.meta),
+        }
+    }
+}
+
+impl From<pb::DocumentInfo> for DocumentInfo {
+    fn from(d: pb::DocumentInfo) -> Self {
+        Self {
+            id: d.id,
+            number: d.number,
+            tokens: d.tokens,
+            chars: d.chars,
+            bytes: d.bytes,
+            positions: d.position_start..d.position_end,
+            meta: d.metadata.into_iter().map(|m| (m.key, m.value)).collect(),
+        }
+    }
+}
+
+/// Returns an ingest reply.
+pub fn ingested_to_pb(i: Ingested, queue_seconds: f64) -> pb::IngestResponse {
+    pb::IngestResponse {
+        id: i.id,
+        tokens: i.tokens as u64,
+        replaced: i.replaced,
+        scan_seconds: i.scan_seconds,
+        encode_seconds: i.encode_seconds,
+        store_seconds: i.store_seconds,
+        queue_seconds,
+    }
+}
+
+/// Returns a stats reply with the queues' state.
+pub fn stats_to_pb(s: Stats, queues: &[QueueState]) -> pb::StatsResponse {
+    pb::StatsResponse {
+        collections: s.collections,
+        documents: s.documents,
+        tokens: s.tokens,
+        postings: s.postings,
+        posting_entries: s.posting_entries,
+        components: s
+            .components
+            .into_iter()
+            .map(|(k, c)| {
+                (
+                    k,
+                    pb::ComponentBytes {
+                        records: c.records,
+                        bytes: c.bytes,
+                    },
+                )
+            })
+            .collect(),
+        store_disk_bytes: s.store_disk_bytes,
+        bm25_disk_bytes: s.bm25_disk_bytes,
+        bytes_per_token: s.bytes_per_token.into_iter().collect(),
+        queues: queues
+            .iter()
+            .map(|q| pb::QueueState {
+                name: q.name.into(),
+                workers: q.workers as u32,
+                running: q.running as u32,
+                waiting: q.waiting as u32,
+                depth: q.depth as u32,
+            })
+            .collect(),
+    }
+}
+
+/// Returns the index statistics of a stats reply (the queues are the daemon's, not the data
+/// dir's).
+pub fn stats_from_pb(s: pb::StatsResponse) -> Stats {
+    Stats {
+        collections: s.collections,
+        documents: s.documents,
+        tokens: s.tokens,
+        postings: s.postings,
+        posting_entries: s.posting_entries,
+        components: s
+            .components
+            .into_iter()
+            .map(|(k, c)| {
+                (
+                    k,
+                    crate::index::ComponentBytes {
+                        records: c.records,
+                        bytes: c.bytes,
+                    },
+                )
+            })
+            .collect(),
+        store_disk_bytes: s.store_disk_bytes,
+        bm25_disk_bytes: s.bm25_disk_bytes,
+        bytes_per_token: s.bytes_per_token.into_iter().collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_ranges_are_refused_by_field() {
+        let e = check_name("header.id", "").unwrap_err();
+        assert_eq!(e.to_string(), "header.id: is empty");
+        assert!(check_name("name", &"x".repeat(513)).is_err());
+        assert!(check_name("name", "a\u{7}b").is_err());
+        check_name("name", "licences").unwrap();
+        assert!(char_range(&pb::CharRange { start: 5, end: 2 }).is_err());
+        assert_eq!(
+            char_range(&pb::CharRange { start: 2, end: 5 }).unwrap(),
+            2..5
+        );
+    }
+
+    #[test]
+    fn queries_are_checked_against_the_limits() {
+        let limits = Limits::default();
+        let fields = |budget, method, question: &str| QueryFields {
+            collection: "c".into(),
+            docs: vec![],
+            question: question.into(),
+            budget,
+            method,
+            trace: false,
+        };
+        let q = query(fields(0, 0, "why?"), &limits).unwrap();
+        assert_eq!(q.budget, limits.default_budget);
+        assert_eq!(q.method, Method::Hybrid);
+        let e = query(fields(100_000, 1, "why?"), &limits).unwrap_err();
+        assert!(e.to_string().starts_with("budget: "), "{e}");
+        let e = query(fields(10, 99, "why?"), &limits).unwrap_err();
+        assert!(e.to_string().starts_with("method: "), "{e}");
+        let e = query(fields(10, 1, " "), &limits).unwrap_err();
+        assert!(e.to_string().starts_with("question: "), "{e}");
+        assert!(max_new_tokens(100_000, &limits).is_err());
+        assert_eq!(
+            max_new_tokens(0, &limits).unwrap(),
+            limits.default_new_tokens
+        );
+    }
+
+    #[test]
+    fn document_info_round_trips() {
+        let d = DocumentInfo {
+            id: "a".into(),
+            number: 3,
+            tokens: 10,
+            chars: 40,
+            bytes: 41,
+            positions: 100..110,
+            meta: vec![("k".into(), "v".into())],
+        };
+        assert_eq!(DocumentInfo::from(pb::DocumentInfo::from(d.clone())), d);
+    }
+}

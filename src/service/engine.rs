@@ -1,0 +1,305 @@
+//! What the daemon does, without gRPC: the open index shared by readers and one writer at a
+//! time, the model and SAE set once loaded, and each operation as a blocking function that the
+//! server runs on a work queue or the blocking pool.
+//!
+//! Sharing the index: sled and tantivy both serve concurrent readers, so reads (retrieve, ask,
+//! listings, stats) take the `RwLock` shared; writes take it alone, and only for the store
+//! step. An ingest scans without the lock (the slow part, minutes for a long document) and
+//! takes it only to write the finished document, so questions are answered during a scan.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use super::config::Limits;
+use super::error::{Result, ServiceError};
+use crate::answer::{self, Answer, AnswerConfig};
+use crate::index::{
+    encode_document, CollectionInfo, DocumentInfo, Encoder, Index, Ingested, NewDocument, Stats,
+};
+use crate::model::{Model, ScanConfig};
+use crate::retrieve::{Evidence, Query, RetrieveConfig, Retriever};
+use crate::sae::SaeSet;
+
+/// The model side of the daemon, loaded once after start-up.
+pub struct Loaded {
+    /// The LLM.
+    pub model: Arc<Model>,
+    /// Its SAE set.
+    pub saes: Arc<SaeSet>,
+    /// The scan geometry documents are ingested with.
+    pub scan: ScanConfig,
+}
+
+/// A flag a call sets when its caller goes away; workers check it between steps.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    /// Returns whether the call was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Cancels its [`Cancel`] when dropped: a call's future holds it, and tonic drops that future
+/// when the client disconnects.
+#[derive(Debug, Default)]
+pub struct CancelOnDrop(Cancel);
+
+impl CancelOnDrop {
+    /// Returns the token the worker checks.
+    pub fn token(&self) -> Cancel {
+        self.0.clone()
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0 .0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A document received over the network, before it is scanned.
+#[derive(Debug, Clone)]
+pub struct Upload {
+    /// The collection.
+    pub collection: String,
+    /// External id, or `None` to generate one.
+    pub id: Option<String>,
+    /// Metadata in order.
+    pub meta: Vec<(String, String)>,
+    /// The text.
+    pub text: String,
+}
+
+impl Upload {
+    fn document(&self) -> NewDocument<'_> {
+        NewDocument {
+            collection: &self.collection,
+            id: self.id.clone(),
+            meta: self.meta.clone(),
+            text: &self.text,
+        }
+    }
+}
+
+/// The daemon's state: index, model, limits, and whether it is stopping.
+pub struct Engine {
+    index: RwLock<Index>,
+    loaded: OnceLock<Loaded>,
+    limits: Limits,
+    stopping: AtomicBool,
+}
+
+impl Engine {
+    /// Returns an engine over an open index; the model comes later ([`Engine::set_loaded`]).
+    pub fn new(index: Index, limits: Limits) -> Self {
+        Self {
+            index: RwLock::new(index),
+            loaded: OnceLock::new(),
+            limits,
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    /// Returns the per-call limits.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Installs the model and SAE set, refusing them if the index was built with others.
+    pub fn set_loaded(&self, loaded: Loaded) -> Result<()> {
+        let encoder = Encoder::new(&loaded.model, &loaded.saes, loaded.scan)?;
+        self.read().check_identity(encoder.identity())?;
+        if self.loaded.set(loaded).is_err() {
+            return Err(ServiceError::Internal("the model was loaded twice".into()));
+        }
+        Ok(())
+    }
+
+    /// Returns whether the model is loaded.
+    pub fn is_ready(&self) -> bool {
+        self.loaded.get().is_some()
+    }
+
+    /// Returns the model side, or why work cannot start now.
+    pub fn loaded(&self) -> Result<&Loaded> {
+        if self.is_stopping() {
+            return Err(ServiceError::ShuttingDown);
+        }
+        self.loaded.get().ok_or(ServiceError::NotReady)
+    }
+
+    /// Makes running and queued work stop at its next check.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Returns whether the daemon is stopping.
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed)
+    }
+
+    /// Returns the index for reading, shared with other readers.
+    pub fn read(&self) -> RwLockReadGuard<'_, Index> {
+        // A panic under the lock cannot leave a half-applied write: sled batches are atomic.
+        self.index.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Fails when the daemon stops or the caller went away.
+    pub fn check_live(&self, cancel: &Cancel) -> Result<()> {
+        if self.is_stopping() {
+            Err(ServiceError::ShuttingDown)
+        } else if cancel.is_cancelled() {
+            Err(ServiceError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Scans, encodes and stores a document; nothing is written if the scan fails, the caller
+    /// goes away or the daemon stops before the store step.
+    pub fn ingest(&self, upload: &Upload, cancel: &Cancel) -> Result<Ingested> {
+        let loaded = self.loaded()?;
+        self.check_live(cancel)?;
+        let encoder = Encoder::new(&loaded.model, &loaded.saes, loaded.scan)?;
+        let doc = upload.document();
+        self.read().check_document(&encoder, &doc)?;
+        let encoded = encode_document(&encoder, &doc, &mut |done, total| {
+            tracing::trace!(done, total, "scan progress");
+            !self.is_stopping() && !cancel.is_cancelled()
+        })
+        .map_err(|e| match e {
+            crate::index::IndexError::Model(crate::model::ModelError::Aborted) => {
+                if self.is_stopping() {
+                    ServiceError::ShuttingDown
+                } else {
+                    ServiceError::Cancelled
+                }
+            }
+            e => e.into(),
+        })?;
+        let mut index = self.write();
+        // Checked under the write lock: past this point the document is written whole.
+        self.check_live(cancel)?;
+        let t0 = Instant::now();
+        let mut out = index.store_encoded(&encoder, doc, &encoded)?;
+        index.commit()?;
+        // The commit makes the passages searchable: part of storing, as the caller sees it.
+        out.store_seconds = t0.elapsed().as_secs_f64();
+        tracing::info!(id = %out.id, tokens = out.tokens, collection = %upload.collection, "document ingested");
+        Ok(out)
+    }
+
+    /// Retrieves the evidence for a question (the index shared with other readers).
+    pub fn retrieve(&self, query: &Query, cancel: &Cancel) -> Result<Evidence> {
+        let loaded = self.loaded()?;
+        self.check_live(cancel)?;
+        let config = RetrieveConfig {
+            max_question_chars: self.limits.max_question_bytes,
+            ..RetrieveConfig::default()
+        };
+        let retriever = Retriever::new(&loaded.model, &loaded.saes, config)?;
+        let index = self.read();
+        Ok(retriever.retrieve(&index, query)?)
+    }
+
+    /// Answers from `evidence`, calling `on_text` with each piece (`false` stops); stops too
+    /// when the daemon does.
+    pub fn answer(
+        &self,
+        evidence: &Evidence,
+        max_new_tokens: usize,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Answer> {
+        let loaded = self.loaded()?;
+        let config = AnswerConfig {
+            max_new_tokens,
+            max_new_tokens_limit: self.limits.max_new_tokens,
+        };
+        let out = answer::answer(&loaded.model, evidence, &config, &mut |piece| {
+            on_text(piece) && !self.is_stopping()
+        })?;
+        if out.stop == crate::model::StopReason::Cancelled {
+            return Err(if self.is_stopping() {
+                ServiceError::ShuttingDown
+            } else {
+                ServiceError::Cancelled
+            });
+        }
+        Ok(out)
+    }
+
+    /// Creates a collection.
+    pub fn create_collection(&self, name: &str) -> Result<()> {
+        Ok(self.write().create_collection(name)?)
+    }
+
+    /// Lists the collections.
+    pub fn collections(&self) -> Result<Vec<CollectionInfo>> {
+        Ok(self.read().collections()?)
+    }
+
+    /// Drops a collection and its documents.
+    pub fn drop_collection(&self, name: &str) -> Result<()> {
+        Ok(self.write().drop_collection(name)?)
+    }
+
+    /// Lists a collection's documents.
+    pub fn documents(&self, collection: &str) -> Result<Vec<DocumentInfo>> {
+        Ok(self.read().documents(collection)?)
+    }
+
+    /// Returns a document's record and its text (or a char range of it).
+    pub fn document(
+        &self,
+        collection: &str,
+        id: &str,
+        chars: Option<Range<usize>>,
+    ) -> Result<(DocumentInfo, String)> {
+        let index = self.read();
+        let info = index.document(collection, id)?;
+        let text = index.text(collection, id, chars)?;
+        Ok((info, text))
+    }
+
+    /// Deletes a document.
+    pub fn delete(&self, collection: &str, id: &str) -> Result<()> {
+        Ok(self.write().delete(collection, id)?)
+    }
+
+    /// Counts and sizes the data dir.
+    pub fn stats(&self) -> Result<Stats> {
+        Ok(self.read().stats()?)
+    }
+
+    /// Commits BM25 and flushes the store, waiting for the write lock at most until
+    /// `deadline`; returns whether it could.
+    pub fn flush(&self, deadline: Instant) -> Result<bool> {
+        loop {
+            match self.index.try_write() {
+                Ok(mut index) => {
+                    index.commit()?;
+                    index.store().flush()?;
+                    return Ok(true);
+                }
+                Err(std::sync::TryLockError::Poisoned(p)) => {
+                    let mut index = p.into_inner();
+                    index.commit()?;
+                    index.store().flush()?;
+                    return Ok(true);
+                }
+                Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
+            }
+        }
+    }
+}

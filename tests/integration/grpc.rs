@@ -1,0 +1,1210 @@
+//! The gRPC daemon end to end with the real SmolLM2 and its default SAE set: the server runs
+//! in this process on a free port (and, in one test, as the `s3mem serve` binary), and the
+//! tests talk gRPC to it: health, collections, streamed ingest, documents, stats, errors by
+//! field, auth, a full queue, cancelled ingests, restart on the same data dir.
+
+use std::path::Path;
+use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use s3mem::index::{Index, IndexConfig, IndexError};
+use s3mem::model::{Model, ScanConfig, WeightFormat};
+use s3mem::sae::{SaeExpectation, SaeSet};
+use s3mem::service::pb::{self, ingest_request::Part, memory_client::MemoryClient};
+use s3mem::service::{Daemon, Loaded, Loader, ServeConfig};
+use tonic::transport::Channel;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::common::real_model_path;
+
+/// The real model and default SAE set, loaded once and shared by every daemon of the run.
+fn model_side() -> (Arc<Model>, Arc<SaeSet>) {
+    static M: OnceLock<(Arc<Model>, Arc<SaeSet>)> = OnceLock::new();
+    M.get_or_init(|| {
+        let path = real_model_path();
+        let model = Model::load(&path, WeightFormat::F32, &candle_core::Device::Cpu).unwrap();
+        let models = path.parent().unwrap();
+        let dir = s3mem::sae::defaults::default_set_dir(&model, models)
+            .unwrap()
+            .expect("SmolLM2 has a default SAE set");
+        let expect = SaeExpectation::new(model.fingerprint().unwrap(), model.config().head_dim);
+        let saes = SaeSet::load(&dir, &expect).unwrap();
+        (Arc::new(model), Arc::new(saes))
+    })
+    .clone()
+}
+
+/// Returns a loader of the shared model side; with a gate, it waits until the gate opens.
+fn loader(gate: Option<mpsc::Receiver<()>>) -> Loader {
+    Box::new(move || {
+        if let Some(gate) = gate {
+            gate.recv()
+                .map_err(|_| "the test closed the gate".to_string())?;
+        }
+        let (model, saes) = model_side();
+        Ok(Loaded {
+            model,
+            saes,
+            scan: ScanConfig::default(),
+        })
+    })
+}
+
+/// A daemon settings for tests: a free loopback port, a short grace period.
+fn test_config() -> ServeConfig {
+    ServeConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shutdown_grace_seconds: 5,
+        ..ServeConfig::default()
+    }
+}
+
+async fn start(dir: &Path, config: ServeConfig, gate: Option<mpsc::Receiver<()>>) -> Daemon {
+    let index = Index::open(dir, IndexConfig::default()).unwrap();
+    s3mem::service::start(config, index, loader(gate))
+        .await
+        .unwrap()
+}
+
+async fn channel(daemon: &Daemon) -> Channel {
+    Channel::from_shared(format!("http://{}", daemon.local_addr()))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn health(ch: &Channel) -> ServingStatus {
+    let r = HealthClient::new(ch.clone())
+        .check(HealthCheckRequest {
+            service: "s3mem.v1.Memory".into(),
+        })
+        .await
+        .unwrap();
+    r.into_inner().status()
+}
+
+/// Waits (polling, no time limit of its own) until the daemon reports SERVING.
+async fn wait_serving(ch: &Channel) {
+    while health(ch).await != ServingStatus::Serving {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sentences about a made-up town, `n` of them, each naming its number.
+fn town_text(n: usize) -> String {
+    (0..n)
+        .map(|i| {
+            format!(
+                "In the year {}, the harbour of Velmora counted {} fishing boats and {} lanterns. ",
+                1800 + i,
+                3 + i * 7 % 23,
+                11 + i * 5 % 17
+            )
+        })
+        .collect()
+}
+
+fn header(collection: &str, id: &str) -> pb::IngestRequest {
+    pb::IngestRequest {
+        part: Some(Part::Header(pb::IngestHeader {
+            collection: collection.into(),
+            id: id.into(),
+            metadata: vec![pb::MetaEntry {
+                key: "source".into(),
+                value: "test".into(),
+            }],
+        })),
+    }
+}
+
+fn text(piece: &[u8]) -> pb::IngestRequest {
+    pb::IngestRequest {
+        part: Some(Part::Text(piece.to_vec())),
+    }
+}
+
+async fn ingest(
+    client: &mut MemoryClient<Channel>,
+    messages: Vec<pb::IngestRequest>,
+) -> Result<pb::IngestResponse, tonic::Status> {
+    client
+        .ingest(tokio_stream::iter(messages))
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// Asserts a refusal with `code` whose message names `field`.
+fn refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, field: &str) {
+    let s = r.expect_err("the call should be refused");
+    assert_eq!(s.code(), code, "{}", s.message());
+    assert!(
+        s.message().contains(field),
+        "the message {:?} should name {field}",
+        s.message()
+    );
+}
+
+async fn doc_ids(client: &mut MemoryClient<Channel>, collection: &str) -> Vec<String> {
+    client
+        .list_documents(pb::ListDocumentsRequest {
+            collection: collection.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .documents
+        .into_iter()
+        .map(|d| d.id)
+        .collect()
+}
+
+fn retrieve_request(collection: &str, question: &str, budget: u32) -> pb::RetrieveRequest {
+    pb::RetrieveRequest {
+        collection: collection.into(),
+        docs: vec![],
+        question: question.into(),
+        budget,
+        method: pb::Method::Hybrid as i32,
+        trace: false,
+    }
+}
+
+/// The parts of evidence that must not change between runs (timings do).
+fn evidence_view(r: &pb::RetrieveResponse) -> (String, u32, Vec<pb::EvidenceSpan>) {
+    (r.context.clone(), r.context_tokens, r.spans.clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_health_collections_documents_and_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.limits.max_document_bytes = 20_000;
+    let (open_gate, gate) = mpsc::channel();
+    let daemon = start(dir.path(), config, Some(gate)).await;
+    let ch = channel(&daemon).await;
+    let mut c = MemoryClient::new(ch.clone());
+
+    // Until the model is in place: NOT_SERVING, and model work is refused as unavailable.
+    assert_eq!(health(&ch).await, ServingStatus::NotServing);
+    let early = ingest(&mut c, vec![header("town", "a"), text(b"hello")]).await;
+    assert_eq!(early.unwrap_err().code(), Code::Unavailable);
+    open_gate.send(()).unwrap();
+    wait_serving(&ch).await;
+
+    // Collections.
+    c.create_collection(pb::CreateCollectionRequest {
+        name: "town".into(),
+    })
+    .await
+    .unwrap();
+    c.create_collection(pb::CreateCollectionRequest {
+        name: "spare".into(),
+    })
+    .await
+    .unwrap();
+    let again = c
+        .create_collection(pb::CreateCollectionRequest {
+            name: "town".into(),
+        })
+        .await;
+    assert_eq!(again.unwrap_err().code(), Code::AlreadyExists);
+    refused(
+        c.create_collection(pb::CreateCollectionRequest { name: "".into() })
+            .await,
+        Code::InvalidArgument,
+        "name",
+    );
+    c.drop_collection(pb::DropCollectionRequest {
+        name: "spare".into(),
+    })
+    .await
+    .unwrap();
+    let names: Vec<String> = c
+        .list_collections(pb::ListCollectionsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .collections
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["town"]);
+    refused(
+        c.drop_collection(pb::DropCollectionRequest {
+            name: "spare".into(),
+        })
+        .await,
+        Code::NotFound,
+        "spare",
+    );
+
+    // Ingest over the stream, in pieces that split a two-byte character.
+    let body = format!("Café notes. {}", town_text(6));
+    let bytes = body.as_bytes();
+    let split = body.find('é').unwrap() + 1;
+    let out = ingest(
+        &mut c,
+        vec![
+            header("town", "notes"),
+            text(&bytes[..split]),
+            text(&bytes[split..]),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(out.id, "notes");
+    assert!(out.tokens > 50, "{out:?}");
+    assert!(!out.replaced);
+    let generated = ingest(
+        &mut c,
+        vec![header("town", ""), text(b"A second, short note.")],
+    )
+    .await
+    .unwrap();
+    assert!(generated.id.starts_with('#'), "{}", generated.id);
+    assert_eq!(
+        doc_ids(&mut c, "town").await,
+        ["notes", generated.id.as_str()]
+    );
+
+    let got = c
+        .get_document(pb::GetDocumentRequest {
+            collection: "town".into(),
+            id: "notes".into(),
+            chars: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.text, body);
+    let info = got.document.unwrap();
+    assert_eq!(info.tokens as u64, out.tokens);
+    assert_eq!(info.chars, body.chars().count() as u64);
+    assert_eq!(info.metadata[0].key, "source");
+    let range = c
+        .get_document(pb::GetDocumentRequest {
+            collection: "town".into(),
+            id: "notes".into(),
+            chars: Some(pb::CharRange { start: 0, end: 4 }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(range.text, "Café");
+
+    // Retrieve: spans cite the document's own text.
+    let question = "How many fishing boats did the harbour of Velmora count in 1803?";
+    let ev = c
+        .retrieve(retrieve_request("town", question, 96))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ev.method, "hybrid");
+    assert!(ev.context_tokens > 0 && ev.context_tokens <= 96, "{ev:?}");
+    assert!(!ev.spans.is_empty());
+    let chars: Vec<char> = body.chars().collect();
+    for span in ev.spans.iter().filter(|s| s.doc_id == "notes") {
+        let cited: String = chars[span.char_start as usize..span.char_end as usize]
+            .iter()
+            .collect();
+        assert_eq!(cited, span.text);
+    }
+
+    // Ask streams the evidence, then pieces of the answer, then the final message.
+    let mut stream = c
+        .ask(pb::AskRequest {
+            collection: "town".into(),
+            docs: vec!["notes".into()],
+            question: question.into(),
+            budget: 96,
+            method: pb::Method::Bm25 as i32,
+            trace: false,
+            max_new_tokens: 12,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        events.push(m.event.unwrap());
+    }
+    use pb::ask_response::Event;
+    assert!(matches!(events.first(), Some(Event::Evidence(e)) if !e.spans.is_empty()));
+    let Some(Event::Done(done)) = events.last() else {
+        panic!("the last message is not the final one: {events:?}");
+    };
+    let streamed: String = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Delta(d) => Some(d.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(streamed.trim(), done.answer);
+    assert!(done.new_tokens >= 1 && done.new_tokens <= 12, "{done:?}");
+    assert!(done.prompt_tokens > 0);
+
+    // Bad questions, by field.
+    refused(
+        c.retrieve(retrieve_request("town", question, 100_000))
+            .await,
+        Code::InvalidArgument,
+        "budget",
+    );
+    refused(
+        c.retrieve(retrieve_request("town", "  ", 64)).await,
+        Code::InvalidArgument,
+        "question",
+    );
+    refused(
+        c.retrieve(pb::RetrieveRequest {
+            method: 42,
+            ..retrieve_request("town", question, 64)
+        })
+        .await,
+        Code::InvalidArgument,
+        "method",
+    );
+    refused(
+        c.retrieve(retrieve_request("nowhere", question, 64)).await,
+        Code::NotFound,
+        "nowhere",
+    );
+    refused(
+        c.ask(pb::AskRequest {
+            collection: "town".into(),
+            docs: vec![],
+            question: question.into(),
+            budget: 64,
+            method: 0,
+            trace: false,
+            max_new_tokens: 1_000_000,
+        })
+        .await,
+        Code::InvalidArgument,
+        "max_new_tokens",
+    );
+
+    let stats = c.stats(pb::StatsRequest {}).await.unwrap().into_inner();
+    assert_eq!(stats.collections, 1);
+    assert_eq!(stats.documents, 2);
+    assert!(stats.posting_entries > stats.tokens);
+    assert_eq!(stats.queues.len(), 2);
+
+    // Unknown ids.
+    refused(
+        c.get_document(pb::GetDocumentRequest {
+            collection: "town".into(),
+            id: "missing".into(),
+            chars: None,
+        })
+        .await,
+        Code::NotFound,
+        "missing",
+    );
+    refused(
+        c.list_documents(pb::ListDocumentsRequest {
+            collection: "nowhere".into(),
+        })
+        .await,
+        Code::NotFound,
+        "nowhere",
+    );
+    refused(
+        ingest(&mut c, vec![header("nowhere", "x"), text(b"some text")]).await,
+        Code::NotFound,
+        "nowhere",
+    );
+    refused(
+        c.delete_document(pb::DeleteDocumentRequest {
+            collection: "town".into(),
+            id: "missing".into(),
+        })
+        .await,
+        Code::NotFound,
+        "missing",
+    );
+
+    // Malformed input, each refused naming its field, none written.
+    refused(
+        ingest(&mut c, vec![]).await,
+        Code::InvalidArgument,
+        "header",
+    );
+    refused(
+        ingest(&mut c, vec![text(b"text first")]).await,
+        Code::InvalidArgument,
+        "header",
+    );
+    refused(
+        ingest(&mut c, vec![header("town", "#7"), text(b"x y z")]).await,
+        Code::InvalidArgument,
+        "header.id",
+    );
+    refused(
+        ingest(&mut c, vec![header("", "a"), text(b"x y z")]).await,
+        Code::InvalidArgument,
+        "header.collection",
+    );
+    refused(
+        ingest(
+            &mut c,
+            vec![header("town", "bad"), text(&[0x66, 0xff, 0x66])],
+        )
+        .await,
+        Code::InvalidArgument,
+        "text",
+    );
+    refused(
+        ingest(&mut c, vec![header("town", "blank"), text(b"   \n")]).await,
+        Code::InvalidArgument,
+        "text",
+    );
+    refused(
+        ingest(
+            &mut c,
+            vec![header("town", "twice"), header("town", "twice"), text(b"x")],
+        )
+        .await,
+        Code::InvalidArgument,
+        "header",
+    );
+    refused(
+        ingest(
+            &mut c,
+            vec![header("town", "huge"), text(&vec![b'a'; 20_001])],
+        )
+        .await,
+        Code::InvalidArgument,
+        "text",
+    );
+    refused(
+        c.get_document(pb::GetDocumentRequest {
+            collection: "town".into(),
+            id: "notes".into(),
+            chars: Some(pb::CharRange { start: 9, end: 2 }),
+        })
+        .await,
+        Code::InvalidArgument,
+        "chars",
+    );
+    refused(
+        c.list_documents(pb::ListDocumentsRequest {
+            collection: "bad\nname".into(),
+        })
+        .await,
+        Code::InvalidArgument,
+        "collection",
+    );
+    assert_eq!(doc_ids(&mut c, "town").await.len(), 2);
+
+    c.delete_document(pb::DeleteDocumentRequest {
+        collection: "town".into(),
+        id: generated.id.clone(),
+    })
+    .await
+    .unwrap();
+    assert_eq!(doc_ids(&mut c, "town").await, ["notes"]);
+    daemon.shutdown().await.unwrap();
+    Index::open(dir.path(), IndexConfig::default())
+        .unwrap()
+        .verify()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_bearer_token_is_required_except_for_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "correct-horse-battery\n").unwrap();
+    let mut config = test_config();
+    config.auth_token_file = Some(token_file);
+    let daemon = start(&dir.path().join("data"), config, None).await;
+    let ch = channel(&daemon).await;
+    wait_serving(&ch).await;
+
+    let mut anonymous = MemoryClient::new(ch.clone());
+    let r = anonymous
+        .list_collections(pb::ListCollectionsRequest {})
+        .await;
+    assert_eq!(r.unwrap_err().code(), Code::Unauthenticated);
+    // Health needs no token.
+    assert_eq!(health(&ch).await, ServingStatus::Serving);
+    let with = |token: &'static str| {
+        MemoryClient::with_interceptor(ch.clone(), move |mut req: tonic::Request<()>| {
+            req.metadata_mut()
+                .insert("authorization", token.parse().unwrap());
+            Ok(req)
+        })
+    };
+    let r = with("Bearer correct-horse-batterx")
+        .list_collections(pb::ListCollectionsRequest {})
+        .await;
+    assert_eq!(r.unwrap_err().code(), Code::Unauthenticated);
+    let r = with("correct-horse-battery")
+        .list_collections(pb::ListCollectionsRequest {})
+        .await;
+    assert_eq!(r.unwrap_err().code(), Code::Unauthenticated);
+    with("Bearer correct-horse-battery")
+        .create_collection(pb::CreateCollectionRequest { name: "c".into() })
+        .await
+        .unwrap();
+
+    // Reflection v1 and v1alpha list the API (so grpcurl works), behind the token too.
+    {
+        use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::v1::ServerReflectionRequest;
+        let list = || {
+            tokio_stream::iter(vec![ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            }])
+        };
+        let r = ServerReflectionClient::new(ch.clone())
+            .server_reflection_info(list())
+            .await;
+        assert_eq!(r.unwrap_err().code(), Code::Unauthenticated);
+        let bearer = |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert(
+                "authorization",
+                "Bearer correct-horse-battery".parse().unwrap(),
+            );
+            Ok(req)
+        };
+        let mut replies = ServerReflectionClient::with_interceptor(ch.clone(), bearer)
+            .server_reflection_info(list())
+            .await
+            .unwrap()
+            .into_inner();
+        let reply = replies.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(l)) = reply.message_response else {
+            panic!("not a service list: {reply:?}");
+        };
+        let names: Vec<&str> = l.service.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.contains(&"s3mem.v1.Memory"), "{names:?}");
+        assert!(names.contains(&"grpc.health.v1.Health"), "{names:?}");
+    }
+    {
+        use tonic_reflection::pb::v1alpha::server_reflection_client::ServerReflectionClient;
+        use tonic_reflection::pb::v1alpha::server_reflection_request::MessageRequest;
+        use tonic_reflection::pb::v1alpha::server_reflection_response::MessageResponse;
+        use tonic_reflection::pb::v1alpha::ServerReflectionRequest;
+        let bearer = |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert(
+                "authorization",
+                "Bearer correct-horse-battery".parse().unwrap(),
+            );
+            Ok(req)
+        };
+        let mut replies = ServerReflectionClient::with_interceptor(ch.clone(), bearer)
+            .server_reflection_info(tokio_stream::iter(vec![ServerReflectionRequest {
+                host: String::new(),
+                message_request: Some(MessageRequest::ListServices(String::new())),
+            }]))
+            .await
+            .unwrap()
+            .into_inner();
+        let reply = replies.message().await.unwrap().unwrap();
+        let Some(MessageResponse::ListServicesResponse(l)) = reply.message_response else {
+            panic!("not a service list: {reply:?}");
+        };
+        assert!(l.service.iter().any(|s| s.name == "s3mem.v1.Memory"));
+    }
+    daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_full_queue_cancelled_ingests_and_reads_during_a_scan() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.queues.ingest_workers = 1;
+    config.queues.ingest_queue_depth = 0;
+    let daemon = start(dir.path(), config, None).await;
+    let ch = channel(&daemon).await;
+    wait_serving(&ch).await;
+    let mut c = MemoryClient::new(ch.clone());
+    c.create_collection(pb::CreateCollectionRequest { name: "c".into() })
+        .await
+        .unwrap();
+
+    ingest(
+        &mut c,
+        vec![header("c", "short"), text(b"A short note about boats.")],
+    )
+    .await
+    .unwrap();
+    // A long document (several windows) keeps the only scan thread busy.
+    let long = town_text(120);
+    let mut busy_client = c.clone();
+    let long_bytes = long.clone().into_bytes();
+    let busy = tokio::spawn(async move {
+        ingest(
+            &mut busy_client,
+            vec![header("c", "long"), text(&long_bytes)],
+        )
+        .await
+    });
+    let ingest_queue = |s: &pb::StatsResponse| {
+        s.queues
+            .iter()
+            .find(|q| q.name == "ingest")
+            .cloned()
+            .unwrap()
+    };
+    loop {
+        let s = c.stats(pb::StatsRequest {}).await.unwrap().into_inner();
+        if ingest_queue(&s).running == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Depth 0 and the worker busy: the next ingest is refused at once.
+    refused(
+        ingest(
+            &mut c,
+            vec![header("c", "second"), text(b"Another document.")],
+        )
+        .await,
+        Code::ResourceExhausted,
+        "ingest queue is full",
+    );
+    // Reads and questions are served during the scan.
+    assert_eq!(doc_ids(&mut c, "c").await, ["short"]);
+    let ev = c
+        .retrieve(retrieve_request("c", "What is the note about?", 64))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ev.spans[0].doc_id, "short");
+    assert_eq!(
+        ingest_queue(&c.stats(pb::StatsRequest {}).await.unwrap().into_inner()).running,
+        1,
+        "the scan should still run (a 3000-token scan takes seconds)"
+    );
+
+    // The client goes away mid-scan: the scan stops and nothing is written.
+    busy.abort();
+    let _ = busy.await;
+    loop {
+        let s = c.stats(pb::StatsRequest {}).await.unwrap().into_inner();
+        if ingest_queue(&s).running == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(doc_ids(&mut c, "c").await, ["short"]);
+
+    // A client that breaks off mid-stream (header and a piece sent, never finished).
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(header("c", "partial")).await.unwrap();
+    tx.send(text(b"The first half of a document"))
+        .await
+        .unwrap();
+    let mut partial_client = c.clone();
+    let partial = tokio::spawn(async move {
+        partial_client
+            .ingest(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    partial.abort();
+    let _ = partial.await;
+    drop(tx);
+
+    // The queue is free again and a short document goes in whole.
+    let out = loop {
+        match ingest(
+            &mut c,
+            vec![header("c", "other"), text(b"Another note, on lanterns.")],
+        )
+        .await
+        {
+            Err(s) if s.code() == Code::ResourceExhausted => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            r => break r.unwrap(),
+        }
+    };
+    assert_eq!(out.id, "other");
+    assert_eq!(doc_ids(&mut c, "c").await, ["short", "other"]);
+    daemon.shutdown().await.unwrap();
+    let index = Index::open(dir.path(), IndexConfig::default()).unwrap();
+    assert_eq!(index.verify().unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_restart_on_the_same_data_dir_and_the_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(dir.path(), test_config(), None).await;
+    let ch = channel(&daemon).await;
+    wait_serving(&ch).await;
+    let mut c = MemoryClient::new(ch.clone());
+    c.create_collection(pb::CreateCollectionRequest { name: "c".into() })
+        .await
+        .unwrap();
+    let body = town_text(5);
+    ingest(&mut c, vec![header("c", "town"), text(body.as_bytes())])
+        .await
+        .unwrap();
+    let before = c
+        .list_documents(pb::ListDocumentsRequest {
+            collection: "c".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let question = "How many lanterns did Velmora have in 1802?";
+    let evidence_before = c
+        .retrieve(retrieve_request("c", question, 64))
+        .await
+        .unwrap()
+        .into_inner();
+
+    // A second opener of the data dir gets the lock error, not a store.
+    match Index::open(dir.path(), IndexConfig::default()) {
+        Err(IndexError::Locked { .. }) => {}
+        Err(e) => panic!("expected the lock error, got {e}"),
+        Ok(_) => panic!("a second opener got the data dir"),
+    }
+    drop(c);
+    drop(ch);
+    daemon.shutdown().await.unwrap();
+
+    let daemon = start(dir.path(), test_config(), None).await;
+    let ch = channel(&daemon).await;
+    wait_serving(&ch).await;
+    let mut c = MemoryClient::new(ch.clone());
+    let after = c
+        .list_documents(pb::ListDocumentsRequest {
+            collection: "c".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after, before);
+    let got = c
+        .get_document(pb::GetDocumentRequest {
+            collection: "c".into(),
+            id: "town".into(),
+            chars: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.text, body);
+    let evidence_after = c
+        .retrieve(retrieve_request("c", question, 64))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        evidence_view(&evidence_after),
+        evidence_view(&evidence_before)
+    );
+    daemon.shutdown().await.unwrap();
+}
+
+/// The `s3mem serve` binary: a second daemon on the same data dir fails with the lock error;
+/// the CLI's `--server` mode prints what local mode prints; SIGTERM stops it cleanly.
+#[test]
+fn grpc_serve_binary_and_cli_client() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let doc = dir.path().join("town.txt");
+    std::fs::write(&doc, town_text(4)).unwrap();
+    let model = real_model_path();
+    // A private copy: a build sharing the target dir may replace the binary mid-test.
+    let exe = dir.path().join("s3mem");
+    std::fs::copy(env!("CARGO_BIN_EXE_s3mem"), &exe).unwrap();
+    let s3mem = || {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.env("S3MEM_THREADS", "2");
+        cmd
+    };
+    let mut child = s3mem()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .arg("--model")
+        .arg(&model)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let (addr_tx, addr_rx) = mpsc::channel();
+    let seen = lines.clone();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(a) = line.strip_prefix("s3mem: listening on ") {
+                let _ = addr_tx.send(a.to_string());
+            }
+            seen.lock().unwrap().push(line);
+        }
+    });
+    let addr = addr_rx
+        .recv()
+        .unwrap_or_else(|_| panic!("serve exited: {:?}", lines.lock().unwrap()));
+    let url = format!("http://{addr}");
+
+    let second = s3mem()
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .arg("--model")
+        .arg(&model)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(err.contains("in use by another process"), "{err}");
+
+    let remote = |args: &[&str]| {
+        let out = s3mem()
+            .args(args)
+            .args(["--server", &url])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    // The model may still be loading: ingest retries until the daemon serves.
+    let ingested = loop {
+        let out = s3mem()
+            .args(["ingest", "--collection", "c", "--id", "town", "--json"])
+            .arg(&doc)
+            .args(["--server", &url])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Unavailable"), "{err}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(ingested["documents"][0]["id"], "town");
+    let list_remote = remote(&["docs", "list", "--collection", "c", "--json"]);
+    let get_remote = remote(&["docs", "get", "--collection", "c", "town"]);
+    let stats_remote: serde_json::Value =
+        serde_json::from_str(&remote(&["stats", "--json"])).unwrap();
+    let question = "How many boats did Velmora count?";
+    let retrieve_args = [
+        "retrieve",
+        "--collection",
+        "c",
+        "--budget",
+        "64",
+        "--json",
+        question,
+    ];
+    let ask_args = [
+        "ask",
+        "--collection",
+        "c",
+        "--budget",
+        "64",
+        "--max-new-tokens",
+        "6",
+        "--json",
+        question,
+    ];
+    let without_timings = |json: &str| {
+        let mut v: serde_json::Value = serde_json::from_str(json).unwrap();
+        v.as_object_mut().unwrap().remove("timings_ms");
+        v
+    };
+    let retrieve_remote = without_timings(&remote(&retrieve_args));
+    let ask_remote = without_timings(&remote(&ask_args));
+
+    let pid = child.id().to_string();
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = child.wait().unwrap();
+    reader.join().unwrap();
+    assert!(
+        status.success(),
+        "serve exited with {status}: {:?}",
+        lines.lock().unwrap()
+    );
+
+    let local = |args: &[&str]| {
+        let out = s3mem()
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(
+        local(&["docs", "list", "--collection", "c", "--json"]),
+        list_remote
+    );
+    assert_eq!(
+        local(&["docs", "get", "--collection", "c", "town"]),
+        get_remote
+    );
+    let model_arg = model.to_str().unwrap();
+    fn with_model<'a>(args: &[&'a str], model: &'a str) -> Vec<&'a str> {
+        let mut a = args.to_vec();
+        a.extend(["--model", model]);
+        a
+    }
+    assert_eq!(
+        without_timings(&local(&with_model(&retrieve_args, model_arg))),
+        retrieve_remote
+    );
+    assert_eq!(
+        without_timings(&local(&with_model(&ask_args, model_arg))),
+        ask_remote
+    );
+    let stats_local: serde_json::Value =
+        serde_json::from_str(&local(&["stats", "--json"])).unwrap();
+    // Disk sizes move with sled's own flushing; the counts and logical sizes do not.
+    for key in [
+        "collections",
+        "documents",
+        "tokens",
+        "postings",
+        "posting_entries",
+        "components",
+    ] {
+        assert_eq!(stats_local[key], stats_remote[key], "{key}");
+    }
+}
+
+/// Resident set size of this process, in bytes (Linux).
+fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// A bounded load run: 8 clients x 50 retrieves while one document is ingested. Reports
+/// latency percentiles and memory (never asserts on time); every call must succeed or get a
+/// deliberate RESOURCE_EXHAUSTED.
+/// `cargo test --test integration grpc_load -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: minutes of CPU"]
+async fn grpc_load_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(dir.path(), test_config(), None).await;
+    let ch = channel(&daemon).await;
+    wait_serving(&ch).await;
+    let mut c = MemoryClient::new(ch.clone());
+    c.create_collection(pb::CreateCollectionRequest { name: "c".into() })
+        .await
+        .unwrap();
+    for i in 0..4 {
+        let body = town_text(40 + i);
+        ingest(
+            &mut c,
+            vec![header("c", &format!("d{i}")), text(body.as_bytes())],
+        )
+        .await
+        .unwrap();
+    }
+    let rss_start = rss_bytes();
+    let mut ingester = c.clone();
+    let long = town_text(200);
+    let background = tokio::spawn(async move {
+        ingest(
+            &mut ingester,
+            vec![header("c", "long"), text(long.as_bytes())],
+        )
+        .await
+    });
+    let started = std::time::Instant::now();
+    let mut clients = Vec::new();
+    for k in 0..8 {
+        let mut client = c.clone();
+        clients.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut exhausted = 0;
+            for i in 0..50 {
+                let year = 1800 + (k * 50 + i) % 44;
+                let q = format!("How many lanterns did Velmora count in {year}?");
+                let t0 = std::time::Instant::now();
+                match client.retrieve(retrieve_request("c", &q, 256)).await {
+                    Ok(_) => latencies.push(t0.elapsed().as_secs_f64() * 1e3),
+                    Err(s) if s.code() == Code::ResourceExhausted => exhausted += 1,
+                    Err(s) => panic!("retrieve failed: {s}"),
+                }
+            }
+            (latencies, exhausted)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut exhausted = 0;
+    for c in clients {
+        let (l, e) = c.await.unwrap();
+        all.extend(l);
+        exhausted += e;
+    }
+    let wall = started.elapsed().as_secs_f64();
+    let ingested = background.await.unwrap().unwrap();
+    let rss_end = rss_bytes();
+    all.sort_by(f64::total_cmp);
+    let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
+    println!(
+        "load: {} retrieves ok, {exhausted} resource_exhausted, in {wall:.1} s; p50 {:.0} ms, \
+         p99 {:.0} ms, max {:.0} ms; ingest of {} tokens during the run; rss {:?} -> {:?} bytes",
+        all.len(),
+        pct(0.5),
+        pct(0.99),
+        all.last().unwrap(),
+        ingested.tokens,
+        rss_start,
+        rss_end
+    );
+    assert_eq!(all.len() + exhausted, 400);
+    daemon.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_tls() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tls");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.tls_cert = Some(fixtures.join("server.pem"));
+    config.tls_key = Some(fixtures.join("server.key"));
+    let daemon = start(dir.path(), config, None).await;
+    let ca = std::fs::read(fixtures.join("ca.pem")).unwrap();
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+        .domain_name("localhost");
+    let ch = Channel::from_shared(format!("https://{}", daemon.local_addr()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    wait_serving(&ch).await;
+    let mut c = MemoryClient::new(ch);
+    c.create_collection(pb::CreateCollectionRequest { name: "c".into() })
+        .await
+        .unwrap();
+    // A plaintext client gets no answer from a TLS daemon.
+    let plain = Channel::from_shared(format!("http://{}", daemon.local_addr()))
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(plain) = plain {
+        let r = MemoryClient::new(plain)
+            .list_collections(pb::ListCollectionsRequest {})
+            .await;
+        assert!(r.is_err());
+    }
+    daemon.shutdown().await.unwrap();
+}
+
+/// SIGKILL of the `serve` binary in the middle of an ingest: after a restart the acknowledged
+/// document is there and nothing of the interrupted one.
+#[test]
+fn grpc_sigkill_mid_ingest_keeps_acknowledged_documents() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let exe = dir.path().join("s3mem");
+    std::fs::copy(env!("CARGO_BIN_EXE_s3mem"), &exe).unwrap();
+    let mut child = std::process::Command::new(&exe)
+        .env("S3MEM_THREADS", "2")
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .arg("--model")
+        .arg(real_model_path())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("serve exited before listening")
+            .unwrap();
+        if let Some(a) = line.strip_prefix("s3mem: listening on ") {
+            break a.to_string();
+        }
+    };
+    // Keep draining stderr so the daemon never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let ch = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        wait_serving(&ch).await;
+        let mut c = MemoryClient::new(ch);
+        c.create_collection(pb::CreateCollectionRequest { name: "c".into() })
+            .await
+            .unwrap();
+        ingest(
+            &mut c,
+            vec![header("c", "acked"), text(b"An acknowledged note.")],
+        )
+        .await
+        .unwrap();
+        let mut busy = c.clone();
+        let long = town_text(120);
+        let _scan = tokio::spawn(async move {
+            ingest(
+                &mut busy,
+                vec![header("c", "killed"), text(long.as_bytes())],
+            )
+            .await
+        });
+        loop {
+            let s = c.stats(pb::StatsRequest {}).await.unwrap().into_inner();
+            if s.queues
+                .iter()
+                .any(|q| q.name == "ingest" && q.running == 1)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(runtime);
+    let index = Index::open(&data, IndexConfig::default()).unwrap();
+    assert_eq!(index.verify().unwrap(), 1);
+    let ids: Vec<String> = index
+        .documents("c")
+        .unwrap()
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
+    assert_eq!(ids, ["acked"]);
+}
