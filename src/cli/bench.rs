@@ -5,12 +5,17 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use super::{BenchScanArgs, ModelArgs};
-use crate::model::{fetch, Model};
+use crate::model::{fetch, Model, WeightFormat};
 
 /// Runs every combination of length, chunk and layer set and prints the numbers.
 pub fn scan(args: &BenchScanArgs, models: &std::path::Path) -> Result<()> {
     let model_path = fetch::resolve(&args.model.model, models, true)?;
-    let model = Model::load(&model_path, args.model.weights, &candle_core::Device::Cpu)?;
+    // Only the tokenizer is needed here; the child processes load the model on the device.
+    let model = Model::load(
+        &model_path,
+        WeightFormat::Quantized,
+        &candle_core::Device::Cpu,
+    )?;
     let mut corpus = String::new();
     for p in &args.corpus {
         let text =
@@ -79,12 +84,12 @@ pub fn scan(args: &BenchScanArgs, models: &std::path::Path) -> Result<()> {
 }
 
 fn model_flags(args: &ModelArgs, path: &std::path::Path) -> Vec<String> {
-    vec![
-        "--model".into(),
-        path.display().to_string(),
-        "--weights".into(),
-        format!("{:?}", args.weights).to_lowercase(),
-    ]
+    let mut flags = vec!["--model".into(), path.display().to_string()];
+    if let Some(w) = args.weights {
+        flags.extend(["--weights".into(), format!("{w:?}").to_lowercase()]);
+    }
+    flags.extend(args.device.to_flags());
+    flags
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf> {

@@ -3,14 +3,13 @@ use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use super::{
     BenchCommand, Cli, Command, GenerateArgs, ModelArgs, ModelCommand, QuickstartArgs, ScanArgs,
 };
-use crate::model::{fetch, GenerateConfig, Model, ScanConfig, TapRequest};
+use crate::model::{fetch, GenerateConfig, Model, ScanConfig, TapRequest, WeightFormat};
 use crate::sae::{SaeExpectation, SaeSet};
 
 /// Runs one parsed command line.
@@ -62,7 +61,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Scan(args) => scan(&args, &models),
         Command::Generate(args) => generate(&args, &models),
         Command::Quickstart(args) => quickstart(&args, &models),
+        Command::Bench(BenchCommand::Scan(args)) if args.random.random_shape.is_some() => {
+            super::bench_random::scan(&args)
+        }
         Command::Bench(BenchCommand::Scan(args)) => super::bench::scan(&args, &models),
+        Command::Bench(BenchCommand::SaeTrain(args)) => super::bench_random::sae_train(&args),
+        Command::Bench(BenchCommand::Parity(args)) => {
+            super::bench_random::parity_model(&args, &models)
+        }
         Command::Bench(BenchCommand::Retrieve(args)) => super::bench::retrieve(&args, &models),
         Command::Sae(cmd) => super::sae::run(cmd, &models),
         Command::Ingest(args) => super::index::ingest(&args, &models),
@@ -79,13 +85,22 @@ pub fn run(cli: Cli) -> Result<()> {
 
 pub(super) fn load(args: &ModelArgs, models: &Path) -> Result<Model> {
     let path = fetch::resolve(&args.model, models, true)?;
+    let device = args.device.open()?;
+    let weights = args
+        .weights
+        .unwrap_or_else(|| WeightFormat::default_for(&device));
     let t0 = Instant::now();
-    let model = Model::load(&path, args.weights, &Device::Cpu)
+    let mut model = Model::load(&path, weights, &device)
         .with_context(|| format!("loading {}", path.display()))?;
+    if let Some(b) = args.device.scan_batch {
+        model.set_scan_batch(b);
+    }
     tracing::info!(
         path = %path.display(),
         ms = t0.elapsed().as_millis() as u64,
-        weights = ?args.weights,
+        ?weights,
+        device = %args.device.device,
+        scan_batch = model.scan_batch(),
         "model loaded"
     );
     Ok(model)
@@ -122,6 +137,14 @@ struct ScanReport {
     sinks: usize,
     overlap: usize,
     weights: crate::model::WeightFormat,
+    device: String,
+    scan_batch: usize,
+    batches: usize,
+    /// Seconds in the model's thread (forward passes, taps to the host).
+    model_seconds: f64,
+    /// GPU memory as the driver reports it (on a GPU).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    gpu_memory: Option<crate::model::GpuMemory>,
     tokenize_ms: f64,
     scan_seconds: f64,
     /// Feature activations the SAE set produced (with `--sae`).
@@ -137,7 +160,6 @@ fn scan_document(
     text: &str,
     args_layers: &crate::model::LayerSet,
     cfg: &ScanConfig,
-    weights: crate::model::WeightFormat,
     sae: Option<&SaeSet>,
 ) -> Result<ScanReport> {
     args_layers.check(model.config())?;
@@ -197,7 +219,12 @@ fn scan_document(
         chunk: cfg.chunk,
         sinks: cfg.sinks,
         overlap: cfg.overlap,
-        weights,
+        weights: model.transformer().weight_format(),
+        device: crate::model::device_name(model.transformer().device()),
+        scan_batch: model.scan_batch(),
+        batches: stats.batches,
+        model_seconds: stats.model_seconds,
+        gpu_memory: crate::model::gpu_memory(model.transformer().device())?,
         tokenize_ms,
         scan_seconds: secs,
         features_fired: sae.map(|_| fired),
@@ -247,14 +274,7 @@ fn scan(args: &ScanArgs, models: &Path) -> Result<()> {
         Some(spec) => Some(load_sae_set(&model, spec, models)?),
         None => None,
     };
-    let report = scan_document(
-        &model,
-        &text,
-        &args.layers,
-        &cfg,
-        args.model.weights,
-        sae.as_ref(),
-    )?;
+    let report = scan_document(&model, &text, &args.layers, &cfg, sae.as_ref())?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
@@ -320,7 +340,7 @@ fn quickstart(args: &QuickstartArgs, models: &Path) -> Result<()> {
         model.config().layers,
         model.config().kv_heads,
         model.config().head_dim,
-        args.model.weights
+        model.transformer().weight_format()
     );
     eprintln!("2/4 default SAE set");
     let sae = load_sae_set(&model, "default", models)?;

@@ -2,8 +2,10 @@
 
 mod ask;
 mod bench;
+mod bench_random;
 pub mod client;
 mod commands;
+mod device;
 mod eval;
 mod index;
 mod sae;
@@ -16,6 +18,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub use client::ServerArgs;
 pub use commands::run;
+pub use device::DeviceArgs;
 pub use serve::ServeArgs;
 pub use sys::peak_rss_bytes;
 
@@ -401,6 +404,10 @@ pub enum BenchCommand {
     /// Scan speed and peak memory against document length, chunk and depth; each run is a
     /// separate process so its peak RSS is its own.
     Scan(BenchScanArgs),
+    /// SAE training speed on a device, on synthetic vectors of the default set's shape.
+    SaeTrain(bench_random::SaeTrainBenchArgs),
+    /// Top-k SAE features of a device scan against a CPU scan in f32, per (token, layer, head).
+    Parity(bench_random::ParityArgs),
     /// Retrieve latency (p50/p99, without the question's forward pass) against collection
     /// size; the collection grows by copies of the corpus's encodings.
     Retrieve(BenchRetrieveArgs),
@@ -470,6 +477,8 @@ pub struct BenchScanArgs {
     /// Print one JSON array instead of a Markdown table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub random: bench_random::RandomArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -491,9 +500,12 @@ pub struct ModelArgs {
     /// A known model name (fetched if missing) or a path to a GGUF file.
     #[arg(long, default_value = crate::model::fetch::DEFAULT_MODEL, env = "S3MEM_MODEL")]
     pub model: String,
-    /// How weights are held in memory: f32 (fastest on CPU), f16, or quantized (as shipped).
-    #[arg(long, default_value = "f32")]
-    pub weights: WeightFormat,
+    /// How weights are held in memory: f32, f16, bf16 or quantized (as shipped); default f32 on
+    /// the CPU (fastest there), bf16 on a GPU.
+    #[arg(long)]
+    pub weights: Option<WeightFormat>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 /// The scan's window geometry.

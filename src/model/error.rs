@@ -33,6 +33,10 @@ pub enum ModelError {
     Fetch { name: String, reason: String },
     #[error("model file {path} failed verification: {reason}")]
     Verification { path: PathBuf, reason: String },
+    #[error("device `{device}` needs CUDA, but this s3mem was built without CUDA support; rebuild with --features cuda")]
+    NoCuda { device: String },
+    #[error("device `{device}`: {reason}")]
+    Device { device: String, reason: String },
     #[error("aborted by the caller")]
     Aborted,
     #[error(transparent)]

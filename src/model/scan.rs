@@ -10,7 +10,7 @@ use std::time::Instant;
 use candle_core::IndexOp;
 
 use super::error::{ModelError, Result};
-use super::transformer::{LayerTap, Logits, TapRequest};
+use super::transformer::{LayerTap, TapRequest, Transformer};
 use super::Model;
 
 /// Window geometry of the scan.
@@ -120,9 +120,23 @@ pub struct ScanStats {
     pub windows: usize,
     /// Tokens the model ran, context included.
     pub window_tokens: usize,
-    /// Seconds spent in the model.
+    /// Forward passes (batches of windows) run.
+    pub batches: usize,
+    /// Padding tokens run to give the windows of a batch one length.
+    pub padding_tokens: usize,
+    /// Seconds spent in the model (forward passes and taps back to the host).
     pub model_seconds: f64,
 }
+
+/// One window of one document, waiting for its batch.
+struct Job {
+    doc: usize,
+    plan: WindowPlan,
+}
+
+/// Batches of scanned chunks in flight between the model thread and the caller: one being
+/// handed over while the next is computed.
+const BATCHES_IN_FLIGHT: usize = 1;
 
 impl Model {
     /// Scans a tokenized document, calling `on_chunk` with each chunk's projections in order.
@@ -133,34 +147,123 @@ impl Model {
         config: &ScanConfig,
         on_chunk: &mut dyn FnMut(ChunkTaps) -> Result<()>,
     ) -> Result<ScanStats> {
-        config.check(self.config().context)?;
-        let mut stats = ScanStats::default();
-        for plan in config.windows(doc.len()) {
-            let tokens = plan.tokens(doc);
-            let t0 = Instant::now();
-            let out = self
-                .transformer()
-                .forward(&tokens, None, taps, Logits::None)?;
-            let skip = plan.chunk_offset();
-            let own = |t: LayerTap| -> Result<LayerTap> {
-                Ok(LayerTap {
-                    layer: t.layer,
-                    values: t.values.i(skip..)?.contiguous()?,
-                })
-            };
-            let chunk = ChunkTaps {
-                chunk: plan.chunk.clone(),
-                keys: out.keys.into_iter().map(own).collect::<Result<_>>()?,
-                queries: out.queries.into_iter().map(own).collect::<Result<_>>()?,
-            };
-            stats.model_seconds += t0.elapsed().as_secs_f64();
-            stats.windows += 1;
-            stats.window_tokens += tokens.len();
-            stats.tokens += plan.chunk.len();
-            on_chunk(chunk)?;
-        }
-        Ok(stats)
+        self.scan_many(&[doc], taps, config, &mut |_, chunk| on_chunk(chunk))
     }
+
+    /// Scans several documents, calling `on_chunk(document index, chunk)` for each chunk in
+    /// order, [`Model::scan_batch`] windows at a time (see [`scan_documents`]).
+    pub fn scan_many(
+        &self,
+        docs: &[&[u32]],
+        taps: &TapRequest,
+        config: &ScanConfig,
+        on_chunk: &mut dyn FnMut(usize, ChunkTaps) -> Result<()>,
+    ) -> Result<ScanStats> {
+        scan_documents(
+            self.transformer(),
+            self.scan_batch(),
+            docs,
+            taps,
+            config,
+            on_chunk,
+        )
+    }
+}
+
+/// Scans several documents with `transformer`, calling `on_chunk(document index, chunk)` for
+/// each chunk in order. Windows go through the model `batch` at a time, consecutive windows of
+/// one document and of the next sharing a batch, so device memory is bounded by the batch,
+/// never by the documents. The model runs on a thread of its own while the caller's `on_chunk`
+/// (SAE encoding, postings) handles the previous batch.
+pub fn scan_documents(
+    transformer: &Transformer,
+    batch: usize,
+    docs: &[&[u32]],
+    taps: &TapRequest,
+    config: &ScanConfig,
+    on_chunk: &mut dyn FnMut(usize, ChunkTaps) -> Result<()>,
+) -> Result<ScanStats> {
+    config.check(transformer.config().context)?;
+    let batch = batch.max(1);
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel(BATCHES_IN_FLIGHT);
+        let producer = scope.spawn(move || -> Result<ScanStats> {
+            let mut stats = ScanStats::default();
+            let mut jobs = docs.iter().enumerate().flat_map(|(doc, tokens)| {
+                config
+                    .windows(tokens.len())
+                    .map(move |plan| Job { doc, plan })
+            });
+            loop {
+                let group: Vec<Job> = jobs.by_ref().take(batch).collect();
+                if group.is_empty() {
+                    return Ok(stats);
+                }
+                let chunks = scan_batch(transformer, docs, &group, taps, &mut stats)?;
+                if tx.send(chunks).is_err() {
+                    // The caller stopped (its `on_chunk` failed): stop too.
+                    return Ok(stats);
+                }
+            }
+        });
+        let mut failed = None;
+        'batches: for chunks in rx {
+            for (doc, chunk) in chunks {
+                if let Err(e) = on_chunk(doc, chunk) {
+                    failed = Some(e);
+                    break 'batches;
+                }
+            }
+        }
+        let stats = match producer.join() {
+            Ok(stats) => stats,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        match failed {
+            Some(e) => Err(e),
+            None => stats,
+        }
+    })
+}
+
+/// Runs one batch of windows and cuts each window's chunk out of the taps.
+fn scan_batch(
+    transformer: &Transformer,
+    docs: &[&[u32]],
+    group: &[Job],
+    taps: &TapRequest,
+    stats: &mut ScanStats,
+) -> Result<Vec<(usize, ChunkTaps)>> {
+    let t0 = Instant::now();
+    let windows: Vec<Vec<u32>> = group.iter().map(|j| j.plan.tokens(docs[j.doc])).collect();
+    let slices: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
+    let out = transformer.forward_windows(&slices, taps)?;
+    let longest = slices.iter().map(|w| w.len()).max().unwrap_or(0);
+    let mut chunks = Vec::with_capacity(group.len());
+    for (i, job) in group.iter().enumerate() {
+        let (skip, len) = (job.plan.chunk_offset(), job.plan.chunk.len());
+        let own = |t: &LayerTap| -> Result<LayerTap> {
+            Ok(LayerTap {
+                layer: t.layer,
+                values: t.values.i((i, skip..skip + len))?.contiguous()?,
+            })
+        };
+        chunks.push((
+            job.doc,
+            ChunkTaps {
+                chunk: job.plan.chunk.clone(),
+                keys: out.keys.iter().map(own).collect::<Result<_>>()?,
+                queries: out.queries.iter().map(own).collect::<Result<_>>()?,
+            },
+        ));
+        stats.windows += 1;
+        stats.window_tokens += windows[i].len();
+        stats.padding_tokens += longest - windows[i].len();
+        stats.tokens += len;
+    }
+    stats.batches += 1;
+    stats.model_seconds += t0.elapsed().as_secs_f64();
+    Ok(chunks)
 }
 
 #[cfg(test)]

@@ -28,6 +28,28 @@ pub enum WeightFormat {
     /// Dequantized to f32 at load: the fastest on CPU.
     #[default]
     F32,
+    /// Dequantized to bf16 at load, activations in bf16 too: the GPU default (tensor cores).
+    Bf16,
+}
+
+impl WeightFormat {
+    /// Returns the default format on `device`: f32 on the CPU, bf16 on a GPU.
+    pub fn default_for(device: &Device) -> Self {
+        if device.is_cpu() {
+            Self::F32
+        } else {
+            Self::Bf16
+        }
+    }
+
+    /// Returns the dtype activations flow in: bf16 for bf16 weights, else f32 (the f16 and
+    /// quantized matmuls take and return f32).
+    pub fn activation_dtype(self) -> DType {
+        match self {
+            Self::Bf16 => DType::BF16,
+            _ => DType::F32,
+        }
+    }
 }
 
 impl FromStr for WeightFormat {
@@ -37,7 +59,10 @@ impl FromStr for WeightFormat {
             "q" | "quantized" | "gguf" => Ok(Self::Quantized),
             "f16" => Ok(Self::F16),
             "f32" => Ok(Self::F32),
-            _ => Err(format!("unknown weight format `{s}` (quantized, f16, f32)")),
+            "bf16" => Ok(Self::Bf16),
+            _ => Err(format!(
+                "unknown weight format `{s}` (quantized, f16, f32, bf16)"
+            )),
         }
     }
 }
@@ -180,12 +205,20 @@ struct Linear {
 }
 
 impl Linear {
+    /// Applies the projection to the last axis of `x`. Leading axes are folded into rows first,
+    /// so a batch of windows is one large matmul rather than one per window.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let rows = x.elem_count() / x.dim(D::Minus1)?;
-        match &self.narrow {
-            Some(n) if rows <= NARROW_ROWS => n.forward(x),
-            _ => self.wide.forward(x),
-        }
+        let dims = x.dims();
+        let (lead, d_in) = dims.split_at(dims.len() - 1);
+        let rows: usize = lead.iter().product();
+        let x2 = x.reshape((rows, d_in[0]))?;
+        let y = match &self.narrow {
+            Some(n) if rows <= NARROW_ROWS => n.forward(&x2)?,
+            _ => self.wide.forward(&x2)?,
+        };
+        let mut out = lead.to_vec();
+        out.push(y.dim(1)?);
+        y.reshape(out)
     }
 }
 
@@ -208,6 +241,8 @@ struct Block {
 pub struct Transformer {
     config: ModelConfig,
     format: WeightFormat,
+    /// The dtype activations flow in (`format.activation_dtype()`).
+    dtype: DType,
     embed: Tensor,
     blocks: Vec<Block>,
     norm: RmsNorm,
@@ -245,11 +280,13 @@ impl Loader<'_> {
         if !self.ct.tensor_infos.contains_key(name) {
             return Ok(None);
         }
-        Ok(Some(self.qtensor(name)?.dequantize(&self.device)?))
+        Ok(Some(self.dense(name)?))
     }
 
+    /// A small tensor (norm, bias) dequantized to the activation dtype.
     fn dense(&mut self, name: &str) -> Result<Tensor> {
-        Ok(self.qtensor(name)?.dequantize(&self.device)?)
+        let t = self.qtensor(name)?.dequantize(&self.device)?;
+        Ok(t.to_dtype(self.format.activation_dtype())?)
     }
 
     fn matmul(&mut self, name: &str) -> Result<Linear> {
@@ -297,8 +334,27 @@ impl Loader<'_> {
                     wide: QMatMul::Tensor(w),
                 }
             }
+            // On a GPU a dense bf16 matmul is fast for one row too: no second layout.
+            WeightFormat::Bf16 => Linear {
+                wide: QMatMul::Tensor(dense(&q)?.to_dtype(DType::BF16)?),
+                narrow: None,
+            },
         })
     }
+}
+
+/// Returns the dense projection of `w` (f32, `[out, in]`) held in `format`, without a narrow
+/// layout (models built in memory are for scanning and benchmarks, not decoding).
+fn dense_linear(w: Tensor, format: WeightFormat) -> Result<Linear> {
+    let wide = match format {
+        WeightFormat::F32 => QMatMul::Tensor(w),
+        WeightFormat::F16 => QMatMul::TensorF16(w.to_dtype(DType::F16)?),
+        WeightFormat::Bf16 => QMatMul::Tensor(w.to_dtype(DType::BF16)?),
+        WeightFormat::Quantized => {
+            QMatMul::QTensor(Arc::new(QTensor::quantize(&w, GgmlDType::Q8_0)?))
+        }
+    };
+    Ok(Linear { wide, narrow: None })
 }
 
 impl Transformer {
@@ -318,8 +374,9 @@ impl Transformer {
             format,
         };
         let eps = config.rms_eps;
+        let dtype = format.activation_dtype();
         let embed_q = ld.qtensor("token_embd.weight")?;
-        let embed = embed_q.dequantize(device)?;
+        let embed = embed_q.dequantize(device)?.to_dtype(dtype)?;
         let lm_head = if ct.tensor_infos.contains_key("output.weight") {
             ld.matmul("output.weight")?
         } else {
@@ -349,13 +406,69 @@ impl Transformer {
         Ok(Self {
             config,
             format,
+            dtype,
             embed,
             blocks,
             norm,
             lm_head,
-            cos,
-            sin,
+            cos: cos.to_dtype(dtype)?,
+            sin: sin.to_dtype(dtype)?,
             device: device.clone(),
+        })
+    }
+
+    /// Builds a model of `shape` with seeded random weights (norms 1, matrices uniform with
+    /// standard deviation 0.02) in `format` on `device`: for benchmarks and parity runs where
+    /// values do not matter but shapes do. The same seed gives the same weights on any device.
+    pub fn random(
+        shape: &super::random::RandomShape,
+        format: WeightFormat,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Self> {
+        use super::random::uniform_tensor;
+        let config = shape.config.clone();
+        let dtype = format.activation_dtype();
+        let (h, hd, ffn) = (config.hidden, config.head_dim, shape.ffn);
+        let (q_dim, kv_dim) = (config.heads * hd, config.kv_heads * hd);
+        let mut next = 0u64;
+        let mut matrix = |rows: usize, cols: usize| -> Result<Tensor> {
+            next += 1;
+            uniform_tensor(seed, next, (rows, cols), 0.02, device)
+        };
+        let embed = matrix(config.vocab, h)?.to_dtype(dtype)?;
+        let ones = || Tensor::ones(h, dtype, device);
+        let eps = config.rms_eps;
+        let mut blocks = Vec::with_capacity(config.layers);
+        for _ in 0..config.layers {
+            blocks.push(Block {
+                attn_norm: RmsNorm::new(ones()?, eps),
+                wq: dense_linear(matrix(q_dim, h)?, format)?,
+                wk: dense_linear(matrix(kv_dim, h)?, format)?,
+                wv: dense_linear(matrix(kv_dim, h)?, format)?,
+                wo: dense_linear(matrix(h, q_dim)?, format)?,
+                bq: None,
+                bk: None,
+                bv: None,
+                ffn_norm: RmsNorm::new(ones()?, eps),
+                w_gate: dense_linear(matrix(ffn, h)?, format)?,
+                w_up: dense_linear(matrix(ffn, h)?, format)?,
+                w_down: dense_linear(matrix(h, ffn)?, format)?,
+            });
+        }
+        let lm_head = dense_linear(matrix(config.vocab, h)?, format)?;
+        let (cos, sin) = rope_tables(hd, config.rope_base, config.context, device)?;
+        Ok(Self {
+            norm: RmsNorm::new(ones()?, eps),
+            format,
+            dtype,
+            embed,
+            blocks,
+            lm_head,
+            cos: cos.to_dtype(dtype)?,
+            sin: sin.to_dtype(dtype)?,
+            device: device.clone(),
+            config,
         })
     }
 
@@ -374,26 +487,66 @@ impl Transformer {
         &self.device
     }
 
+    /// Returns the dtype activations flow in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
     /// Runs `tokens` at positions `start..start + tokens.len()`.
     ///
     /// Only layers `0..=d` run, where `d` is the deepest tapped layer, unless logits are asked
     /// for. With a cache, attention also sees the cached positions and the cache grows;
-    /// without one, the window is self-contained and nothing outlives the call.
+    /// without one, the window is self-contained and nothing outlives the call. Taps come back
+    /// on the host as f32, `[tokens, heads, head_dim]`; logits stay on the device, as f32.
     pub fn forward(
         &self,
         tokens: &[u32],
-        mut cache: Option<&mut KvCache>,
+        cache: Option<&mut KvCache>,
         taps: &TapRequest,
         logits: Logits,
     ) -> Result<ForwardOutput> {
-        let seq = tokens.len();
         let start = cache.as_ref().map_or(0, |c| c.len);
-        if seq == 0 {
+        self.check_window(tokens, start, taps)?;
+        let ids = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
+        let mut out = self.run(&ids, start, cache, taps, logits)?;
+        for tap in out.keys.iter_mut().chain(out.queries.iter_mut()) {
+            tap.values = to_host_f32(&tap.values.squeeze(0)?)?;
+        }
+        if let Some(l) = out.logits.take() {
+            out.logits = Some(l.squeeze(0)?.to_dtype(DType::F32)?);
+        }
+        Ok(out)
+    }
+
+    /// Runs a batch of self-contained windows in one pass, each at positions `0..len`; shorter
+    /// windows are padded at the end, which causal attention keeps from affecting real tokens.
+    /// Taps come back on the host as f32, `[windows, longest window, heads, head_dim]` (rows
+    /// past a window's length are padding). Layers past the deepest tap do not run.
+    pub fn forward_windows(&self, windows: &[&[u32]], taps: &TapRequest) -> Result<ForwardOutput> {
+        let seq = windows.iter().map(|w| w.len()).max().unwrap_or(0);
+        for w in windows {
+            self.check_window(w, 0, taps)?;
+        }
+        let mut ids = Vec::with_capacity(windows.len() * seq);
+        for w in windows {
+            ids.extend_from_slice(w);
+            ids.resize(ids.len() + seq - w.len(), 0);
+        }
+        let ids = Tensor::from_vec(ids, (windows.len(), seq), &self.device)?;
+        let mut out = self.run(&ids, 0, None, taps, Logits::None)?;
+        for tap in out.keys.iter_mut().chain(out.queries.iter_mut()) {
+            tap.values = to_host_f32(&tap.values)?;
+        }
+        Ok(out)
+    }
+
+    fn check_window(&self, tokens: &[u32], start: usize, taps: &TapRequest) -> Result<()> {
+        if tokens.is_empty() {
             return Err(ModelError::InvalidScan("empty window".into()));
         }
-        if start + seq > self.config.context {
+        if start + tokens.len() > self.config.context {
             return Err(ModelError::WindowTooLong {
-                tokens: start + seq,
+                tokens: start + tokens.len(),
                 context: self.config.context,
             });
         }
@@ -406,6 +559,26 @@ impl Transformer {
         for set in [&taps.keys, &taps.queries].into_iter().flatten() {
             set.check(&self.config)?;
         }
+        Ok(())
+    }
+
+    /// The forward pass over `ids` (`[batch, seq]`, checked) at positions `start..start + seq`.
+    /// Taps stay on the device in the activation dtype, `[batch, seq, heads, head_dim]`; logits
+    /// are `[batch, seq or 1, vocab]`. A cache needs a batch of one.
+    fn run(
+        &self,
+        ids: &Tensor,
+        start: usize,
+        mut cache: Option<&mut KvCache>,
+        taps: &TapRequest,
+        logits: Logits,
+    ) -> Result<ForwardOutput> {
+        let (batch, seq) = ids.dims2()?;
+        if cache.is_some() && batch != 1 {
+            return Err(ModelError::InvalidScan(
+                "a KV cache holds one sequence, not a batch".into(),
+            ));
+        }
         let depth = match (logits, taps.deepest()) {
             (Logits::None, Some(d)) => d + 1,
             (Logits::None, None) => return Ok(ForwardOutput::default()),
@@ -415,28 +588,36 @@ impl Transformer {
             c.layers.resize_with(self.config.layers, || None);
         }
 
-        let ids = Tensor::new(tokens, &self.device)?;
-        let mut x = self.embed.index_select(&ids, 0)?.unsqueeze(0)?;
-        let mask = causal_mask(seq, start, &self.device)?;
-        let cos = self.cos.narrow(0, start, seq)?;
-        let sin = self.sin.narrow(0, start, seq)?;
-        let mut out = ForwardOutput::default();
         let (nh, nkv, hd) = (
             self.config.heads,
             self.config.kv_heads,
             self.config.head_dim,
         );
+        let mut x = self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
+            batch,
+            seq,
+            self.config.hidden,
+        ))?;
+        // The fused GPU softmax masks by position itself.
+        let mask = match self.device.is_cuda() {
+            true => None,
+            false => causal_mask(seq, start, &self.device)?,
+        };
+        let mask = mask.map(|m| m.to_dtype(self.dtype)).transpose()?;
+        let cos = self.cos.narrow(0, start, seq)?;
+        let sin = self.sin.narrow(0, start, seq)?;
+        let mut out = ForwardOutput::default();
 
         for (l, block) in self.blocks.iter().enumerate().take(depth) {
             let h = block.attn_norm.forward(&x)?;
             let k = with_bias(block.wk.forward(&h)?, block.bk.as_ref())?;
             let q = with_bias(block.wq.forward(&h)?, block.bq.as_ref())?;
             if taps.keys.as_ref().is_some_and(|s| s.contains(l)) {
-                let values = k.reshape((seq, nkv, hd))?;
+                let values = k.reshape((batch, seq, nkv, hd))?;
                 out.keys.push(LayerTap { layer: l, values });
             }
             if taps.queries.as_ref().is_some_and(|s| s.contains(l)) {
-                let values = q.reshape((seq, nh, hd))?;
+                let values = q.reshape((batch, seq, nh, hd))?;
                 out.queries.push(LayerTap { layer: l, values });
             }
             if logits == Logits::None && l + 1 == depth {
@@ -444,17 +625,14 @@ impl Transformer {
                 break;
             }
             let v = with_bias(block.wv.forward(&h)?, block.bv.as_ref())?;
-            let q = q.reshape((1, seq, nh, hd))?.transpose(1, 2)?.contiguous()?;
-            let k = k
-                .reshape((1, seq, nkv, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let v = v
-                .reshape((1, seq, nkv, hd))?
-                .transpose(1, 2)?
-                .contiguous()?;
-            let q = self.rope(&q, &cos, &sin)?;
-            let k = self.rope(&k, &cos, &sin)?;
+            let heads = |t: Tensor, n: usize| -> Result<Tensor> {
+                Ok(t.reshape((batch, seq, n, hd))?
+                    .transpose(1, 2)?
+                    .contiguous()?)
+            };
+            let q = self.rope(&heads(q, nh)?, &cos, &sin)?;
+            let k = self.rope(&heads(k, nkv)?, &cos, &sin)?;
+            let v = heads(v, nkv)?;
             let (k, v) = match cache.as_deref_mut() {
                 Some(c) => {
                     let (k, v) = match c.layers[l].take() {
@@ -468,8 +646,8 @@ impl Transformer {
                 }
                 None => (k, v),
             };
-            let y = attention(&q, &k, &v, mask.as_ref(), nh, nkv, hd)?;
-            let y = y.transpose(1, 2)?.reshape((1, seq, nh * hd))?;
+            let y = attention(&q, &k, &v, mask.as_ref(), start, nh, nkv, hd)?;
+            let y = y.transpose(1, 2)?.reshape((batch, seq, nh * hd))?;
             x = (block.wo.forward(&y)? + &x)?;
             let h = block.ffn_norm.forward(&x)?;
             let gate = candle_nn::ops::silu(&block.w_gate.forward(&h)?)?;
@@ -485,7 +663,7 @@ impl Transformer {
                 _ => x,
             };
             let x = self.norm.forward(&x)?;
-            out.logits = Some(self.lm_head.forward(&x)?.squeeze(0)?);
+            out.logits = Some(self.lm_head.forward(&x)?);
         }
         Ok(out)
     }
@@ -506,29 +684,44 @@ fn with_bias(x: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
 }
 
 /// Grouped-query attention without copying K/V per query head: the query heads of one KV
-/// group are stacked along the row axis and meet their shared K/V in one matmul.
+/// group are stacked along the row axis and meet their shared K/V in one matmul. On a GPU the
+/// scale, the causal mask and the softmax are one fused kernel (`softmax.rs`); on the CPU they
+/// are candle's ops, as they always were.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the heads' shape and the window position"
+)]
 fn attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,
     mask: Option<&Tensor>,
+    start: usize,
     nh: usize,
     nkv: usize,
     hd: usize,
 ) -> Result<Tensor> {
-    let (_, _, seq, _) = q.dims4()?;
+    let (batch, _, seq, _) = q.dims4()?;
     let kv_len = k.dim(2)?;
     let group = nh / nkv;
-    let q = q.reshape((nkv, group * seq, hd))?;
-    let k = k.reshape((nkv, kv_len, hd))?;
-    let v = v.reshape((nkv, kv_len, hd))?;
+    let q = q.reshape((batch * nkv, group * seq, hd))?;
+    let k = k.reshape((batch * nkv, kv_len, hd))?;
+    let v = v.reshape((batch * nkv, kv_len, hd))?;
+    if q.device().is_cuda() {
+        let att = q.matmul(&k.t()?)?;
+        super::softmax::causal_softmax_(&att, seq, start, 1.0 / (hd as f32).sqrt())?;
+        return Ok(att.matmul(&v)?.reshape((batch, nh, seq, hd))?);
+    }
     let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
     let att = match mask {
-        Some(m) => att.reshape((nkv, group, seq, kv_len))?.broadcast_add(m)?,
+        Some(m) => att
+            .reshape((batch * nkv, group, seq, kv_len))?
+            .broadcast_add(m)?,
         None => att,
     };
-    let att = candle_nn::ops::softmax_last_dim(&att.reshape((nkv, group * seq, kv_len))?)?;
-    Ok(att.matmul(&v)?.reshape((1, nh, seq, hd))?)
+    let att =
+        candle_nn::ops::softmax_last_dim(&att.reshape((batch * nkv, group * seq, kv_len))?)?;
+    Ok(att.matmul(&v)?.reshape((batch, nh, seq, hd))?)
 }
 
 /// Returns an additive mask `[seq, start + seq]`: position `start + i` sees `0..=start + i`.
@@ -567,6 +760,11 @@ fn rope_tables(
         .reshape((positions, 1))?
         .matmul(&theta.reshape((1, theta.elem_count()))?)?;
     Ok((idx.cos()?, idx.sin()?))
+}
+
+/// Brings a tap to the host as f32 (a no-op for f32 tensors on the CPU).
+fn to_host_f32(t: &Tensor) -> Result<Tensor> {
+    Ok(t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?)
 }
 
 /// Returns the index of the largest value of each row of `[rows, vocab]` logits.

@@ -2,6 +2,8 @@
 
 use candle_core::{CpuStorage, DType, Device, Storage, StorageRef, Tensor};
 
+use rayon::prelude::*;
+
 use super::error::{Result, SaeError};
 
 /// Rows encoded per matmul: the `[rows, dict_size]` pre-activations (2 MiB at m 2048) stay in
@@ -217,37 +219,46 @@ impl TopKSae {
         let mut ids = vec![0u32; n * k];
         let mut acts = vec![0f32; n * k];
         let w_enc_t = self.w_enc.t()?;
-        let mut start = 0;
-        while start < n {
-            let rows = ENCODE_CHUNK_ROWS.min(n - start);
-            let centred = x
-                .narrow(0, start, rows)?
-                .affine(f64::from(self.input_scale), 0.0)?
-                .broadcast_sub(&self.b_dec)?;
-            let pre = centred.matmul(&w_enc_t)?;
-            let pre = F32View::new(&pre)?;
-            let pre = pre.as_slice();
-            for r in 0..rows {
-                let row = &pre[r * self.dict_size..(r + 1) * self.dict_size];
-                let out = (start + r) * k..(start + r + 1) * k;
-                let finite = top_k_into(
-                    row,
-                    &self.b_enc_flat,
-                    &mut ids[out.clone()],
-                    &mut acts[out.clone()],
-                );
-                if !finite {
-                    return Err(SaeError::NonFinite {
-                        what: "input",
-                        row: start + r,
-                    });
+        // Blocks of rows are independent: encode them on all cores (a GPU scan hands the host
+        // keys faster than one core encodes them), then report the first failing row, if any.
+        let block = ENCODE_CHUNK_ROWS * k;
+        let results: Vec<Result<()>> = ids
+            .par_chunks_mut(block)
+            .zip(acts.par_chunks_mut(block))
+            .enumerate()
+            .map(|(b, (ids, acts))| {
+                let start = b * ENCODE_CHUNK_ROWS;
+                let rows = ids.len() / k;
+                let centred = x
+                    .narrow(0, start, rows)?
+                    .affine(f64::from(self.input_scale), 0.0)?
+                    .broadcast_sub(&self.b_dec)?;
+                let pre = centred.matmul(&w_enc_t)?;
+                let pre = F32View::new(&pre)?;
+                let pre = pre.as_slice();
+                for r in 0..rows {
+                    let row = &pre[r * self.dict_size..(r + 1) * self.dict_size];
+                    let out = r * k..(r + 1) * k;
+                    let finite = top_k_into(
+                        row,
+                        &self.b_enc_flat,
+                        &mut ids[out.clone()],
+                        &mut acts[out.clone()],
+                    );
+                    if !finite {
+                        return Err(SaeError::NonFinite {
+                            what: "input",
+                            row: start + r,
+                        });
+                    }
+                    for a in &mut acts[out] {
+                        *a = a.max(0.0);
+                    }
                 }
-                for a in &mut acts[out] {
-                    *a = a.max(0.0);
-                }
-            }
-            start += rows;
-        }
+                Ok(())
+            })
+            .collect();
+        results.into_iter().collect::<Result<()>>()?;
         Ok(SparseCodes { k, ids, acts })
     }
 

@@ -145,6 +145,18 @@ pub fn train(
     cfg: &TrainConfig,
     progress: &mut dyn FnMut(TrainProgress),
 ) -> Result<(TopKSae, TrainReport)> {
+    train_on(samples, cfg, &Device::Cpu, progress)
+}
+
+/// [`train`] with the dense part of each step (the encoder matmul) on `device`; the sparse
+/// part (top-k, the hand-written backward pass touching `k + k_aux` rows per vector, Adam)
+/// stays on the host, so a GPU helps only as much as that matmul weighs.
+pub fn train_on(
+    samples: &Tensor,
+    cfg: &TrainConfig,
+    device: &Device,
+    progress: &mut dyn FnMut(TrainProgress),
+) -> Result<(TopKSae, TrainReport)> {
     let started = Instant::now();
     let (n, d_in) = match samples.dims() {
         &[n, d] if n > 0 && d > 0 => (n, d),
@@ -194,7 +206,7 @@ pub fn train(
         cursor += rows;
 
         let lr = plan.lr_at(step);
-        let stats = state.step(&plan, &batch, lr)?;
+        let stats = state.step(&plan, &batch, lr, device)?;
         tail.push(step, stats.fvu, stats.auxk_loss);
         progress(TrainProgress {
             step: step + 1,
@@ -496,7 +508,7 @@ impl TrainState {
     }
 
     /// Runs forward, backward and one Adam step on `batch` (scaled rows).
-    fn step(&mut self, plan: &Plan, batch: &[f32], lr: f64) -> Result<StepStats> {
+    fn step(&mut self, plan: &Plan, batch: &[f32], lr: f64, device: &Device) -> Result<StepStats> {
         let rows = batch.len() / plan.d_in;
         let scratch = &mut self.scratch;
         scratch.dead.clear();
@@ -518,6 +530,7 @@ impl TrainState {
             scratch,
             &mut self.grads,
             &mut self.fired,
+            device,
         )?;
         remove_parallel_component(&mut self.grads.w_dec, &self.params.w_dec, plan.d_in);
         self.adam_t += 1;
@@ -555,6 +568,7 @@ fn forward_backward(
     s: &mut Scratch,
     grads: &mut Params,
     fired: &mut [bool],
+    dev: &Device,
 ) -> Result<StepStats> {
     let (d, m, k) = (plan.d_in, plan.dict_size, plan.k);
     let rows = batch.len() / d;
@@ -565,8 +579,7 @@ fn forward_backward(
         s.centred
             .extend(row.iter().zip(&p.b_dec).map(|(x, b)| x - b));
     }
-    let dev = Device::Cpu;
-    let w_enc_t = Tensor::from_slice(&p.w_enc, (m, d), &dev)?.t()?;
+    let w_enc_t = Tensor::from_slice(&p.w_enc, (m, d), dev)?.t()?;
 
     let aux_k = if s.dead.is_empty() {
         0
@@ -583,13 +596,15 @@ fn forward_backward(
     let mut sq_err = 0f64;
     let mut block_start = 0;
     while block_start < rows {
-        let block_rows = TRAIN_BLOCK_ROWS.min(rows - block_start);
+        // Cache-sized blocks on the CPU; on a GPU one round trip for the whole batch.
+        let block = if dev.is_cpu() { TRAIN_BLOCK_ROWS } else { rows };
+        let block_rows = block.min(rows - block_start);
         let c_t = Tensor::from_slice(
             &s.centred[block_start * d..(block_start + block_rows) * d],
             (block_rows, d),
-            &dev,
+            dev,
         )?;
-        let pre_t = c_t.matmul(&w_enc_t)?;
+        let pre_t = c_t.matmul(&w_enc_t)?.to_device(&Device::Cpu)?;
         let pre_view = F32View::new(&pre_t)?;
         let pre = pre_view.as_slice();
         for r in block_start..block_start + block_rows {
@@ -908,8 +923,16 @@ pub(crate) mod tests {
         };
         let mut grads = Params::zeros(m, d);
         let mut fired = vec![false; m];
-        let stats =
-            forward_backward(&plan, &p, &batch, &mut scratch, &mut grads, &mut fired).unwrap();
+        let stats = forward_backward(
+            &plan,
+            &p,
+            &batch,
+            &mut scratch,
+            &mut grads,
+            &mut fired,
+            &Device::Cpu,
+        )
+        .unwrap();
 
         // The same loss through candle's autograd, with the top-k selections as fixed masks.
         let dev = Device::Cpu;

@@ -179,7 +179,9 @@ fn model_code(e: &ModelError) -> Code {
         ModelError::LayerOutOfRange { .. }
         | ModelError::InvalidScan(_)
         | ModelError::UnsupportedArchitecture { .. }
-        | ModelError::UnknownModel { .. } => Code::FailedPrecondition,
+        | ModelError::UnknownModel { .. }
+        | ModelError::NoCuda { .. } => Code::FailedPrecondition,
+        ModelError::Device { .. } => Code::Unavailable,
         ModelError::Io { .. }
         | ModelError::MissingMetadata { .. }
         | ModelError::MissingTensor { .. }

@@ -259,3 +259,170 @@ fn a_corrupt_or_foreign_file_is_refused() {
         .unwrap();
     assert!(matches!(err, ModelError::Io { .. }), "{err}");
 }
+
+/// Chunks of `docs` as (document, chunk range, keys and queries per layer), scanned `batch`
+/// windows at a time.
+fn scan_all(
+    model: &mut Model,
+    batch: usize,
+    docs: &[&[u32]],
+    taps: &TapRequest,
+    cfg: &ScanConfig,
+) -> Vec<(usize, std::ops::Range<usize>, Vec<Tensor>)> {
+    model.set_scan_batch(batch);
+    let mut out = Vec::new();
+    let stats = model
+        .scan_many(docs, taps, cfg, &mut |doc, c| {
+            let values = c.keys.iter().chain(&c.queries).map(|t| t.values.clone());
+            out.push((doc, c.chunk, values.collect()));
+            Ok(())
+        })
+        .unwrap();
+    let windows: usize = docs.iter().map(|d| cfg.windows(d.len()).count()).sum();
+    assert_eq!(stats.windows, windows);
+    assert_eq!(stats.batches, windows.div_ceil(batch));
+    out
+}
+
+#[test]
+fn batched_scan_gives_the_taps_of_the_unbatched_scan() {
+    let (_d, mut model) = tiny(&TinySpec::llama(), WeightFormat::F32);
+    let a = tokens(100);
+    let b: Vec<u32> = tokens(45).iter().map(|t| (t * 7 + 3) % 256).collect();
+    let docs: [&[u32]; 2] = [&a, &b];
+    let cfg = ScanConfig {
+        chunk: 32,
+        sinks: 2,
+        overlap: 8,
+    };
+    let taps = TapRequest {
+        keys: Some("0,2".parse().unwrap()),
+        queries: Some("1".parse().unwrap()),
+    };
+    let one = scan_all(&mut model, 1, &docs, &taps, &cfg);
+    // Batches of 3 mix windows of both documents and of different lengths (padded).
+    let three = scan_all(&mut model, 3, &docs, &taps, &cfg);
+    assert_eq!(one.len(), 6);
+    assert_eq!(one.len(), three.len());
+    for ((doc_a, range_a, va), (doc_b, range_b, vb)) in one.iter().zip(&three) {
+        assert_eq!((doc_a, range_a), (doc_b, range_b));
+        for (x, y) in va.iter().zip(vb) {
+            assert_eq!(x.dims(), y.dims());
+            // Only the matmul shapes differ: equal up to f32 rounding.
+            let diff = max_abs_diff(x, y);
+            assert!(diff < 1e-5, "doc {doc_a} chunk {range_a:?}: {diff}");
+        }
+    }
+    // Each document's chunks come in order, the first document's first.
+    let ranges: Vec<_> = one.iter().map(|(d, r, _)| (*d, r.start)).collect();
+    assert_eq!(
+        ranges,
+        vec![(0, 0), (0, 32), (0, 64), (0, 96), (1, 0), (1, 32)]
+    );
+}
+
+#[test]
+fn bf16_weights_scan_close_to_f32() {
+    let (_d, f32_model) = tiny(&TinySpec::llama(), WeightFormat::F32);
+    let (_e, bf16_model) = tiny(&TinySpec::llama(), WeightFormat::Bf16);
+    assert_eq!(bf16_model.transformer().dtype(), candle_core::DType::BF16);
+    let doc = tokens(80);
+    let taps = TapRequest {
+        keys: Some("2".parse().unwrap()),
+        queries: None,
+    };
+    let cfg = ScanConfig {
+        chunk: 32,
+        sinks: 2,
+        overlap: 8,
+    };
+    let keys = |m: &Model| {
+        let mut rows = Vec::new();
+        m.scan(&doc, &taps, &cfg, &mut |c| {
+            rows.push(c.keys[0].values.clone());
+            Ok(())
+        })
+        .unwrap();
+        Tensor::cat(&rows, 0).unwrap()
+    };
+    let (a, b) = (keys(&f32_model), keys(&bf16_model));
+    // Taps come back as f32 whatever the weights.
+    assert_eq!(b.dtype(), candle_core::DType::F32);
+    let rel = ((&a - &b)
+        .unwrap()
+        .sqr()
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+        / a.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap())
+    .sqrt();
+    assert!(rel > 0.0 && rel < 0.03, "relative error {rel}");
+}
+
+#[test]
+fn random_models_are_seeded_and_batch_like_loaded_ones() {
+    use s3mem::model::{scan_documents, RandomShape, Transformer};
+    let shape = RandomShape::named("tiny").unwrap();
+    let dev = Device::Cpu;
+    let m = Transformer::random(&shape, WeightFormat::F32, 3, &dev).unwrap();
+    let again = Transformer::random(&shape, WeightFormat::F32, 3, &dev).unwrap();
+    let doc = s3mem::model::random_tokens(1, 300, shape.config.vocab);
+    let taps = TapRequest {
+        keys: Some("1,3".parse().unwrap()),
+        queries: None,
+    };
+    let cfg = ScanConfig {
+        chunk: 64,
+        sinks: 4,
+        overlap: 16,
+    };
+    let run = |t: &Transformer, batch: usize| {
+        let mut rows = Vec::new();
+        scan_documents(t, batch, &[&doc], &taps, &cfg, &mut |_, c| {
+            rows.push(c.keys[1].values.clone());
+            Ok(())
+        })
+        .unwrap();
+        Tensor::cat(&rows, 0).unwrap()
+    };
+    let base = run(&m, 1);
+    assert_eq!(base.dims(), &[300, 2, 16]);
+    assert_eq!(max_abs_diff(&base, &run(&again, 1)), 0.0);
+    assert!(max_abs_diff(&base, &run(&m, 4)) < 1e-5);
+}
+
+#[test]
+fn a_failing_consumer_stops_the_scan_with_its_error() {
+    let (_d, mut model) = tiny(&TinySpec::llama(), WeightFormat::F32);
+    model.set_scan_batch(2);
+    let doc = tokens(200);
+    let taps = TapRequest {
+        keys: Some("0".parse().unwrap()),
+        queries: None,
+    };
+    let cfg = ScanConfig {
+        chunk: 16,
+        sinks: 2,
+        overlap: 4,
+    };
+    let mut seen = 0;
+    let err = model
+        .scan(&doc, &taps, &cfg, &mut |_| {
+            seen += 1;
+            if seen == 3 {
+                Err(ModelError::Aborted)
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+    assert!(matches!(err, ModelError::Aborted));
+    assert_eq!(seen, 3);
+}
