@@ -160,8 +160,10 @@ pub struct RetrieveConfig {
     pub max_spans: usize,
     /// Features with a lower idf in scope are dropped.
     pub min_idf: f32,
-    /// Most question features kept, by weight.
+    /// Most question features kept, by weight (for idf statistics and block ranking).
     pub max_features: usize,
+    /// Of those, how many score individual tokens.
+    pub token_features: usize,
     /// Features per question row (`None`: the SAE's own k).
     pub query_k: Option<usize>,
     /// Scopes with at most this many tokens and documents are scored per token throughout.
@@ -195,10 +197,11 @@ impl Default for RetrieveConfig {
             max_spans: 64,
             min_idf: 3.0,
             max_features: 384,
+            token_features: 192,
             query_k: None,
             coarse_min_tokens: 65_536,
             token_level_max_docs: 16,
-            coarse_blocks: 32,
+            coarse_blocks: 12,
             bm25_limit: 40,
             bias_tokens: 48,
             fusion: Fusion::default(),

@@ -187,7 +187,7 @@ pub fn retrieve(
     // Token path: the kept features' postings in every scope document.
     let mut postings: HashMap<usize, Vec<Vec<u32>>> = HashMap::new();
     if !coarse {
-        for (i, w) in &weighted {
+        for (i, w) in weighted.iter().take(cfg.token_features) {
             let per_doc = scope
                 .docs
                 .iter()
@@ -241,7 +241,8 @@ pub fn retrieve(
     for (i, r) in regions.iter().enumerate() {
         by_doc.entry(r.doc).or_default().push(i);
     }
-    for (i, w) in &weighted {
+    // The strongest features score tokens; the rest only helped rank blocks.
+    for (i, w) in weighted.iter().take(cfg.token_features) {
         for (&d, rs) in &by_doc {
             let fetched;
             let positions: &[u32] = if coarse {
