@@ -669,7 +669,17 @@ fn index_crash_test_sigkill_during_ingest() {
             killed += 1;
         }
         child.wait().unwrap();
-        let index = Index::open(&data, IndexConfig::default()).unwrap_or_else(|e| {
+        // Other tests of this process spawn children too: between their fork and exec a child
+        // can briefly hold a copy of our lock's descriptor. Wait that out, briefly.
+        let mut reopen = Index::open(&data, IndexConfig::default());
+        for _ in 0..100 {
+            if !matches!(reopen, Err(IndexError::Locked { .. })) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            reopen = Index::open(&data, IndexConfig::default());
+        }
+        let index = reopen.unwrap_or_else(|e| {
             // Keep the store that failed to open for diagnosis.
             let kept = std::env::temp_dir().join(format!("s3mem-crash-{}", std::process::id()));
             copy_dir(&data, &kept);
