@@ -371,14 +371,8 @@ fn quickstart(args: &QuickstartArgs, models: &Path) -> Result<()> {
             Ok(_) | Err(IndexError::UnknownDocument { .. }) => {}
             Err(e) => return Err(e.into()),
         }
-        let bar = ProgressBar::new(0).with_style(
-            ProgressStyle::with_template(
-                "    {msg} [{bar:30}] {pos}/{len} tokens {per_sec} eta {eta}",
-            )?
-            .progress_chars("=> "),
-        );
-        bar.set_message(id.clone());
-        let out = index.ingest(
+        let out = super::index::ingest_with_progress(
+            &mut index,
             &encoder,
             NewDocument {
                 collection: &args.collection,
@@ -386,12 +380,7 @@ fn quickstart(args: &QuickstartArgs, models: &Path) -> Result<()> {
                 meta: Vec::new(),
                 text: &text,
             },
-            &mut |pos, len| {
-                bar.set_length(len as u64);
-                bar.set_position(pos as u64);
-            },
         )?;
-        bar.finish_and_clear();
         eprintln!(
             "    {id}: {} tokens, scan {:.1} s ({:.0} tokens/s)",
             out.tokens,

@@ -108,14 +108,8 @@ pub(super) fn ingest_contexts(
             Err(IndexError::UnknownDocument { .. }) => {}
             Err(e) => return Err(e.into()),
         }
-        let bar = ProgressBar::new(0).with_style(
-            ProgressStyle::with_template(
-                "{msg} [{bar:30}] {pos}/{len} tokens {per_sec} eta {eta}",
-            )?
-            .progress_chars("=> "),
-        );
-        bar.set_message(id.clone());
-        let out = index.ingest(
+        let out = super::index::ingest_with_progress(
+            index,
             encoder,
             NewDocument {
                 collection,
@@ -123,12 +117,7 @@ pub(super) fn ingest_contexts(
                 meta: Vec::new(),
                 text: &item.context,
             },
-            &mut |pos, len| {
-                bar.set_length(len as u64);
-                bar.set_position(pos as u64);
-            },
         )?;
-        bar.finish_and_clear();
         eprintln!(
             "ingested {id}: {} tokens in {:.0} s",
             out.tokens, out.scan_seconds

@@ -50,6 +50,28 @@ fn expand(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// Ingests one document behind a progress bar of tokens scanned.
+pub(super) fn ingest_with_progress(
+    index: &mut Index,
+    encoder: &Encoder<'_>,
+    doc: NewDocument<'_>,
+) -> Result<crate::index::Ingested> {
+    let style = ProgressStyle::with_template(
+        "{spinner} {msg} [{bar:30}] {pos}/{len} tokens  {per_sec}  eta {eta}",
+    )
+    .expect("static template")
+    .progress_chars("=> ");
+    let bar = ProgressBar::new(0)
+        .with_style(style)
+        .with_message(doc.id.clone().unwrap_or_else(|| "stdin".into()));
+    let out = index.ingest(encoder, doc, &mut |pos, len| {
+        bar.set_length(len as u64);
+        bar.set_position(pos as u64);
+    });
+    bar.finish_and_clear();
+    Ok(out?)
+}
+
 /// A document read and checked before anything is written.
 struct Input {
     id: Option<String>,
@@ -137,18 +159,11 @@ pub fn ingest(args: &IngestArgs, models: &Path) -> Result<()> {
         Ok(()) | Err(IndexError::CollectionExists(_)) => {}
         Err(e) => return Err(e.into()),
     }
-    let style = ProgressStyle::with_template(
-        "{spinner} {msg} [{bar:30}] {pos}/{len} tokens  {per_sec}  eta {eta}",
-    )
-    .expect("static template")
-    .progress_chars("=> ");
     let mut done = Vec::new();
     let (mut scan_s, mut encode_s, mut store_s) = (0.0, 0.0, 0.0);
     for input in inputs {
-        let bar = ProgressBar::new(0)
-            .with_style(style.clone())
-            .with_message(input.id.clone().unwrap_or_else(|| "stdin".into()));
-        let out = index.ingest(
+        let out = ingest_with_progress(
+            &mut index,
             &encoder,
             NewDocument {
                 collection: &args.collection,
@@ -156,12 +171,7 @@ pub fn ingest(args: &IngestArgs, models: &Path) -> Result<()> {
                 meta: args.meta.clone(),
                 text: &input.text,
             },
-            &mut |pos, len| {
-                bar.set_length(len as u64);
-                bar.set_position(pos as u64);
-            },
         )?;
-        bar.finish_and_clear();
         scan_s += out.scan_seconds;
         encode_s += out.encode_seconds;
         store_s += out.store_seconds;

@@ -24,6 +24,9 @@ pub use sys::peak_rss_bytes;
 
 use crate::model::{LayerSet, WeightFormat};
 
+/// Debian's long licence texts: the sample documents of the quickstart and the benchmarks.
+const SAMPLE_DOCUMENTS: &str = "/usr/share/common-licenses/GPL-3,/usr/share/common-licenses/Apache-2.0,/usr/share/common-licenses/MPL-2.0";
+
 /// s3mem: a persistent document memory that answers questions from evidence it can cite.
 #[derive(Debug, Parser)]
 #[command(name = "s3mem", version, about)]
@@ -430,7 +433,7 @@ pub struct BenchRetrieveArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "/usr/share/common-licenses/GPL-3,/usr/share/common-licenses/Apache-2.0,/usr/share/common-licenses/MPL-2.0"
+        default_value = SAMPLE_DOCUMENTS
     )]
     pub corpus: Vec<PathBuf>,
     /// Collection sizes in tokens, ascending.
@@ -462,7 +465,7 @@ pub struct BenchScanArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "/usr/share/common-licenses/GPL-3,/usr/share/common-licenses/Apache-2.0,/usr/share/common-licenses/MPL-2.0"
+        default_value = SAMPLE_DOCUMENTS
     )]
     pub corpus: Vec<PathBuf>,
     /// Document lengths in tokens.
@@ -584,7 +587,7 @@ pub struct QuickstartArgs {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "/usr/share/common-licenses/GPL-3,/usr/share/common-licenses/Apache-2.0,/usr/share/common-licenses/MPL-2.0"
+        default_value = SAMPLE_DOCUMENTS
     )]
     pub documents: Vec<PathBuf>,
     /// Most tokens of evidence.

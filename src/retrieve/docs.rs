@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use super::error::{Result, RetrieveError};
-use crate::index::Index;
+use crate::index::{DocumentInfo, Index};
 
 /// One document in scope.
 #[derive(Debug, Clone)]
@@ -17,6 +17,17 @@ pub struct ScopeDoc {
     pub first: u32,
     /// Tokens.
     pub tokens: u32,
+}
+
+impl From<DocumentInfo> for ScopeDoc {
+    fn from(d: DocumentInfo) -> Self {
+        Self {
+            first: d.positions.start as u32,
+            id: d.id,
+            number: d.number,
+            tokens: d.tokens,
+        }
+    }
 }
 
 /// The documents a question is asked of, ordered by position in the collection.
@@ -37,25 +48,13 @@ impl Scope {
         let all = index.documents(collection)?;
         let whole = ids.is_empty();
         let mut docs: Vec<ScopeDoc> = if whole {
-            all.into_iter()
-                .map(|d| ScopeDoc {
-                    first: d.positions.start as u32,
-                    id: d.id,
-                    number: d.number,
-                    tokens: d.tokens,
-                })
-                .collect()
+            all.into_iter().map(ScopeDoc::from).collect()
         } else {
             let mut picked = Vec::new();
             for id in ids {
                 let d = index.document(collection, id)?;
                 if !picked.iter().any(|p: &ScopeDoc| p.number == d.number) {
-                    picked.push(ScopeDoc {
-                        first: d.positions.start as u32,
-                        id: d.id,
-                        number: d.number,
-                        tokens: d.tokens,
-                    });
+                    picked.push(ScopeDoc::from(d));
                 }
             }
             picked
