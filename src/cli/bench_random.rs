@@ -128,7 +128,7 @@ pub fn scan(args: &BenchScanArgs) -> Result<()> {
     let weights = args
         .model
         .weights
-        .unwrap_or_else(|| WeightFormat::default_for(&device));
+        .unwrap_or_else(|| WeightFormat::default_for(&device, false));
     let batches = match (&r.batches[..], args.model.device.scan_batch) {
         ([], Some(b)) => vec![b],
         ([], None) => vec![crate::model::default_scan_batch(&device)],
@@ -474,7 +474,7 @@ fn parity(
 /// The device's format first, then the others a GPU can use, for comparison.
 fn device_formats(first: WeightFormat) -> Vec<WeightFormat> {
     let mut formats = vec![first];
-    for f in [WeightFormat::F16, WeightFormat::F32] {
+    for f in [WeightFormat::F32, WeightFormat::Bf16, WeightFormat::F16] {
         if !formats.contains(&f) {
             formats.push(f);
         }
@@ -527,14 +527,8 @@ pub fn parity_model(args: &ParityArgs, models: &std::path::Path) -> Result<()> {
         t0.elapsed().as_secs_f64()
     );
     drop(cpu);
-    let first = args
-        .model
-        .weights
-        .unwrap_or(if args.model.device.device.is_gpu() {
-            WeightFormat::Bf16
-        } else {
-            WeightFormat::F32
-        });
+    // The default for a quantized GGUF is f32 on every device (`WeightFormat::default_for`).
+    let first = args.model.weights.unwrap_or(WeightFormat::F32);
     let mut rows = Vec::new();
     for format in device_formats(first) {
         let dev_args = super::ModelArgs {

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::{
     BenchCommand, Cli, Command, GenerateArgs, ModelArgs, ModelCommand, QuickstartArgs, ScanArgs,
 };
-use crate::model::{fetch, GenerateConfig, Model, ScanConfig, TapRequest, WeightFormat};
+use crate::model::{fetch, GenerateConfig, Model, ScanConfig, TapRequest};
 use crate::sae::{SaeExpectation, SaeSet};
 
 /// Runs one parsed command line.
@@ -78,7 +78,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Compact(args) => super::index::compact(&args),
         Command::Retrieve(args) => super::ask::retrieve(&args, &models),
         Command::Ask(args) => super::ask::ask(&args, &models),
-        Command::Eval(cmd) => super::eval::run(cmd, &models),
+        Command::Eval(args) => super::eval::run(*args, &models),
         Command::Serve(args) => super::serve::serve(&args, &models),
     }
 }
@@ -86,12 +86,12 @@ pub fn run(cli: Cli) -> Result<()> {
 pub(super) fn load(args: &ModelArgs, models: &Path) -> Result<Model> {
     let path = fetch::resolve(&args.model, models, true)?;
     let device = args.device.open()?;
-    let weights = args
-        .weights
-        .unwrap_or_else(|| WeightFormat::default_for(&device));
     let t0 = Instant::now();
-    let mut model = Model::load(&path, weights, &device)
-        .with_context(|| format!("loading {}", path.display()))?;
+    let loaded = match args.weights {
+        Some(w) => Model::load(&path, w, &device).map(|m| (m, w)),
+        None => Model::load_default(&path, &device),
+    };
+    let (mut model, weights) = loaded.with_context(|| format!("loading {}", path.display()))?;
     if let Some(b) = args.device.scan_batch {
         model.set_scan_batch(b);
     }

@@ -1,4 +1,5 @@
-//! `s3mem eval build|recall`: development datasets and evidence recall per method and budget.
+//! `s3mem eval build|recall`: development datasets and evidence recall per method and budget
+//! (`s3mem eval DATASET` itself is in `eval_run.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -9,14 +10,17 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use super::commands::{load, load_sae_set};
-use super::{EvalBuildCommand, EvalCommand, RecallArgs};
+use super::{EvalArgs, EvalBuildCommand, EvalCommand, RecallArgs};
 use crate::eval::{self, build, EvalItem};
 use crate::index::{Encoder, Index, IndexConfig, IndexError, NewDocument};
 use crate::model::hex_digest;
 use crate::retrieve::{Fusion, Method, Query, RetrieveConfig, Retriever};
 
 /// Runs `s3mem eval ...`.
-pub fn run(cmd: EvalCommand, models: &Path) -> Result<()> {
+pub fn run(args: EvalArgs, models: &Path) -> Result<()> {
+    let Some(cmd) = args.command else {
+        return super::eval_run::run(&args.run, models);
+    };
     match cmd {
         EvalCommand::Build(EvalBuildCommand::Hotpotqa {
             input,
@@ -98,6 +102,7 @@ pub(super) fn ingest_contexts(
         index.create_collection(collection)?;
     }
     let mut seen = BTreeSet::new();
+    let mut missing = Vec::new();
     for item in items {
         let id = context_id(&item.context);
         if !seen.insert(id.clone()) {
@@ -105,23 +110,27 @@ pub(super) fn ingest_contexts(
         }
         match index.document(collection, &id) {
             Ok(_) => continue,
-            Err(IndexError::UnknownDocument { .. }) => {}
+            Err(IndexError::UnknownDocument { .. }) => missing.push((id, &item.context)),
             Err(e) => return Err(e.into()),
         }
-        let out = super::index::ingest_with_progress(
-            index,
-            encoder,
-            NewDocument {
+    }
+    let sizes: Vec<usize> = missing.iter().map(|(_, text)| text.len()).collect();
+    for group in super::index::groups(&sizes) {
+        let docs = missing[group]
+            .iter()
+            .map(|(id, text)| NewDocument {
                 collection,
                 id: Some(id.clone()),
                 meta: Vec::new(),
-                text: &item.context,
-            },
-        )?;
-        eprintln!(
-            "ingested {id}: {} tokens in {:.0} s",
-            out.tokens, out.scan_seconds
-        );
+                text,
+            })
+            .collect();
+        for out in super::index::ingest_group_with_progress(index, encoder, docs)? {
+            eprintln!(
+                "ingested {}: {} tokens in {:.0} s",
+                out.id, out.tokens, out.scan_seconds
+            );
+        }
         index.commit()?;
     }
     Ok(())
@@ -157,11 +166,11 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
         items.truncate(n);
     }
     anyhow::ensure!(!items.is_empty(), "no items with gold spans in the dataset");
-    let model = load(&args.model, models)?;
-    let saes = load_sae_set(&model, &args.sae, models)?;
-    let mut index = Index::open(args.data.dir()?, IndexConfig::default())?;
+    let model = load(&args.store.model, models)?;
+    let saes = load_sae_set(&model, &args.store.sae, models)?;
+    let mut index = Index::open(args.store.data.dir()?, IndexConfig::default())?;
     let encoder = Encoder::new(&model, &saes, crate::model::ScanConfig::default())?;
-    ingest_contexts(&mut index, &encoder, &args.collection, &items)?;
+    ingest_contexts(&mut index, &encoder, &args.store.collection, &items)?;
     let defaults = RetrieveConfig::default();
     let config = RetrieveConfig {
         sigma: args.sigma.unwrap_or(defaults.sigma),
@@ -192,7 +201,7 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
             for &budget in &args.budgets {
                 let t = Instant::now();
                 let (spans, ms) = if m == "random" {
-                    let offsets = index.offsets(&args.collection, &doc)?;
+                    let offsets = index.offsets(&args.store.collection, &doc)?;
                     let s =
                         random_spans(&offsets, budget, retriever.config().span_tokens, &mut seed);
                     (s, t.elapsed().as_secs_f64() * 1e3)
@@ -201,7 +210,7 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
                     let e = retriever.retrieve(
                         &index,
                         &Query {
-                            collection: args.collection.clone(),
+                            collection: args.store.collection.clone(),
                             docs: vec![doc.clone()],
                             question: item.input.clone(),
                             budget,

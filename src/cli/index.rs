@@ -56,20 +56,57 @@ pub(super) fn ingest_with_progress(
     encoder: &Encoder<'_>,
     doc: NewDocument<'_>,
 ) -> Result<crate::index::Ingested> {
+    Ok(ingest_group_with_progress(index, encoder, vec![doc])?.remove(0))
+}
+
+/// Ingests documents through one scan (their windows share the model's batches) with a
+/// progress bar over all their tokens; each document is stored atomically on its own.
+pub(super) fn ingest_group_with_progress(
+    index: &mut Index,
+    encoder: &Encoder<'_>,
+    docs: Vec<NewDocument<'_>>,
+) -> Result<Vec<crate::index::Ingested>> {
     let style = ProgressStyle::with_template(
         "{spinner} {msg} [{bar:30}] {pos}/{len} tokens  {per_sec}  eta {eta}",
     )
     .expect("static template")
     .progress_chars("=> ");
-    let bar = ProgressBar::new(0)
-        .with_style(style)
-        .with_message(doc.id.clone().unwrap_or_else(|| "stdin".into()));
-    let out = index.ingest(encoder, doc, &mut |pos, len| {
+    let label = match docs.as_slice() {
+        [one] => one.id.clone().unwrap_or_else(|| "stdin".into()),
+        many => format!("{} documents", many.len()),
+    };
+    let bar = ProgressBar::new(0).with_style(style).with_message(label);
+    let out = index.ingest_many(encoder, docs, &mut |pos, len| {
         bar.set_length(len as u64);
         bar.set_position(pos as u64);
     });
     bar.finish_and_clear();
     Ok(out?)
+}
+
+/// Text per scan group of `s3mem ingest`: documents up to this many bytes (about 250k
+/// tokens) share one scan, so a GPU's batches fill across small documents while the
+/// postings held before storing stay bounded.
+const GROUP_BYTES: usize = 1 << 20;
+
+/// Splits inputs into consecutive groups of at most [`GROUP_BYTES`] (a larger document is a
+/// group of its own).
+pub(super) fn groups(sizes: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut bytes = 0;
+    for (i, &n) in sizes.iter().enumerate() {
+        if i > start && bytes + n > GROUP_BYTES {
+            out.push(start..i);
+            start = i;
+            bytes = 0;
+        }
+        bytes += n;
+    }
+    if start < sizes.len() {
+        out.push(start..sizes.len());
+    }
+    out
 }
 
 /// A document read and checked before anything is written.
@@ -161,29 +198,24 @@ pub fn ingest(args: &IngestArgs, models: &Path) -> Result<()> {
     }
     let mut done = Vec::new();
     let (mut scan_s, mut encode_s, mut store_s) = (0.0, 0.0, 0.0);
-    for input in inputs {
-        let out = ingest_with_progress(
-            &mut index,
-            &encoder,
-            NewDocument {
+    let sizes: Vec<usize> = inputs.iter().map(|i| i.text.len()).collect();
+    for group in groups(&sizes) {
+        let docs = inputs[group]
+            .iter()
+            .map(|input| NewDocument {
                 collection: &args.collection,
-                id: input.id,
+                id: input.id.clone(),
                 meta: args.meta.clone(),
                 text: &input.text,
-            },
-        )?;
-        scan_s += out.scan_seconds;
-        encode_s += out.encode_seconds;
-        store_s += out.store_seconds;
-        if !args.json {
-            eprintln!(
-                "{} {}: {} tokens",
-                if out.replaced { "replaced" } else { "ingested" },
-                out.id,
-                out.tokens
-            );
+            })
+            .collect();
+        for out in ingest_group_with_progress(&mut index, &encoder, docs)? {
+            scan_s += out.scan_seconds;
+            encode_s += out.encode_seconds;
+            store_s += out.store_seconds;
+            note_ingested(args.json, &out);
+            done.push(out);
         }
-        done.push(out);
     }
     let t_commit = Instant::now();
     index.commit()?;
@@ -215,17 +247,22 @@ fn ingest_remote(
             encode_seconds: r.encode_seconds,
             store_seconds: r.store_seconds,
         };
-        if !args.json {
-            eprintln!(
-                "{} {}: {} tokens",
-                if out.replaced { "replaced" } else { "ingested" },
-                out.id,
-                out.tokens
-            );
-        }
+        note_ingested(args.json, &out);
         done.push(out);
     }
     print_ingest_summary(args.json, &done, t0, [scan_s, encode_s, store_s])
+}
+
+/// Notes one stored document on stderr (unless the output is JSON).
+fn note_ingested(json: bool, out: &crate::index::Ingested) {
+    if !json {
+        eprintln!(
+            "{} {}: {} tokens",
+            if out.replaced { "replaced" } else { "ingested" },
+            out.id,
+            out.tokens
+        );
+    }
 }
 
 /// Prints what an ingest did (the same locally and through a daemon).
@@ -407,4 +444,20 @@ pub fn compact(args: &DataDirArgs) -> Result<()> {
         after.bm25_disk_bytes
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_fill_up_to_the_byte_cap_and_keep_order() {
+        assert!(groups(&[]).is_empty());
+        assert_eq!(groups(&[10, 20, 30]), vec![0..3]);
+        let big = GROUP_BYTES;
+        assert_eq!(
+            groups(&[big / 2, big / 2, 1, big * 3, 5]),
+            vec![0..2, 2..3, 3..4, 4..5]
+        );
+    }
 }

@@ -7,6 +7,7 @@ pub mod client;
 mod commands;
 mod device;
 mod eval;
+mod eval_run;
 mod index;
 mod sae;
 mod serve;
@@ -20,7 +21,7 @@ pub use client::ServerArgs;
 pub use commands::run;
 pub use device::DeviceArgs;
 pub use serve::ServeArgs;
-pub use sys::peak_rss_bytes;
+pub use sys::{peak_rss_bytes, reset_peak_rss};
 
 use crate::model::{LayerSet, WeightFormat};
 
@@ -76,9 +77,69 @@ pub enum Command {
     Ask(AskArgs),
     /// Run the gRPC daemon on a data dir until SIGINT or SIGTERM.
     Serve(Box<ServeArgs>),
-    /// Build development datasets and measure retrieval on them.
+    /// Answer quality per method and budget over a LongBench-format JSONL (full context,
+    /// sink+recent window, retrieval, closed-book), or build datasets and measure recall.
+    Eval(Box<EvalArgs>),
+}
+
+/// `s3mem eval DATASET ...` runs the answer-quality evaluation; `s3mem eval build|recall`
+/// the dataset builders and the evidence-recall measurement.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+pub struct EvalArgs {
     #[command(subcommand)]
-    Eval(EvalCommand),
+    pub command: Option<EvalCommand>,
+    #[command(flatten)]
+    pub run: EvalRunArgs,
+}
+
+/// Where an evaluation's contexts are ingested, and with what.
+#[derive(Debug, Args)]
+pub struct EvalStoreArgs {
+    #[command(flatten)]
+    pub data: DataDirArgs,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The SAE set (`default`: the model's embedded set).
+    #[arg(long, default_value = "default")]
+    pub sae: String,
+    /// The collection the contexts are ingested into (once; reused by later runs).
+    #[arg(long, default_value = "eval")]
+    pub collection: String,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalRunArgs {
+    #[command(flatten)]
+    pub store: EvalStoreArgs,
+    /// The LongBench-format JSONL (`context`, `input`, `answers`, `_id`, optional
+    /// `gold_spans`).
+    #[arg(required = true)]
+    pub dataset: Option<PathBuf>,
+    /// Methods: full (middle-truncated to the window), window (sink + most recent tokens at
+    /// each budget), closed-book (no context), and the retrieval methods s3, bm25, hybrid,
+    /// bias.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "full,window,bm25,s3,hybrid,closed-book"
+    )]
+    pub methods: Vec<String>,
+    /// Evidence budgets in tokens.
+    #[arg(long, value_delimiter = ',', default_value = "512,1024,2048")]
+    pub budgets: Vec<usize>,
+    /// Most tokens of each answer.
+    #[arg(long, default_value_t = 32)]
+    pub max_new_tokens: usize,
+    /// Only the first N questions.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Where the report goes: report.json, report.md, score.png, memory.png.
+    #[arg(long, default_value = "eval-report")]
+    pub out: PathBuf,
+    /// Print the JSON report on stdout too.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,15 +219,7 @@ fn parse_triple(s: &str) -> Result<[f32; 3], String> {
 #[derive(Debug, Args)]
 pub struct RecallArgs {
     #[command(flatten)]
-    pub data: DataDirArgs,
-    #[command(flatten)]
-    pub model: ModelArgs,
-    /// The SAE set (`default`: the model's embedded set).
-    #[arg(long, default_value = "default")]
-    pub sae: String,
-    /// The collection the contexts are ingested into (once; reused by later runs).
-    #[arg(long, default_value = "eval")]
-    pub collection: String,
+    pub store: EvalStoreArgs,
     /// The JSONL dataset.
     #[arg(long)]
     pub dataset: PathBuf,

@@ -2,6 +2,8 @@
 //! (evidence recall, SQuAD-style exact match and token F1).
 
 pub mod build;
+pub mod plot;
+pub mod report;
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};

@@ -153,25 +153,47 @@ impl<'a> Encoder<'a> {
         tokens: crate::model::Tokenized,
         progress: &mut dyn FnMut(usize) -> bool,
     ) -> Result<EncodedDocument> {
+        let mut docs = self.encode_many(vec![tokens], progress)?;
+        Ok(docs.remove(0))
+    }
+
+    /// Scans and encodes several tokenized documents in one scan, so that windows of one
+    /// document and the next share the model's batches (`--scan-batch`, 8 on a GPU).
+    /// `progress` gets the tokens done so far over all of them and returns false to stop.
+    pub fn encode_many(
+        &self,
+        docs: Vec<crate::model::Tokenized>,
+        progress: &mut dyn FnMut(usize) -> bool,
+    ) -> Result<Vec<EncodedDocument>> {
         let taps = TapRequest {
             keys: Some(LayerSet::new(
                 self.layers.iter().map(|l| l.layer).collect(),
             )?),
             queries: None,
         };
-        let mut postings: BTreeMap<(u16, u32), Vec<u32>> = BTreeMap::new();
-        let mut encode_seconds = 0.0;
+        let mut postings: Vec<BTreeMap<(u16, u32), Vec<u32>>> = vec![BTreeMap::new(); docs.len()];
+        let mut encode_seconds = vec![0.0; docs.len()];
+        // Tokens of the documents before each one, for progress over all of them.
+        let before: Vec<usize> = docs
+            .iter()
+            .scan(0, |sum, d| {
+                let b = *sum;
+                *sum += d.ids.len();
+                Some(b)
+            })
+            .collect();
         let mut failure: Option<IndexError> = None;
+        let ids: Vec<&[u32]> = docs.iter().map(|d| d.ids.as_slice()).collect();
         let stats = self
             .model
-            .scan(&tokens.ids, &taps, &self.scan, &mut |chunk| {
+            .scan_many(&ids, &taps, &self.scan, &mut |doc, chunk| {
                 let t0 = Instant::now();
                 for tap in &chunk.keys {
                     let Some(code) = self.layers.iter().find(|l| l.layer == tap.layer) else {
                         continue;
                     };
                     if let Err(e) =
-                        self.add_layer(code, chunk.chunk.start, &tap.values, &mut postings)
+                        self.add_layer(code, chunk.chunk.start, &tap.values, &mut postings[doc])
                     {
                         failure = Some(e);
                         return Err(crate::model::ModelError::InvalidScan(
@@ -179,8 +201,8 @@ impl<'a> Encoder<'a> {
                         ));
                     }
                 }
-                encode_seconds += t0.elapsed().as_secs_f64();
-                if progress(chunk.chunk.end) {
+                encode_seconds[doc] += t0.elapsed().as_secs_f64();
+                if progress(before[doc] + chunk.chunk.end) {
                     Ok(())
                 } else {
                     Err(crate::model::ModelError::Aborted)
@@ -190,13 +212,20 @@ impl<'a> Encoder<'a> {
             return Err(e);
         }
         let stats = stats?;
-        Ok(EncodedDocument {
-            offsets: tokens.offsets,
-            postings,
-            tokenize_seconds: 0.0,
-            scan_seconds: stats.model_seconds,
-            encode_seconds,
-        })
+        let total: usize = ids.iter().map(|d| d.len()).sum::<usize>().max(1);
+        Ok(docs
+            .into_iter()
+            .zip(postings)
+            .zip(encode_seconds)
+            .map(|((d, postings), encode_seconds)| EncodedDocument {
+                // The model's time, shared out by tokens.
+                scan_seconds: stats.model_seconds * d.ids.len() as f64 / total as f64,
+                offsets: d.offsets,
+                postings,
+                tokenize_seconds: 0.0,
+                encode_seconds,
+            })
+            .collect())
     }
 
     /// Encodes one layer's keys (`[tokens, kv_heads, d]`) of a chunk starting at `first`.

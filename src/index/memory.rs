@@ -686,12 +686,49 @@ impl Index {
         doc: NewDocument<'_>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Ingested> {
-        self.check_document(encoder, &doc)?;
-        let encoded = encode_document(encoder, &doc, &mut |done, n| {
-            progress(done, n);
+        Ok(self.ingest_many(encoder, vec![doc], progress)?.remove(0))
+    }
+
+    /// Ingests several documents through one scan, so that their windows share the model's
+    /// batches (`--scan-batch`); each is then stored atomically on its own, in order. Every
+    /// document is checked and tokenized before the scan: a bad one stops the call before
+    /// anything is written. `progress` gets (tokens done, tokens in all).
+    pub fn ingest_many(
+        &mut self,
+        encoder: &Encoder<'_>,
+        docs: Vec<NewDocument<'_>>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<Ingested>> {
+        for doc in &docs {
+            self.check_document(encoder, doc)?;
+        }
+        let t0 = Instant::now();
+        let tokens = docs
+            .iter()
+            .map(|doc| {
+                let t = encoder.tokenize(doc.text)?;
+                if t.ids.is_empty() {
+                    return Err(IndexError::InvalidInput(format!(
+                        "document `{}` has no tokens",
+                        doc.id.as_deref().unwrap_or("(new)")
+                    )));
+                }
+                Ok(t)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let tokenize_seconds = t0.elapsed().as_secs_f64();
+        let total: usize = tokens.iter().map(|t| t.ids.len()).sum();
+        let encoded = encoder.encode_many(tokens, &mut |done| {
+            progress(done, total);
             true
         })?;
-        self.store_encoded(encoder, doc, &encoded)
+        docs.into_iter()
+            .zip(encoded)
+            .map(|(doc, mut e)| {
+                e.tokenize_seconds = tokenize_seconds * e.tokens() as f64 / total as f64;
+                self.store_encoded(encoder, doc, &e)
+            })
+            .collect()
     }
 
     /// Checks a document before its scan: its collection, size, id and metadata, and that

@@ -18,7 +18,7 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use candle_core::quantized::gguf_file;
+use candle_core::quantized::{gguf_file, GgmlDType};
 use candle_core::Device;
 use sha2::{Digest, Sha256};
 
@@ -51,6 +51,20 @@ pub struct Model {
 pub const GPU_SCAN_BATCH: usize = 8;
 
 impl Model {
+    /// Loads a GGUF file with the default weight format for it on `device`
+    /// ([`WeightFormat::default_for`]).
+    pub fn load_default(path: &Path, device: &Device) -> Result<(Self, WeightFormat)> {
+        let ct = read_gguf(path)?;
+        let quantized = ct.tensor_infos.values().any(|t| {
+            !matches!(
+                t.ggml_dtype,
+                GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16
+            )
+        });
+        let format = WeightFormat::default_for(device, quantized);
+        Ok((Self::load(path, format, device)?, format))
+    }
+
     /// Loads a GGUF file; weights are held in `format` on `device`.
     pub fn load(path: &Path, format: WeightFormat, device: &Device) -> Result<Self> {
         let io = |source| ModelError::Io {
@@ -160,4 +174,16 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// Returns bytes as lowercase hex (digests).
 pub fn hex_digest(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads a GGUF file's header (metadata and tensor table, not the weights).
+fn read_gguf(path: &Path) -> Result<gguf_file::Content> {
+    let mut reader = BufReader::new(File::open(path).map_err(|source| ModelError::Io {
+        path: path.into(),
+        source,
+    })?);
+    gguf_file::Content::read(&mut reader).map_err(|e| ModelError::Corrupt {
+        path: path.into(),
+        reason: e.to_string(),
+    })
 }

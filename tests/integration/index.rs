@@ -810,3 +810,92 @@ fn index_measure_sizes_and_times() {
         raw as f64 / t
     );
 }
+
+/// Documents scanned together (windows of one and the next sharing a batch) give the same
+/// postings as each scanned alone, and `ingest_many` stores each as `ingest` would.
+#[test]
+fn batched_ingest_of_several_documents_matches_one_by_one() {
+    let f = fixture();
+    let mut batched_model = Model::load(&f.model_path, WeightFormat::F32, &Device::Cpu).unwrap();
+    batched_model.set_scan_batch(3);
+    let batched = Encoder::new(&batched_model, &f.saes, SCAN).unwrap();
+    let single = encoder(f);
+    let texts = [
+        sample_text(11, 700),
+        sample_text(12, 90),
+        sample_text(13, 400),
+    ];
+    let tokens: Vec<_> = texts.iter().map(|t| single.tokenize(t).unwrap()).collect();
+    let mut seen = Vec::new();
+    let many = batched
+        .encode_many(tokens.clone(), &mut |done| {
+            seen.push(done);
+            true
+        })
+        .unwrap();
+    let total: usize = tokens.iter().map(|t| t.ids.len()).sum();
+    assert_eq!(
+        seen.last(),
+        Some(&total),
+        "progress runs over all documents"
+    );
+    assert!(seen.windows(2).all(|w| w[0] <= w[1]));
+    assert_eq!(many.len(), 3);
+    for (t, m) in tokens.into_iter().zip(&many) {
+        let one = single.encode(t, &mut |_| {}).unwrap();
+        assert_eq!(one.offsets, m.offsets);
+        assert_eq!(one.postings, m.postings);
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Index::open(dir.path(), IndexConfig::default()).unwrap();
+    a.create_collection("c").unwrap();
+    let docs = texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| NewDocument {
+            collection: "c",
+            id: Some(format!("d{i}")),
+            meta: Vec::new(),
+            text,
+        })
+        .collect();
+    let out = a.ingest_many(&batched, docs, &mut |_, _| {}).unwrap();
+    assert_eq!(
+        out.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(),
+        ["d0", "d1", "d2"]
+    );
+    let dir_b = tempfile::tempdir().unwrap();
+    let mut b = Index::open(dir_b.path(), IndexConfig::default()).unwrap();
+    b.create_collection("c").unwrap();
+    for (i, text) in texts.iter().enumerate() {
+        ingest(&mut b, &single, &format!("d{i}"), text).unwrap();
+    }
+    for i in 0..3 {
+        let id = format!("d{i}");
+        assert_eq!(a.offsets("c", &id).unwrap(), b.offsets("c", &id).unwrap());
+    }
+    a.commit().unwrap();
+    a.verify().unwrap();
+    // A bad document in the group stops the call before anything is written.
+    let bad = vec![
+        NewDocument {
+            collection: "c",
+            id: Some("fine".into()),
+            meta: Vec::new(),
+            text: "some words",
+        },
+        NewDocument {
+            collection: "c",
+            id: Some("empty".into()),
+            meta: Vec::new(),
+            text: "   ",
+        },
+    ];
+    let e = a.ingest_many(&batched, bad, &mut |_, _| {}).unwrap_err();
+    assert!(e.to_string().contains("empty"), "{e}");
+    assert!(matches!(
+        a.document("c", "fine"),
+        Err(IndexError::UnknownDocument { .. })
+    ));
+}
