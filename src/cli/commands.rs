@@ -55,7 +55,11 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Model(ModelCommand::Info(args)) => {
             let model = load(&args, &models)?;
-            println!("{}", serde_json::to_string_pretty(model.config())?);
+            let mut info = serde_json::to_value(model.config())?;
+            // What full-context inference keeps per token, to set against the index's bytes
+            // per token (`s3mem stats`).
+            info["kv_cache_bytes_per_token_f16"] = model.config().kv_cache_bytes_per_token(2).into();
+            println!("{}", serde_json::to_string_pretty(&info)?);
             Ok(())
         }
         Command::Scan(args) => scan(&args, &models),

@@ -111,7 +111,8 @@ fn cut(doc: &str, tok: &Tokenized, head: usize, tail: usize) -> Cut {
     }
 }
 
-/// Runs `s3mem eval DATASET`.
+/// Runs `s3mem eval DATASET`; the report is rewritten after each question and finished at
+/// the end.
 pub fn run(args: &EvalRunArgs, models: &Path) -> Result<()> {
     let dataset = args
         .dataset
@@ -181,9 +182,11 @@ pub fn run(args: &EvalRunArgs, models: &Path) -> Result<()> {
             runs.push(record);
             bar.inc(1);
         }
+        // The report so far, after each question: a long run stopped early keeps its results.
+        write_report(args, dataset, &model, &runs, ingest_seconds, false)?;
     }
     bar.finish_and_clear();
-    write_report(args, dataset, &model, &runs, ingest_seconds)
+    write_report(args, dataset, &model, &runs, ingest_seconds, true)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -263,6 +266,7 @@ fn write_report(
     model: &Model,
     runs: &[RunRecord],
     ingest_seconds: f64,
+    done: bool,
 ) -> Result<()> {
     let rows = report::summarize(runs);
     let out = &args.out;
@@ -286,6 +290,7 @@ fn write_report(
     );
     let md = format!("{header}{}", report::markdown(&rows));
     let json = json!({
+        "complete": done,
         "dataset": dataset.display().to_string(),
         "model": name,
         "window": model.config().context,
@@ -315,6 +320,9 @@ fn write_report(
         "memory.png",
         &report::memory_chart(runs, &title).to_png(800, 500),
     )?;
+    if !done {
+        return Ok(());
+    }
     if args.json {
         println!("{}", serde_json::to_string(&json)?);
     } else {

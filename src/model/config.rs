@@ -31,6 +31,12 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// Bytes a full-context KV cache holds per token with `bytes_per_value`-byte values: keys
+    /// and values of every layer and KV head.
+    pub fn kv_cache_bytes_per_token(&self, bytes_per_value: usize) -> usize {
+        2 * self.layers * self.kv_heads * self.head_dim * bytes_per_value
+    }
+
     /// Reads the configuration from a GGUF header.
     pub fn from_gguf(ct: &gguf_file::Content, path: &Path) -> Result<Self> {
         let arch_name = string(ct, path, "general.architecture")?;

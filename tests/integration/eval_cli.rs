@@ -60,6 +60,7 @@ fn eval_answers_every_method_and_writes_the_report() {
     let on_disk: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["rows"], on_disk["rows"]);
+    assert_eq!(on_disk["complete"], true);
     let rows = report["rows"].as_array().unwrap();
     let keys: Vec<(String, u64)> = rows
         .iter()

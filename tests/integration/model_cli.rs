@@ -127,3 +127,13 @@ fn scan_with_the_default_sae_set_counts_features() {
     let distinct = v["distinct_features"].as_u64().unwrap();
     assert!(distinct > 16 && distinct <= 3 * 2048, "{v}");
 }
+
+#[test]
+fn model_info_reports_the_shape_and_the_kv_cache_per_token() {
+    let v = run_json(s3mem().args(["model", "info", "--model"]).arg(real_model_path()));
+    assert_eq!(v["arch"], "llama");
+    assert_eq!(v["layers"], 30);
+    assert_eq!(v["kv_heads"], 3);
+    // Keys and values, 30 layers, 3 KV heads of 64 dims, 2 bytes each.
+    assert_eq!(v["kv_cache_bytes_per_token_f16"], 2 * 30 * 3 * 64 * 2);
+}
