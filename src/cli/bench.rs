@@ -1,21 +1,33 @@
-//! `s3mem bench scan`: scan throughput and peak memory, one child process per run.
+//! `s3mem bench scan`: scan throughput and peak memory, one child process per run; with
+//! `--llamacpp`, llama.cpp's full-context prefill of the same text beside it, and with
+//! `--full-prefill`, our own full-context prefill, whose memory grows with the length.
 
+use std::path::Path;
 use std::process::Command;
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
 
 use super::{BenchScanArgs, ModelArgs};
-use crate::model::{fetch, Model, WeightFormat};
+use crate::model::{fetch, GenerateConfig, KvCache, Logits, Model, TapRequest, WeightFormat};
 
 /// Runs every combination of length, chunk and layer set and prints the numbers.
-pub fn scan(args: &BenchScanArgs, models: &std::path::Path) -> Result<()> {
+pub fn scan(args: &BenchScanArgs, models: &Path) -> Result<()> {
+    if let Some(file) = &args.prefill_child {
+        return prefill_child(args, models, file);
+    }
+    if args.pairs == 0 {
+        bail!("--pairs must be at least 1");
+    }
     let model_path = fetch::resolve(&args.model.model, models, true)?;
-    // Only the tokenizer is needed here; the child processes load the model on the device.
+    // Only the tokenizer and the config are needed here; the children load the model.
     let model = Model::load(
         &model_path,
         WeightFormat::Quantized,
         &candle_core::Device::Cpu,
     )?;
+    let context = model.config().context;
     let mut corpus = String::new();
     for p in &args.corpus {
         let text =
@@ -28,8 +40,14 @@ pub fn scan(args: &BenchScanArgs, models: &std::path::Path) -> Result<()> {
         bail!("the benchmark corpus is empty");
     }
     drop(model);
+    let threads = bench_threads();
     let dir = tempfile_dir()?;
     let exe = std::env::current_exe().context("locating the s3mem binary")?;
+    let runs = if args.llamacpp.is_some() {
+        args.pairs
+    } else {
+        1
+    };
     let mut rows = Vec::new();
     for &tokens in &args.tokens {
         // Whole copies of the corpus, then a prefix cut on a token boundary.
@@ -44,21 +62,85 @@ pub fn scan(args: &BenchScanArgs, models: &std::path::Path) -> Result<()> {
         doc.extend(corpus.chars().take(cut_char));
         let file = dir.join(format!("doc-{tokens}.txt"));
         std::fs::write(&file, &doc)?;
-        for &chunk in &args.chunks {
-            for layers in &args.layers {
-                let out = Command::new(&exe)
-                    .args(["scan", "--json", "--chunk", &chunk.to_string()])
-                    .args(["--layers", &layers.to_string()])
-                    .args(model_flags(&args.model, &model_path))
-                    .arg(&file)
-                    .output()
-                    .context("running s3mem scan")?;
-                if !out.status.success() {
-                    bail!("scan failed: {}", String::from_utf8_lossy(&out.stderr));
+        let fits = tokens <= context;
+        let first_row = rows.len();
+        for pair in 1..=runs {
+            let pair_start = rows.len();
+            for &chunk in &args.chunks {
+                for layers in &args.layers {
+                    let load = load_average();
+                    let out = Command::new(&exe)
+                        .args(["--threads", &threads.to_string()])
+                        .args(["scan", "--json", "--chunk", &chunk.to_string()])
+                        .args(["--layers", &layers.to_string()])
+                        .args(model_flags(&args.model, &model_path))
+                        .arg(&file)
+                        .envs(thread_env(threads))
+                        .output()
+                        .context("running s3mem scan")?;
+                    if !out.status.success() {
+                        bail!("scan failed: {}", String::from_utf8_lossy(&out.stderr));
+                    }
+                    let mut v: Value = serde_json::from_slice(&out.stdout)?;
+                    v["threads"] = json!(threads);
+                    v["load_average_before"] = json!(load);
+                    if args.llamacpp.is_some() {
+                        v["pair"] = json!(pair);
+                    }
+                    eprintln!("{v}");
+                    rows.push(v);
                 }
-                let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-                eprintln!("{v}");
-                rows.push(v);
+            }
+            let Some(python) = &args.llamacpp else {
+                continue;
+            };
+            let llama = if fits {
+                let load = load_average();
+                let mut l =
+                    super::bench_llamacpp::prefill(python, &model_path, &file, tokens, threads)?;
+                l["load_average_before"] = json!(load);
+                eprintln!("llama.cpp pair {pair}: {l}");
+                l
+            } else {
+                json!({ "skipped": format!(
+                    "{tokens} tokens exceed the model's context of {context}: no full-context prefill"
+                ) })
+            };
+            for v in &mut rows[pair_start..] {
+                if let (Some(ours), Some(theirs)) =
+                    (v["tokens_per_s"].as_f64(), llama["tokens_per_s"].as_f64())
+                {
+                    v["ratio_vs_llamacpp"] = json!(ours / theirs);
+                }
+                v["llamacpp"] = llama.clone();
+            }
+        }
+        if args.full_prefill {
+            let full = if fits {
+                let load = load_average();
+                let out = Command::new(&exe)
+                    .args(["--threads", &threads.to_string()])
+                    .args(["bench", "scan", "--prefill-child"])
+                    .arg(&file)
+                    .args(["--prefill-tokens", &tokens.to_string()])
+                    .args(model_flags(&args.model, &model_path))
+                    .envs(thread_env(threads))
+                    .output()
+                    .context("running the full-context prefill")?;
+                if !out.status.success() {
+                    bail!("prefill failed: {}", String::from_utf8_lossy(&out.stderr));
+                }
+                let mut v: Value = serde_json::from_slice(&out.stdout)?;
+                v["load_average_before"] = json!(load);
+                eprintln!("full prefill: {v}");
+                v
+            } else {
+                json!({ "skipped": format!(
+                    "{tokens} tokens exceed the model's context of {context}"
+                ) })
+            };
+            for v in &mut rows[first_row..] {
+                v["full_prefill"] = full.clone();
             }
         }
     }
@@ -67,19 +149,193 @@ pub fn scan(args: &BenchScanArgs, models: &std::path::Path) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
     }
-    println!("| tokens | chunk | layers | weights | tokens/s | peak RSS (MB) |");
-    println!("|---:|---:|---|---|---:|---:|");
-    for v in &rows {
+    print_table(args, &rows, threads, context);
+    Ok(())
+}
+
+/// The thread count both sides get: the global `--threads` (which sets `RAYON_NUM_THREADS`
+/// before any command runs), else the cores this process may use.
+fn bench_threads() -> usize {
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The 1-minute load average (Linux), recorded before each run: on a shared machine it says
+/// how much the number can be trusted.
+fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// candle's gemm and its rayon pool read `RAYON_NUM_THREADS`, its quantized kernels'
+/// barrier pool `CANDLE_NUM_THREADS` (default: physical cores); the child's `--threads` sets
+/// both too, this only makes it explicit.
+fn thread_env(threads: usize) -> [(&'static str, String); 2] {
+    [
+        ("RAYON_NUM_THREADS", threads.to_string()),
+        ("CANDLE_NUM_THREADS", threads.to_string()),
+    ]
+}
+
+fn mb(v: &Value) -> String {
+    v.as_f64()
+        .map_or("n/a".into(), |b| format!("{:.0}", b / 1e6))
+}
+
+fn rate(v: &Value) -> String {
+    v.as_f64().map_or("n/a".into(), |r| format!("{r:.1}"))
+}
+
+fn print_table(args: &BenchScanArgs, rows: &[Value], threads: usize, context: usize) {
+    print!(
+        "threads: {threads} (s3mem children: --threads {threads}, RAYON_NUM_THREADS = \
+         CANDLE_NUM_THREADS = {threads}"
+    );
+    if args.llamacpp.is_some() {
+        println!("; llama.cpp: n_threads = n_threads_batch = {threads})");
+    } else {
+        println!(")");
+    }
+    if args.llamacpp.is_some() {
+        if let Some(l) = rows.iter().find_map(|v| {
+            v["llamacpp"]["system_info"]
+                .as_str()
+                .map(|_| &v["llamacpp"])
+        }) {
+            println!(
+                "llama.cpp: llama-cpp-python {}, {}",
+                l["version"].as_str().unwrap_or("?"),
+                l["system_info"].as_str().unwrap_or_default()
+            );
+        }
         println!(
-            "| {} | {} | {} | {} | {:.1} | {:.0} |",
-            v["tokens"],
-            v["chunk"],
-            v["layers"].as_str().unwrap_or_default(),
-            v["weights"].as_str().unwrap_or_default(),
-            v["tokens_per_s"].as_f64().unwrap_or_default(),
-            v["peak_rss_bytes"].as_f64().unwrap_or_default() / 1e6,
+            "llama.cpp: Llama(n_ctx = tokens + 16, n_batch = n_ubatch = 512, logits_all = False), \
+             timed llm.eval(tokens): a full-context prefill with the KV cache, same GGUF file, \
+             same text cut to the same length with llama.cpp's tokenizer; n/a past the model's \
+             context ({context} tokens). ratio = s3mem tokens/s / llama.cpp tokens/s."
         );
     }
+    if args.full_prefill {
+        println!(
+            "full prefill: our model, all layers, KV cache, chunks of 512 (the generate path), \
+             one child process per length up to the context ({context} tokens)."
+        );
+    }
+    println!(
+        "load: the 1-minute load average before each run is in the --json output \
+         (load_average_before)."
+    );
+    println!();
+    let llama = args.llamacpp.is_some();
+    let mut head = vec!["tokens", "chunk", "layers", "weights"];
+    if llama {
+        head.push("pair");
+    }
+    head.extend(["s3mem scan tokens/s", "scan peak RSS (MB)"]);
+    if llama {
+        head.extend([
+            "llama.cpp prefill tokens/s",
+            "llama.cpp peak RSS (MB)",
+            "ratio",
+        ]);
+    }
+    if args.full_prefill {
+        head.extend(["s3mem full prefill tokens/s", "full prefill peak RSS (MB)"]);
+    }
+    println!("| {} |", head.join(" | "));
+    let align: Vec<&str> = head
+        .iter()
+        .map(|h| {
+            if matches!(*h, "layers" | "weights") {
+                "---"
+            } else {
+                "---:"
+            }
+        })
+        .collect();
+    println!("|{}|", align.join("|"));
+    for v in rows {
+        let mut cells = vec![
+            v["tokens"].to_string(),
+            v["chunk"].to_string(),
+            v["layers"].as_str().unwrap_or_default().to_string(),
+            v["weights"].as_str().unwrap_or_default().to_string(),
+        ];
+        if llama {
+            cells.push(v["pair"].to_string());
+        }
+        cells.extend([rate(&v["tokens_per_s"]), mb(&v["peak_rss_bytes"])]);
+        if llama {
+            cells.extend([
+                rate(&v["llamacpp"]["tokens_per_s"]),
+                mb(&v["llamacpp"]["peak_rss_bytes"]),
+                v["ratio_vs_llamacpp"]
+                    .as_f64()
+                    .map_or("n/a".into(), |r| format!("{r:.2}")),
+            ]);
+        }
+        if args.full_prefill {
+            cells.extend([
+                rate(&v["full_prefill"]["tokens_per_s"]),
+                mb(&v["full_prefill"]["peak_rss_bytes"]),
+            ]);
+        }
+        println!("| {} |", cells.join(" | "));
+    }
+}
+
+/// The hidden `--prefill-child FILE`: one full-context prefill of the file's first
+/// `--prefill-tokens` tokens through all layers with the KV cache, in chunks of the generate
+/// path's prefill size, as generation prefills a prompt; prints one JSON object.
+fn prefill_child(args: &BenchScanArgs, models: &Path, file: &Path) -> Result<()> {
+    let model = super::commands::load(&args.model, models)?;
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    let mut ids = model.tokenizer().encode_ids(&text)?;
+    if args.prefill_tokens > 0 {
+        ids.truncate(args.prefill_tokens);
+    }
+    if ids.is_empty() {
+        bail!("the document is empty");
+    }
+    let chunk = GenerateConfig::default().prefill_chunk;
+    let taps = TapRequest::default();
+    let mut cache = KvCache::default();
+    let t0 = Instant::now();
+    let mut logits = None;
+    for piece in ids.chunks(chunk) {
+        let out = model
+            .transformer()
+            .forward(piece, Some(&mut cache), &taps, Logits::Last)?;
+        logits = out.logits;
+    }
+    // Bring the last logits to the host, so a device has finished its work.
+    let next = match logits {
+        Some(l) => crate::model::argmax_rows(&l)?.first().copied(),
+        None => None,
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({
+            "tokens": ids.len(),
+            "seconds": secs,
+            "tokens_per_s": ids.len() as f64 / secs,
+            "peak_rss_bytes": super::peak_rss_bytes(),
+            "prefill_chunk": chunk,
+            "kv_cache_tokens": cache.len(),
+            "layers": model.config().layers,
+            "weights": model.transformer().weight_format(),
+            "next_token": next,
+        })
+    );
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 
 mod ask;
 mod bench;
+mod bench_llamacpp;
 mod bench_random;
 pub mod client;
 mod commands;
@@ -533,6 +534,25 @@ pub struct BenchScanArgs {
     /// Print one JSON array instead of a Markdown table.
     #[arg(long)]
     pub json: bool,
+    /// A Python with `llama_cpp` importable: per length, also prefill the same text with
+    /// llama.cpp from the same GGUF file (full context, KV cache, batches of 512), in pairs
+    /// interleaved with the scans. Both sides get the global `--threads` (default: the
+    /// available cores). Lengths past the model's context have no llama.cpp number.
+    #[arg(long, value_name = "PYTHON")]
+    pub llamacpp: Option<PathBuf>,
+    /// Scan / llama.cpp pairs per length (with `--llamacpp`; otherwise one scan each).
+    #[arg(long, default_value_t = 2)]
+    pub pairs: usize,
+    /// Per length up to the model's context, also measure our full-context prefill (all
+    /// layers, KV cache, chunks of 512) in a child process: its speed and peak RSS.
+    #[arg(long)]
+    pub full_prefill: bool,
+    /// Internal: run one full-context prefill of this file and print its JSON.
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub prefill_child: Option<PathBuf>,
+    /// Internal: the prefill child's length in tokens.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub prefill_tokens: usize,
     #[command(flatten)]
     pub random: bench_random::RandomArgs,
 }
