@@ -145,6 +145,12 @@ pub fn scan(args: &BenchScanArgs, models: &Path) -> Result<()> {
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
+    if let Some(path) = &args.plot {
+        memory_chart(&rows, &model_path.display().to_string())
+            .save_png(path, 800, 500)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(());
@@ -448,4 +454,85 @@ pub fn retrieve(args: &super::BenchRetrieveArgs, models: &std::path::Path) -> Re
         );
     }
     Ok(())
+}
+
+/// Peak RSS against document length: the scan per layer set, our full-context prefill and
+/// llama.cpp's, from the rows measured.
+fn memory_chart(rows: &[Value], model: &str) -> crate::eval::plot::Chart {
+    use crate::eval::plot::{Chart, Series};
+    let mut series: Vec<Series> = Vec::new();
+    let mut add = |label: String, tokens: &Value, bytes: &Value| {
+        let (Some(t), Some(b)) = (tokens.as_f64(), bytes.as_f64()) else {
+            return;
+        };
+        let point = (t, b / 1e6);
+        match series.iter_mut().find(|s| s.label == label) {
+            Some(s) if !s.points.contains(&point) => s.points.push(point),
+            Some(_) => {}
+            None => series.push(Series {
+                label,
+                points: vec![point],
+            }),
+        }
+    };
+    for v in rows {
+        let layers = v["layers"].as_str().unwrap_or("?");
+        add(
+            format!("scan, layers {layers}"),
+            &v["tokens"],
+            &v["peak_rss_bytes"],
+        );
+        add(
+            "full prefill (ours)".into(),
+            &v["full_prefill"]["tokens"],
+            &v["full_prefill"]["peak_rss_bytes"],
+        );
+        add(
+            "llama.cpp prefill".into(),
+            &v["llamacpp"]["tokens"],
+            &v["llamacpp"]["peak_rss_bytes"],
+        );
+    }
+    let name = std::path::Path::new(model)
+        .file_name()
+        .map_or(model.to_string(), |n| n.to_string_lossy().into_owned());
+    Chart {
+        title: format!("{name}: peak RSS vs document length (CPU)"),
+        x_label: "document tokens".into(),
+        y_label: "peak RSS MB".into(),
+        log_x: true,
+        log_y: false,
+        series,
+    }
+}
+
+#[cfg(test)]
+mod chart_tests {
+    use super::*;
+
+    #[test]
+    fn memory_chart_has_a_line_per_measurement_kind() {
+        let rows = vec![
+            json!({"tokens": 2048, "layers": "8,16,24", "peak_rss_bytes": 781e6,
+                   "full_prefill": {"tokens": 2048, "peak_rss_bytes": 956e6},
+                   "llamacpp": {"tokens": 2048, "peak_rss_bytes": 285e6}}),
+            json!({"tokens": 2048, "layers": "8,16,24", "peak_rss_bytes": 782e6,
+                   "full_prefill": {"tokens": 2048, "peak_rss_bytes": 956e6}}),
+            json!({"tokens": 32768, "layers": "8,16,24", "peak_rss_bytes": 799e6}),
+        ];
+        let c = memory_chart(&rows, "/m/SmolLM2.gguf");
+        assert!(c.title.starts_with("SmolLM2.gguf"));
+        let labels: Vec<&str> = c.series.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "scan, layers 8,16,24",
+                "full prefill (ours)",
+                "llama.cpp prefill"
+            ]
+        );
+        assert_eq!(c.series[0].points.len(), 3);
+        // The repeated full-prefill measurement is drawn once.
+        assert_eq!(c.series[1].points, vec![(2048.0, 956.0)]);
+    }
 }

@@ -58,7 +58,8 @@ pub fn run(cli: Cli) -> Result<()> {
             let mut info = serde_json::to_value(model.config())?;
             // What full-context inference keeps per token, to set against the index's bytes
             // per token (`s3mem stats`).
-            info["kv_cache_bytes_per_token_f16"] = model.config().kv_cache_bytes_per_token(2).into();
+            info["kv_cache_bytes_per_token_f16"] =
+                model.config().kv_cache_bytes_per_token(2).into();
             println!("{}", serde_json::to_string_pretty(&info)?);
             Ok(())
         }

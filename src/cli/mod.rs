@@ -547,6 +547,9 @@ pub struct BenchScanArgs {
     /// layers, KV cache, chunks of 512) in a child process: its speed and peak RSS.
     #[arg(long)]
     pub full_prefill: bool,
+    /// Also draw peak RSS against document length (scan, full prefill, llama.cpp) as a PNG.
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
     /// Internal: run one full-context prefill of this file and print its JSON.
     #[arg(long, hide = true, value_name = "FILE")]
     pub prefill_child: Option<PathBuf>,

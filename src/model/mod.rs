@@ -29,7 +29,7 @@ pub use error::{ModelError, Result};
 pub use generate::{GenerateConfig, Generation, StopReason};
 pub use random::{random_tokens, RandomShape};
 pub use scan::{scan_documents, ChunkTaps, ScanConfig, ScanStats, WindowPlan};
-pub use tokenizer::{StreamDecoder, TextTokenizer, Tokenized};
+pub use tokenizer::{StreamDecoder, TextTokenizer, Tokenized, ENCODE_PIECE_BYTES};
 pub use transformer::{
     argmax_rows, ForwardOutput, KvCache, LayerSet, LayerTap, Logits, TapRequest, Transformer,
     WeightFormat,

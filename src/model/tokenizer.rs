@@ -31,6 +31,31 @@ pub struct Tokenized {
     pub offsets: Vec<(usize, usize)>,
 }
 
+/// Bytes of text the tokenizer encodes at once at most, where the text has line starts to cut
+/// at (see [`TextTokenizer::encode`]).
+pub const ENCODE_PIECE_BYTES: usize = 1 << 16;
+
+/// Returns where the piece of `text` starting at byte `start` ends: the text's end if that is
+/// within `max` bytes, else the last line start (just after a `\n` that a non-whitespace char
+/// follows) in the second half of the next `max` bytes, else the text's end.
+fn piece_end(text: &str, start: usize, max: usize) -> usize {
+    if text.len() - start <= max {
+        return text.len();
+    }
+    let bytes = text.as_bytes();
+    let lo = start + max / 2;
+    let mut i = start + max;
+    debug_assert!(i < text.len());
+    while i > lo {
+        // bytes[i - 1] == b'\n' makes i a char boundary (UTF-8 never reuses ASCII bytes).
+        if bytes[i - 1] == b'\n' && text[i..].chars().next().is_some_and(|c| !c.is_whitespace()) {
+            return i;
+        }
+        i -= 1;
+    }
+    text.len()
+}
+
 /// A model's tokenizer.
 pub struct TextTokenizer {
     inner: Tokenizer,
@@ -129,18 +154,37 @@ impl TextTokenizer {
     }
 
     /// Encodes plain text (no special tokens) with char offsets per token.
+    ///
+    /// Long text is encoded in pieces of about [`ENCODE_PIECE_BYTES`] cut at line starts
+    /// (where every supported pre-tokenizer splits anyway, so the tokens are the same): the
+    /// tokenizer's per-token working set (token strings, words, masks) then stays bounded,
+    /// and only IDs and offsets grow with the document.
     pub fn encode(&self, text: &str) -> Result<Tokenized> {
-        if text.is_empty() {
-            return Ok(Tokenized::default());
+        self.encode_in_pieces(text, ENCODE_PIECE_BYTES)
+    }
+
+    /// Encodes like [`TextTokenizer::encode`] with pieces of about `max_piece_bytes` (the
+    /// tokens do not depend on it; `usize::MAX` encodes the text at once).
+    pub fn encode_in_pieces(&self, text: &str, max_piece_bytes: usize) -> Result<Tokenized> {
+        let mut out = Tokenized::default();
+        let (mut start, mut start_char) = (0, 0);
+        while start < text.len() {
+            let end = piece_end(text, start, max_piece_bytes);
+            let piece = &text[start..end];
+            let enc = self
+                .inner
+                .encode_char_offsets(piece, false)
+                .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+            out.ids.extend_from_slice(enc.get_ids());
+            out.offsets.extend(
+                enc.get_offsets()
+                    .iter()
+                    .map(|&(a, b)| (a + start_char, b + start_char)),
+            );
+            start_char += piece.chars().count();
+            start = end;
         }
-        let enc = self
-            .inner
-            .encode_char_offsets(text, false)
-            .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
-        Ok(Tokenized {
-            ids: enc.get_ids().to_vec(),
-            offsets: enc.get_offsets().to_vec(),
-        })
+        Ok(out)
     }
 
     /// Encodes plain text, returning IDs only.

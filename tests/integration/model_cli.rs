@@ -130,7 +130,11 @@ fn scan_with_the_default_sae_set_counts_features() {
 
 #[test]
 fn model_info_reports_the_shape_and_the_kv_cache_per_token() {
-    let v = run_json(s3mem().args(["model", "info", "--model"]).arg(real_model_path()));
+    let v = run_json(
+        s3mem()
+            .args(["model", "info", "--model"])
+            .arg(real_model_path()),
+    );
     assert_eq!(v["arch"], "llama");
     assert_eq!(v["layers"], 30);
     assert_eq!(v["kv_heads"], 3);

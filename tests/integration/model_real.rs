@@ -188,6 +188,32 @@ fn generation_stops_when_the_caller_says_so() {
     assert_eq!(pieces, 3);
 }
 
+/// Text encoded in pieces cut at line starts gives the tokens and offsets of the text encoded
+/// at once, for both pre-tokenizers (SmolLM2's and Qwen2's), including text with no line start
+/// to cut at.
+fn check_piecewise_encoding(tok: &s3mem::model::TextTokenizer) {
+    let gpl = std::fs::read_to_string("/usr/share/common-licenses/GPL-3").unwrap();
+    let mixed = format!("{gpl}\n  indented line\n\n12345 naïve 🦀\r\nend{gpl}");
+    let one_line = "word ".repeat(3000);
+    for text in [mixed.as_str(), one_line.as_str()] {
+        let whole = tok.encode_in_pieces(text, usize::MAX).unwrap();
+        for piece in [1000, 4096, s3mem::model::ENCODE_PIECE_BYTES] {
+            let cut = tok.encode_in_pieces(text, piece).unwrap();
+            assert_eq!(cut.ids, whole.ids, "piece {piece}");
+            assert_eq!(cut.offsets, whole.offsets, "piece {piece}");
+        }
+    }
+}
+
+#[test]
+fn encoding_in_pieces_changes_no_token() {
+    check_piecewise_encoding(real_model().tokenizer());
+    let dir = s3mem::model::fetch::models_dir(None);
+    let path = s3mem::model::fetch::resolve("qwen2.5-coder-0.5b", &dir, true).unwrap();
+    let qwen = Model::load(&path, WeightFormat::Quantized, &Device::Cpu).unwrap();
+    check_piecewise_encoding(qwen.tokenizer());
+}
+
 /// The qwen2 architecture on the real Qwen2.5-Coder-0.5B-Instruct (Q4_K_M), fetched if missing.
 #[test]
 fn qwen2_matches_candle_and_answers() {
