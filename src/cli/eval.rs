@@ -184,6 +184,7 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
             weights: args.fusion_weights.unwrap_or(defaults.fusion.weights),
             shares: args.fusion_shares.unwrap_or(defaults.fusion.shares),
             rrf_k: args.rrf_k.unwrap_or(defaults.fusion.rrf_k),
+            rerank: args.rerank.unwrap_or(defaults.fusion.rerank),
         },
         ..defaults
     };

@@ -264,6 +264,9 @@ pub struct RecallArgs {
     /// Reciprocal-rank fusion constant.
     #[arg(long)]
     pub rrf_k: Option<f32>,
+    /// Weight of the S3 density rank when hybrid re-ranks BM25 passages (0: off).
+    #[arg(long)]
+    pub rerank: Option<f32>,
     /// Budget shares filled first, s3,bm25,bias.
     #[arg(long, value_parser = parse_triple)]
     pub fusion_shares: Option<[f32; 3]>,

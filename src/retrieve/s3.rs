@@ -67,6 +67,23 @@ pub struct S3Outcome {
     pub top_smoothed: Vec<ScoredToken>,
     /// Milliseconds per stage.
     pub timings_ms: BTreeMap<String, f64>,
+    /// The smoothed density of the scored regions: (scope document, token range, density).
+    pub density: Vec<(usize, Range<usize>, Vec<f32>)>,
+}
+
+impl S3Outcome {
+    /// The highest smoothed density inside a document's token range (0 where nothing scored).
+    pub fn peak_density(&self, doc: usize, tokens: &Range<usize>) -> f32 {
+        self.density
+            .iter()
+            .filter(|(d, r, _)| *d == doc && r.start < tokens.end && tokens.start < r.end)
+            .flat_map(|(_, r, v)| {
+                let lo = tokens.start.max(r.start) - r.start;
+                let hi = tokens.end.min(r.end) - r.start;
+                v[lo..hi].iter().copied()
+            })
+            .fold(0.0, f32::max)
+    }
 }
 
 /// A run of positions of one document that is scored per token.
@@ -357,6 +374,10 @@ pub fn retrieve(
         });
     }
     out.features = weighted.into_iter().map(|(_, w)| w).collect();
+    out.density = regions
+        .into_iter()
+        .map(|r| (r.doc, r.tokens, r.smooth))
+        .collect();
     lap("nms", &mut out);
     Ok(out)
 }
