@@ -101,14 +101,19 @@ fn cut(doc: &str, tok: &Tokenized, head: usize, tail: usize) -> Cut {
     } else {
         tok.offsets[head - 1].1
     };
-    let b = tok.offsets[n - tail].0;
+    let b = if tail == 0 {
+        chars
+    } else {
+        tok.offsets[n - tail].0
+    };
     let byte = |c: usize| doc.char_indices().nth(c).map_or(doc.len(), |(i, _)| i);
     let mut text = doc[..byte(a)].to_string();
     text.push_str(&doc[byte(b)..]);
-    Cut {
-        text,
-        ranges: vec![(0, a), (b, chars)],
-    }
+    let ranges = [(0, a), (b, chars)]
+        .into_iter()
+        .filter(|(s, e)| s < e)
+        .collect();
+    Cut { text, ranges }
 }
 
 /// Runs `s3mem eval DATASET`; the report is rewritten after each question and finished at
@@ -354,6 +359,11 @@ mod tests {
         assert_eq!(whole.ranges, vec![(0, 11)]);
         let tail_only = cut(doc, &tok, 0, 2);
         assert_eq!(tail_only.text, " ef gh");
+        assert_eq!(tail_only.ranges, vec![(5, 11)]);
+        // A budget of no more than the sink keeps the head alone.
+        let head_only = cut(doc, &tok, 2, 0);
+        assert_eq!(head_only.text, "ab cd");
+        assert_eq!(head_only.ranges, vec![(0, 5)]);
     }
 
     #[test]
