@@ -639,6 +639,18 @@ async fn grpc_full_queue_cancelled_ingests_and_reads_during_a_scan() {
     )
     .await
     .unwrap();
+    let ingest_queue = |s: &pb::StatsResponse| {
+        s.queues
+            .iter()
+            .find(|q| q.name == "ingest")
+            .cloned()
+            .unwrap()
+    };
+    // The worker counts a job as running until just after its reply: wait until the short
+    // ingest is off the books, so that `running == 1` below means the long one.
+    while ingest_queue(&c.stats(pb::StatsRequest {}).await.unwrap().into_inner()).running != 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // A long document (several windows) keeps the only scan thread busy.
     let long = town_text(120);
     let mut busy_client = c.clone();
@@ -650,13 +662,6 @@ async fn grpc_full_queue_cancelled_ingests_and_reads_during_a_scan() {
         )
         .await
     });
-    let ingest_queue = |s: &pb::StatsResponse| {
-        s.queues
-            .iter()
-            .find(|q| q.name == "ingest")
-            .cloned()
-            .unwrap()
-    };
     loop {
         let s = c.stats(pb::StatsRequest {}).await.unwrap().into_inner();
         if ingest_queue(&s).running == 1 {
