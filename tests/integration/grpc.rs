@@ -1180,6 +1180,18 @@ fn grpc_sigkill_mid_ingest_keeps_acknowledged_documents() {
         )
         .await
         .unwrap();
+        // The acknowledged ingest leaves the queue's books just after its reply.
+        while c
+            .stats(pb::StatsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .queues
+            .iter()
+            .any(|q| q.name == "ingest" && q.running != 0)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let mut busy = c.clone();
         let long = town_text(120);
         let _scan = tokio::spawn(async move {
