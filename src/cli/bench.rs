@@ -466,13 +466,9 @@ fn memory_chart(rows: &[Value], model: &str) -> crate::eval::plot::Chart {
             return;
         };
         let point = (t, b / 1e6);
-        match series.iter_mut().find(|s| s.label == label) {
-            Some(s) if !s.points.contains(&point) => s.points.push(point),
-            Some(_) => {}
-            None => series.push(Series {
-                label,
-                points: vec![point],
-            }),
+        let s = Series::named(&mut series, &label);
+        if !s.points.contains(&point) {
+            s.points.push(point);
         }
     };
     for v in rows {

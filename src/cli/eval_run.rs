@@ -26,6 +26,11 @@ const SEAM_SLACK: usize = 8;
 /// score short answers, as LongBench's prompts ask for.
 const SHORT_ANSWER: &str = "Answer with the answer only, in a few words.";
 
+/// The question as the model is asked it (retrieval uses `item.input` alone).
+fn asked(item: &EvalItem) -> String {
+    format!("{}\n{SHORT_ANSWER}", item.input)
+}
+
 /// How one run builds its context.
 #[derive(Debug, Clone, Copy)]
 enum Plan {
@@ -158,8 +163,7 @@ pub fn run(args: &EvalRunArgs, models: &Path) -> Result<()> {
     let mut runs = Vec::new();
     for item in &items {
         let tok = model.tokenizer().encode(&item.context)?;
-        let overhead =
-            answer::prompt(&model, Some(""), &format!("{}\n{SHORT_ANSWER}", item.input))?.len();
+        let overhead = answer::prompt(&model, Some(""), &asked(item))?.len();
         let window = model.config().context;
         let room = window
             .checked_sub(overhead + args.max_new_tokens + SEAM_SLACK)
@@ -237,8 +241,9 @@ fn run_one(
         }
     };
     let context_ms = t.elapsed().as_secs_f64() * 1e3;
-    let question = format!("{}\n{SHORT_ANSWER}", item.input);
-    let a = answer::answer_prompt(model, context.as_deref(), &question, config, &mut |_| true)?;
+    let a = answer::answer_prompt(model, context.as_deref(), &asked(item), config, &mut |_| {
+        true
+    })?;
     let context_tokens = match &context {
         Some(c) => model.tokenizer().encode_ids(c)?.len(),
         None => 0,

@@ -16,6 +16,23 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
+impl Series {
+    /// Returns the series labelled `label` in `series`, appending an empty one if there is none
+    /// (legend order is first appearance).
+    pub fn named<'a>(series: &'a mut Vec<Series>, label: &str) -> &'a mut Series {
+        match series.iter().position(|s| s.label == label) {
+            Some(i) => &mut series[i],
+            None => {
+                series.push(Series {
+                    label: label.to_string(),
+                    points: Vec::new(),
+                });
+                series.last_mut().expect("just pushed")
+            }
+        }
+    }
+}
+
 /// A line chart.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Chart {

@@ -177,13 +177,7 @@ pub fn score_chart(rows: &[SummaryRow], title: &str) -> Chart {
         } else {
             vec![(r.budget as f64, 100.0 * r.f1)]
         };
-        match series.iter_mut().find(|s| s.label == r.method) {
-            Some(s) => s.points.extend(points),
-            None => series.push(Series {
-                label: r.method.clone(),
-                points,
-            }),
-        }
+        Series::named(&mut series, &r.method).points.extend(points);
     }
     Chart {
         title: title.to_string(),
@@ -208,13 +202,7 @@ pub fn memory_chart(runs: &[RunRecord], title: &str) -> Chart {
             format!("{}@{}", r.method, r.budget)
         };
         let point = (r.doc_tokens as f64, bytes as f64 / 1e6);
-        match series.iter_mut().find(|s| s.label == label) {
-            Some(s) => s.points.push(point),
-            None => series.push(Series {
-                label,
-                points: vec![point],
-            }),
-        }
+        Series::named(&mut series, &label).points.push(point);
     }
     for s in &mut series {
         s.points.sort_by(|a, b| a.0.total_cmp(&b.0));

@@ -251,19 +251,28 @@ pub fn encode_document(
     doc: &NewDocument<'_>,
     progress: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Result<EncodedDocument> {
-    let id_for_errors = doc.id.as_deref().unwrap_or("(new)");
     let t0 = Instant::now();
-    let tokens = encoder.tokenize(doc.text)?;
+    let tokens = tokenize_document(encoder, doc)?;
     let tokenize_seconds = t0.elapsed().as_secs_f64();
     let n = tokens.ids.len();
-    if n == 0 {
-        return Err(IndexError::InvalidInput(format!(
-            "document `{id_for_errors}` has no tokens"
-        )));
-    }
     let mut encoded = encoder.encode_until(tokens, &mut |done| progress(done, n))?;
     encoded.tokenize_seconds = tokenize_seconds;
     Ok(encoded)
+}
+
+/// Tokenizes a document, refusing one that has no tokens.
+fn tokenize_document(
+    encoder: &Encoder<'_>,
+    doc: &NewDocument<'_>,
+) -> Result<crate::model::Tokenized> {
+    let tokens = encoder.tokenize(doc.text)?;
+    if tokens.ids.is_empty() {
+        return Err(IndexError::InvalidInput(format!(
+            "document `{}` has no tokens",
+            doc.id.as_deref().unwrap_or("(new)")
+        )));
+    }
+    Ok(tokens)
 }
 
 impl Index {
@@ -705,16 +714,7 @@ impl Index {
         let t0 = Instant::now();
         let tokens = docs
             .iter()
-            .map(|doc| {
-                let t = encoder.tokenize(doc.text)?;
-                if t.ids.is_empty() {
-                    return Err(IndexError::InvalidInput(format!(
-                        "document `{}` has no tokens",
-                        doc.id.as_deref().unwrap_or("(new)")
-                    )));
-                }
-                Ok(t)
-            })
+            .map(|doc| tokenize_document(encoder, doc))
             .collect::<Result<Vec<_>>>()?;
         let tokenize_seconds = t0.elapsed().as_secs_f64();
         let total: usize = tokens.iter().map(|t| t.ids.len()).sum();

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::common::s3mem;
+use crate::common::{run_json, s3mem};
 
 fn licence(name: &str, chars: std::ops::Range<usize>) -> String {
     let text = std::fs::read_to_string(Path::new("/usr/share/common-licenses").join(name))
@@ -34,29 +34,23 @@ fn eval_answers_every_method_and_writes_the_report() {
     let dir = tempfile::tempdir().unwrap();
     let set = dataset(dir.path());
     let out_dir = dir.path().join("report");
-    let out = s3mem()
-        .args(["eval", "--data-dir"])
-        .arg(dir.path().join("data"))
-        .args([
-            "--methods",
-            "full,window,bm25,hybrid,closed-book",
-            "--budgets",
-            "96",
-            "--max-new-tokens",
-            "6",
-            "--json",
-            "--out",
-        ])
-        .arg(&out_dir)
-        .arg(&set)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let report = run_json(
+        s3mem()
+            .args(["eval", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args([
+                "--methods",
+                "full,window,bm25,hybrid,closed-book",
+                "--budgets",
+                "96",
+                "--max-new-tokens",
+                "6",
+                "--json",
+                "--out",
+            ])
+            .arg(&out_dir)
+            .arg(&set),
     );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let on_disk: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["rows"], on_disk["rows"]);
