@@ -395,9 +395,9 @@ pub fn retrieve(args: &super::BenchRetrieveArgs, models: &std::path::Path) -> Re
     }
     let retriever = Retriever::new(&model, &saes, RetrieveConfig::default())?;
     println!(
-        "| collection tokens | documents | retrieve p50 ms | retrieve p99 ms | question forward p50 ms |"
+        "| collection tokens | documents | disk B/token | store s | retrieve p50 ms | retrieve p99 ms | question forward p50 ms |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     let mut copy = 0usize;
     for &target in &args.tokens {
         let have = |index: &Index| -> Result<u64> {
@@ -407,6 +407,7 @@ pub fn retrieve(args: &super::BenchRetrieveArgs, models: &std::path::Path) -> Re
                 .find(|c| c.name == args.collection)
                 .map_or(0, |c| c.tokens))
         };
+        let stored_from = std::time::Instant::now();
         while have(&index)? < target as u64 {
             for (name, text, encoded) in &corpus {
                 index.store_encoded(
@@ -423,6 +424,7 @@ pub fn retrieve(args: &super::BenchRetrieveArgs, models: &std::path::Path) -> Re
             copy += 1;
         }
         index.commit()?;
+        let store_seconds = stored_from.elapsed().as_secs_f64();
         let docs = index.documents(&args.collection)?.len();
         let (mut lat, mut fwd) = (Vec::new(), Vec::new());
         for run in 0..args.runs {
@@ -445,9 +447,10 @@ pub fn retrieve(args: &super::BenchRetrieveArgs, models: &std::path::Path) -> Re
             v.sort_by(f64::total_cmp);
             v[((v.len() - 1) as f64 * p).round() as usize]
         };
+        let tokens = have(&index)?;
         println!(
-            "| {} | {docs} | {:.1} | {:.1} | {:.1} |",
-            have(&index)?,
+            "| {tokens} | {docs} | {:.0} | {store_seconds:.0} | {:.1} | {:.1} | {:.1} |",
+            index.disk_bytes() as f64 / tokens as f64,
             pct(&mut lat, 0.5),
             pct(&mut lat, 0.99),
             pct(&mut fwd, 0.5)

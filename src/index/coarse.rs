@@ -3,16 +3,23 @@
 //! For each (layer, feature) a collection keeps, per block of
 //! [`COARSE_BLOCK_TOKENS`](super::codec::COARSE_BLOCK_TOKENS) collection-global positions, how
 //! many tokens of the block fired it. Records are split into buckets of `2^16` positions
-//! (`g/{cid}{layer}{feature}{bucket}`), so an ingest rewrites only the buckets its document
-//! touches. Retrieval reads these small records for the question's features, ranks blocks,
-//! and decodes token postings only inside the best blocks: its cost follows the hits, not the
-//! size of the collection.
+//! (`g/{cid}{layer}{feature}{bucket}`) and written once, when the collection's positions pass
+//! the end of the bucket (the bucket is *sealed*); only deleting a document rewrites them.
+//! sled costs about 250 bytes per record on disk, so records rewritten by every small ingest
+//! cost more than the postings themselves (`docs/index-size.md`). The open tail (under
+//! `2^16` positions) has no records: retrieval counts its blocks from the postings packs.
+//! Retrieval reads these small records for the question's features, ranks blocks, and decodes
+//! token postings only inside the best blocks: its cost follows the hits, not the size of the
+//! collection.
 
 use std::collections::BTreeMap;
 
+use std::ops::Range;
+
 use super::codec::{self, COARSE_BLOCKS_PER_BUCKET};
 use super::error::{IndexError, Result};
-use super::records::{self as rec, DocPart, DocumentRecord};
+use super::packs::PackStore;
+use super::records::{self as rec, CollectionRecord, DocPart, DocumentRecord};
 use super::store::{Batch, KvStore};
 
 /// Block counts of one coarse record: block within the bucket -> tokens that fired.
@@ -22,12 +29,27 @@ type Counts = BTreeMap<u32, u32>;
 #[derive(Default)]
 pub struct CoarseEdits {
     records: BTreeMap<Vec<u8>, Counts>,
+    /// Start every record empty instead of from the store (rebuilding all of them).
+    from_scratch: bool,
 }
 
 impl CoarseEdits {
+    /// Edits that ignore the stored records: for rebuilding every record.
+    pub fn from_scratch() -> Self {
+        Self {
+            records: BTreeMap::new(),
+            from_scratch: true,
+        }
+    }
+
     fn record(&mut self, store: &dyn KvStore, key: Vec<u8>) -> Result<&mut Counts> {
         if !self.records.contains_key(&key) {
-            let counts = match store.get(&key)? {
+            let stored = if self.from_scratch {
+                None
+            } else {
+                store.get(&key)?
+            };
+            let counts = match stored {
                 Some(v) => decode(&key, &v)?.into_iter().collect(),
                 None => Counts::new(),
             };
@@ -108,8 +130,90 @@ pub fn read(store: &dyn KvStore, cid: u32, layer: u16, feature: u32) -> Result<V
     Ok(out)
 }
 
-/// Computes every coarse record from the token postings: what the store should hold.
-pub fn expected(store: &dyn KvStore) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+/// Adds to `edits` the positions inside `range` of every document in `docs`
+/// ((number, first position, tokens)): what sealing the buckets of `range` writes.
+pub fn add_range(
+    edits: &mut CoarseEdits,
+    store: &dyn KvStore,
+    packs: &PackStore,
+    cid: u32,
+    docs: &[DocPlace],
+    range: Range<u32>,
+) -> Result<()> {
+    for &(doc, first, tokens) in docs {
+        if first >= range.end || first + tokens <= range.start {
+            continue;
+        }
+        for ((layer, feature), local) in packs.read_owned(cid, doc)?.all()? {
+            let inside = local
+                .iter()
+                .map(|p| p + first)
+                .filter(|p| range.contains(p));
+            edits.apply(store, cid, (layer, feature), inside, false)?;
+        }
+    }
+    Ok(())
+}
+
+/// A document's place in its collection: (number, first position, tokens).
+pub type DocPlace = (u32, u32, u32);
+
+/// Every collection's sealed end and documents, by collection id.
+pub struct Layout {
+    /// Collection id -> the end of its sealed buckets.
+    pub sealed: BTreeMap<u32, u32>,
+    /// Collection id -> its documents.
+    pub docs: BTreeMap<u32, Vec<DocPlace>>,
+}
+
+/// Reads the [`Layout`] of every collection.
+pub fn layout(store: &dyn KvStore) -> Result<Layout> {
+    let mut sealed = BTreeMap::new();
+    store.scan_prefix(rec::COLLECTION_PREFIX, &mut |k, v| {
+        let c: CollectionRecord = rec::decode(v, &String::from_utf8_lossy(k))?;
+        sealed.insert(c.id, codec::sealed_end(c.next_position));
+        Ok(true)
+    })?;
+    let mut docs: BTreeMap<u32, Vec<DocPlace>> = BTreeMap::new();
+    store.scan_prefix(DocPart::Record.prefix(), &mut |k, v| {
+        let (cid, _) = rec::parse_doc_key(k)
+            .ok_or_else(|| IndexError::corrupt(format!("{k:?}"), "bad key"))?;
+        let d: DocumentRecord = rec::decode(v, "document")?;
+        docs.entry(cid)
+            .or_default()
+            .push((d.doc, d.first_position, d.tokens));
+        Ok(true)
+    })?;
+    Ok(Layout { sealed, docs })
+}
+
+/// Computes every coarse record from the postings packs: what the store should hold.
+pub fn expected(store: &dyn KvStore, packs: &PackStore) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+    let Layout { sealed, docs } = layout(store)?;
+    let mut edits = CoarseEdits::from_scratch();
+    for (cid, docs) in &docs {
+        let end = sealed.get(cid).copied().unwrap_or(0);
+        add_range(&mut edits, store, packs, *cid, docs, 0..end)?;
+    }
+    Ok(edits
+        .records
+        .into_iter()
+        .filter(|(_, c)| !c.is_empty())
+        .map(|(k, c)| {
+            let v: Vec<(u32, u32)> = c.into_iter().collect();
+            (k, codec::encode_coarse(&v))
+        })
+        .collect())
+}
+
+/// The upgrade step from store format 1: writes the coarse records of every collection from
+/// the format-1 token postings (`p/` records; format 3 moves them into packs).
+pub fn migrate_v1(store: &dyn KvStore, _dir: &std::path::Path) -> Result<Batch> {
+    let mut b = Batch::default();
+    store.scan_prefix(b"g/", &mut |k, _| {
+        b.delete(k.to_vec());
+        Ok(true)
+    })?;
     let mut firsts: BTreeMap<(u32, u32), u32> = BTreeMap::new();
     store.scan_prefix(DocPart::Record.prefix(), &mut |k, v| {
         let key = rec::parse_doc_key(k)
@@ -136,24 +240,9 @@ pub fn expected(store: &dyn KvStore) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
         }
         Ok(true)
     })?;
-    Ok(counts
-        .into_iter()
-        .map(|(k, c)| {
-            let v: Vec<(u32, u32)> = c.into_iter().collect();
-            (k, codec::encode_coarse(&v))
-        })
-        .collect())
-}
-
-/// The upgrade step from store format 1: writes the coarse records of every collection.
-pub fn migrate_v1(store: &dyn KvStore) -> Result<Batch> {
-    let mut b = Batch::default();
-    store.scan_prefix(b"g/", &mut |k, _| {
-        b.delete(k.to_vec());
-        Ok(true)
-    })?;
-    for (k, v) in expected(store)? {
-        b.put(k, v);
+    for (k, c) in counts {
+        let v: Vec<(u32, u32)> = c.into_iter().collect();
+        b.put(k, codec::encode_coarse(&v));
     }
     Ok(b)
 }

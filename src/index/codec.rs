@@ -120,6 +120,16 @@ pub const COARSE_BLOCK_TOKENS: u32 = 512;
 /// Coarse blocks per coarse record: one record covers `2^16` collection-global positions.
 pub const COARSE_BLOCKS_PER_BUCKET: u32 = (1 << 16) / COARSE_BLOCK_TOKENS;
 
+/// Collection-global positions per coarse bucket.
+pub const COARSE_BUCKET_TOKENS: u32 = COARSE_BLOCKS_PER_BUCKET * COARSE_BLOCK_TOKENS;
+
+/// Returns the end of a collection's sealed buckets: the positions below it lie in buckets
+/// that no later document reaches, and only those have coarse records.
+pub fn sealed_end(next_position: u64) -> u32 {
+    let bucket = u64::from(COARSE_BUCKET_TOKENS);
+    ((next_position / bucket) * bucket).min(u64::from(u32::MAX)) as u32
+}
+
 /// Returns (bucket, block within the bucket) of a collection-global position.
 pub fn coarse_block(position: u32) -> (u32, u32) {
     let block = position / COARSE_BLOCK_TOKENS;

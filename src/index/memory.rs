@@ -1,15 +1,18 @@
 //! The persistent index of one data dir: collections, documents, postings and BM25 passages.
 //!
 //! Layout of a data dir: `LOCK` (held by the process that has it open), `store/` (sled: every
-//! record, see [`super::records`]) and `bm25/` (tantivy passages).
+//! record, see [`super::records`]), `packs/` (each document's postings in one file, see
+//! [`super::packs`]) and `bm25/` (tantivy passages).
 //!
-//! Writes go to sled first, in one atomic batch per change, and are flushed before tantivy
-//! sees them: a document is visible (record, text, offsets, postings) entirely or not at all.
+//! A document's pack is written and synced first; then sled, in one atomic batch per change,
+//! flushed before tantivy sees it: a document is visible (record, text, offsets, postings)
+//! entirely or not at all. A pack that no record owns (a crash before the batch, or after a
+//! delete's batch) is removed when the index opens.
 //! Each batch also writes a journal entry under its sequence number; tantivy's commit payload
 //! records the last sequence it holds, and opening replays the journal past it, so after any
 //! crash both sides agree again.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::File;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -24,6 +27,7 @@ use super::codec;
 use super::encode::{EncodedDocument, Encoder};
 use super::error::{IndexError, Result};
 use super::migrations::{self, STORE_FORMAT_VERSION};
+use super::packs::{self, Pack, PackStore};
 use super::passages::{passages, CharIndex};
 use super::records::{
     self as rec, CollectionRecord, DocPart, DocumentRecord, JournalOp, MetaEntry, StoreIdentity,
@@ -162,13 +166,15 @@ pub struct Stats {
     pub postings: u64,
     /// Positions in all posting lists.
     pub posting_entries: u64,
-    /// Logical bytes (keys + values) per kind: postings, offsets, text, features, records.
+    /// Logical bytes (keys + values) per kind: postings (pack files), offsets, text, features,
+    /// coarse, records.
     pub components: BTreeMap<String, ComponentBytes>,
-    /// Bytes of the sled directory on disk.
+    /// Bytes on disk of the sled directory and the posting packs.
     pub store_disk_bytes: u64,
     /// Bytes of the tantivy directory on disk.
     pub bm25_disk_bytes: u64,
-    /// Logical bytes per token of each component, plus the BM25 index on disk.
+    /// Logical bytes per token of each component, plus the BM25 index on disk; `store_disk`
+    /// (sled and packs on disk) and `disk_total` (everything on disk) per token.
     pub bytes_per_token: BTreeMap<String, f64>,
 }
 
@@ -176,6 +182,7 @@ pub struct Stats {
 pub struct Index {
     dir: PathBuf,
     store: SledStore,
+    packs: PackStore,
     bm25: Bm25,
     config: IndexConfig,
     seq: u64,
@@ -293,6 +300,7 @@ impl Index {
             create_store(dir)?;
         }
         let store = SledStore::open(&store_dir)?;
+        let packs = PackStore::open(&dir.join("packs"))?;
         match migrations::stored_version(&store)? {
             None => {
                 let mut b = Batch::default();
@@ -314,7 +322,7 @@ impl Index {
                 ))
             }
             Some(v) if v < STORE_FORMAT_VERSION => {
-                migrations::upgrade(&store, v, STORE_FORMAT_VERSION, migrations::STEPS)?;
+                migrations::upgrade(&store, dir, v, STORE_FORMAT_VERSION, migrations::STEPS)?;
             }
             Some(_) => {}
         }
@@ -326,13 +334,40 @@ impl Index {
         let mut index = Self {
             dir: dir.into(),
             store,
+            packs,
             bm25,
             config,
             seq,
             _lock: lock,
         };
         index.reconcile()?;
+        index.remove_orphan_packs()?;
         Ok(index)
+    }
+
+    /// Removes the packs no document record owns (and unfinished temporary packs).
+    fn remove_orphan_packs(&self) -> Result<()> {
+        for (cid, doc) in self.packs.list()? {
+            if self
+                .store
+                .get(&rec::doc_key(DocPart::Record, cid, doc))?
+                .is_none()
+            {
+                tracing::info!(cid, doc, "removing a posting pack no document owns");
+                self.packs.remove(cid, doc)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes the packs of documents deleted by a committed batch: a failure only leaves an
+    /// orphan, which the next open removes.
+    fn remove_packs(&self, cid: u32, docs: impl IntoIterator<Item = u32>) {
+        for doc in docs {
+            if let Err(e) = self.packs.remove(cid, doc) {
+                tracing::warn!(cid, doc, error = %e, "could not remove a deleted document's pack");
+            }
+        }
     }
 
     /// Returns the data dir.
@@ -464,8 +499,8 @@ impl Index {
             .map(|&p| rec::doc_prefix(p, c.id))
             .collect();
         prefixes.push(rec::external_prefix(c.id));
-        prefixes.push(rec::posting_prefix(c.id));
         prefixes.push(rec::coarse_prefix(c.id));
+        let numbers: Vec<u32> = self.document_records(c.id)?.iter().map(|d| d.doc).collect();
         for p in prefixes {
             self.store.scan_prefix(&p, &mut |k, _| {
                 b.delete(k.to_vec());
@@ -473,6 +508,7 @@ impl Index {
             })?;
         }
         self.commit_batch(b, vec![JournalOp::DropCollection { collection: c.id }])?;
+        self.remove_packs(c.id, numbers);
         self.bm25.drop_collection(c.id)?;
         self.commit()
     }
@@ -574,22 +610,13 @@ impl Index {
         id: &str,
     ) -> Result<BTreeMap<(u16, u32), Vec<u32>>> {
         let (c, d) = self.record(collection, id)?;
-        let mut out = BTreeMap::new();
-        for packed in &self.stored_features(c.id, d.doc)? {
-            let (layer, feature) = rec::unpack_feature(packed);
-            let key = rec::posting_key(c.id, layer, feature, d.doc);
-            let what = format!("posting {layer}/{feature} of {id}");
-            let bytes = self
-                .store
-                .get(&key)?
-                .ok_or_else(|| IndexError::corrupt(&what, "missing"))?;
-            let local = codec::decode_posting(&bytes).map_err(|e| IndexError::corrupt(what, e))?;
-            out.insert(
-                (layer, feature),
-                local.iter().map(|p| p + d.first_position).collect(),
-            );
-        }
-        Ok(out)
+        Ok(self
+            .packs
+            .read_owned(c.id, d.doc)?
+            .all()?
+            .into_iter()
+            .map(|(k, local)| (k, local.iter().map(|p| p + d.first_position).collect()))
+            .collect())
     }
 
     /// Returns the postings of (layer, feature) across a collection: per document number, its
@@ -601,23 +628,13 @@ impl Index {
         feature: u32,
     ) -> Result<Vec<(u32, Vec<u32>)>> {
         let c = self.collection(collection)?;
-        let mut firsts = BTreeMap::new();
-        for d in self.document_records(c.id)? {
-            firsts.insert(d.doc, d.first_position);
-        }
         let mut out = Vec::new();
-        self.store
-            .scan_prefix(&rec::feature_prefix(c.id, layer, feature), &mut |k, v| {
-                let what = || format!("posting key {k:?}");
-                let (_, _, _, doc) = rec::parse_posting_key(k)
-                    .ok_or_else(|| IndexError::corrupt(what(), "bad key"))?;
-                let first = *firsts
-                    .get(&doc)
-                    .ok_or_else(|| IndexError::corrupt(what(), "no such document"))?;
-                let local = codec::decode_posting(v).map_err(|e| IndexError::corrupt(what(), e))?;
-                out.push((doc, local.iter().map(|p| p + first).collect()));
-                Ok(true)
-            })?;
+        for d in self.document_records(c.id)? {
+            let local = self.packs.read_owned(c.id, d.doc)?.get(layer, feature)?;
+            if !local.is_empty() {
+                out.push((d.doc, local.iter().map(|p| p + d.first_position).collect()));
+            }
+        }
         Ok(out)
     }
 
@@ -626,23 +643,38 @@ impl Index {
         Ok(self.collection(collection)?.id)
     }
 
-    /// Returns (collection-global block, tokens that fired) of (layer, feature), ascending;
-    /// blocks are [`codec::COARSE_BLOCK_TOKENS`] positions long.
-    pub fn coarse_blocks(&self, cid: u32, layer: u16, feature: u32) -> Result<Vec<(u32, u32)>> {
-        coarse::read(&self.store, cid, layer, feature)
+    /// Returns a reader of collection `cid`'s postings and coarse blocks for one question.
+    pub fn posting_reader(&self, cid: u32) -> Result<PostingReader<'_>> {
+        let mut next_position = None;
+        self.store
+            .scan_prefix(rec::COLLECTION_PREFIX, &mut |k, v| {
+                let c: CollectionRecord = rec::decode(v, &String::from_utf8_lossy(k))?;
+                if c.id == cid {
+                    next_position = Some(c.next_position);
+                }
+                Ok(next_position.is_none())
+            })?;
+        let next_position = next_position
+            .ok_or_else(|| IndexError::UnknownCollection(format!("(internal id {cid})")))?;
+        let sealed_end = codec::sealed_end(next_position);
+        let tail = self
+            .document_records(cid)?
+            .into_iter()
+            .filter(|d| d.first_position + d.tokens > sealed_end)
+            .map(|d| (d.doc, d.first_position))
+            .collect();
+        Ok(PostingReader {
+            index: self,
+            cid,
+            sealed_end,
+            tail,
+            packs: HashMap::new(),
+        })
     }
 
     /// Returns the document-local positions where (layer, feature) fired in document `doc`.
     pub fn posting(&self, cid: u32, layer: u16, feature: u32, doc: u32) -> Result<Vec<u32>> {
-        match self
-            .store
-            .get(&rec::posting_key(cid, layer, feature, doc))?
-        {
-            None => Ok(Vec::new()),
-            Some(v) => codec::decode_posting(&v).map_err(|e| {
-                IndexError::corrupt(format!("posting {layer}/{feature} of {cid}/{doc}"), e)
-            }),
-        }
+        self.packs.read_owned(cid, doc)?.get(layer, feature)
     }
 
     /// Returns the text of document number `doc` of collection `cid`.
@@ -813,13 +845,15 @@ impl Index {
             .unwrap_or_else(|| format!("{GENERATED_ID_PREFIX}{number}"));
         let first_position = c.next_position as u32;
         let tokens = encoded.tokens();
+        let sealed_before = codec::sealed_end(c.next_position);
         c.next_position += tokens as u64;
+        let sealed_after = codec::sealed_end(c.next_position);
         let mut b = Batch::default();
         let mut journal = Vec::new();
         let old = self.document_number(c.id, &external_id)?;
         let mut coarse = CoarseEdits::default();
         if let Some(old) = old {
-            self.delete_writes(c.id, old, &mut b, &mut coarse)?;
+            self.delete_writes(c.id, sealed_before, old, &mut b, &mut coarse)?;
             journal.push(JournalOp::Delete {
                 collection: c.id,
                 doc: old,
@@ -865,37 +899,53 @@ impl Index {
             codec::encode_offsets(&encoded.offsets),
         );
         let mut features = RoaringBitmap::new();
-        for (&(layer, feature), positions) in &encoded.postings {
+        for &(layer, feature) in encoded.postings.keys() {
             let packed = rec::pack_feature(layer, feature).ok_or_else(|| {
                 IndexError::InvalidInput(format!(
                     "layer {layer} feature {feature} does not fit the posting key"
                 ))
             })?;
             features.insert(packed);
-            coarse.apply(
-                &self.store,
-                c.id,
-                (layer, feature),
-                positions.iter().map(|p| p + first_position),
-                false,
-            )?;
-            b.put(
-                rec::posting_key(c.id, layer, feature, number),
-                codec::encode_posting(positions),
-            );
         }
         let mut fbytes = Vec::with_capacity(features.serialized_size());
         features
             .serialize_into(&mut fbytes)
             .map_err(|e| IndexError::io(&self.dir, e))?;
         b.put(rec::doc_key(DocPart::Features, c.id, number), fbytes);
-        coarse.write(&mut b);
-        journal.push(JournalOp::Put {
-            collection: c.id,
-            doc: number,
-        });
-        self.commit_batch(b, journal)?;
+        // The pack goes to disk (synced) before the batch that makes it reachable.
+        self.packs
+            .write(c.id, number, &packs::encode(&encoded.postings)?)?;
+        let sealed = (|| {
+            if sealed_after > sealed_before {
+                let mut docs: Vec<coarse::DocPlace> = self
+                    .document_records(c.id)?
+                    .iter()
+                    .filter(|d| Some(d.doc) != old)
+                    .map(|d| (d.doc, d.first_position, d.tokens))
+                    .collect();
+                docs.push((number, first_position, tokens as u32));
+                coarse::add_range(
+                    &mut coarse,
+                    &self.store,
+                    &self.packs,
+                    c.id,
+                    &docs,
+                    sealed_before..sealed_after,
+                )?;
+            }
+            coarse.write(&mut b);
+            journal.push(JournalOp::Put {
+                collection: c.id,
+                doc: number,
+            });
+            self.commit_batch(b, journal)
+        })();
+        if let Err(e) = sealed {
+            self.remove_packs(c.id, [number]);
+            return Err(e);
+        }
         if let Some(old) = old {
+            self.remove_packs(c.id, [old]);
             self.bm25.delete(c.id, old)?;
         }
         self.bm25
@@ -916,6 +966,7 @@ impl Index {
     fn delete_writes(
         &self,
         cid: u32,
+        sealed_end: u32,
         doc: u32,
         b: &mut Batch,
         coarse: &mut CoarseEdits,
@@ -925,22 +976,15 @@ impl Index {
             .get(&rec::doc_key(DocPart::Record, cid, doc))?
             .ok_or_else(|| IndexError::corrupt(format!("document {cid}/{doc}"), "missing"))?;
         let d: DocumentRecord = rec::decode(&v, "document")?;
-        for packed in &self.stored_features(cid, doc)? {
-            let (layer, feature) = rec::unpack_feature(packed);
-            let key = rec::posting_key(cid, layer, feature, doc);
-            if let Some(p) = self.store.get(&key)? {
-                let local = codec::decode_posting(&p).map_err(|e| {
-                    IndexError::corrupt(format!("posting {layer}/{feature} of {cid}/{doc}"), e)
-                })?;
-                coarse.apply(
-                    &self.store,
-                    cid,
-                    (layer, feature),
-                    local.iter().map(|p| p + d.first_position),
-                    true,
-                )?;
+        // Only sealed buckets have coarse records.
+        if d.first_position < sealed_end {
+            for ((layer, feature), local) in self.packs.read_owned(cid, doc)?.all()? {
+                let sealed = local
+                    .iter()
+                    .map(|p| p + d.first_position)
+                    .filter(|&p| p < sealed_end);
+                coarse.apply(&self.store, cid, (layer, feature), sealed, true)?;
             }
-            b.delete(key);
         }
         b.delete(rec::external_key(cid, &d.external_id));
         for part in DocPart::ALL {
@@ -954,7 +998,13 @@ impl Index {
         let (c, d) = self.record(collection, id)?;
         let mut b = Batch::default();
         let mut coarse = CoarseEdits::default();
-        self.delete_writes(c.id, d.doc, &mut b, &mut coarse)?;
+        self.delete_writes(
+            c.id,
+            codec::sealed_end(c.next_position),
+            d.doc,
+            &mut b,
+            &mut coarse,
+        )?;
         coarse.write(&mut b);
         self.commit_batch(
             b,
@@ -963,6 +1013,7 @@ impl Index {
                 doc: d.doc,
             }],
         )?;
+        self.remove_packs(c.id, [d.doc]);
         self.bm25.delete(c.id, d.doc)?;
         self.commit()
     }
@@ -1064,6 +1115,11 @@ impl Index {
         self.bm25.put(cid, doc, &passages(&text, &offsets))
     }
 
+    /// Returns the bytes on disk of the store, the packs and BM25 (without reading them).
+    pub fn disk_bytes(&self) -> u64 {
+        dir_bytes(&self.dir.join("store")) + self.packs.disk_bytes() + dir_bytes(self.bm25.dir())
+    }
+
     /// Counts and sizes everything in the data dir.
     pub fn stats(&self) -> Result<Stats> {
         let mut s = Stats::default();
@@ -1079,12 +1135,6 @@ impl Index {
         let mut collections = 0u64;
         self.store.scan_prefix(b"", &mut |k, v| {
             let name = match &k[..2.min(k.len())] {
-                b"p/" => {
-                    postings += 1;
-                    entries += codec::posting_len(v)
-                        .map_err(|e| IndexError::corrupt(format!("posting {k:?}"), e))?;
-                    "postings"
-                }
                 b"o/" => "offsets",
                 b"g/" => "coarse",
                 b"t/" => "text",
@@ -1104,12 +1154,20 @@ impl Index {
             add(name, k, v);
             Ok(true)
         })?;
+        for (cid, doc) in self.packs.list()? {
+            let pack = self.packs.read_owned(cid, doc)?;
+            postings += pack.len() as u64;
+            entries += pack.entry_count()?;
+            let e = s.components.entry("postings".into()).or_default();
+            e.records += 1;
+            e.bytes += pack.file_len();
+        }
         s.collections = collections;
         s.documents = documents;
         s.tokens = tokens;
         s.postings = postings;
         s.posting_entries = entries;
-        s.store_disk_bytes = dir_bytes(&self.dir.join("store"));
+        s.store_disk_bytes = dir_bytes(&self.dir.join("store")) + self.packs.disk_bytes();
         s.bm25_disk_bytes = dir_bytes(self.bm25.dir());
         if tokens > 0 {
             let t = tokens as f64;
@@ -1123,6 +1181,10 @@ impl Index {
             s.bytes_per_token.insert("total".into(), total + bm25);
             s.bytes_per_token
                 .insert("store_disk".into(), s.store_disk_bytes as f64 / t);
+            s.bytes_per_token.insert(
+                "disk_total".into(),
+                (s.store_disk_bytes + s.bm25_disk_bytes) as f64 / t,
+            );
         }
         Ok(s)
     }
@@ -1180,37 +1242,37 @@ impl Index {
             if self.document_number(cid, &d.external_id)? != Some(doc) {
                 return bad(what, "external id does not point back");
             }
-            for packed in &self.stored_features(cid, doc)? {
-                let (layer, feature) = rec::unpack_feature(packed);
-                let Some(p) = self
-                    .store
-                    .get(&rec::posting_key(cid, layer, feature, doc))?
-                else {
-                    return bad(what, "a posting of its feature set is missing");
-                };
-                let positions =
-                    codec::decode_posting(&p).map_err(|e| IndexError::corrupt(&what, e))?;
+            let Some(pack) = self.packs.read(cid, doc)? else {
+                return bad(what, "its posting pack is missing");
+            };
+            let features = self.stored_features(cid, doc)?;
+            if !pack.ids().eq(features.iter()) {
+                return bad(what, "its pack and its feature set list different features");
+            }
+            for (_, positions) in pack.all()? {
                 if positions.is_empty() || positions.iter().any(|&x| x >= d.tokens) {
                     return bad(what, "a posting is empty or points past the document");
                 }
             }
         }
-        let mut orphans = 0u64;
-        self.store.scan_prefix(b"p/", &mut |k, _| {
-            let (cid, layer, feature, doc) = rec::parse_posting_key(k)
-                .ok_or_else(|| IndexError::corrupt(format!("{k:?}"), "bad posting key"))?;
-            let listed = docs.contains_key(&(cid, doc))
-                && rec::pack_feature(layer, feature)
-                    .is_some_and(|p| self.stored_features(cid, doc).is_ok_and(|f| f.contains(p)));
-            if !listed {
-                orphans += 1;
-            }
+        let orphans = self
+            .packs
+            .list()?
+            .into_iter()
+            .filter(|k| !docs.contains_key(k))
+            .count();
+        if orphans > 0 {
+            return bad(format!("{orphans} posting packs"), "no document owns them");
+        }
+        let mut old_postings = 0u64;
+        self.store.scan_prefix(b"p/", &mut |_, _| {
+            old_postings += 1;
             Ok(true)
         })?;
-        if orphans > 0 {
+        if old_postings > 0 {
             return bad(
-                format!("{orphans} postings"),
-                "they belong to no document's feature set",
+                format!("{old_postings} posting records"),
+                "format 3 keeps postings in packs only",
             );
         }
         for part in [DocPart::Text, DocPart::Offsets, DocPart::Features] {
@@ -1225,7 +1287,7 @@ impl Index {
                 return bad(format!("{stray} {part:?} records"), "no document owns them");
             }
         }
-        let want = coarse::expected(&self.store)?;
+        let want = coarse::expected(&self.store, &self.packs)?;
         let mut have = BTreeMap::new();
         self.store.scan_prefix(b"g/", &mut |k, v| {
             have.insert(k.to_vec(), v.to_vec());
@@ -1255,6 +1317,52 @@ impl Index {
             );
         }
         Ok(docs.len() as u64)
+    }
+}
+
+/// Reads one collection's postings for one question: each document's pack is opened once.
+pub struct PostingReader<'a> {
+    index: &'a Index,
+    cid: u32,
+    /// Positions below this have coarse records.
+    sealed_end: u32,
+    /// (number, first position) of the documents reaching past `sealed_end`.
+    tail: Vec<(u32, u32)>,
+    packs: HashMap<u32, Pack>,
+}
+
+impl PostingReader<'_> {
+    /// Returns the document-local positions where (layer, feature) fired in document `doc`.
+    pub fn posting(&mut self, doc: u32, layer: u16, feature: u32) -> Result<Vec<u32>> {
+        if !self.packs.contains_key(&doc) {
+            let pack = self.index.packs.read_owned(self.cid, doc)?;
+            self.packs.insert(doc, pack);
+        }
+        self.packs[&doc].get(layer, feature)
+    }
+
+    /// Returns (collection-global block, tokens that fired) of (layer, feature), ascending;
+    /// blocks are [`codec::COARSE_BLOCK_TOKENS`] positions long. Sealed buckets come from
+    /// their coarse records, the open tail from the postings of the documents in it.
+    pub fn coarse_blocks(&mut self, layer: u16, feature: u32) -> Result<Vec<(u32, u32)>> {
+        let mut out = coarse::read(&self.index.store, self.cid, layer, feature)?;
+        let mut tail: BTreeMap<u32, u32> = BTreeMap::new();
+        for i in 0..self.tail.len() {
+            let (doc, first) = self.tail[i];
+            for p in self.posting(doc, layer, feature)? {
+                let p = p + first;
+                if p >= self.sealed_end {
+                    *tail.entry(p / codec::COARSE_BLOCK_TOKENS).or_insert(0) += 1;
+                }
+            }
+        }
+        out.extend(tail);
+        Ok(out)
+    }
+
+    /// Returns the number of packs opened so far.
+    pub fn packs_opened(&self) -> usize {
+        self.packs.len()
     }
 }
 
@@ -1326,4 +1434,199 @@ fn finish_compaction(dir: &Path) -> Result<()> {
         std::fs::remove_file(&marker).map_err(io(&marker))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity() -> StoreIdentity {
+        StoreIdentity {
+            model_fingerprint: "model".into(),
+            sae_digest: "saes".into(),
+            layers: vec![0, 1],
+            chunk: 64,
+            sinks: 4,
+            overlap: 8,
+        }
+    }
+
+    /// A document of `n` one-letter words whose features fire in a seed-dependent pattern.
+    fn synthetic(n: usize, seed: usize) -> (String, EncodedDocument) {
+        let text = "w ".repeat(n);
+        let offsets = (0..n).map(|i| (2 * i, 2 * i + 1)).collect();
+        let mut postings = BTreeMap::new();
+        for layer in 0..2u16 {
+            for f in 0..24u32 {
+                let m = 5 + f as usize + seed % 7;
+                let positions: Vec<u32> = (0..n)
+                    .filter(|p| (p * 7 + f as usize * 13 + seed) % m == 0)
+                    .map(|p| p as u32)
+                    .collect();
+                if !positions.is_empty() {
+                    postings.insert((layer, f + 100 * u32::from(layer)), positions);
+                }
+            }
+        }
+        let encoded = EncodedDocument {
+            offsets,
+            postings,
+            tokenize_seconds: 0.0,
+            scan_seconds: 0.0,
+            encode_seconds: 0.0,
+        };
+        (text, encoded)
+    }
+
+    fn put(index: &mut Index, id: &str, n: usize, seed: usize) {
+        let (text, encoded) = synthetic(n, seed);
+        let c = index.collection("c").unwrap();
+        let doc = NewDocument {
+            collection: "c",
+            id: Some(id.into()),
+            meta: Vec::new(),
+            text: &text,
+        };
+        index.store_document(c, doc, &encoded, &identity()).unwrap();
+        index.commit().unwrap();
+    }
+
+    fn coarse_records(index: &Index) -> usize {
+        let mut n = 0;
+        index
+            .store
+            .scan_prefix(b"g/", &mut |_, _| {
+                n += 1;
+                Ok(true)
+            })
+            .unwrap();
+        n
+    }
+
+    /// The reader's blocks of every feature equal the blocks counted from all postings.
+    fn assert_blocks_agree(index: &Index) {
+        let cid = index.collection_id("c").unwrap();
+        let mut want: BTreeMap<(u16, u32), BTreeMap<u32, u32>> = BTreeMap::new();
+        for d in index.documents("c").unwrap() {
+            for (k, positions) in index.document_postings("c", &d.id).unwrap() {
+                for p in positions {
+                    *want
+                        .entry(k)
+                        .or_default()
+                        .entry(p / codec::COARSE_BLOCK_TOKENS)
+                        .or_insert(0) += 1;
+                }
+            }
+        }
+        let mut reader = index.posting_reader(cid).unwrap();
+        for (&(layer, feature), blocks) in &want {
+            let got = reader.coarse_blocks(layer, feature).unwrap();
+            let want: Vec<(u32, u32)> = blocks.iter().map(|(&b, &c)| (b, c)).collect();
+            assert_eq!(got, want, "layer {layer} feature {feature}");
+        }
+    }
+
+    #[test]
+    fn coarse_records_cover_sealed_buckets_and_follow_deletes_and_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = Index::open(dir.path(), IndexConfig::default()).unwrap();
+        index.create_collection("c").unwrap();
+        put(&mut index, "a", 30_000, 1);
+        put(&mut index, "b", 30_000, 2);
+        // 60,000 positions: the first bucket is still open, so no coarse record exists.
+        assert_eq!(coarse_records(&index), 0);
+        assert_eq!(index.verify().unwrap(), 2);
+        assert_blocks_agree(&index);
+        put(&mut index, "c", 30_000, 3);
+        // 90,000: bucket 0 (positions below 65,536) is sealed.
+        assert!(coarse_records(&index) > 0);
+        assert_eq!(index.verify().unwrap(), 3);
+        assert_blocks_agree(&index);
+        // Deleting a sealed document takes its counts away.
+        index.delete("c", "b").unwrap();
+        assert_eq!(index.verify().unwrap(), 2);
+        assert_blocks_agree(&index);
+        // Replacing the document that straddles the sealed end, then sealing another bucket.
+        put(&mut index, "c", 20_000, 4);
+        put(&mut index, "d", 50_000, 5);
+        assert_eq!(index.verify().unwrap(), 3);
+        assert_blocks_agree(&index);
+        drop(index);
+        // A pack no record owns (a crash between pack and batch) goes on reopen.
+        let packs = PackStore::open(&dir.path().join("packs")).unwrap();
+        let stray = packs::encode(&synthetic(10, 0).1.postings).unwrap();
+        packs.write(1, 99, &stray).unwrap();
+        let index = Index::open(dir.path(), IndexConfig::default()).unwrap();
+        assert!(!packs.list().unwrap().contains(&(1, 99)));
+        assert_eq!(index.verify().unwrap(), 3);
+        assert_blocks_agree(&index);
+        // Dropping the collection removes every pack and coarse record.
+        let mut index = index;
+        index.drop_collection("c").unwrap();
+        assert!(packs.list().unwrap().is_empty());
+        assert_eq!(coarse_records(&index), 0);
+        assert_eq!(index.verify().unwrap(), 0);
+    }
+
+    /// A format-2 store (postings as `p/` records, coarse records for every bucket) upgrades
+    /// to packs and sealed-bucket coarse records.
+    #[test]
+    fn a_format_2_store_upgrades_to_packs() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut index = Index::open(dir.path(), IndexConfig::default()).unwrap();
+            index.create_collection("c").unwrap();
+            put(&mut index, "a", 40_000, 1);
+            put(&mut index, "b", 40_000, 2);
+            // Turn it back into format 2.
+            let cid = index.collection_id("c").unwrap();
+            let mut b = Batch::default();
+            for d in index.documents("c").unwrap() {
+                for ((layer, feature), local) in index
+                    .packs
+                    .read_owned(cid, d.number)
+                    .unwrap()
+                    .all()
+                    .unwrap()
+                {
+                    b.put(
+                        rec::posting_key(cid, layer, feature, d.number),
+                        codec::encode_posting(&local),
+                    );
+                }
+                index.packs.remove(cid, d.number).unwrap();
+            }
+            migrations::version_write(&mut b, 2);
+            index.store.apply(b).unwrap();
+            let all_buckets = coarse::migrate_v1(&index.store, dir.path()).unwrap();
+            index.store.apply(all_buckets).unwrap();
+            index.store.flush().unwrap();
+            assert!(index.verify().is_err());
+        }
+        let index = Index::open(dir.path(), IndexConfig::default()).unwrap();
+        assert_eq!(migrations::stored_version(&index.store).unwrap(), Some(3));
+        assert_eq!(index.verify().unwrap(), 2);
+        assert!(coarse_records(&index) > 0);
+        assert_blocks_agree(&index);
+    }
+
+    #[test]
+    fn a_damaged_pack_is_named_by_verify_and_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = Index::open(dir.path(), IndexConfig::default()).unwrap();
+        index.create_collection("c").unwrap();
+        put(&mut index, "a", 2_000, 1);
+        let path = dir.path().join("packs").join("1-0.pack");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() - 10;
+        bytes[at] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = index.verify().unwrap_err().to_string();
+        assert!(e.contains("1-0.pack") && e.contains("checksum"), "{e}");
+        let e = index.document_postings("c", "a").unwrap_err().to_string();
+        assert!(e.contains("1-0.pack"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        let e = index.verify().unwrap_err().to_string();
+        assert!(e.contains("pack is missing"), "{e}");
+    }
 }

@@ -3,12 +3,16 @@
 //! Each step upgrades from one version to the next; its writes and the new version go in one
 //! atomic batch, so an interrupted upgrade resumes at the step that did not finish.
 
+use std::path::Path;
+
+use super::coarse::{self, CoarseEdits};
 use super::error::{IndexError, Result};
-use super::records::KEY_FORMAT;
+use super::packs::{self, PackStore};
+use super::records::{self as rec, DocPart, KEY_FORMAT};
 use super::store::{Batch, KvStore};
 
 /// The store format this build writes.
-pub const STORE_FORMAT_VERSION: u32 = 2;
+pub const STORE_FORMAT_VERSION: u32 = 3;
 /// The oldest store format this build can upgrade.
 pub const STORE_FORMAT_OLDEST_SUPPORTED: u32 = 1;
 
@@ -18,16 +22,66 @@ pub struct Step {
     pub from: u32,
     /// What it changes, for logs.
     pub name: &'static str,
-    /// Returns the writes that upgrade the store (applied with the version in one batch).
-    pub run: fn(&dyn KvStore) -> Result<Batch>,
+    /// Returns the writes that upgrade the store (applied with the version in one batch);
+    /// gets the data dir for files beside the store.
+    pub run: fn(&dyn KvStore, &Path) -> Result<Batch>,
 }
 
 /// The steps in order.
-pub const STEPS: &[Step] = &[Step {
-    from: 1,
-    name: "coarse block counts for collection-wide retrieval",
-    run: super::coarse::migrate_v1,
-}];
+pub const STEPS: &[Step] = &[
+    Step {
+        from: 1,
+        name: "coarse block counts for collection-wide retrieval",
+        run: coarse::migrate_v1,
+    },
+    Step {
+        from: 2,
+        name: "postings into one pack file per document; coarse records of sealed buckets only",
+        run: postings_to_packs,
+    },
+];
+
+/// Format 2 -> 3: writes each document's `p/` postings into its pack (synced before the
+/// batch that deletes them, so an interrupted upgrade just runs again), and rebuilds the
+/// coarse records for sealed buckets only.
+fn postings_to_packs(store: &dyn KvStore, dir: &Path) -> Result<Batch> {
+    let packs = PackStore::open(&dir.join("packs"))?;
+    let coarse::Layout { sealed, docs } = coarse::layout(store)?;
+    let mut b = Batch::default();
+    for prefix in [&b"p/"[..], &b"g/"[..]] {
+        store.scan_prefix(prefix, &mut |k, _| {
+            b.delete(k.to_vec());
+            Ok(true)
+        })?;
+    }
+    let mut edits = CoarseEdits::from_scratch();
+    for (&cid, docs) in &docs {
+        let end = sealed.get(&cid).copied().unwrap_or(0);
+        for &(doc, first, _) in docs {
+            let features = match store.get(&rec::doc_key(DocPart::Features, cid, doc))? {
+                Some(v) => roaring::RoaringBitmap::deserialize_from(&v[..])
+                    .map_err(|e| IndexError::corrupt(format!("feature set of {cid}/{doc}"), e))?,
+                None => roaring::RoaringBitmap::new(),
+            };
+            let mut postings = std::collections::BTreeMap::new();
+            for packed in &features {
+                let (layer, feature) = rec::unpack_feature(packed);
+                let what = format!("posting {layer}/{feature} of {cid}/{doc}");
+                let v = store
+                    .get(&rec::posting_key(cid, layer, feature, doc))?
+                    .ok_or_else(|| IndexError::corrupt(&what, "missing"))?;
+                let local =
+                    super::codec::decode_posting(&v).map_err(|e| IndexError::corrupt(&what, e))?;
+                let sealed_part = local.iter().map(|p| p + first).filter(|&p| p < end);
+                edits.apply(store, cid, (layer, feature), sealed_part, false)?;
+                postings.insert((layer, feature), local);
+            }
+            packs.write(cid, doc, &packs::encode(&postings)?)?;
+        }
+    }
+    edits.write(&mut b);
+    Ok(b)
+}
 
 /// Returns the format version a store records, or `None` for a store never written.
 pub fn stored_version(store: &dyn KvStore) -> Result<Option<u32>> {
@@ -45,8 +99,14 @@ pub fn version_write(batch: &mut Batch, version: u32) {
     batch.put(KEY_FORMAT.to_vec(), version.to_be_bytes().to_vec());
 }
 
-/// Brings a store at `found` up to `target` with `steps`, one batch each.
-pub fn upgrade(store: &dyn KvStore, found: u32, target: u32, steps: &[Step]) -> Result<u32> {
+/// Brings the store of data dir `dir` at `found` up to `target` with `steps`, one batch each.
+pub fn upgrade(
+    store: &dyn KvStore,
+    dir: &Path,
+    found: u32,
+    target: u32,
+    steps: &[Step],
+) -> Result<u32> {
     let mut version = found;
     while version < target {
         let step = steps.iter().find(|s| s.from == version).ok_or_else(|| {
@@ -55,7 +115,7 @@ pub fn upgrade(store: &dyn KvStore, found: u32, target: u32, steps: &[Step]) -> 
                 format!("no upgrade step from store format {version}"),
             )
         })?;
-        let mut batch = (step.run)(store)?;
+        let mut batch = (step.run)(store, dir)?;
         version_write(&mut batch, version + 1);
         store.apply(batch)?;
         store.flush()?;
@@ -75,7 +135,7 @@ mod tests {
     use super::*;
     use crate::index::store::SledStore;
 
-    fn rename_v0(store: &dyn KvStore) -> Result<Batch> {
+    fn rename_v0(store: &dyn KvStore, _dir: &Path) -> Result<Batch> {
         let mut b = Batch::default();
         if let Some(v) = store.get(b"old")? {
             b.delete(b"old".to_vec());
@@ -97,9 +157,9 @@ mod tests {
             name: "rename old to new",
             run: rename_v0,
         }];
-        assert_eq!(upgrade(&s, 0, 1, &steps).unwrap(), 1);
+        assert_eq!(upgrade(&s, dir.path(), 0, 1, &steps).unwrap(), 1);
         assert_eq!(stored_version(&s).unwrap(), Some(1));
         assert_eq!(s.get(b"new").unwrap().as_deref(), Some(&b"x"[..]));
-        assert!(upgrade(&s, 1, 2, &[]).is_err());
+        assert!(upgrade(&s, dir.path(), 1, 2, &[]).is_err());
     }
 }

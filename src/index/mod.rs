@@ -4,7 +4,7 @@
 //! [`memory`] keeps collections, documents, postings and BM25 passages in one data dir with
 //! atomic per-document visibility; [`store`] is the key-value trait retrieval reads through;
 //! [`records`] and [`codec`] are the on-disk formats; [`migrations`] upgrades old stores;
-//! [`bm25`] and [`passages`] are the tantivy side; [`coarse`] keeps the per-block feature
+//! [`packs`] holds each document's postings in one file; [`bm25`] and [`passages`] are the tantivy side; [`coarse`] keeps the per-block feature
 //! counts that collection-wide retrieval ranks first.
 
 pub mod bm25;
@@ -14,6 +14,7 @@ pub mod encode;
 pub mod error;
 pub mod memory;
 pub mod migrations;
+pub mod packs;
 pub mod passages;
 pub mod records;
 pub mod store;
@@ -23,7 +24,7 @@ pub use encode::{layer_codes, EncodedDocument, Encoder, LayerCode};
 pub use error::{IndexError, Result};
 pub use memory::{
     document_text, encode_document, Bm25Hit, CollectionInfo, ComponentBytes, DocumentInfo, Index,
-    IndexConfig, Ingested, NewDocument, Stats,
+    IndexConfig, Ingested, NewDocument, PostingReader, Stats,
 };
 pub use migrations::{STORE_FORMAT_OLDEST_SUPPORTED, STORE_FORMAT_VERSION};
 pub use records::StoreIdentity;

@@ -166,8 +166,9 @@ pub fn retrieve(
     // positions): exact for a whole collection, counted by whole blocks for a subset.
     let mut dfs: Vec<u64> = Vec::with_capacity(activation.len());
     let mut blocks: Vec<Vec<(u32, u32)>> = Vec::new();
+    let mut reader = index.posting_reader(scope.cid)?;
     for &(layer, feature) in activation.keys() {
-        let mut b = index.coarse_blocks(scope.cid, layer, feature)?;
+        let mut b = reader.coarse_blocks(layer, feature)?;
         if !scope.whole {
             b.retain(|&(g, _)| !scope.locate(g * block..(g + 1) * block).is_empty());
         }
@@ -208,7 +209,7 @@ pub fn retrieve(
             let per_doc = scope
                 .docs
                 .iter()
-                .map(|d| index.posting(scope.cid, w.layer, w.feature, d.number))
+                .map(|d| reader.posting(d.number, w.layer, w.feature))
                 .collect::<crate::index::Result<Vec<_>>>()?;
             out.postings_read += per_doc.len();
             postings.insert(*i, per_doc);
@@ -279,7 +280,7 @@ pub fn retrieve(
                 if b.get(from).is_none_or(|&(g, _)| g >= hi) {
                     continue;
                 }
-                fetched = index.posting(scope.cid, w.layer, w.feature, doc.number)?;
+                fetched = reader.posting(doc.number, w.layer, w.feature)?;
                 out.postings_read += 1;
                 &fetched
             } else {

@@ -215,10 +215,15 @@ fn index_ingest_reopen_delete_and_replace() {
         .is_empty());
     let dumped = dump(&index);
     assert!(
-        !dumped.iter().any(|(k, _)| k.len() >= 10
-            && k.starts_with(b"p/")
+        !dumped.iter().any(|(k, _)| k.len() == 10
+            && !k.starts_with(b"m/")
             && k[k.len() - 4..] == 1u32.to_be_bytes()),
-        "postings of the deleted document remain"
+        "records of the deleted document remain"
+    );
+    let cid = index.collection_id("c").unwrap();
+    assert!(
+        !dir.path().join(format!("packs/{cid}-1.pack")).exists(),
+        "the deleted document's postings pack remains"
     );
 
     // Re-ingesting an id replaces the document.
@@ -513,10 +518,14 @@ fn index_golden_v1_store_opens() {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&golden.join("v1"), dir.path());
     let index = Index::open(dir.path(), IndexConfig::default()).unwrap();
-    // Opening upgraded it: v2 added coarse block counts, which verify checks against the
-    // token postings.
+    // Opening upgraded it: v2 added coarse block counts; v3 moved the postings into one pack
+    // per document and keeps coarse records for sealed buckets only (none in a store this
+    // small). verify checks packs, feature sets and coarse records against each other.
     assert_eq!(index.verify().unwrap(), 2);
-    assert!(index.stats().unwrap().components["coarse"].records > 0);
+    let stats = index.stats().unwrap();
+    assert_eq!(stats.components["postings"].records, 2);
+    assert!(!stats.components.contains_key("coarse"));
+    assert!(stats.posting_entries > 0);
     assert_eq!(golden_view(&index), expected);
 }
 
@@ -776,10 +785,21 @@ fn index_measure_sizes_and_times() {
     eprintln!("{}", serde_json::to_string_pretty(&stats).unwrap());
     // The same postings under each codec choice.
     let (mut mixed, mut deltas, mut roaring, mut raw, mut entries) = (0usize, 0, 0, 0, 0);
-    index
-        .store()
-        .scan_prefix(b"p/", &mut |_, v| {
-            let p = s3mem::index::codec::decode_posting(v).unwrap();
+    let mut postings = Vec::new();
+    for c in index.collections().unwrap() {
+        for d in index.documents(&c.name).unwrap() {
+            postings.extend(
+                index
+                    .document_postings(&c.name, &d.id)
+                    .unwrap()
+                    .into_values(),
+            );
+        }
+    }
+    postings
+        .iter()
+        .try_for_each(|p| -> s3mem::index::Result<()> {
+            let v = s3mem::index::codec::encode_posting(p);
             mixed += v.len();
             let mut d = Vec::new();
             s3mem::index::codec::put_varint(&mut d, p.len() as u64);
@@ -797,7 +817,7 @@ fn index_measure_sizes_and_times() {
             roaring += r.serialized_size();
             raw += 4 * p.len();
             entries += p.len();
-            Ok(true)
+            Ok(())
         })
         .unwrap();
     let t = stats.tokens as f64;
@@ -898,4 +918,56 @@ fn batched_ingest_of_several_documents_matches_one_by_one() {
         a.document("c", "fine"),
         Err(IndexError::UnknownDocument { .. })
     ));
+}
+
+/// Prints what sled 0.34 costs on disk per record: the measurement behind keeping postings in
+/// one pack file per document (`docs/index-size.md`).
+/// Run: `cargo test --test integration index_measure_sled -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement that prints numbers"]
+fn index_measure_sled_record_cost() {
+    fn dir_bytes(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let m = e.metadata().unwrap();
+                if m.is_dir() {
+                    dir_bytes(&e.path())
+                } else {
+                    m.len()
+                }
+            })
+            .sum()
+    }
+    for (records, value_bytes, per_batch) in [
+        (6_000usize, 38usize, usize::MAX),
+        (60_000, 38, usize::MAX),
+        (6_000, 160, usize::MAX),
+        (6_000, 160, 1_000),
+        (600, 1_600, usize::MAX),
+        (60, 16_000, usize::MAX),
+        (10, 100_000, usize::MAX),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = SledStore::open(tmp.path()).unwrap();
+        let mut batch = s3mem::index::Batch::default();
+        for i in 0..records {
+            batch.put((i as u64).to_be_bytes().to_vec(), vec![7u8; value_bytes]);
+            if (i + 1) % per_batch == 0 {
+                store.apply(std::mem::take(&mut batch)).unwrap();
+                store.flush().unwrap();
+            }
+        }
+        store.apply(batch).unwrap();
+        store.flush().unwrap();
+        let logical = records * (8 + value_bytes);
+        let disk = dir_bytes(tmp.path());
+        eprintln!(
+            "{records} records of {value_bytes} B, batches of {}: {logical} B logical, {disk} B on disk ({:.2}x, {:.0} B per record)",
+            per_batch.min(records),
+            disk as f64 / logical as f64,
+            disk as f64 / records as f64
+        );
+    }
 }

@@ -1,0 +1,446 @@
+//! Posting packs: each document's postings in one immutable file beside the sled store.
+//!
+//! sled 0.34 costs about 250 bytes on disk per record whatever its size (measured in
+//! `docs/index-size.md`): a document's ~6,000 postings as separate records came to 480-990
+//! bytes per token. A pack holds all of them in one file written once, at its logical size.
+//!
+//! Layout of `packs/{cid}-{doc}.pack` (integers are LEB128 varints unless noted): `S3PK`, a
+//! format byte, the directory's length (u32 LE), the directory (entry count, then per
+//! (layer, feature) ascending its packed id as a gap from the previous one and its posting's
+//! byte length), the directory's CRC-32 (u32 LE), the postings ([`codec`] encoding) back to
+//! back, and their CRC-32 (u32 LE). Retrieval reads the directory and then only the postings it
+//! needs; `verify` reads it all and checks both sums.
+//!
+//! Crash order: a pack is written under a temporary name, synced and renamed before the sled
+//! batch that makes its document visible; a document's pack is removed only after the batch
+//! that deletes the document. Opening the index removes packs no document owns.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::ops::Range;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use super::codec::{self, get_varint, put_varint};
+use super::error::{IndexError, Result};
+use super::records as rec;
+
+/// One decoded posting: (layer, feature) and its ascending positions.
+pub type Posting = ((u16, u32), Vec<u32>);
+
+const MAGIC: &[u8; 4] = b"S3PK";
+const FORMAT: u8 = 1;
+/// Magic, format byte and directory length.
+const PREAMBLE: usize = 4 + 1 + 4;
+/// Largest directory accepted: more than every (layer, feature) pair of any real SAE set.
+const MAX_DIRECTORY_BYTES: usize = 64 << 20;
+
+/// Encodes a document's postings (document-local positions per (layer, feature)).
+pub fn encode(postings: &BTreeMap<(u16, u32), Vec<u32>>) -> Result<Vec<u8>> {
+    let mut dir = Vec::with_capacity(postings.len() * 3 + 8);
+    put_varint(&mut dir, postings.len() as u64);
+    let mut body = Vec::new();
+    let mut prev: Option<u32> = None;
+    for (&(layer, feature), positions) in postings {
+        let packed = rec::pack_feature(layer, feature).ok_or_else(|| {
+            IndexError::InvalidInput(format!(
+                "layer {layer} feature {feature} does not fit a posting pack"
+            ))
+        })?;
+        let gap = match prev {
+            None => packed,
+            Some(p) => packed - p - 1,
+        };
+        prev = Some(packed);
+        let bytes = codec::encode_posting(positions);
+        put_varint(&mut dir, u64::from(gap));
+        put_varint(&mut dir, bytes.len() as u64);
+        body.extend_from_slice(&bytes);
+    }
+    let mut out = Vec::with_capacity(PREAMBLE + dir.len() + body.len() + 8);
+    out.extend_from_slice(MAGIC);
+    out.push(FORMAT);
+    out.extend_from_slice(&(dir.len() as u32).to_le_bytes());
+    out.extend_from_slice(&dir);
+    out.extend_from_slice(&crc32fast::hash(&dir).to_le_bytes());
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    Ok(out)
+}
+
+/// Parses a directory into (packed id, byte range within the body), ascending.
+fn parse_directory(
+    dir: &[u8],
+    body_len: u64,
+) -> std::result::Result<Vec<(u32, Range<u64>)>, String> {
+    let mut pos = 0;
+    let n = get_varint(dir, &mut pos).ok_or("truncated count")?;
+    if n as usize > dir.len() {
+        return Err(format!("{n} entries in a {}-byte directory", dir.len()));
+    }
+    let mut entries = Vec::with_capacity(n as usize);
+    let mut prev: Option<u64> = None;
+    let mut at = 0u64;
+    for _ in 0..n {
+        let gap = get_varint(dir, &mut pos).ok_or("truncated id")?;
+        let len = get_varint(dir, &mut pos).ok_or("truncated length")?;
+        let id = match prev {
+            None => gap,
+            Some(p) => p + gap + 1,
+        };
+        if id > u64::from(u32::MAX) {
+            return Err(format!("feature id {id} out of range"));
+        }
+        prev = Some(id);
+        let end = at
+            .checked_add(len)
+            .filter(|&e| e <= body_len)
+            .ok_or("a posting runs past the end")?;
+        entries.push((id as u32, at..end));
+        at = end;
+    }
+    if pos != dir.len() {
+        return Err(format!("{} stray directory bytes", dir.len() - pos));
+    }
+    if at != body_len {
+        return Err(format!("{} body bytes no posting covers", body_len - at));
+    }
+    Ok(entries)
+}
+
+/// An open pack: its directory, read and checked; postings are read on demand.
+#[derive(Debug)]
+pub struct Pack {
+    file: File,
+    what: String,
+    /// Offset of the body in the file.
+    body_at: u64,
+    body_len: u64,
+    /// (packed (layer, feature), byte range within the body), ascending by id.
+    entries: Vec<(u32, Range<u64>)>,
+}
+
+impl Pack {
+    /// Opens the pack at `path`, reading and checking its directory.
+    pub fn open(path: &Path) -> std::io::Result<std::result::Result<Self, IndexError>> {
+        let mut file = File::open(path)?;
+        let what = path.display().to_string();
+        let size = file.metadata()?.len();
+        let bad = |why: String| Ok(Err(IndexError::corrupt(&what, why)));
+        let mut pre = [0u8; PREAMBLE];
+        if size < (PREAMBLE + 8) as u64 || file.read_exact(&mut pre).is_err() || &pre[..4] != MAGIC
+        {
+            return bad("not a posting pack (bad magic or too short)".into());
+        }
+        if pre[4] != FORMAT {
+            return bad(format!("unknown pack format {}", pre[4]));
+        }
+        let dir_len = u32::from_le_bytes(pre[5..9].try_into().expect("4 bytes")) as usize;
+        if dir_len > MAX_DIRECTORY_BYTES || (PREAMBLE + dir_len + 8) as u64 > size {
+            return bad(format!(
+                "directory of {dir_len} bytes in a {size}-byte file"
+            ));
+        }
+        let mut dir = vec![0u8; dir_len + 4];
+        file.read_exact(&mut dir)?;
+        let (dir, crc) = dir.split_at(dir_len);
+        if crc32fast::hash(dir) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
+            return bad("directory checksum mismatch (the file is damaged)".into());
+        }
+        let body_at = (PREAMBLE + dir_len + 4) as u64;
+        let body_len = size - body_at - 4;
+        let entries = match parse_directory(dir, body_len) {
+            Ok(e) => e,
+            Err(why) => return bad(why),
+        };
+        Ok(Ok(Self {
+            file,
+            what,
+            body_at,
+            body_len,
+            entries,
+        }))
+    }
+
+    fn read_at(&self, r: Range<u64>) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; (r.end - r.start) as usize];
+        self.file
+            .read_exact_at(&mut buf, self.body_at + r.start)
+            .map_err(|e| IndexError::io(&self.what, e))?;
+        Ok(buf)
+    }
+
+    fn decode(&self, id: u32, bytes: &[u8]) -> Result<Vec<u32>> {
+        let (layer, feature) = rec::unpack_feature(id);
+        codec::decode_posting(bytes).map_err(|e| {
+            IndexError::corrupt(format!("posting {layer}/{feature} in {}", self.what), e)
+        })
+    }
+
+    /// Returns the positions where (layer, feature) fired (empty when it never did).
+    pub fn get(&self, layer: u16, feature: u32) -> Result<Vec<u32>> {
+        let Some(id) = rec::pack_feature(layer, feature) else {
+            return Ok(Vec::new());
+        };
+        match self.entries.binary_search_by_key(&id, |(i, _)| *i) {
+            Err(_) => Ok(Vec::new()),
+            Ok(i) => {
+                let bytes = self.read_at(self.entries[i].1.clone())?;
+                self.decode(id, &bytes)
+            }
+        }
+    }
+
+    /// Returns the size of the file in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.body_at + self.body_len + 4
+    }
+
+    /// Returns the number of postings.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Returns whether the pack holds no posting.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Returns the packed (layer, feature) ids, ascending.
+    pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
+        self.entries.iter().map(|(id, _)| *id)
+    }
+
+    /// Reads the whole body, checking its sum.
+    fn body(&self) -> Result<Vec<u8>> {
+        let mut body = self.read_at(0..self.body_len + 4)?;
+        let crc = body.split_off(self.body_len as usize);
+        if crc32fast::hash(&body) != u32::from_le_bytes(crc[..].try_into().expect("4 bytes")) {
+            return Err(IndexError::corrupt(
+                &self.what,
+                "posting checksum mismatch (the file is damaged)",
+            ));
+        }
+        Ok(body)
+    }
+
+    /// Decodes every posting, checking the body's sum: ((layer, feature), positions), ascending.
+    pub fn all(&self) -> Result<Vec<Posting>> {
+        let body = self.body()?;
+        self.entries
+            .iter()
+            .map(|(id, r)| {
+                let p = self.decode(*id, &body[r.start as usize..r.end as usize])?;
+                Ok((rec::unpack_feature(*id), p))
+            })
+            .collect()
+    }
+
+    /// Returns the number of positions over all postings, checking the body's sum.
+    pub fn entry_count(&self) -> Result<u64> {
+        let body = self.body()?;
+        self.entries
+            .iter()
+            .map(|(_, r)| {
+                codec::posting_len(&body[r.start as usize..r.end as usize])
+                    .map_err(|e| IndexError::corrupt(&self.what, e))
+            })
+            .sum()
+    }
+}
+
+/// The folder of posting packs of a data dir.
+#[derive(Debug, Clone)]
+pub struct PackStore {
+    dir: PathBuf,
+}
+
+impl PackStore {
+    /// Opens (creating) `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
+        Ok(Self { dir: dir.into() })
+    }
+
+    /// Returns the folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn path(&self, cid: u32, doc: u32) -> PathBuf {
+        self.dir.join(format!("{cid}-{doc}.pack"))
+    }
+
+    /// Writes the pack of document `doc` durably (temporary name, sync, rename, sync the folder).
+    pub fn write(&self, cid: u32, doc: u32, bytes: &[u8]) -> Result<()> {
+        let path = self.path(cid, doc);
+        let tmp = path.with_extension("pack.tmp");
+        let mut f = File::create(&tmp).map_err(|e| IndexError::io(&tmp, e))?;
+        f.write_all(bytes)
+            .and_then(|()| f.sync_all())
+            .map_err(|e| IndexError::io(&tmp, e))?;
+        drop(f);
+        std::fs::rename(&tmp, &path).map_err(|e| IndexError::io(&path, e))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| IndexError::io(&self.dir, e))
+    }
+
+    /// Reads the pack of document `doc`; `None` when there is no file.
+    pub fn read(&self, cid: u32, doc: u32) -> Result<Option<Pack>> {
+        let path = self.path(cid, doc);
+        match Pack::open(&path) {
+            Ok(pack) => pack.map(Some),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(IndexError::io(&path, e)),
+        }
+    }
+
+    /// Reads the pack of a document that must have one.
+    pub fn read_owned(&self, cid: u32, doc: u32) -> Result<Pack> {
+        self.read(cid, doc)?.ok_or_else(|| {
+            IndexError::corrupt(
+                self.path(cid, doc).display().to_string(),
+                "the posting pack of a stored document is missing",
+            )
+        })
+    }
+
+    /// Removes the pack of document `doc` if it is there.
+    pub fn remove(&self, cid: u32, doc: u32) -> Result<()> {
+        let path = self.path(cid, doc);
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(IndexError::io(&path, e)),
+        }
+    }
+
+    /// Lists the (cid, doc) of every pack, and removes unfinished temporary files.
+    pub fn list(&self) -> Result<Vec<(u32, u32)>> {
+        let mut out = Vec::new();
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| IndexError::io(&self.dir, e))?;
+        for entry in entries {
+            let path = entry.map_err(|e| IndexError::io(&self.dir, e))?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            if name.ends_with(".pack.tmp") {
+                std::fs::remove_file(&path).map_err(|e| IndexError::io(&path, e))?;
+                continue;
+            }
+            let parsed = name.strip_suffix(".pack").and_then(|stem| {
+                let (c, d) = stem.split_once('-')?;
+                Some((c.parse().ok()?, d.parse().ok()?))
+            });
+            match parsed {
+                Some(key) => out.push(key),
+                None => tracing::warn!(path = %path.display(), "not a posting pack; left alone"),
+            }
+        }
+        out.sort_unstable();
+        Ok(out)
+    }
+
+    /// Returns the bytes of every pack on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        std::fs::read_dir(&self.dir)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> BTreeMap<(u16, u32), Vec<u32>> {
+        let mut m = BTreeMap::new();
+        m.insert((8, 3), vec![0, 5, 9]);
+        m.insert((8, 2047), (0..500).collect());
+        m.insert((24, 0), vec![77]);
+        m
+    }
+
+    fn written(m: &BTreeMap<(u16, u32), Vec<u32>>) -> (tempfile::TempDir, PackStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = PackStore::open(dir.path()).unwrap();
+        s.write(1, 2, &encode(m).unwrap()).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn round_trip_and_lookup() {
+        let (_d, s) = written(&sample());
+        let p = s.read_owned(1, 2).unwrap();
+        assert_eq!(p.len(), 3);
+        assert_eq!(p.get(8, 3).unwrap(), vec![0, 5, 9]);
+        assert_eq!(p.get(24, 0).unwrap(), vec![77]);
+        assert!(p.get(16, 3).unwrap().is_empty());
+        assert_eq!(p.entry_count().unwrap(), 504);
+        let all: BTreeMap<_, _> = p.all().unwrap().into_iter().collect();
+        assert_eq!(all, sample());
+    }
+
+    #[test]
+    fn damage_is_detected_not_decoded() {
+        let bytes = encode(&sample()).unwrap();
+        let (dir, s) = written(&sample());
+        let path = dir.path().join("1-2.pack");
+        for i in [0, 4, 6, 10, bytes.len() / 2, bytes.len() - 1] {
+            let mut b = bytes.clone();
+            b[i] ^= 0x40;
+            std::fs::write(&path, &b).unwrap();
+            let e = match s.read(1, 2) {
+                Err(e) => e,
+                Ok(p) => p.unwrap().all().unwrap_err(),
+            };
+            assert!(e.to_string().contains("1-2.pack"), "byte {i}: {e}");
+        }
+        std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+        assert!(s.read(1, 2).is_err() || s.read(1, 2).unwrap().unwrap().all().is_err());
+        std::fs::write(&path, b"").unwrap();
+        assert!(s.read(1, 2).is_err());
+    }
+
+    #[test]
+    fn store_writes_lists_and_removes() {
+        let (dir, s) = written(&sample());
+        std::fs::write(dir.path().join("1-8.pack.tmp"), b"partial").unwrap();
+        assert_eq!(s.list().unwrap(), vec![(1, 2)]);
+        assert!(!dir.path().join("1-8.pack.tmp").exists());
+        assert!(s.read(1, 8).unwrap().is_none());
+        assert!(s.read_owned(1, 8).is_err());
+        s.remove(1, 2).unwrap();
+        s.remove(1, 2).unwrap();
+        assert!(s.list().unwrap().is_empty());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        #[test]
+        fn any_postings_round_trip(
+            m in proptest::collection::btree_map(
+                (0u16..30, 0u32..4096),
+                proptest::collection::btree_set(0u32..100_000, 1..50),
+                0..40,
+            )
+        ) {
+            let m: BTreeMap<(u16, u32), Vec<u32>> =
+                m.into_iter().map(|(k, v)| (k, v.into_iter().collect())).collect();
+            let (_d, s) = written(&m);
+            let p = s.read_owned(1, 2).unwrap();
+            for (&(l, f), v) in &m {
+                prop_assert_eq!(&p.get(l, f).unwrap(), v);
+            }
+            let back: BTreeMap<_, _> = p.all().unwrap().into_iter().collect();
+            prop_assert_eq!(back, m);
+        }
+    }
+}
