@@ -13,8 +13,9 @@
 //! - `d/{cid}{doc}`: [`DocumentRecord`]; `e/{cid}{external id}`: doc number
 //! - `t/{cid}{doc}`: text; `o/{cid}{doc}`: token offsets; `f/{cid}{doc}`: the document's
 //!   (layer, feature) set, so deleting it never scans the postings
-//! - `p/{cid}{layer u16}{feature u32}{doc}`: one posting; a document's postings are its own
-//!   keys, so an ingest only writes and one batch makes it visible or not at all
+//! - `g/{cid}{layer u16}{feature u32}{bucket}`: coarse block counts of a sealed bucket
+//! - `p/{cid}{layer u16}{feature u32}{doc}`: one posting, in formats 1 and 2 only; format 3
+//!   keeps a document's postings in its pack file ([`super::packs`])
 //! - `j/{seq u64}`: [`JournalOp`] not yet applied to the BM25 index
 
 use rkyv::rancor;

@@ -635,6 +635,24 @@ fn index_crash_test_sigkill_during_ingest() {
         rng ^= rng << 17;
         rng
     };
+    // Seed documents fill the collection to just under 2^16 positions, so early rounds seal
+    // the first coarse bucket (kills may land in it) and later replaces delete from it.
+    {
+        let enc = encoder(f);
+        let mut index = Index::open(&data, IndexConfig::default()).unwrap();
+        index.create_collection("c").unwrap();
+        let mut tokens = 0usize;
+        let mut i = 0;
+        while tokens < 64_000 {
+            let id = format!("seed{i}");
+            let text = sample_text(1_000 + i, 2_000.min((64_000 - tokens) / 2).max(20));
+            tokens += ingest(&mut index, &enc, &id, &text).unwrap();
+            sent.insert(id.clone(), text.clone());
+            seen.insert(id, text);
+            i += 1;
+        }
+        index.commit().unwrap();
+    }
     let t0 = Instant::now();
     let mut completed = 0usize;
     let mut killed = 0usize;
@@ -729,6 +747,11 @@ fn index_crash_test_sigkill_during_ingest() {
         t0.elapsed().as_secs_f64()
     );
     assert!(seen.len() > 2, "no ingest ever got through: {}", seen.len());
+    let index = Index::open(&data, IndexConfig::default()).unwrap();
+    assert!(
+        index.stats().unwrap().components.contains_key("coarse"),
+        "the collection never sealed a coarse bucket: the test missed that path"
+    );
 }
 
 /// Prints bytes per token by component, ingest time against scan time, and what the posting
