@@ -1478,6 +1478,14 @@ mod tests {
         (text, encoded)
     }
 
+    /// A fresh data dir with an empty collection `c`.
+    fn with_collection() -> (tempfile::TempDir, Index) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = Index::open(dir.path(), IndexConfig::default()).unwrap();
+        index.create_collection("c").unwrap();
+        (dir, index)
+    }
+
     fn put(index: &mut Index, id: &str, n: usize, seed: usize) {
         let (text, encoded) = synthetic(n, seed);
         let c = index.collection("c").unwrap();
@@ -1528,9 +1536,7 @@ mod tests {
 
     #[test]
     fn coarse_records_cover_sealed_buckets_and_follow_deletes_and_replaces() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut index = Index::open(dir.path(), IndexConfig::default()).unwrap();
-        index.create_collection("c").unwrap();
+        let (dir, mut index) = with_collection();
         put(&mut index, "a", 30_000, 1);
         put(&mut index, "b", 30_000, 2);
         // 60,000 positions: the first bucket is still open, so no coarse record exists.
@@ -1572,10 +1578,9 @@ mod tests {
     /// to packs and sealed-bucket coarse records.
     #[test]
     fn a_format_2_store_upgrades_to_packs() {
-        let dir = tempfile::tempdir().unwrap();
+        let (dir, index) = with_collection();
         {
-            let mut index = Index::open(dir.path(), IndexConfig::default()).unwrap();
-            index.create_collection("c").unwrap();
+            let mut index = index;
             put(&mut index, "a", 40_000, 1);
             put(&mut index, "b", 40_000, 2);
             // Turn it back into format 2.
@@ -1612,9 +1617,7 @@ mod tests {
 
     #[test]
     fn a_damaged_pack_is_named_by_verify_and_reads() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut index = Index::open(dir.path(), IndexConfig::default()).unwrap();
-        index.create_collection("c").unwrap();
+        let (dir, mut index) = with_collection();
         put(&mut index, "a", 2_000, 1);
         let path = dir.path().join("packs").join("1-0.pack");
         let mut bytes = std::fs::read(&path).unwrap();
