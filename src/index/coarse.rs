@@ -29,6 +29,8 @@ type Counts = BTreeMap<u32, u32>;
 #[derive(Default)]
 pub struct CoarseEdits {
     records: BTreeMap<Vec<u8>, Counts>,
+    /// Sealed-token totals per (layer, feature) (`n/` records).
+    totals: BTreeMap<Vec<u8>, u64>,
     /// Start every record empty instead of from the store (rebuilding all of them).
     from_scratch: bool,
 }
@@ -38,6 +40,7 @@ impl CoarseEdits {
     pub fn from_scratch() -> Self {
         Self {
             records: BTreeMap::new(),
+            totals: BTreeMap::new(),
             from_scratch: true,
         }
     }
@@ -58,6 +61,22 @@ impl CoarseEdits {
         Ok(self.records.get_mut(&key).expect("inserted above"))
     }
 
+    fn total(&mut self, store: &dyn KvStore, key: Vec<u8>) -> Result<&mut u64> {
+        if !self.totals.contains_key(&key) {
+            let stored = if self.from_scratch {
+                None
+            } else {
+                store.get(&key)?
+            };
+            let n = match stored {
+                Some(v) => read_total(&key, &v)?,
+                None => 0,
+            };
+            self.totals.insert(key.clone(), n);
+        }
+        Ok(self.totals.get_mut(&key).expect("inserted above"))
+    }
+
     /// Adds (or with `remove`, takes away) the global `positions` where (layer, feature) fired.
     pub fn apply(
         &mut self,
@@ -67,7 +86,22 @@ impl CoarseEdits {
         positions: impl Iterator<Item = u32>,
         remove: bool,
     ) -> Result<()> {
-        for ((bucket, block), n) in block_counts(positions) {
+        let counts = block_counts(positions);
+        let n: u64 = counts.values().map(|&c| u64::from(c)).sum();
+        if n > 0 {
+            let total = self.total(store, rec::total_key(cid, layer, feature))?;
+            *total = if remove {
+                total.checked_sub(n).ok_or_else(|| {
+                    IndexError::corrupt(
+                        format!("sealed total of {layer}/{feature}"),
+                        "holds fewer tokens than a document being removed",
+                    )
+                })?
+            } else {
+                *total + n
+            };
+        }
+        for ((bucket, block), n) in counts {
             let counts = self.record(store, rec::coarse_key(cid, layer, feature, bucket))?;
             let c = counts.entry(block).or_insert(0);
             if remove {
@@ -89,6 +123,13 @@ impl CoarseEdits {
 
     /// Adds the writes to `b`: changed records, or deletes of emptied ones.
     pub fn write(self, b: &mut Batch) {
+        for (key, n) in self.totals {
+            if n == 0 {
+                b.delete(key);
+            } else {
+                b.put(key, n.to_be_bytes().to_vec());
+            }
+        }
         for (key, counts) in self.records {
             if counts.is_empty() {
                 b.delete(key);
@@ -107,6 +148,21 @@ fn block_counts(positions: impl Iterator<Item = u32>) -> BTreeMap<(u32, u32), u3
         *out.entry(codec::coarse_block(p)).or_insert(0) += 1;
     }
     out
+}
+
+fn read_total(key: &[u8], v: &[u8]) -> Result<u64> {
+    <[u8; 8]>::try_from(v)
+        .map(u64::from_be_bytes)
+        .map_err(|_| IndexError::corrupt(format!("sealed total {key:?}"), "not a u64"))
+}
+
+/// Returns how many tokens of the sealed buckets fired (layer, feature).
+pub fn sealed_total(store: &dyn KvStore, cid: u32, layer: u16, feature: u32) -> Result<u64> {
+    let key = rec::total_key(cid, layer, feature);
+    match store.get(&key)? {
+        Some(v) => read_total(&key, &v),
+        None => Ok(0),
+    }
 }
 
 fn decode(key: &[u8], v: &[u8]) -> Result<Vec<(u32, u32)>> {
@@ -187,7 +243,8 @@ pub fn layout(store: &dyn KvStore) -> Result<Layout> {
     Ok(Layout { sealed, docs })
 }
 
-/// Computes every coarse record from the postings packs: what the store should hold.
+/// Computes every coarse record and sealed total from the postings packs: what the store
+/// should hold under `g/` and `n/`.
 pub fn expected(store: &dyn KvStore, packs: &PackStore) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
     let Layout { sealed, docs } = layout(store)?;
     let mut edits = CoarseEdits::from_scratch();
@@ -195,6 +252,11 @@ pub fn expected(store: &dyn KvStore, packs: &PackStore) -> Result<BTreeMap<Vec<u
         let end = sealed.get(cid).copied().unwrap_or(0);
         add_range(&mut edits, store, packs, *cid, docs, 0..end)?;
     }
+    let totals = edits
+        .totals
+        .into_iter()
+        .filter(|(_, n)| *n > 0)
+        .map(|(k, n)| (k, n.to_be_bytes().to_vec()));
     Ok(edits
         .records
         .into_iter()
@@ -203,6 +265,7 @@ pub fn expected(store: &dyn KvStore, packs: &PackStore) -> Result<BTreeMap<Vec<u
             let v: Vec<(u32, u32)> = c.into_iter().collect();
             (k, codec::encode_coarse(&v))
         })
+        .chain(totals)
         .collect())
 }
 

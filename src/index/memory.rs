@@ -500,6 +500,7 @@ impl Index {
             .collect();
         prefixes.push(rec::external_prefix(c.id));
         prefixes.push(rec::coarse_prefix(c.id));
+        prefixes.push(rec::total_prefix(c.id));
         let numbers: Vec<u32> = self.document_records(c.id)?.iter().map(|d| d.doc).collect();
         for p in prefixes {
             self.store.scan_prefix(&p, &mut |k, _| {
@@ -1136,7 +1137,7 @@ impl Index {
         self.store.scan_prefix(b"", &mut |k, v| {
             let name = match &k[..2.min(k.len())] {
                 b"o/" => "offsets",
-                b"g/" => "coarse",
+                b"g/" | b"n/" => "coarse",
                 b"t/" => "text",
                 b"f/" => "features",
                 b"d/" => {
@@ -1289,10 +1290,12 @@ impl Index {
         }
         let want = coarse::expected(&self.store, &self.packs)?;
         let mut have = BTreeMap::new();
-        self.store.scan_prefix(b"g/", &mut |k, v| {
-            have.insert(k.to_vec(), v.to_vec());
-            Ok(true)
-        })?;
+        for prefix in [b"g/", b"n/"] {
+            self.store.scan_prefix(prefix, &mut |k, v| {
+                have.insert(k.to_vec(), v.to_vec());
+                Ok(true)
+            })?;
+        }
         if want != have {
             let differ = want
                 .keys()
@@ -1358,6 +1361,22 @@ impl PostingReader<'_> {
         }
         out.extend(tail);
         Ok(out)
+    }
+
+    /// Returns how many tokens fired (layer, feature) in the whole collection: the sealed
+    /// total from its one record, the open tail from the packs.
+    pub fn token_count(&mut self, layer: u16, feature: u32) -> Result<u64> {
+        let mut n = coarse::sealed_total(&self.index.store, self.cid, layer, feature)?;
+        for i in 0..self.tail.len() {
+            let (doc, first) = self.tail[i];
+            let sealed_end = self.sealed_end;
+            n += self
+                .posting(doc, layer, feature)?
+                .iter()
+                .filter(|&&p| p + first >= sealed_end)
+                .count() as u64;
+        }
+        Ok(n)
     }
 
     /// Returns the number of packs opened so far.
@@ -1531,6 +1550,8 @@ mod tests {
             let got = reader.coarse_blocks(layer, feature).unwrap();
             let want: Vec<(u32, u32)> = blocks.iter().map(|(&b, &c)| (b, c)).collect();
             assert_eq!(got, want, "layer {layer} feature {feature}");
+            let tokens: u64 = want.iter().map(|&(_, c)| u64::from(c)).sum();
+            assert_eq!(reader.token_count(layer, feature).unwrap(), tokens);
         }
     }
 
@@ -1546,6 +1567,7 @@ mod tests {
         put(&mut index, "c", 30_000, 3);
         // 90,000: bucket 0 (positions below 65,536) is sealed.
         assert!(coarse_records(&index) > 0);
+        assert!(index.store.get(&rec::total_key(1, 0, 0)).unwrap().is_some());
         assert_eq!(index.verify().unwrap(), 3);
         assert_blocks_agree(&index);
         // Deleting a sealed document takes its counts away.

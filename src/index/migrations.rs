@@ -48,7 +48,7 @@ fn postings_to_packs(store: &dyn KvStore, dir: &Path) -> Result<Batch> {
     let packs = PackStore::open(&dir.join("packs"))?;
     let coarse::Layout { sealed, docs } = coarse::layout(store)?;
     let mut b = Batch::default();
-    for prefix in [&b"p/"[..], &b"g/"[..]] {
+    for prefix in [&b"p/"[..], &b"g/"[..], &b"n/"[..]] {
         store.scan_prefix(prefix, &mut |k, _| {
             b.delete(k.to_vec());
             Ok(true)

@@ -13,7 +13,8 @@
 //! - `d/{cid}{doc}`: [`DocumentRecord`]; `e/{cid}{external id}`: doc number
 //! - `t/{cid}{doc}`: text; `o/{cid}{doc}`: token offsets; `f/{cid}{doc}`: the document's
 //!   (layer, feature) set, so deleting it never scans the postings
-//! - `g/{cid}{layer u16}{feature u32}{bucket}`: coarse block counts of a sealed bucket
+//! - `g/{cid}{layer u16}{feature u32}{bucket}`: coarse block counts of a sealed bucket;
+//!   `n/{cid}{layer u16}{feature u32}`: their total over all sealed buckets
 //! - `p/{cid}{layer u16}{feature u32}{doc}`: one posting, in formats 1 and 2 only; format 3
 //!   keeps a document's postings in its pack file ([`super::packs`])
 //! - `j/{seq u64}`: [`JournalOp`] not yet applied to the BM25 index
@@ -288,6 +289,24 @@ pub fn coarse_feature_prefix(cid: u32, layer: u16, feature: u32) -> Vec<u8> {
 /// Prefix of all coarse records of a collection.
 pub fn coarse_prefix(cid: u32) -> Vec<u8> {
     key(b"g/", &[&cid.to_be_bytes()])
+}
+
+/// Key of the sealed-token total of (layer, feature): how many tokens of the sealed buckets
+/// fired it (u64 BE), the document frequency retrieval's idf needs without reading buckets.
+pub fn total_key(cid: u32, layer: u16, feature: u32) -> Vec<u8> {
+    key(
+        b"n/",
+        &[
+            &cid.to_be_bytes(),
+            &layer.to_be_bytes(),
+            &feature.to_be_bytes(),
+        ],
+    )
+}
+
+/// Prefix of all sealed-token totals of a collection.
+pub fn total_prefix(cid: u32) -> Vec<u8> {
+    key(b"n/", &[&cid.to_be_bytes()])
 }
 
 /// Splits a coarse key into (cid, layer, feature, bucket): the same layout as a posting key.

@@ -162,18 +162,23 @@ pub fn retrieve(
     let coarse = scope.docs.len() > cfg.token_level_max_docs || n_tokens > cfg.coarse_min_tokens;
     out.coarse = coarse;
     let block = COARSE_BLOCK_TOKENS;
-    // Document frequency per feature from the coarse records (one small record per 2^16
-    // positions): exact for a whole collection, counted by whole blocks for a subset.
+    // Document frequency per feature: for a whole collection exact, from one total record per
+    // feature (plus the open tail); for a subset counted by whole blocks of the coarse records.
+    // Block lists are read only for the features kept (the common ones the idf floor drops
+    // fire in every bucket: reading theirs cost most of a 10M-token question).
     let mut dfs: Vec<u64> = Vec::with_capacity(activation.len());
-    let mut blocks: Vec<Vec<(u32, u32)>> = Vec::new();
+    let mut blocks: Vec<Option<Vec<(u32, u32)>>> = Vec::new();
     let mut reader = index.posting_reader(scope.cid)?;
     for &(layer, feature) in activation.keys() {
-        let mut b = reader.coarse_blocks(layer, feature)?;
-        if !scope.whole {
+        if scope.whole {
+            dfs.push(reader.token_count(layer, feature)?);
+            blocks.push(None);
+        } else {
+            let mut b = reader.coarse_blocks(layer, feature)?;
             b.retain(|&(g, _)| !scope.locate(g * block..(g + 1) * block).is_empty());
+            dfs.push(b.iter().map(|&(_, c)| u64::from(c)).sum());
+            blocks.push(Some(b));
         }
-        dfs.push(b.iter().map(|&(_, c)| u64::from(c)).sum());
-        blocks.push(b);
     }
     lap("df", &mut out);
     // Weights.
@@ -218,9 +223,14 @@ pub fn retrieve(
     // Regions to score per token.
     let margin = (3.0 * cfg.sigma).ceil() as usize + cfg.span_tokens;
     let regions: Vec<(usize, Range<usize>)> = if coarse {
+        for (i, w) in &weighted {
+            if blocks[*i].is_none() {
+                blocks[*i] = Some(reader.coarse_blocks(w.layer, w.feature)?);
+            }
+        }
         let mut score: HashMap<u32, f32> = HashMap::new();
         for (i, w) in &weighted {
-            for &(g, c) in &blocks[*i] {
+            for &(g, c) in blocks[*i].as_deref().unwrap_or_default() {
                 *score.entry(g).or_insert(0.0) += w.weight * c as f32;
             }
         }
@@ -275,7 +285,7 @@ pub fn retrieve(
                 let hi = (doc.first
                     + rs.iter().map(|&r| regions[r].tokens.end).max().unwrap_or(0) as u32)
                     .div_ceil(block);
-                let b = &blocks[*i];
+                let b = blocks[*i].as_deref().unwrap_or_default();
                 let from = b.partition_point(|&(g, _)| g < lo);
                 if b.get(from).is_none_or(|&(g, _)| g >= hi) {
                     continue;
