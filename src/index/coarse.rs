@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use std::ops::Range;
 
-use super::codec::{self, COARSE_BLOCKS_PER_BUCKET};
+use super::codec::{self, COARSE_BLOCKS_PER_BUCKET, COARSE_BLOCKS_PER_SUPER, COARSE_BLOCK_TOKENS};
 use super::error::{IndexError, Result};
 use super::packs::PackStore;
 use super::records::{self as rec, CollectionRecord, DocPart, DocumentRecord};
@@ -77,7 +77,8 @@ impl CoarseEdits {
         Ok(self.totals.get_mut(&key).expect("inserted above"))
     }
 
-    /// Adds (or with `remove`, takes away) the global `positions` where (layer, feature) fired.
+    /// Adds (or with `remove`, takes away) the sealed global `positions` where (layer, feature)
+    /// fired; those below `super_end` count in super-bucket records.
     pub fn apply(
         &mut self,
         store: &dyn KvStore,
@@ -85,6 +86,7 @@ impl CoarseEdits {
         (layer, feature): (u16, u32),
         positions: impl Iterator<Item = u32>,
         remove: bool,
+        super_end: u32,
     ) -> Result<()> {
         let counts = block_counts(positions);
         let n: u64 = counts.values().map(|&c| u64::from(c)).sum();
@@ -101,8 +103,22 @@ impl CoarseEdits {
                 *total + n
             };
         }
-        for ((bucket, block), n) in counts {
-            let counts = self.record(store, rec::coarse_key(cid, layer, feature, bucket))?;
+        for (global, n) in counts {
+            let (key, block, bucket) = if global * COARSE_BLOCK_TOKENS < super_end {
+                let index = global / COARSE_BLOCKS_PER_SUPER;
+                (
+                    rec::super_key(cid, layer, feature, index),
+                    global % COARSE_BLOCKS_PER_SUPER,
+                    index,
+                )
+            } else {
+                let (bucket, block) = (
+                    global / COARSE_BLOCKS_PER_BUCKET,
+                    global % COARSE_BLOCKS_PER_BUCKET,
+                );
+                (rec::coarse_key(cid, layer, feature, bucket), block, bucket)
+            };
+            let counts = self.record(store, key)?;
             let c = counts.entry(block).or_insert(0);
             if remove {
                 *c = c.checked_sub(n).ok_or_else(|| {
@@ -116,6 +132,35 @@ impl CoarseEdits {
                 }
             } else {
                 *c += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Merges the stored bucket records of `range` (a whole number of super-buckets the
+    /// collection has just passed) into super-bucket records; the bucket records go.
+    pub fn promote(&mut self, store: &dyn KvStore, cid: u32, range: Range<u32>) -> Result<()> {
+        let buckets =
+            range.start / codec::COARSE_BUCKET_TOKENS..range.end / codec::COARSE_BUCKET_TOKENS;
+        let mut keys = Vec::new();
+        store.scan_prefix(&rec::coarse_prefix(cid), &mut |k, _| {
+            let (_, layer, feature, bucket) = rec::parse_coarse_key(k)
+                .ok_or_else(|| IndexError::corrupt(format!("{k:?}"), "bad coarse key"))?;
+            if buckets.contains(&bucket) {
+                keys.push((k.to_vec(), layer, feature, bucket));
+            }
+            Ok(true)
+        })?;
+        for (key, layer, feature, bucket) in keys {
+            let counts = std::mem::take(self.record(store, key)?);
+            let first = bucket * COARSE_BLOCKS_PER_BUCKET;
+            for (block, n) in counts {
+                let global = first + block;
+                let index = global / COARSE_BLOCKS_PER_SUPER;
+                *self
+                    .record(store, rec::super_key(cid, layer, feature, index))?
+                    .entry(global % COARSE_BLOCKS_PER_SUPER)
+                    .or_insert(0) += n;
             }
         }
         Ok(())
@@ -141,11 +186,11 @@ impl CoarseEdits {
     }
 }
 
-/// Counts ascending global positions per (bucket, block).
-fn block_counts(positions: impl Iterator<Item = u32>) -> BTreeMap<(u32, u32), u32> {
+/// Counts positions per global block.
+fn block_counts(positions: impl Iterator<Item = u32>) -> BTreeMap<u32, u32> {
     let mut out = BTreeMap::new();
     for p in positions {
-        *out.entry(codec::coarse_block(p)).or_insert(0) += 1;
+        *out.entry(p / COARSE_BLOCK_TOKENS).or_insert(0) += 1;
     }
     out
 }
@@ -165,29 +210,44 @@ pub fn sealed_total(store: &dyn KvStore, cid: u32, layer: u16, feature: u32) -> 
     }
 }
 
+/// Blocks per record under `key`: a super-bucket's (`h/`) or a bucket's (`g/`).
+fn blocks_per_record(key: &[u8]) -> u32 {
+    if key.starts_with(b"h/") {
+        COARSE_BLOCKS_PER_SUPER
+    } else {
+        COARSE_BLOCKS_PER_BUCKET
+    }
+}
+
 fn decode(key: &[u8], v: &[u8]) -> Result<Vec<(u32, u32)>> {
-    codec::decode_coarse(v).map_err(|e| IndexError::corrupt(format!("coarse record {key:?}"), e))
+    codec::decode_coarse(v, blocks_per_record(key))
+        .map_err(|e| IndexError::corrupt(format!("coarse record {key:?}"), e))
 }
 
 /// Returns (global block, count) of (layer, feature) across a collection, ascending.
 pub fn read(store: &dyn KvStore, cid: u32, layer: u16, feature: u32) -> Result<Vec<(u32, u32)>> {
     let mut out = Vec::new();
-    store.scan_prefix(
-        &rec::coarse_feature_prefix(cid, layer, feature),
-        &mut |k, v| {
-            let (_, _, _, bucket) = rec::parse_coarse_key(k)
+    // Super-buckets first: they cover the lowest positions.
+    for prefix in [
+        rec::super_feature_prefix(cid, layer, feature),
+        rec::coarse_feature_prefix(cid, layer, feature),
+    ] {
+        store.scan_prefix(&prefix, &mut |k, v| {
+            let (_, _, _, index) = rec::parse_coarse_key(k)
                 .ok_or_else(|| IndexError::corrupt(format!("{k:?}"), "bad coarse key"))?;
+            let first = index * blocks_per_record(k);
             for (block, count) in decode(k, v)? {
-                out.push((bucket * COARSE_BLOCKS_PER_BUCKET + block, count));
+                out.push((first + block, count));
             }
             Ok(true)
-        },
-    )?;
+        })?;
+    }
     Ok(out)
 }
 
 /// Adds to `edits` the positions inside `range` of every document in `docs`
-/// ((number, first position, tokens)): what sealing the buckets of `range` writes.
+/// ((number, first position, tokens)): what sealing the buckets of `range` writes; positions
+/// below `super_end` go to super-bucket records.
 pub fn add_range(
     edits: &mut CoarseEdits,
     store: &dyn KvStore,
@@ -195,6 +255,7 @@ pub fn add_range(
     cid: u32,
     docs: &[DocPlace],
     range: Range<u32>,
+    super_end: u32,
 ) -> Result<()> {
     for &(doc, first, tokens) in docs {
         if first >= range.end || first + tokens <= range.start {
@@ -205,7 +266,7 @@ pub fn add_range(
                 .iter()
                 .map(|p| p + first)
                 .filter(|p| range.contains(p));
-            edits.apply(store, cid, (layer, feature), inside, false)?;
+            edits.apply(store, cid, (layer, feature), inside, false, super_end)?;
         }
     }
     Ok(())
@@ -250,7 +311,15 @@ pub fn expected(store: &dyn KvStore, packs: &PackStore) -> Result<BTreeMap<Vec<u
     let mut edits = CoarseEdits::from_scratch();
     for (cid, docs) in &docs {
         let end = sealed.get(cid).copied().unwrap_or(0);
-        add_range(&mut edits, store, packs, *cid, docs, 0..end)?;
+        add_range(
+            &mut edits,
+            store,
+            packs,
+            *cid,
+            docs,
+            0..end,
+            codec::super_end(end),
+        )?;
     }
     let totals = edits
         .totals
@@ -294,7 +363,11 @@ pub fn migrate_v1(store: &dyn KvStore, _dir: &std::path::Path) -> Result<Batch> 
             .get(&(cid, doc))
             .ok_or_else(|| IndexError::corrupt(what(), "no such document"))?;
         let local = codec::decode_posting(v).map_err(|e| IndexError::corrupt(what(), e))?;
-        for ((bucket, block), n) in block_counts(local.iter().map(|p| p + first)) {
+        for (global, n) in block_counts(local.iter().map(|p| p + first)) {
+            let (bucket, block) = (
+                global / COARSE_BLOCKS_PER_BUCKET,
+                global % COARSE_BLOCKS_PER_BUCKET,
+            );
             *counts
                 .entry(rec::coarse_key(cid, layer, feature, bucket))
                 .or_default()

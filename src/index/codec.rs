@@ -130,6 +130,17 @@ pub fn sealed_end(next_position: u64) -> u32 {
     ((next_position / bucket) * bucket).min(u64::from(u32::MAX)) as u32
 }
 
+/// Collection-global positions per super-bucket: when a collection passes the end of one, the
+/// records of its 16 buckets merge into one record per (layer, feature).
+pub const COARSE_SUPER_TOKENS: u32 = 1 << 20;
+/// Coarse blocks per super-bucket record.
+pub const COARSE_BLOCKS_PER_SUPER: u32 = COARSE_SUPER_TOKENS / COARSE_BLOCK_TOKENS;
+
+/// Returns the end of the sealed super-buckets within `sealed_end`.
+pub fn super_end(sealed_end: u32) -> u32 {
+    (sealed_end / COARSE_SUPER_TOKENS) * COARSE_SUPER_TOKENS
+}
+
 /// Returns (bucket, block within the bucket) of a collection-global position.
 pub fn coarse_block(position: u32) -> (u32, u32) {
     let block = position / COARSE_BLOCK_TOKENS;
@@ -155,13 +166,14 @@ pub fn encode_coarse(blocks: &[(u32, u32)]) -> Vec<u8> {
     out
 }
 
-/// Decodes a coarse record.
-pub fn decode_coarse(bytes: &[u8]) -> Result<Vec<(u32, u32)>, String> {
+/// Decodes a coarse record of at most `blocks_per_record` blocks
+/// ([`COARSE_BLOCKS_PER_BUCKET`] or [`COARSE_BLOCKS_PER_SUPER`]).
+pub fn decode_coarse(bytes: &[u8], blocks_per_record: u32) -> Result<Vec<(u32, u32)>, String> {
     let mut pos = 0;
     let n = get_varint(bytes, &mut pos).ok_or("truncated length")?;
-    if n > u64::from(COARSE_BLOCKS_PER_BUCKET) {
+    if n > u64::from(blocks_per_record) {
         return Err(format!(
-            "{n} blocks, more than a bucket's {COARSE_BLOCKS_PER_BUCKET}"
+            "{n} blocks, more than a record's {blocks_per_record}"
         ));
     }
     let mut out = Vec::with_capacity(n as usize);
@@ -170,8 +182,7 @@ pub fn decode_coarse(bytes: &[u8]) -> Result<Vec<(u32, u32)>, String> {
         let d = get_varint(bytes, &mut pos).ok_or("truncated block")?;
         let count = get_varint(bytes, &mut pos).ok_or("truncated count")?;
         let block = if i == 0 { d } else { prev + d + 1 };
-        if block >= u64::from(COARSE_BLOCKS_PER_BUCKET) || count == 0 || count > u64::from(u32::MAX)
-        {
+        if block >= u64::from(blocks_per_record) || count == 0 || count > u64::from(u32::MAX) {
             return Err(format!("bad block {block} with count {count}"));
         }
         out.push((block as u32, count as u32));
@@ -264,12 +275,12 @@ mod tests {
         #[test]
         fn coarse_round_trip(blocks in proptest::collection::btree_map(0u32..COARSE_BLOCKS_PER_BUCKET, 1u32..100_000, 0..128)) {
             let v: Vec<(u32, u32)> = blocks.into_iter().collect();
-            prop_assert_eq!(decode_coarse(&encode_coarse(&v)).unwrap(), v);
+            prop_assert_eq!(decode_coarse(&encode_coarse(&v), COARSE_BLOCKS_PER_BUCKET).unwrap(), v);
         }
 
         #[test]
         fn garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
-            let _ = decode_coarse(&bytes);
+            let _ = decode_coarse(&bytes, COARSE_BLOCKS_PER_SUPER);
             let _ = decode_posting(&bytes);
             let _ = posting_len(&bytes);
             let _ = decode_offsets(&bytes);

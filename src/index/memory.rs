@@ -500,6 +500,7 @@ impl Index {
             .collect();
         prefixes.push(rec::external_prefix(c.id));
         prefixes.push(rec::coarse_prefix(c.id));
+        prefixes.push(rec::super_prefix(c.id));
         prefixes.push(rec::total_prefix(c.id));
         let numbers: Vec<u32> = self.document_records(c.id)?.iter().map(|d| d.doc).collect();
         for p in prefixes {
@@ -918,6 +919,11 @@ impl Index {
             .write(c.id, number, &packs::encode(&encoded.postings)?)?;
         let sealed = (|| {
             if sealed_after > sealed_before {
+                let super_before = codec::super_end(sealed_before);
+                let super_after = codec::super_end(sealed_after);
+                if super_after > super_before {
+                    coarse.promote(&self.store, c.id, super_before..super_after)?;
+                }
                 let mut docs: Vec<coarse::DocPlace> = self
                     .document_records(c.id)?
                     .iter()
@@ -932,6 +938,7 @@ impl Index {
                     c.id,
                     &docs,
                     sealed_before..sealed_after,
+                    super_after,
                 )?;
             }
             coarse.write(&mut b);
@@ -984,7 +991,8 @@ impl Index {
                     .iter()
                     .map(|p| p + d.first_position)
                     .filter(|&p| p < sealed_end);
-                coarse.apply(&self.store, cid, (layer, feature), sealed, true)?;
+                let super_end = codec::super_end(sealed_end);
+                coarse.apply(&self.store, cid, (layer, feature), sealed, true, super_end)?;
             }
         }
         b.delete(rec::external_key(cid, &d.external_id));
@@ -1137,7 +1145,7 @@ impl Index {
         self.store.scan_prefix(b"", &mut |k, v| {
             let name = match &k[..2.min(k.len())] {
                 b"o/" => "offsets",
-                b"g/" | b"n/" => "coarse",
+                b"g/" | b"h/" | b"n/" => "coarse",
                 b"t/" => "text",
                 b"f/" => "features",
                 b"d/" => {
@@ -1290,7 +1298,7 @@ impl Index {
         }
         let want = coarse::expected(&self.store, &self.packs)?;
         let mut have = BTreeMap::new();
-        for prefix in [b"g/", b"n/"] {
+        for prefix in [b"g/", b"h/", b"n/"] {
             self.store.scan_prefix(prefix, &mut |k, v| {
                 have.insert(k.to_vec(), v.to_vec());
                 Ok(true)
@@ -1594,6 +1602,50 @@ mod tests {
         assert!(packs.list().unwrap().is_empty());
         assert_eq!(coarse_records(&index), 0);
         assert_eq!(index.verify().unwrap(), 0);
+    }
+
+    fn count_prefix(index: &Index, prefix: &[u8]) -> usize {
+        let mut n = 0;
+        index
+            .store
+            .scan_prefix(prefix, &mut |_, _| {
+                n += 1;
+                Ok(true)
+            })
+            .unwrap();
+        n
+    }
+
+    /// Past 2^20 positions the first 16 buckets merge into super-bucket records; deletes and
+    /// replaces reach into them; blocks and totals still equal the counts from all postings.
+    #[test]
+    fn buckets_merge_into_a_super_bucket() {
+        let (_dir, mut index) = with_collection();
+        for i in 0..34 {
+            put(&mut index, &format!("d{i}"), 30_000, i);
+        }
+        // 1,020,000 positions: 15 sealed buckets, no super-bucket yet.
+        assert_eq!(count_prefix(&index, b"h/"), 0);
+        assert_blocks_agree(&index);
+        put(&mut index, "d34", 30_000, 34);
+        // 1,050,000: the first 2^20 positions are one super-bucket; only bucket 16 is left.
+        assert!(count_prefix(&index, b"h/") > 0);
+        let mut buckets = BTreeSet::new();
+        index
+            .store
+            .scan_prefix(b"g/", &mut |k, _| {
+                buckets.insert(rec::parse_coarse_key(k).unwrap().3);
+                Ok(true)
+            })
+            .unwrap();
+        assert!(buckets.iter().all(|&b| b >= 16), "{buckets:?}");
+        assert_eq!(index.verify().unwrap(), 35);
+        assert_blocks_agree(&index);
+        // A delete inside the super-bucket and a replace of a document in it.
+        index.delete("c", "d3").unwrap();
+        put(&mut index, "d5", 10_000, 99);
+        assert_eq!(index.verify().unwrap(), 34);
+        assert_blocks_agree(&index);
     }
 
     /// A format-2 store (postings as `p/` records, coarse records for every bucket) upgrades

@@ -48,7 +48,7 @@ fn postings_to_packs(store: &dyn KvStore, dir: &Path) -> Result<Batch> {
     let packs = PackStore::open(&dir.join("packs"))?;
     let coarse::Layout { sealed, docs } = coarse::layout(store)?;
     let mut b = Batch::default();
-    for prefix in [&b"p/"[..], &b"g/"[..], &b"n/"[..]] {
+    for prefix in [&b"p/"[..], &b"g/"[..], &b"h/"[..], &b"n/"[..]] {
         store.scan_prefix(prefix, &mut |k, _| {
             b.delete(k.to_vec());
             Ok(true)
@@ -73,7 +73,8 @@ fn postings_to_packs(store: &dyn KvStore, dir: &Path) -> Result<Batch> {
                 let local =
                     super::codec::decode_posting(&v).map_err(|e| IndexError::corrupt(&what, e))?;
                 let sealed_part = local.iter().map(|p| p + first).filter(|&p| p < end);
-                edits.apply(store, cid, (layer, feature), sealed_part, false)?;
+                let super_end = super::codec::super_end(end);
+                edits.apply(store, cid, (layer, feature), sealed_part, false, super_end)?;
                 postings.insert((layer, feature), local);
             }
             packs.write(cid, doc, &packs::encode(&postings)?)?;

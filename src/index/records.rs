@@ -14,7 +14,9 @@
 //! - `t/{cid}{doc}`: text; `o/{cid}{doc}`: token offsets; `f/{cid}{doc}`: the document's
 //!   (layer, feature) set, so deleting it never scans the postings
 //! - `g/{cid}{layer u16}{feature u32}{bucket}`: coarse block counts of a sealed bucket;
-//!   `n/{cid}{layer u16}{feature u32}`: their total over all sealed buckets
+//!   `h/{cid}{layer u16}{feature u32}{super}`: the same over a sealed super-bucket of 2^20
+//!   positions (its 16 bucket records merge into it); `n/{cid}{layer u16}{feature u32}`:
+//!   the total over all sealed buckets
 //! - `p/{cid}{layer u16}{feature u32}{doc}`: one posting, in formats 1 and 2 only; format 3
 //!   keeps a document's postings in its pack file ([`super::packs`])
 //! - `j/{seq u64}`: [`JournalOp`] not yet applied to the BM25 index
@@ -291,6 +293,25 @@ pub fn coarse_prefix(cid: u32) -> Vec<u8> {
     key(b"g/", &[&cid.to_be_bytes()])
 }
 
+/// Key of the coarse record of (layer, feature) over one sealed super-bucket.
+pub fn super_key(cid: u32, layer: u16, feature: u32, index: u32) -> Vec<u8> {
+    let mut k = coarse_key(cid, layer, feature, index);
+    k[0] = b'h';
+    k
+}
+
+/// Prefix of every super-bucket record of (layer, feature).
+pub fn super_feature_prefix(cid: u32, layer: u16, feature: u32) -> Vec<u8> {
+    let mut k = coarse_feature_prefix(cid, layer, feature);
+    k[0] = b'h';
+    k
+}
+
+/// Prefix of all super-bucket records of a collection.
+pub fn super_prefix(cid: u32) -> Vec<u8> {
+    key(b"h/", &[&cid.to_be_bytes()])
+}
+
 /// Key of the sealed-token total of (layer, feature): how many tokens of the sealed buckets
 /// fired it (u64 BE), the document frequency retrieval's idf needs without reading buckets.
 pub fn total_key(cid: u32, layer: u16, feature: u32) -> Vec<u8> {
@@ -309,9 +330,10 @@ pub fn total_prefix(cid: u32) -> Vec<u8> {
     key(b"n/", &[&cid.to_be_bytes()])
 }
 
-/// Splits a coarse key into (cid, layer, feature, bucket): the same layout as a posting key.
+/// Splits a coarse key (`g/`, or `h/` for a super-bucket) into (cid, layer, feature, bucket
+/// or super-bucket): the same layout as a posting key.
 pub fn parse_coarse_key(k: &[u8]) -> Option<(u32, u16, u32, u32)> {
-    if !k.starts_with(b"g/") {
+    if !k.starts_with(b"g/") && !k.starts_with(b"h/") {
         return None;
     }
     let mut p = k.to_vec();
