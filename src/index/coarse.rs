@@ -45,14 +45,18 @@ impl CoarseEdits {
         }
     }
 
+    /// The stored value of `key`, or none when rebuilding from scratch.
+    fn stored(&self, store: &dyn KvStore, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if self.from_scratch {
+            Ok(None)
+        } else {
+            store.get(key)
+        }
+    }
+
     fn record(&mut self, store: &dyn KvStore, key: Vec<u8>) -> Result<&mut Counts> {
         if !self.records.contains_key(&key) {
-            let stored = if self.from_scratch {
-                None
-            } else {
-                store.get(&key)?
-            };
-            let counts = match stored {
+            let counts = match self.stored(store, &key)? {
                 Some(v) => decode(&key, &v)?.into_iter().collect(),
                 None => Counts::new(),
             };
@@ -63,12 +67,7 @@ impl CoarseEdits {
 
     fn total(&mut self, store: &dyn KvStore, key: Vec<u8>) -> Result<&mut u64> {
         if !self.totals.contains_key(&key) {
-            let stored = if self.from_scratch {
-                None
-            } else {
-                store.get(&key)?
-            };
-            let n = match stored {
+            let n = match self.stored(store, &key)? {
                 Some(v) => read_total(&key, &v)?,
                 None => 0,
             };
