@@ -422,11 +422,14 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
         );
     }
     println!(
-        "  on disk: store {} bytes, bm25 {} bytes",
+        "  on disk: store and posting packs {} bytes, bm25 {} bytes",
         s.store_disk_bytes, s.bm25_disk_bytes
     );
     if let Some(t) = s.bytes_per_token.get("total") {
-        println!("  total {t:.1} bytes/token (logical store records + bm25 on disk)");
+        println!("  total {t:.1} bytes/token (logical records and packs + bm25 on disk)");
+    }
+    if let Some(t) = s.bytes_per_token.get("disk_total") {
+        println!("  on disk in all {t:.1} bytes/token");
     }
     Ok(())
 }
