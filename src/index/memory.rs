@@ -941,17 +941,21 @@ impl Index {
                     super_after,
                 )?;
             }
-            coarse.write(&mut b);
-            journal.push(JournalOp::Put {
-                collection: c.id,
-                doc: number,
-            });
-            self.commit_batch(b, journal)
+            Ok(())
         })();
         if let Err(e) = sealed {
+            // Nothing refers to the pack yet.
             self.remove_packs(c.id, [number]);
             return Err(e);
         }
+        coarse.write(&mut b);
+        journal.push(JournalOp::Put {
+            collection: c.id,
+            doc: number,
+        });
+        // A failed commit keeps the pack: if the batch did not land, the next open removes it
+        // as an orphan; if it did, the document needs it.
+        self.commit_batch(b, journal)?;
         if let Some(old) = old {
             self.remove_packs(c.id, [old]);
             self.bm25.delete(c.id, old)?;
