@@ -257,7 +257,7 @@ pub fn add_range(
     super_end: u32,
 ) -> Result<()> {
     for &(doc, first, tokens) in docs {
-        if first >= range.end || first + tokens <= range.start {
+        if first >= range.end || u64::from(first) + u64::from(tokens) <= u64::from(range.start) {
             continue;
         }
         for ((layer, feature), local) in packs.read_owned(cid, doc)?.all()? {

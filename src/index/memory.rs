@@ -662,7 +662,7 @@ impl Index {
         let tail = self
             .document_records(cid)?
             .into_iter()
-            .filter(|d| d.first_position + d.tokens > sealed_end)
+            .filter(|d| u64::from(d.first_position) + u64::from(d.tokens) > u64::from(sealed_end))
             .map(|d| (d.doc, d.first_position))
             .collect();
         Ok(PostingReader {
