@@ -671,6 +671,7 @@ impl Index {
             sealed_end,
             tail,
             packs: HashMap::new(),
+            open: std::collections::VecDeque::new(),
         })
     }
 
@@ -1335,7 +1336,11 @@ impl Index {
     }
 }
 
-/// Reads one collection's postings for one question: each document's pack is opened once.
+/// Most pack files a [`PostingReader`] holds open at once (its directories stay in memory).
+const MAX_OPEN_PACKS: usize = 64;
+
+/// Reads one collection's postings for one question: each document's pack directory is read
+/// once; at most [`MAX_OPEN_PACKS`] files stay open, the least recently opened let go first.
 pub struct PostingReader<'a> {
     index: &'a Index,
     cid: u32,
@@ -1344,14 +1349,31 @@ pub struct PostingReader<'a> {
     /// (number, first position) of the documents reaching past `sealed_end`.
     tail: Vec<(u32, u32)>,
     packs: HashMap<u32, Pack>,
+    /// Documents whose pack file is open, oldest first.
+    open: std::collections::VecDeque<u32>,
 }
 
 impl PostingReader<'_> {
     /// Returns the document-local positions where (layer, feature) fired in document `doc`.
     pub fn posting(&mut self, doc: u32, layer: u16, feature: u32) -> Result<Vec<u32>> {
-        if !self.packs.contains_key(&doc) {
-            let pack = self.index.packs.read_owned(self.cid, doc)?;
-            self.packs.insert(doc, pack);
+        match self.packs.get_mut(&doc) {
+            Some(pack) if pack.is_open() => {}
+            Some(pack) => {
+                pack.reopen()?;
+                self.open.push_back(doc);
+            }
+            None => {
+                let pack = self.index.packs.read_owned(self.cid, doc)?;
+                self.packs.insert(doc, pack);
+                self.open.push_back(doc);
+            }
+        }
+        while self.open.len() > MAX_OPEN_PACKS {
+            if let Some(old) = self.open.pop_front() {
+                if let Some(p) = self.packs.get_mut(&old) {
+                    p.close();
+                }
+            }
         }
         self.packs[&doc].get(layer, feature)
     }
@@ -1391,9 +1413,9 @@ impl PostingReader<'_> {
         Ok(n)
     }
 
-    /// Returns the number of packs opened so far.
-    pub fn packs_opened(&self) -> usize {
-        self.packs.len()
+    /// Returns the number of packs read so far, and how many of their files are open.
+    pub fn packs_read(&self) -> (usize, usize) {
+        (self.packs.len(), self.open.len())
     }
 }
 
@@ -1650,6 +1672,32 @@ mod tests {
         put(&mut index, "d5", 10_000, 99);
         assert_eq!(index.verify().unwrap(), 34);
         assert_blocks_agree(&index);
+    }
+
+    /// A question over many documents holds at most MAX_OPEN_PACKS files open, and reads the
+    /// same postings as one pack at a time.
+    #[test]
+    fn a_reader_keeps_few_files_open() {
+        let (_dir, mut index) = with_collection();
+        for i in 0..(MAX_OPEN_PACKS + 20) {
+            put(&mut index, &format!("d{i}"), 50, i);
+        }
+        let cid = index.collection_id("c").unwrap();
+        let docs = index.documents("c").unwrap();
+        let mut reader = index.posting_reader(cid).unwrap();
+        for round in 0..2 {
+            for d in &docs {
+                let got = reader.posting(d.number, 0, 3).unwrap();
+                assert_eq!(
+                    got,
+                    index.posting(cid, 0, 3, d.number).unwrap(),
+                    "round {round}"
+                );
+            }
+            let (read, open) = reader.packs_read();
+            assert_eq!(read, docs.len());
+            assert!(open <= MAX_OPEN_PACKS, "{open} files open");
+        }
     }
 
     /// A format-2 store (postings as `p/` records, coarse records for every bucket) upgrades

@@ -6,10 +6,11 @@
 //!
 //! Layout of `packs/{cid}-{doc}.pack` (integers are LEB128 varints unless noted): `S3PK`, a
 //! format byte, the directory's length (u32 LE), the directory (entry count, then per
-//! (layer, feature) ascending its packed id as a gap from the previous one and its posting's
-//! byte length), the directory's CRC-32 (u32 LE), the postings ([`codec`] encoding) back to
-//! back, and their CRC-32 (u32 LE). Retrieval reads the directory and then only the postings it
-//! needs; `verify` reads it all and checks both sums.
+//! (layer, feature) ascending its packed id as a gap from the previous one, its posting's
+//! byte length, and the posting's CRC-32 as u32 LE), the directory's CRC-32 (u32 LE), the
+//! postings ([`codec`] encoding) back to back, and their CRC-32 (u32 LE). Retrieval reads the
+//! directory and then only the postings it needs, each checked against its own sum; `verify`
+//! reads it all.
 //!
 //! Crash order: a pack is written under a temporary name, synced and renamed before the sled
 //! batch that makes its document visible; a document's pack is removed only after the batch
@@ -56,6 +57,7 @@ pub fn encode(postings: &BTreeMap<(u16, u32), Vec<u32>>) -> Result<Vec<u8>> {
         let bytes = codec::encode_posting(positions);
         put_varint(&mut dir, u64::from(gap));
         put_varint(&mut dir, bytes.len() as u64);
+        dir.extend_from_slice(&crc32fast::hash(&bytes).to_le_bytes());
         body.extend_from_slice(&bytes);
     }
     let mut out = Vec::with_capacity(PREAMBLE + dir.len() + body.len() + 8);
@@ -69,11 +71,19 @@ pub fn encode(postings: &BTreeMap<(u16, u32), Vec<u32>>) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Parses a directory into (packed id, byte range within the body), ascending.
-fn parse_directory(
-    dir: &[u8],
-    body_len: u64,
-) -> std::result::Result<Vec<(u32, Range<u64>)>, String> {
+/// One posting in a pack's directory.
+#[derive(Debug, Clone)]
+struct Entry {
+    /// Packed (layer, feature).
+    id: u32,
+    /// Byte range within the body.
+    range: Range<u64>,
+    /// CRC-32 of those bytes.
+    crc: u32,
+}
+
+/// Parses a directory into its entries, ascending by id.
+fn parse_directory(dir: &[u8], body_len: u64) -> std::result::Result<Vec<Entry>, String> {
     let mut pos = 0;
     let n = get_varint(dir, &mut pos).ok_or("truncated count")?;
     if n as usize > dir.len() {
@@ -85,19 +95,29 @@ fn parse_directory(
     for _ in 0..n {
         let gap = get_varint(dir, &mut pos).ok_or("truncated id")?;
         let len = get_varint(dir, &mut pos).ok_or("truncated length")?;
+        let crc = dir
+            .get(pos..pos + 4)
+            .ok_or("truncated checksum")?
+            .try_into()
+            .map(u32::from_le_bytes)
+            .map_err(|_| "truncated checksum")?;
+        pos += 4;
         let id = match prev {
-            None => gap,
-            Some(p) => p + gap + 1,
-        };
-        if id > u64::from(u32::MAX) {
-            return Err(format!("feature id {id} out of range"));
+            None => Some(gap),
+            Some(p) => p.checked_add(gap).and_then(|i| i.checked_add(1)),
         }
+        .filter(|&i| i <= u64::from(u32::MAX))
+        .ok_or("a feature id out of range")?;
         prev = Some(id);
         let end = at
             .checked_add(len)
             .filter(|&e| e <= body_len)
             .ok_or("a posting runs past the end")?;
-        entries.push((id as u32, at..end));
+        entries.push(Entry {
+            id: id as u32,
+            range: at..end,
+            crc,
+        });
         at = end;
     }
     if pos != dir.len() {
@@ -109,16 +129,18 @@ fn parse_directory(
     Ok(entries)
 }
 
-/// An open pack: its directory, read and checked; postings are read on demand.
+/// A pack whose directory was read and checked; postings are read on demand, through the
+/// file kept open unless [`Pack::close`] let it go.
 #[derive(Debug)]
 pub struct Pack {
-    file: File,
+    path: PathBuf,
+    file: Option<File>,
     what: String,
     /// Offset of the body in the file.
     body_at: u64,
     body_len: u64,
-    /// (packed (layer, feature), byte range within the body), ascending by id.
-    entries: Vec<(u32, Range<u64>)>,
+    /// The postings, ascending by id.
+    entries: Vec<Entry>,
 }
 
 impl Pack {
@@ -155,7 +177,8 @@ impl Pack {
             Err(why) => return bad(why),
         };
         Ok(Ok(Self {
-            file,
+            path: path.into(),
+            file: Some(file),
             what,
             body_at,
             body_len,
@@ -163,11 +186,32 @@ impl Pack {
         }))
     }
 
+    /// Lets the file go (a reader holding many packs keeps few descriptors); reads reopen it.
+    pub fn close(&mut self) {
+        self.file = None;
+    }
+
+    /// Reopens the file after [`Pack::close`].
+    pub fn reopen(&mut self) -> Result<()> {
+        if self.file.is_none() {
+            self.file = Some(File::open(&self.path).map_err(|e| IndexError::io(&self.path, e))?);
+        }
+        Ok(())
+    }
+
+    /// Returns whether the file is held open.
+    pub fn is_open(&self) -> bool {
+        self.file.is_some()
+    }
+
     fn read_at(&self, r: Range<u64>) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; (r.end - r.start) as usize];
-        self.file
-            .read_exact_at(&mut buf, self.body_at + r.start)
-            .map_err(|e| IndexError::io(&self.what, e))?;
+        let mut read = |f: &File| f.read_exact_at(&mut buf, self.body_at + r.start);
+        match &self.file {
+            Some(f) => read(f),
+            None => File::open(&self.path).and_then(|f| read(&f)),
+        }
+        .map_err(|e| IndexError::io(&self.what, e))?;
         Ok(buf)
     }
 
@@ -183,10 +227,20 @@ impl Pack {
         let Some(id) = rec::pack_feature(layer, feature) else {
             return Ok(Vec::new());
         };
-        match self.entries.binary_search_by_key(&id, |(i, _)| *i) {
+        match self.entries.binary_search_by_key(&id, |e| e.id) {
             Err(_) => Ok(Vec::new()),
             Ok(i) => {
-                let bytes = self.read_at(self.entries[i].1.clone())?;
+                let e = &self.entries[i];
+                let bytes = self.read_at(e.range.clone())?;
+                if crc32fast::hash(&bytes) != e.crc {
+                    let (layer, feature) = rec::unpack_feature(id);
+                    return Err(IndexError::corrupt(
+                        &self.what,
+                        format!(
+                            "checksum mismatch in posting {layer}/{feature} (the file is damaged)"
+                        ),
+                    ));
+                }
                 self.decode(id, &bytes)
             }
         }
@@ -209,7 +263,7 @@ impl Pack {
 
     /// Returns the packed (layer, feature) ids, ascending.
     pub fn ids(&self) -> impl Iterator<Item = u32> + '_ {
-        self.entries.iter().map(|(id, _)| *id)
+        self.entries.iter().map(|e| e.id)
     }
 
     /// Reads the whole body, checking its sum.
@@ -230,9 +284,9 @@ impl Pack {
         let body = self.body()?;
         self.entries
             .iter()
-            .map(|(id, r)| {
-                let p = self.decode(*id, &body[r.start as usize..r.end as usize])?;
-                Ok((rec::unpack_feature(*id), p))
+            .map(|e| {
+                let p = self.decode(e.id, &body[e.range.start as usize..e.range.end as usize])?;
+                Ok((rec::unpack_feature(e.id), p))
             })
             .collect()
     }
@@ -242,9 +296,9 @@ impl Pack {
         let body = self.body()?;
         self.entries
             .iter()
-            .map(|(_, r)| {
-                codec::posting_len(&body[r.start as usize..r.end as usize])
-                    .map_err(|e| IndexError::corrupt(&self.what, e))
+            .map(|e| {
+                codec::posting_len(&body[e.range.start as usize..e.range.end as usize])
+                    .map_err(|err| IndexError::corrupt(&self.what, err))
             })
             .sum()
     }
@@ -403,6 +457,16 @@ mod tests {
             };
             assert!(e.to_string().contains("1-2.pack"), "byte {i}: {e}");
         }
+        // A flipped bit inside one posting is caught by that posting's own sum on a lookup.
+        let mut b = bytes.clone();
+        // The body ends with the posting of (24, 0) (3 bytes) and the body's sum (4 bytes).
+        let at = b.len() - 5;
+        b[at] ^= 0x01;
+        std::fs::write(&path, &b).unwrap();
+        let p = s.read_owned(1, 2).unwrap();
+        let e = p.get(24, 0).unwrap_err().to_string();
+        assert!(e.contains("checksum") && e.contains("24/0"), "{e}");
+        assert_eq!(p.get(8, 3).unwrap(), vec![0, 5, 9]);
         std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
         assert!(s.read(1, 2).is_err() || s.read(1, 2).unwrap().unwrap().all().is_err());
         std::fs::write(&path, b"").unwrap();
