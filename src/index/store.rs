@@ -71,12 +71,26 @@ impl SledStore {
     /// The caller must hold the data dir's lock: stale snapshot files are removed first.
     pub fn open(dir: &Path) -> Result<Self> {
         remove_partial_snapshots(dir)?;
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             // Durability comes from explicit flushes after each batch; the periodic flusher
             // would only add background writes.
-            .flush_every_ms(None)
-            .open()?;
+            .flush_every_ms(None);
+        // The caller holds the data dir's lock, so no other opener exists; sled's own file
+        // lock can still be held for a moment by the threads of a store this process just
+        // dropped (seen when a daemon shuts down and the same process reopens its data dir).
+        let mut tries = 0;
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if tries < 100 && e.to_string().contains("could not acquire lock") =>
+                {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other?,
+            }
+        };
         Ok(Self { db })
     }
 
