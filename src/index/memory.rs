@@ -347,6 +347,7 @@ impl Index {
 
     /// Removes the packs no document record owns (and unfinished temporary packs).
     fn remove_orphan_packs(&self) -> Result<()> {
+        self.packs.remove_unfinished()?;
         for (cid, doc) in self.packs.list()? {
             if self
                 .store
@@ -672,6 +673,7 @@ impl Index {
             tail,
             packs: HashMap::new(),
             open: std::collections::VecDeque::new(),
+            tail_blocks: HashMap::new(),
         })
     }
 
@@ -1131,7 +1133,9 @@ impl Index {
 
     /// Returns the bytes on disk of the store, the packs and BM25 (without reading them).
     pub fn disk_bytes(&self) -> u64 {
-        dir_bytes(&self.dir.join("store")) + self.packs.disk_bytes() + dir_bytes(self.bm25.dir())
+        dir_bytes(&self.dir.join("store"))
+            + dir_bytes(self.packs.dir())
+            + dir_bytes(self.bm25.dir())
     }
 
     /// Counts and sizes everything in the data dir.
@@ -1181,7 +1185,7 @@ impl Index {
         s.tokens = tokens;
         s.postings = postings;
         s.posting_entries = entries;
-        s.store_disk_bytes = dir_bytes(&self.dir.join("store")) + self.packs.disk_bytes();
+        s.store_disk_bytes = dir_bytes(&self.dir.join("store")) + dir_bytes(self.packs.dir());
         s.bm25_disk_bytes = dir_bytes(self.bm25.dir());
         if tokens > 0 {
             let t = tokens as f64;
@@ -1351,6 +1355,8 @@ pub struct PostingReader<'a> {
     packs: HashMap<u32, Pack>,
     /// Documents whose pack file is open, oldest first.
     open: std::collections::VecDeque<u32>,
+    /// Block counts of the open tail per (layer, feature), once computed.
+    tail_blocks: HashMap<(u16, u32), Vec<(u32, u32)>>,
 }
 
 impl PostingReader<'_> {
@@ -1383,34 +1389,40 @@ impl PostingReader<'_> {
     /// their coarse records, the open tail from the postings of the documents in it.
     pub fn coarse_blocks(&mut self, layer: u16, feature: u32) -> Result<Vec<(u32, u32)>> {
         let mut out = coarse::read(&self.index.store, self.cid, layer, feature)?;
-        let mut tail: BTreeMap<u32, u32> = BTreeMap::new();
-        for i in 0..self.tail.len() {
-            let (doc, first) = self.tail[i];
-            for p in self.posting(doc, layer, feature)? {
-                let p = p + first;
-                if p >= self.sealed_end {
-                    *tail.entry(p / codec::COARSE_BLOCK_TOKENS).or_insert(0) += 1;
-                }
-            }
-        }
-        out.extend(tail);
+        out.extend(self.tail_blocks(layer, feature)?.iter().copied());
         Ok(out)
     }
 
     /// Returns how many tokens fired (layer, feature) in the whole collection: the sealed
     /// total from its one record, the open tail from the packs.
     pub fn token_count(&mut self, layer: u16, feature: u32) -> Result<u64> {
-        let mut n = coarse::sealed_total(&self.index.store, self.cid, layer, feature)?;
-        for i in 0..self.tail.len() {
-            let (doc, first) = self.tail[i];
-            let sealed_end = self.sealed_end;
-            n += self
-                .posting(doc, layer, feature)?
-                .iter()
-                .filter(|&&p| p + first >= sealed_end)
-                .count() as u64;
+        let sealed = coarse::sealed_total(&self.index.store, self.cid, layer, feature)?;
+        let tail: u64 = self
+            .tail_blocks(layer, feature)?
+            .iter()
+            .map(|&(_, n)| u64::from(n))
+            .sum();
+        Ok(sealed + tail)
+    }
+
+    /// Returns (global block, tokens that fired) of (layer, feature) in the open tail,
+    /// ascending; read from the packs once per question and feature.
+    fn tail_blocks(&mut self, layer: u16, feature: u32) -> Result<&[(u32, u32)]> {
+        if !self.tail_blocks.contains_key(&(layer, feature)) {
+            let mut blocks: BTreeMap<u32, u32> = BTreeMap::new();
+            for i in 0..self.tail.len() {
+                let (doc, first) = self.tail[i];
+                for p in self.posting(doc, layer, feature)? {
+                    let p = p + first;
+                    if p >= self.sealed_end {
+                        *blocks.entry(p / codec::COARSE_BLOCK_TOKENS).or_insert(0) += 1;
+                    }
+                }
+            }
+            self.tail_blocks
+                .insert((layer, feature), blocks.into_iter().collect());
         }
-        Ok(n)
+        Ok(&self.tail_blocks[&(layer, feature)])
     }
 
     /// Returns the number of packs read so far, and how many of their files are open.
@@ -1553,15 +1565,7 @@ mod tests {
     }
 
     fn coarse_records(index: &Index) -> usize {
-        let mut n = 0;
-        index
-            .store
-            .scan_prefix(b"g/", &mut |_, _| {
-                n += 1;
-                Ok(true)
-            })
-            .unwrap();
-        n
+        count_prefix(index, b"g/")
     }
 
     /// The reader's blocks of every feature equal the blocks counted from all postings.

@@ -371,7 +371,7 @@ impl PackStore {
         }
     }
 
-    /// Lists the (cid, doc) of every pack, and removes unfinished temporary files.
+    /// Lists the (cid, doc) of every finished pack (a read: it changes nothing).
     pub fn list(&self) -> Result<Vec<(u32, u32)>> {
         let mut out = Vec::new();
         let entries = std::fs::read_dir(&self.dir).map_err(|e| IndexError::io(&self.dir, e))?;
@@ -379,7 +379,6 @@ impl PackStore {
             let path = entry.map_err(|e| IndexError::io(&self.dir, e))?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             if name.ends_with(".pack.tmp") {
-                std::fs::remove_file(&path).map_err(|e| IndexError::io(&path, e))?;
                 continue;
             }
             let parsed = name.strip_suffix(".pack").and_then(|stem| {
@@ -395,17 +394,16 @@ impl PackStore {
         Ok(out)
     }
 
-    /// Returns the bytes of every pack on disk.
-    pub fn disk_bytes(&self) -> u64 {
-        std::fs::read_dir(&self.dir)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter_map(|e| e.metadata().ok())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0)
+    /// Removes the temporary files of packs whose writing never finished.
+    pub fn remove_unfinished(&self) -> Result<()> {
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| IndexError::io(&self.dir, e))?;
+        for entry in entries {
+            let path = entry.map_err(|e| IndexError::io(&self.dir, e))?.path();
+            if path.to_str().is_some_and(|p| p.ends_with(".pack.tmp")) {
+                std::fs::remove_file(&path).map_err(|e| IndexError::io(&path, e))?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -478,6 +476,7 @@ mod tests {
         let (dir, s) = written(&sample());
         std::fs::write(dir.path().join("1-8.pack.tmp"), b"partial").unwrap();
         assert_eq!(s.list().unwrap(), vec![(1, 2)]);
+        s.remove_unfinished().unwrap();
         assert!(!dir.path().join("1-8.pack.tmp").exists());
         assert!(s.read(1, 8).unwrap().is_none());
         assert!(s.read_owned(1, 8).is_err());
