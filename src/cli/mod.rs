@@ -132,6 +132,10 @@ pub struct EvalRunArgs {
     /// Most tokens of each answer.
     #[arg(long, default_value_t = 32)]
     pub max_new_tokens: usize,
+    /// Said after each question when the model answers (retrieval sees the question alone);
+    /// empty for none.
+    #[arg(long, default_value = crate::cli::eval_run::SHORT_ANSWER)]
+    pub instruction: String,
     /// Only the first N questions.
     #[arg(long)]
     pub limit: Option<usize>,

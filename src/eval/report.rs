@@ -39,6 +39,10 @@ pub struct RunRecord {
     pub decode_ms: f64,
     /// Peak resident memory of the process during this run, in bytes, when known.
     pub peak_rss_bytes: Option<u64>,
+    /// Peak GPU memory the process had allocated during this run (the weights included), in
+    /// bytes; `None` on the CPU.
+    #[serde(default)]
+    pub peak_gpu_bytes: Option<u64>,
 }
 
 impl RunRecord {
@@ -75,6 +79,8 @@ pub struct SummaryRow {
     pub mean_ms: f64,
     /// Highest peak resident memory, in bytes.
     pub peak_rss_bytes: Option<u64>,
+    /// Highest peak GPU memory allocated, in bytes (`None` on the CPU).
+    pub peak_gpu_bytes: Option<u64>,
 }
 
 fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
@@ -117,6 +123,7 @@ pub fn summarize(runs: &[RunRecord]) -> Vec<SummaryRow> {
                 p50_ms: ms[ms.len() / 2],
                 mean_ms: mean(ms.iter().copied()).unwrap_or(0.0),
                 peak_rss_bytes: rs.iter().filter_map(|r| r.peak_rss_bytes).max(),
+                peak_gpu_bytes: rs.iter().filter_map(|r| r.peak_gpu_bytes).max(),
             }
         })
         .collect()
@@ -126,11 +133,16 @@ fn pct(x: Option<f64>) -> String {
     x.map_or("-".to_string(), |v| format!("{:.1}", 100.0 * v))
 }
 
+fn megabytes(x: Option<u64>) -> String {
+    x.map_or("-".to_string(), |b| format!("{:.0}", b as f64 / 1e6))
+}
+
 /// The rows as a Markdown table (scores in percent).
 pub fn markdown(rows: &[SummaryRow]) -> String {
     let mut s = String::from(
         "| method | budget | n | EM | F1 | evidence recall | F1 (fits window) | F1 (beyond window) \
-         | context tokens | p50 ms | peak RSS MB |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+         | context tokens | p50 ms | peak RSS MB | peak GPU MB |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let budget = if r.budget == NO_BUDGET {
@@ -139,7 +151,7 @@ pub fn markdown(rows: &[SummaryRow]) -> String {
             r.budget.to_string()
         };
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {} |\n",
             r.method,
             budget,
             r.questions,
@@ -150,8 +162,8 @@ pub fn markdown(rows: &[SummaryRow]) -> String {
             pct(r.f1_beyond),
             r.context_tokens,
             r.p50_ms,
-            r.peak_rss_bytes
-                .map_or("-".to_string(), |b| format!("{:.0}", b as f64 / 1e6)),
+            megabytes(r.peak_rss_bytes),
+            megabytes(r.peak_gpu_bytes),
         ));
     }
     s
@@ -189,11 +201,37 @@ pub fn score_chart(rows: &[SummaryRow], title: &str) -> Chart {
     }
 }
 
-/// Peak resident memory against document length, one line per (method, budget).
-pub fn memory_chart(runs: &[RunRecord], title: &str) -> Chart {
+/// Which peak memory a chart draws.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Memory {
+    /// The process's peak resident memory (host).
+    Rss,
+    /// The peak GPU memory allocated.
+    Gpu,
+}
+
+impl Memory {
+    fn of(self, r: &RunRecord) -> Option<u64> {
+        match self {
+            Memory::Rss => r.peak_rss_bytes,
+            Memory::Gpu => r.peak_gpu_bytes,
+        }
+    }
+
+    /// The axis label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Memory::Rss => "peak RSS MB",
+            Memory::Gpu => "peak GPU MB",
+        }
+    }
+}
+
+/// Peak memory against document length, one line per (method, budget).
+pub fn memory_chart(runs: &[RunRecord], memory: Memory, title: &str) -> Chart {
     let mut series: Vec<Series> = Vec::new();
     for r in runs {
-        let Some(bytes) = r.peak_rss_bytes else {
+        let Some(bytes) = memory.of(r) else {
             continue;
         };
         let label = if r.budget == NO_BUDGET {
@@ -210,7 +248,7 @@ pub fn memory_chart(runs: &[RunRecord], title: &str) -> Chart {
     Chart {
         title: title.to_string(),
         x_label: "document tokens".to_string(),
-        y_label: "peak RSS MB".to_string(),
+        y_label: memory.label().to_string(),
         log_x: true,
         log_y: false,
         series,
@@ -237,6 +275,7 @@ mod tests {
             prefill_ms: 0.0,
             decode_ms: 0.0,
             peak_rss_bytes: Some(1_000_000 * budget as u64),
+            peak_gpu_bytes: (method == "full").then_some(3_000_000_000),
         }
     }
 
@@ -265,10 +304,13 @@ mod tests {
         assert_eq!(h.em, 0.5);
         assert_eq!(h.recall, Some(0.5));
         assert_eq!(h.peak_rss_bytes, Some(512_000_000));
+        assert_eq!(h.peak_gpu_bytes, None);
+        assert_eq!(rows[0].peak_gpu_bytes, Some(3_000_000_000));
         assert_eq!(rows[2].f1_beyond, None);
         let md = markdown(&rows);
         assert!(
-            md.contains("| full | - | 2 | 50.0 | 50.0 | - | 100.0 | 0.0 |"),
+            md.contains("| full | - | 2 | 50.0 | 50.0 | - | 100.0 | 0.0 |")
+                && md.contains("| 0 | 3000 |\n"),
             "{md}"
         );
         assert!(
@@ -289,8 +331,13 @@ mod tests {
         assert_eq!(c.series.len(), 2);
         assert_eq!(c.series[0].points, vec![(512.0, 50.0), (2048.0, 50.0)]);
         assert_eq!(c.series[1].points, vec![(512.0, 25.0), (2048.0, 100.0)]);
-        let m = memory_chart(&runs, "m");
+        let m = memory_chart(&runs, Memory::Rss, "m");
         assert_eq!(m.series.len(), 3);
         assert_eq!(m.series[1].label, "bm25@512");
+        // GPU memory: only the runs that have it (here the full-context one).
+        let g = memory_chart(&runs, Memory::Gpu, "g");
+        assert_eq!(g.series.len(), 1);
+        assert_eq!(g.series[0].points, vec![(4000.0, 3000.0)]);
+        assert_eq!(g.y_label, "peak GPU MB");
     }
 }

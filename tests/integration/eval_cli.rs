@@ -45,6 +45,8 @@ fn eval_answers_every_method_and_writes_the_report() {
                 "96",
                 "--max-new-tokens",
                 "6",
+                "--instruction",
+                "Reply in one word.",
                 "--json",
                 "--out",
             ])
@@ -55,6 +57,7 @@ fn eval_answers_every_method_and_writes_the_report() {
         serde_json::from_slice(&std::fs::read(out_dir.join("report.json")).unwrap()).unwrap();
     assert_eq!(report["rows"], on_disk["rows"]);
     assert_eq!(on_disk["complete"], true);
+    assert_eq!(on_disk["instruction"], "Reply in one word.");
     let rows = report["rows"].as_array().unwrap();
     let keys: Vec<(String, u64)> = rows
         .iter()
@@ -80,6 +83,7 @@ fn eval_answers_every_method_and_writes_the_report() {
         let f1 = r["f1"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&f1), "{r}");
         assert!(r["peak_rss_bytes"].as_u64().unwrap() > 10_000_000, "{r}");
+        assert!(r["peak_gpu_bytes"].is_null(), "no GPU here: {r}");
     }
     let runs = report["runs"].as_array().unwrap();
     assert_eq!(runs.len(), 10);
@@ -111,10 +115,15 @@ fn eval_answers_every_method_and_writes_the_report() {
     let md = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
     assert!(md.contains("| full | - | 2 |"), "{md}");
     assert!(md.contains("| hybrid | 96 | 2 |"), "{md}");
+    assert!(md.contains("instruction \"Reply in one word.\""), "{md}");
     for png in ["score.png", "memory.png"] {
         let bytes = std::fs::read(out_dir.join(png)).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{png}");
     }
+    assert!(
+        !out_dir.join("gpu-memory.png").exists(),
+        "the GPU chart is drawn only from GPU runs"
+    );
 }
 
 #[test]
