@@ -541,8 +541,15 @@ impl Chart {
             }
         }
         let (mid_x, xl, yl) = ((r.x0 + r.x1) / 2, &self.x_label, &self.y_label);
-        let title_x = (mid_x - text_w(&self.title, 2) / 2).max(4);
-        cv.text(title_x, 10, &self.title, 2, BLACK);
+        // The title at double size where it fits the image, else at single size.
+        let scale = if text_w(&self.title, 2) <= w - 8 {
+            2
+        } else {
+            1
+        };
+        let title_w = text_w(&self.title, scale);
+        let title_x = (mid_x - title_w / 2).min(w - 4 - title_w).max(4);
+        cv.text(title_x, 10 + 4 * (2 - scale), &self.title, scale, BLACK);
         cv.text(mid_x - text_w(xl, 1) / 2, r.y1 + 26, xl, 1, BLACK);
         cv.text_up(8, (r.y0 + r.y1) / 2 + text_w(yl, 1) / 2, yl, BLACK);
         cv
@@ -673,6 +680,40 @@ mod tests {
             }],
             ..Chart::default()
         }
+    }
+
+    /// Black pixels of the title's rows (above the top tick label), as (first column, last
+    /// column, count).
+    fn title_ink(chart: &Chart, w: u32) -> (usize, usize, usize) {
+        let d = decode(&chart.to_png(w, 300));
+        let mut cols = Vec::new();
+        for y in 0..26 {
+            for x in 0..d.w {
+                if d.palette[d.px[y * d.w + x] as usize] == [0, 0, 0] {
+                    cols.push(x);
+                }
+            }
+        }
+        let (lo, hi) = (cols.iter().min(), cols.iter().max());
+        (*lo.unwrap(), *hi.unwrap(), cols.len())
+    }
+
+    #[test]
+    fn a_long_title_shrinks_to_fit_the_image() {
+        let mut chart = one_line();
+        chart.title = "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf: peak RSS vs document length".into();
+        let narrow = title_ink(&chart, 800);
+        assert!(
+            narrow.0 >= 4 && narrow.1 < 800 - 3,
+            "inside the image: {narrow:?}"
+        );
+        // At double size it needs 826 px: in a wide image it is drawn at double size, with
+        // four times the ink of the single-size title.
+        let wide = title_ink(&chart, 1200);
+        assert_eq!(wide.2, 4 * narrow.2, "{wide:?} vs {narrow:?}");
+        // A short title stays at double size.
+        let short = title_ink(&one_line(), 800);
+        assert!(short.1 - short.0 > 2 * 6 * 14, "{short:?}");
     }
 
     #[test]
