@@ -19,6 +19,20 @@ pub struct AnswerConfig {
     pub max_new_tokens_limit: usize,
 }
 
+impl AnswerConfig {
+    /// Refuses a `max_new_tokens` of 0 or over the limit (callers with long work ahead check
+    /// this first, so a bad flag fails before the work, not after it).
+    pub fn check(&self) -> Result<()> {
+        if self.max_new_tokens == 0 || self.max_new_tokens > self.max_new_tokens_limit {
+            return Err(AnswerError::MaxNewTokens(format!(
+                "{} is not between 1 and {}",
+                self.max_new_tokens, self.max_new_tokens_limit
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for AnswerConfig {
     fn default() -> Self {
         Self {
@@ -67,12 +81,7 @@ pub fn answer_prompt(
     config: &AnswerConfig,
     on_text: &mut dyn FnMut(&str) -> bool,
 ) -> Result<Answer> {
-    if config.max_new_tokens == 0 || config.max_new_tokens > config.max_new_tokens_limit {
-        return Err(AnswerError::MaxNewTokens(format!(
-            "{} is not between 1 and {}",
-            config.max_new_tokens, config.max_new_tokens_limit
-        )));
-    }
+    config.check()?;
     let ids = prompt(model, context, question)?;
     let window = model.config().context;
     if ids.len() + config.max_new_tokens > window {

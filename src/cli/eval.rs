@@ -166,11 +166,6 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
         items.truncate(n);
     }
     anyhow::ensure!(!items.is_empty(), "no items with gold spans in the dataset");
-    let model = load(&args.store.model, models)?;
-    let saes = load_sae_set(&model, &args.store.sae, models)?;
-    let mut index = Index::open(args.store.data.dir()?, IndexConfig::default())?;
-    let encoder = Encoder::new(&model, &saes, crate::model::ScanConfig::default())?;
-    ingest_contexts(&mut index, &encoder, &args.store.collection, &items)?;
     let defaults = RetrieveConfig::default();
     let config = RetrieveConfig {
         sigma: args.sigma.unwrap_or(defaults.sigma),
@@ -188,6 +183,13 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
         },
         ..defaults
     };
+    // Settings first: a bad one stops the run before the model loads or anything is ingested.
+    config.check()?;
+    let model = load(&args.store.model, models)?;
+    let saes = load_sae_set(&model, &args.store.sae, models)?;
+    let mut index = Index::open(args.store.data.dir()?, IndexConfig::default())?;
+    let encoder = Encoder::new(&model, &saes, crate::model::ScanConfig::default())?;
+    ingest_contexts(&mut index, &encoder, &args.store.collection, &items)?;
     let retriever = Retriever::new(&model, &saes, config)?;
     // (method, budget) -> (recalled, runs, retrieve ms)
     let mut table: BTreeMap<(String, usize), (usize, usize, f64)> = BTreeMap::new();

@@ -142,12 +142,13 @@ pub fn run(args: &EvalRunArgs, models: &Path) -> Result<()> {
     if items.is_empty() {
         bail!("{}: no questions", dataset.display());
     }
-    let model = load(&args.store.model, models)?;
-    let retrieval = plans.iter().any(|p| matches!(p, Plan::Retrieve(..)));
     let config = AnswerConfig {
         max_new_tokens: args.max_new_tokens,
         ..AnswerConfig::default()
     };
+    config.check().context("--max-new-tokens")?;
+    let model = load(&args.store.model, models)?;
+    let retrieval = plans.iter().any(|p| matches!(p, Plan::Retrieve(..)));
     let mut ingest_seconds = 0.0;
     let saes;
     let mut index = None;

@@ -10,7 +10,9 @@ use serde_json::json;
 
 use super::commands::{load, load_sae_set};
 use super::{CollectionsCommand, DataDirArgs, DocsCommand, IngestArgs, StatsArgs};
-use crate::index::{document_text, Encoder, Index, IndexConfig, IndexError, NewDocument};
+use crate::index::{
+    check_document_fields, document_text, Encoder, Index, IndexConfig, IndexError, NewDocument,
+};
 
 fn open(data: &DataDirArgs, config: IndexConfig) -> Result<Index> {
     Ok(Index::open(data.dir()?, config)?)
@@ -174,6 +176,19 @@ pub fn ingest(args: &IngestArgs, models: &Path) -> Result<()> {
         .collect::<Result<Vec<_>>>()?;
     if let Some(id) = &args.id {
         inputs[0].id = Some(id.clone());
+    }
+    // Every document's id, size and metadata too, before anything is written (a collection
+    // included): a bad input in a later group must not leave earlier groups stored.
+    for input in &inputs {
+        check_document_fields(
+            &NewDocument {
+                collection: &args.collection,
+                id: input.id.clone(),
+                meta: args.meta.clone(),
+                text: &input.text,
+            },
+            args.max_document_bytes,
+        )?;
     }
     if let Some(client) = args.server.connect()? {
         return ingest_remote(args, client, inputs, t0);

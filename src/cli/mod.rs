@@ -507,8 +507,8 @@ pub struct BenchRetrieveArgs {
         default_value = "How many days does a licensee have to cure a violation?|What does the patent license grant?|Who may distribute copies of the covered software?|What happens when the license terminates?|Is there any warranty for the program?"
     )]
     pub questions: Vec<String>,
-    /// Retrievals per size.
-    #[arg(long, default_value_t = 20)]
+    /// Retrievals per size (at least 1).
+    #[arg(long, default_value_t = 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub runs: usize,
     /// Evidence budget in tokens.
     #[arg(long, default_value_t = 1024)]

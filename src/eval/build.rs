@@ -37,6 +37,25 @@ struct HotpotQuestion {
 /// A sentence placed in a document: its paragraph title, index and char range.
 type Located = (String, usize, (usize, usize));
 
+/// The longest document a builder makes, in tokens.
+const MAX_BUILD_TOKENS: usize = 1 << 24;
+
+/// Returns the chars of a document of `tokens` tokens at `chars_per_token`, refusing a length
+/// of 0 or over [`MAX_BUILD_TOKENS`] and an estimate outside 0.5-32 chars per token.
+fn target_chars(tokens: usize, chars_per_token: f64) -> Result<usize> {
+    if !(0.5..=32.0).contains(&chars_per_token) {
+        return Err(EvalError::Input(format!(
+            "--chars-per-token {chars_per_token} is not between 0.5 and 32"
+        )));
+    }
+    if tokens == 0 || tokens > MAX_BUILD_TOKENS {
+        return Err(EvalError::Input(format!(
+            "a document of {tokens} tokens is not between 1 and {MAX_BUILD_TOKENS}"
+        )));
+    }
+    Ok((tokens as f64 * chars_per_token) as usize)
+}
+
 /// Settings of the HotpotQA haystack builder.
 #[derive(Debug, Clone)]
 pub struct HotpotConfig {
@@ -66,8 +85,8 @@ pub fn hotpot_haystacks(input: &Path, cfg: &HotpotConfig) -> Result<Vec<EvalItem
             input.display()
         ))
     })?;
+    let target_chars = target_chars(cfg.doc_tokens, cfg.chars_per_token)?;
     let mut rng = Rng(cfg.seed);
-    let target_chars = (cfg.doc_tokens as f64 * cfg.chars_per_token) as usize;
     let mut out = Vec::new();
     let mut next = cfg.skip;
     for _ in 0..cfg.documents {
@@ -196,8 +215,12 @@ pub fn needles(essays: &str, cfg: &NeedleConfig) -> Result<Vec<EvalItem>> {
     }
     let mut rng = Rng(cfg.seed);
     let mut out = Vec::new();
-    for &len in &cfg.lengths {
-        let target = (len as f64 * cfg.chars_per_token) as usize;
+    let targets = cfg
+        .lengths
+        .iter()
+        .map(|&len| target_chars(len, cfg.chars_per_token))
+        .collect::<Result<Vec<_>>>()?;
+    for (&len, target) in cfg.lengths.iter().zip(targets) {
         // The haystack: paragraphs from the start, wrapping around, up to the target.
         let mut hay: Vec<&str> = Vec::new();
         let mut chars = 0;
@@ -290,5 +313,28 @@ mod tests {
         }
         let depth = |i: usize| items[i].gold_spans[0].0 as f64 / items[i].context.len() as f64;
         assert!(depth(0) < 0.05 && (0.4..0.6).contains(&depth(1)) && depth(2) > 0.95);
+    }
+
+    #[test]
+    fn lengths_and_estimates_out_of_range_are_refused() {
+        let essays = "One paragraph.\n\nAnother one.";
+        let cfg = |lengths: Vec<usize>, chars_per_token: f64| NeedleConfig {
+            lengths,
+            depths: vec![50.0],
+            chars_per_token,
+            shared: true,
+            seed: 1,
+        };
+        for (lengths, cpt) in [
+            (vec![500, usize::MAX], 4.0),
+            (vec![0], 4.0),
+            (vec![500], f64::INFINITY),
+            (vec![500], f64::NAN),
+            (vec![500], 0.0),
+        ] {
+            let e = needles(essays, &cfg(lengths.clone(), cpt)).unwrap_err();
+            assert!(matches!(e, EvalError::Input(_)), "{lengths:?} {cpt}: {e}");
+        }
+        assert_eq!(target_chars(1000, 4.2).unwrap(), 4200);
     }
 }

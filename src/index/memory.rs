@@ -223,6 +223,37 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Checks what a document carries, whatever its collection or index: its size against
+/// `max_document_bytes`, its text, id and metadata keys (callers check a batch with it before
+/// they create anything).
+pub fn check_document_fields(doc: &NewDocument<'_>, max_document_bytes: usize) -> Result<()> {
+    let id_for_errors = doc.id.clone().unwrap_or_else(|| "(new)".into());
+    if doc.text.len() > max_document_bytes {
+        return Err(IndexError::TooLarge {
+            id: id_for_errors,
+            bytes: doc.text.len(),
+            limit: max_document_bytes,
+        });
+    }
+    if doc.text.trim().is_empty() {
+        return Err(IndexError::InvalidInput(format!(
+            "document `{id_for_errors}` is empty"
+        )));
+    }
+    if let Some(id) = &doc.id {
+        check_name("document id", id)?;
+        if id.starts_with(GENERATED_ID_PREFIX) {
+            return Err(IndexError::InvalidInput(format!(
+                "document id `{id}` starts with `{GENERATED_ID_PREFIX}`, which is kept for generated ids"
+            )));
+        }
+    }
+    for (k, _) in &doc.meta {
+        check_name("metadata key", k)?;
+    }
+    Ok(())
+}
+
 /// Checks a collection name or external id.
 fn check_name(kind: &str, name: &str) -> Result<()> {
     if name.is_empty() {
@@ -772,30 +803,7 @@ impl Index {
     /// `encoder` is what the index was built with.
     pub fn check_document(&self, encoder: &Encoder<'_>, doc: &NewDocument<'_>) -> Result<()> {
         self.collection(doc.collection)?;
-        let id_for_errors = doc.id.clone().unwrap_or_else(|| "(new)".into());
-        if doc.text.len() > self.config.max_document_bytes {
-            return Err(IndexError::TooLarge {
-                id: id_for_errors,
-                bytes: doc.text.len(),
-                limit: self.config.max_document_bytes,
-            });
-        }
-        if doc.text.trim().is_empty() {
-            return Err(IndexError::InvalidInput(format!(
-                "document `{id_for_errors}` is empty"
-            )));
-        }
-        if let Some(id) = &doc.id {
-            check_name("document id", id)?;
-            if id.starts_with(GENERATED_ID_PREFIX) {
-                return Err(IndexError::InvalidInput(format!(
-                    "document id `{id}` starts with `{GENERATED_ID_PREFIX}`, which is kept for generated ids"
-                )));
-            }
-        }
-        for (k, _) in &doc.meta {
-            check_name("metadata key", k)?;
-        }
+        check_document_fields(doc, self.config.max_document_bytes)?;
         self.check_identity(encoder.identity())
     }
 

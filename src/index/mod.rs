@@ -23,8 +23,8 @@ pub use bm25::PassageHit;
 pub use encode::{layer_codes, EncodedDocument, Encoder, LayerCode};
 pub use error::{IndexError, Result};
 pub use memory::{
-    document_text, encode_document, Bm25Hit, CollectionInfo, ComponentBytes, DocumentInfo, Index,
-    IndexConfig, Ingested, NewDocument, PostingReader, Stats,
+    check_document_fields, document_text, encode_document, Bm25Hit, CollectionInfo, ComponentBytes,
+    DocumentInfo, Index, IndexConfig, Ingested, NewDocument, PostingReader, Stats,
 };
 pub use migrations::{STORE_FORMAT_OLDEST_SUPPORTED, STORE_FORMAT_VERSION};
 pub use records::StoreIdentity;

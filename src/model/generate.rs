@@ -86,6 +86,10 @@ impl Model {
         let mut tokens = Vec::new();
         let mut text = String::new();
         let stop = loop {
+            // Checked first, so that 0 new tokens means a prefill alone.
+            if tokens.len() >= config.max_new_tokens {
+                break StopReason::MaxTokens;
+            }
             let Some(l) = logits.take() else {
                 break StopReason::StopToken;
             };

@@ -42,12 +42,24 @@ impl ScanConfig {
                 "chunk must be at least 1 token".into(),
             ));
         }
-        let window = self.chunk + self.sinks + self.overlap;
-        if window > context {
-            return Err(ModelError::InvalidScan(format!(
-                "a window of {window} tokens (chunk {} + sinks {} + overlap {}) exceeds the model context of {context}",
-                self.chunk, self.sinks, self.overlap
-            )));
+        let window = self
+            .chunk
+            .checked_add(self.sinks)
+            .and_then(|w| w.checked_add(self.overlap));
+        match window {
+            Some(w) if w <= context => {}
+            Some(w) => {
+                return Err(ModelError::InvalidScan(format!(
+                    "a window of {w} tokens (chunk {} + sinks {} + overlap {}) exceeds the model context of {context}",
+                    self.chunk, self.sinks, self.overlap
+                )))
+            }
+            None => {
+                return Err(ModelError::InvalidScan(format!(
+                    "chunk {} + sinks {} + overlap {} tokens overflows; the model context is {context}",
+                    self.chunk, self.sinks, self.overlap
+                )))
+            }
         }
         Ok(())
     }
@@ -309,5 +321,12 @@ mod tests {
         assert!(matches!(cfg.check(512), Err(ModelError::InvalidScan(_))));
         let zero = ScanConfig { chunk: 0, ..cfg };
         assert!(zero.check(8192).is_err());
+        // A chunk that overflows the window's sum is refused, not wrapped into a small one.
+        let huge = ScanConfig {
+            chunk: usize::MAX - 3,
+            ..cfg
+        };
+        let e = huge.check(8192).unwrap_err().to_string();
+        assert!(e.contains("overflows"), "{e}");
     }
 }

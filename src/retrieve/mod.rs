@@ -194,6 +194,57 @@ pub struct RetrieveConfig {
     pub probe: question::Probe,
 }
 
+/// The widest Gaussian smoothing, in tokens (its kernel spans 6 sigma).
+const MAX_SIGMA: f32 = 1024.0;
+/// The longest span and snap reach, in tokens.
+const MAX_SPAN_TOKENS: usize = 1 << 16;
+
+impl RetrieveConfig {
+    /// Refuses settings that cannot work (a zero, negative, huge or non-finite smoothing or
+    /// fusion constant, an empty or huge span), naming the setting.
+    pub fn check(&self) -> Result<()> {
+        let bad = |field: &'static str, why: String| Err(RetrieveError::invalid(field, why));
+        if !(self.sigma > 0.0 && self.sigma <= MAX_SIGMA) {
+            return bad(
+                "sigma",
+                format!("{} is not in (0, {MAX_SIGMA}]", self.sigma),
+            );
+        }
+        if !(1..=MAX_SPAN_TOKENS).contains(&self.span_tokens) {
+            let n = self.span_tokens;
+            return bad(
+                "span_tokens",
+                format!("{n} is not in 1..={MAX_SPAN_TOKENS}"),
+            );
+        }
+        if self.snap_reach > MAX_SPAN_TOKENS {
+            let n = self.snap_reach;
+            return bad("snap_reach", format!("{n} is over {MAX_SPAN_TOKENS}"));
+        }
+        let f = &self.fusion;
+        if !(f.rrf_k.is_finite() && f.rrf_k >= 0.0) {
+            return bad("rrf_k", format!("{} is not a finite number >= 0", f.rrf_k));
+        }
+        if !(f.rerank.is_finite() && f.rerank >= 0.0) {
+            return bad(
+                "rerank",
+                format!("{} is not a finite number >= 0", f.rerank),
+            );
+        }
+        if f.weights
+            .iter()
+            .chain(&f.shares)
+            .any(|w| !(w.is_finite() && *w >= 0.0))
+        {
+            return bad(
+                "fusion",
+                "weights and shares must be finite and >= 0".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 impl Default for RetrieveConfig {
     fn default() -> Self {
         Self {
@@ -332,6 +383,7 @@ pub struct Retriever<'a> {
 impl<'a> Retriever<'a> {
     /// Returns a retriever; the SAE set must belong to the model.
     pub fn new(model: &'a Model, saes: &'a SaeSet, config: RetrieveConfig) -> Result<Self> {
+        config.check()?;
         let fingerprint = model.fingerprint()?;
         if saes.model_fingerprint() != fingerprint {
             return Err(RetrieveError::SaeForAnotherModel {
@@ -616,6 +668,26 @@ mod tests {
             source: Source::Bm25,
             score,
         }
+    }
+
+    #[test]
+    fn settings_that_cannot_work_are_named() {
+        assert!(RetrieveConfig::default().check().is_ok());
+        let with = |f: &dyn Fn(&mut RetrieveConfig)| {
+            let mut c = RetrieveConfig::default();
+            f(&mut c);
+            c.check().unwrap_err().to_string()
+        };
+        for sigma in [0.0, -1.0, 1e9, f32::INFINITY, f32::NAN] {
+            let e = with(&|c| c.sigma = sigma);
+            assert!(e.contains("sigma"), "{sigma}: {e}");
+        }
+        assert!(with(&|c| c.span_tokens = 0).contains("span_tokens"));
+        assert!(with(&|c| c.span_tokens = usize::MAX).contains("span_tokens"));
+        assert!(with(&|c| c.snap_reach = usize::MAX).contains("snap_reach"));
+        assert!(with(&|c| c.fusion.rrf_k = f32::NAN).contains("rrf_k"));
+        assert!(with(&|c| c.fusion.rerank = -0.5).contains("rerank"));
+        assert!(with(&|c| c.fusion.weights[1] = f32::INFINITY).contains("fusion"));
     }
 
     #[test]

@@ -378,9 +378,14 @@ pub fn eval_set(set: &SaeSet, keys: &Samples, queries: &Samples) -> Result<Vec<S
             HeadMode::Shared => 0,
         };
         let sae = set.sae_for(layer, kv)?;
-        let rk: EvalReport = evaluate(sae, k, &DEFAULT_EVAL_KS)?;
+        // FVU at the default ks a dictionary this size can keep (a small one has fewer).
+        let ks: Vec<usize> = DEFAULT_EVAL_KS
+            .into_iter()
+            .filter(|&k| k <= sae.dict_size())
+            .collect();
+        let rk: EvalReport = evaluate(sae, k, &ks)?;
         let rq = match queries.get(&(layer, head)) {
-            Some(q) => Some(evaluate(sae, q, &DEFAULT_EVAL_KS)?),
+            Some(q) => Some(evaluate(sae, q, &ks)?),
             None => None,
         };
         out.push(SaeEval {

@@ -143,4 +143,19 @@ fn eval_refuses_unknown_methods_and_a_missing_dataset() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("DATASET"), "{err}");
+    // An answer length out of range stops the run before any document is ingested.
+    let data = dir.path().join("data2");
+    let out = s3mem()
+        .args(["eval", "--max-new-tokens", "5000", "--data-dir"])
+        .arg(&data)
+        .arg(&set)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--max-new-tokens") && err.contains("5000 is not between 1 and 2048"),
+        "{err}"
+    );
+    assert!(!data.exists(), "nothing ingested");
 }

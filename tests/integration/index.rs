@@ -493,6 +493,20 @@ fn index_cli_ingest_docs_collections_stats() {
         err.contains("bad.txt is not utf-8 text (invalid byte at offset 2)"),
         "{err}"
     );
+    // A bad id (the file's name) is found before anything is written: a fresh data dir gets
+    // neither the good document before it nor the collection.
+    std::fs::write(dir.path().join("#bad.txt"), "some text").unwrap();
+    let fresh = dir.path().join("fresh");
+    let out = ingest_cmd(f, &fresh)
+        .current_dir(dir.path())
+        .arg(docs.join("a.txt"))
+        .arg("#bad.txt")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("starts with `#`"), "{err}");
+    assert!(!fresh.exists(), "nothing written, not even the data dir");
     let out = d(&["docs", "get", "--collection", "nope", "x"])
         .output()
         .unwrap();

@@ -48,6 +48,9 @@ fn bad_input_gets_a_clear_error_and_no_panic() {
     std::fs::write(&empty, "").unwrap();
     let small = dir.path().join("small.txt");
     std::fs::write(&small, "A small document.").unwrap();
+    let set = dir.path().join("set.jsonl");
+    let item = r#"{"_id":"q","context":"A small document.","input":"What is small?","answers":["document"],"gold_spans":[[8,17]]}"#;
+    std::fs::write(&set, item).unwrap();
     let model = real_model_path();
     let cases: Vec<(Vec<std::ffi::OsString>, &str)> = vec![
         (
@@ -91,6 +94,42 @@ fn bad_input_gets_a_clear_error_and_no_panic() {
                 small.clone().into(),
             ],
             "a window of 9068 tokens (chunk 9000 + sinks 4 + overlap 64) exceeds the model context of 8192",
+        ),
+        (
+            // A chunk so large the window's sum overflows: refused, not wrapped.
+            vec![
+                "scan".into(),
+                "--chunk".into(),
+                "18446744073709551612".into(),
+                "--model".into(),
+                model.clone().into(),
+                small.clone().into(),
+            ],
+            "overflows; the model context is 8192",
+        ),
+        (
+            vec![
+                "bench".into(),
+                "retrieve".into(),
+                "--runs".into(),
+                "0".into(),
+                "--data-dir".into(),
+                dir.path().join("b").into(),
+            ],
+            "invalid value '0' for '--runs <RUNS>'",
+        ),
+        (
+            vec![
+                "eval".into(),
+                "recall".into(),
+                "--sigma".into(),
+                "1e9".into(),
+                "--data-dir".into(),
+                dir.path().join("r").into(),
+                "--dataset".into(),
+                set.clone().into(),
+            ],
+            "sigma: 1000000000 is not in (0, 1024]",
         ),
     ];
     for (args, expected) in cases {

@@ -188,6 +188,24 @@ fn generation_stops_when_the_caller_says_so() {
     assert_eq!(pieces, 3);
 }
 
+#[test]
+fn zero_new_tokens_is_a_prefill_alone() {
+    let model = real_model();
+    let prompt = model.chat_prompt(None, "Say hello.").unwrap();
+    let cfg = GenerateConfig {
+        max_new_tokens: 0,
+        ..Default::default()
+    };
+    let out = model.generate(&prompt, &cfg, &mut |_| true).unwrap();
+    assert!(
+        out.tokens.is_empty() && out.text.is_empty(),
+        "{:?}",
+        out.text
+    );
+    assert_eq!(out.stop, s3mem::model::StopReason::MaxTokens);
+    assert_eq!(out.prompt_tokens, prompt.len());
+}
+
 /// Text encoded in pieces cut at line starts gives the tokens and offsets of the text encoded
 /// at once, for both pre-tokenizers (SmolLM2's and Qwen2's), including text with no line start
 /// to cut at.

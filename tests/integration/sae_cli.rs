@@ -110,6 +110,30 @@ fn train_then_eval_a_set_and_refuse_it_for_another_model() {
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("model_fingerprint mismatch"), "{err}");
+
+    // A dictionary smaller than the largest default k (32) is evaluated at the ks it can keep.
+    let small = dir.path().join("small");
+    let report = run_json(
+        s3mem()
+            .args(["sae", "train", "--json", "--layers", "0", "--chunk", "128"])
+            .args([
+                "--dict", "16", "--k", "4", "--tokens", "1500", "--epochs", "1",
+            ])
+            .arg("--model")
+            .arg(&model_a)
+            .arg("--corpus")
+            .arg(&corpus)
+            .arg("--out")
+            .arg(&small),
+    );
+    let ks: Vec<u64> = report["heldout"][0]["fvu_keys_at_k"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["k"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ks, [4, 8, 16], "{report}");
+    assert!(small.join("report.json").is_file());
 }
 
 #[test]
