@@ -1018,18 +1018,32 @@ impl Index {
     }
 
     /// Deletes a document: its record, text, offsets, postings and passages.
+    ///
+    /// A document whose pack is damaged can still be deleted: its postings cannot be taken
+    /// out of the coarse records, so those of the collection are rebuilt from the other
+    /// documents' packs in the same batch (a damaged pack of another document stops it,
+    /// named).
     pub fn delete(&mut self, collection: &str, id: &str) -> Result<()> {
         let (c, d) = self.record(collection, id)?;
+        let sealed_end = codec::sealed_end(c.next_position);
         let mut b = Batch::default();
         let mut coarse = CoarseEdits::default();
-        self.delete_writes(
-            c.id,
-            codec::sealed_end(c.next_position),
-            d.doc,
-            &mut b,
-            &mut coarse,
-        )?;
-        coarse.write(&mut b);
+        match self.delete_writes(c.id, sealed_end, d.doc, &mut b, &mut coarse) {
+            Ok(()) => coarse.write(&mut b),
+            Err(e @ IndexError::Corrupt { .. }) => {
+                tracing::warn!(
+                    "deleting `{id}` of `{collection}`: {e}; rebuilding the collection's coarse \
+                     records from the other documents' packs"
+                );
+                b = Batch::default();
+                b.delete(rec::external_key(c.id, &d.external_id));
+                for part in DocPart::ALL {
+                    b.delete(rec::doc_key(part, c.id, d.doc));
+                }
+                self.rebuild_coarse_without(c.id, sealed_end, d.doc, &mut b)?;
+            }
+            Err(e) => return Err(e),
+        }
         self.commit_batch(
             b,
             vec![JournalOp::Delete {
@@ -1040,6 +1054,46 @@ impl Index {
         self.remove_packs(c.id, [d.doc]);
         self.bm25.delete(c.id, d.doc)?;
         self.commit()
+    }
+
+    /// Adds to `b` every coarse record and sealed total of collection `cid` computed afresh
+    /// from the packs of its documents other than `except`, and deletes of the stored ones.
+    fn rebuild_coarse_without(
+        &self,
+        cid: u32,
+        sealed_end: u32,
+        except: u32,
+        b: &mut Batch,
+    ) -> Result<()> {
+        for prefix in [
+            rec::coarse_prefix(cid),
+            rec::super_prefix(cid),
+            rec::total_prefix(cid),
+        ] {
+            self.store.scan_prefix(&prefix, &mut |k, _| {
+                b.delete(k.to_vec());
+                Ok(true)
+            })?;
+        }
+        let docs: Vec<coarse::DocPlace> = self
+            .document_records(cid)?
+            .into_iter()
+            .filter(|d| d.doc != except)
+            .map(|d| (d.doc, d.first_position, d.tokens))
+            .collect();
+        let mut edits = CoarseEdits::from_scratch();
+        let super_end = codec::super_end(sealed_end);
+        coarse::add_range(
+            &mut edits,
+            &self.store,
+            &self.packs,
+            cid,
+            &docs,
+            0..sealed_end,
+            super_end,
+        )?;
+        edits.write(b);
+        Ok(())
     }
 
     /// Applies `b` with the next sequence number and its journal entry, and flushes.
@@ -1769,5 +1823,46 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         let e = index.verify().unwrap_err().to_string();
         assert!(e.contains("pack is missing"), "{e}");
+    }
+
+    fn damage(dir: &Path, pack: &str) {
+        let path = dir.join("packs").join(pack);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0xff;
+        std::fs::write(&path, &bytes).unwrap();
+    }
+
+    #[test]
+    fn a_document_with_a_damaged_pack_in_a_sealed_bucket_can_be_deleted() {
+        let (dir, mut index) = with_collection();
+        put(&mut index, "a", 30_000, 1);
+        put(&mut index, "b", 30_000, 2);
+        put(&mut index, "c", 30_000, 3);
+        assert!(coarse_records(&index) > 0, "bucket 0 is sealed");
+        damage(dir.path(), "1-1.pack");
+        // b's counts cannot be subtracted: the coarse records are rebuilt from a and c.
+        index.delete("c", "b").unwrap();
+        let left: Vec<String> = index
+            .documents("c")
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        assert_eq!(left, ["a", "c"]);
+        assert!(!dir.path().join("packs").join("1-1.pack").exists());
+        assert_eq!(index.verify().unwrap(), 2);
+        assert_blocks_agree(&index);
+        // The collection seals its next bucket as usual afterwards.
+        put(&mut index, "d", 60_000, 4);
+        assert_eq!(index.verify().unwrap(), 3);
+        assert_blocks_agree(&index);
+        // Two damaged packs: the rebuild for one needs the other, so the delete is refused,
+        // naming it, and nothing changes.
+        damage(dir.path(), "1-0.pack");
+        damage(dir.path(), "1-2.pack");
+        let e = index.delete("c", "a").unwrap_err().to_string();
+        assert!(e.contains("1-2.pack"), "{e}");
+        assert_eq!(index.documents("c").unwrap().len(), 3);
     }
 }
