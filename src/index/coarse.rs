@@ -271,6 +271,20 @@ pub fn add_range(
     Ok(())
 }
 
+/// Adds to `edits` every sealed position (below `sealed_end`) of `docs`, laid out as the
+/// store keeps them: what a collection's coarse records are when rebuilt from its packs.
+pub fn add_sealed(
+    edits: &mut CoarseEdits,
+    store: &dyn KvStore,
+    packs: &PackStore,
+    cid: u32,
+    docs: &[DocPlace],
+    sealed_end: u32,
+) -> Result<()> {
+    let super_end = codec::super_end(sealed_end);
+    add_range(edits, store, packs, cid, docs, 0..sealed_end, super_end)
+}
+
 /// A document's place in its collection: (number, first position, tokens).
 pub type DocPlace = (u32, u32, u32);
 
@@ -310,15 +324,7 @@ pub fn expected(store: &dyn KvStore, packs: &PackStore) -> Result<BTreeMap<Vec<u
     let mut edits = CoarseEdits::from_scratch();
     for (cid, docs) in &docs {
         let end = sealed.get(cid).copied().unwrap_or(0);
-        add_range(
-            &mut edits,
-            store,
-            packs,
-            *cid,
-            docs,
-            0..end,
-            codec::super_end(end),
-        )?;
+        add_sealed(&mut edits, store, packs, *cid, docs, end)?;
     }
     let totals = edits
         .totals

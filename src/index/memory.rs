@@ -223,6 +223,14 @@ fn dir_bytes(dir: &Path) -> u64 {
         .sum()
 }
 
+/// Adds to `b` the deletes of a document's records (its id entry and every part).
+fn delete_records(b: &mut Batch, cid: u32, doc: u32, external_id: &str) {
+    b.delete(rec::external_key(cid, external_id));
+    for part in DocPart::ALL {
+        b.delete(rec::doc_key(part, cid, doc));
+    }
+}
+
 /// Checks what a document carries, whatever its collection or index: its size against
 /// `max_document_bytes`, its text, id and metadata keys (callers check a batch with it before
 /// they create anything).
@@ -1010,10 +1018,7 @@ impl Index {
                 coarse.apply(&self.store, cid, (layer, feature), sealed, true, super_end)?;
             }
         }
-        b.delete(rec::external_key(cid, &d.external_id));
-        for part in DocPart::ALL {
-            b.delete(rec::doc_key(part, cid, doc));
-        }
+        delete_records(b, cid, doc, &d.external_id);
         Ok(())
     }
 
@@ -1036,10 +1041,7 @@ impl Index {
                      records from the other documents' packs"
                 );
                 b = Batch::default();
-                b.delete(rec::external_key(c.id, &d.external_id));
-                for part in DocPart::ALL {
-                    b.delete(rec::doc_key(part, c.id, d.doc));
-                }
+                delete_records(&mut b, c.id, d.doc, &d.external_id);
                 self.rebuild_coarse_without(c.id, sealed_end, d.doc, &mut b)?;
             }
             Err(e) => return Err(e),
@@ -1082,16 +1084,7 @@ impl Index {
             .map(|d| (d.doc, d.first_position, d.tokens))
             .collect();
         let mut edits = CoarseEdits::from_scratch();
-        let super_end = codec::super_end(sealed_end);
-        coarse::add_range(
-            &mut edits,
-            &self.store,
-            &self.packs,
-            cid,
-            &docs,
-            0..sealed_end,
-            super_end,
-        )?;
+        coarse::add_sealed(&mut edits, &self.store, &self.packs, cid, &docs, sealed_end)?;
         edits.write(b);
         Ok(())
     }
@@ -1812,10 +1805,7 @@ mod tests {
         let (dir, mut index) = with_collection();
         put(&mut index, "a", 2_000, 1);
         let path = dir.path().join("packs").join("1-0.pack");
-        let mut bytes = std::fs::read(&path).unwrap();
-        let at = bytes.len() - 10;
-        bytes[at] ^= 0xff;
-        std::fs::write(&path, &bytes).unwrap();
+        damage(dir.path(), "1-0.pack", |len| len - 10);
         let e = index.verify().unwrap_err().to_string();
         assert!(e.contains("1-0.pack") && e.contains("checksum"), "{e}");
         let e = index.document_postings("c", "a").unwrap_err().to_string();
@@ -1825,10 +1815,11 @@ mod tests {
         assert!(e.contains("pack is missing"), "{e}");
     }
 
-    fn damage(dir: &Path, pack: &str) {
+    /// Flips the bits of one byte of a pack, at `at(file length)`.
+    fn damage(dir: &Path, pack: &str, at: fn(usize) -> usize) {
         let path = dir.join("packs").join(pack);
         let mut bytes = std::fs::read(&path).unwrap();
-        let at = bytes.len() / 2;
+        let at = at(bytes.len());
         bytes[at] ^= 0xff;
         std::fs::write(&path, &bytes).unwrap();
     }
@@ -1840,7 +1831,7 @@ mod tests {
         put(&mut index, "b", 30_000, 2);
         put(&mut index, "c", 30_000, 3);
         assert!(coarse_records(&index) > 0, "bucket 0 is sealed");
-        damage(dir.path(), "1-1.pack");
+        damage(dir.path(), "1-1.pack", |len| len / 2);
         // b's counts cannot be subtracted: the coarse records are rebuilt from a and c.
         index.delete("c", "b").unwrap();
         let left: Vec<String> = index
@@ -1859,8 +1850,8 @@ mod tests {
         assert_blocks_agree(&index);
         // Two damaged packs: the rebuild for one needs the other, so the delete is refused,
         // naming it, and nothing changes.
-        damage(dir.path(), "1-0.pack");
-        damage(dir.path(), "1-2.pack");
+        damage(dir.path(), "1-0.pack", |len| len / 2);
+        damage(dir.path(), "1-2.pack", |len| len / 2);
         let e = index.delete("c", "a").unwrap_err().to_string();
         assert!(e.contains("1-2.pack"), "{e}");
         assert_eq!(index.documents("c").unwrap().len(), 3);
