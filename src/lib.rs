@@ -7,6 +7,7 @@
 
 pub mod answer;
 pub mod cli;
+pub mod durable;
 pub mod eval;
 pub mod index;
 pub mod model;
