@@ -22,24 +22,13 @@ pub fn run(cli: Cli) -> Result<()> {
     let models = fetch::models_dir(cli.models_dir.as_deref());
     match cli.command {
         Command::Model(ModelCommand::Fetch { name }) => {
-            let Some(known) = fetch::known(&name) else {
-                bail!(crate::model::ModelError::UnknownModel {
-                    name,
-                    known: fetch::KNOWN_MODELS
-                        .iter()
-                        .map(|m| m.name)
-                        .collect::<Vec<_>>()
-                        .join(", "),
-                });
-            };
-            let path = fetch::fetch(known, &models)?;
+            let path = fetch::fetch(fetch::known_or_error(&name)?, &models)?;
             println!("{}", path.display());
             Ok(())
         }
         Command::Model(ModelCommand::List) => {
             for m in fetch::KNOWN_MODELS {
-                let path = models.join(m.file_name);
-                let state = if path.is_file() {
+                let state = if m.is_present(&models) {
                     "present"
                 } else {
                     "not fetched"
@@ -47,13 +36,18 @@ pub fn run(cli: Cli) -> Result<()> {
                 println!(
                     "{:<20} {:>12} bytes  {state:<12} {}",
                     m.name,
-                    m.size,
-                    path.display()
+                    m.size(),
+                    m.location(&models).display()
                 );
             }
             Ok(())
         }
         Command::Model(ModelCommand::Info(args)) => {
+            if let Some(known) = fetch::known(&args.model).filter(|m| m.folder.is_some()) {
+                let info = fetch::folder_info(known, &models)?;
+                println!("{}", serde_json::to_string_pretty(&info)?);
+                return Ok(());
+            }
             let model = load(&args, &models)?;
             let mut info = serde_json::to_value(model.config())?;
             // What full-context inference keeps per token, to set against the index's bytes

@@ -31,6 +31,20 @@ pub enum ModelError {
     UnknownModel { name: String, known: String },
     #[error("model fetch of `{name}` failed: {reason}")]
     Fetch { name: String, reason: String },
+    #[error("model fetch of `{name}` failed: {package} from {url}: {reason}")]
+    Download {
+        name: String,
+        /// `package==version`.
+        package: String,
+        url: String,
+        reason: String,
+    },
+    #[error("model `{name}` is {is}; this needs {wanted}")]
+    WrongKind {
+        name: String,
+        is: &'static str,
+        wanted: &'static str,
+    },
     #[error("model file {path} failed verification: {reason}")]
     Verification { path: PathBuf, reason: String },
     #[error("device `{device}` needs CUDA, but this s3mem was built without CUDA support; rebuild with --features cuda")]

@@ -7,6 +7,7 @@ mod device;
 mod error;
 pub mod fetch;
 mod generate;
+pub mod pypi;
 pub mod random;
 mod scan;
 mod softmax;

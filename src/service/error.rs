@@ -180,6 +180,7 @@ fn model_code(e: &ModelError) -> Code {
         | ModelError::InvalidScan(_)
         | ModelError::UnsupportedArchitecture { .. }
         | ModelError::UnknownModel { .. }
+        | ModelError::WrongKind { .. }
         | ModelError::NoCuda { .. } => Code::FailedPrecondition,
         ModelError::Device { .. } => Code::Unavailable,
         ModelError::Io { .. }
@@ -188,6 +189,7 @@ fn model_code(e: &ModelError) -> Code {
         | ModelError::Tokenizer(_)
         | ModelError::TokenOutOfRange { .. }
         | ModelError::Fetch { .. }
+        | ModelError::Download { .. }
         | ModelError::Candle(_) => Code::Internal,
     }
 }
