@@ -17,14 +17,30 @@ struct EmbeddedSet {
     files: &'static [(&'static str, &'static [u8])],
 }
 
-/// Embeds the files of `src/sae/default/<name>/`.
+impl EmbeddedSet {
+    /// Returns the short digest of the set's file names and bytes that names its folder.
+    fn tag(&self) -> String {
+        let mut h = Sha256::new();
+        for (name, bytes) in self.files {
+            h.update(name.as_bytes());
+            h.update(bytes);
+        }
+        crate::model::hex_digest(&h.finalize()[..6])
+    }
+}
+
+/// Embeds the files of `assets/sae/<name>/` (weights are data, kept out of `src/`).
 macro_rules! embedded_files {
     ($name:literal: $($file:literal),+ $(,)?) => {
-        &[$(($file, include_bytes!(concat!("default/", $name, "/", $file)) as &[u8])),+]
+        &[$((
+            $file,
+            include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/sae/", $name, "/", $file))
+                as &[u8],
+        )),+]
     };
 }
 
-/// The default sets; `src/sae/default/README.md` says how each was made.
+/// The default sets; `assets/sae/README.md` says how each was made.
 const SETS: &[EmbeddedSet] = &[EmbeddedSet {
     model_sha256: crate::model::fetch::SMOLLM2_135M_SHA256,
     name: "smollm2-135m",
@@ -43,12 +59,7 @@ pub fn default_set_dir(model: &Model, models_dir: &Path) -> Result<Option<PathBu
     let Some(set) = SETS.iter().find(|s| s.model_sha256 == fingerprint) else {
         return Ok(None);
     };
-    let mut h = Sha256::new();
-    for (name, bytes) in set.files {
-        h.update(name.as_bytes());
-        h.update(bytes);
-    }
-    let tag = crate::model::hex_digest(&h.finalize()[..6]);
+    let tag = set.tag();
     let dir = models_dir.join("sae").join(format!("{}-{tag}", set.name));
     if dir.join(super::file::MANIFEST_FILE).is_file() {
         return Ok(Some(dir));
@@ -77,5 +88,17 @@ pub fn default_set_dir(model: &Model, models_dir: &Path) -> Result<Option<PathBu
             path: dir,
             source: e,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_embedded_sets_keep_their_digest() {
+        // The tag names the folder users already have: moving the weights must not change it.
+        let tags: Vec<_> = SETS.iter().map(|s| (s.name, s.tag())).collect();
+        assert_eq!(tags, [("smollm2-135m", "58370fe24b8c".to_string())]);
     }
 }
