@@ -1,18 +1,22 @@
 //! The daemon's settings: where it listens, who may call it, and every limit.
 //!
-//! A TOML file (`s3mem serve --config FILE`, sample in `docs/serve.toml`) sets any of them;
-//! flags and `S3MEM_*` environment variables override the file.
+//! [`ServeSettings`] is the one list of settings: each field is a flag (`--max-budget`), an
+//! `S3MEM_*` variable (`S3MEM_MAX_BUDGET`) and a key of the TOML file (`max_budget` under
+//! `[limits]`; sample in `docs/serve.toml`), unset unless given. [`ServeConfig::default`]
+//! holds the defaults. [`ServeConfig::merge`] lays the flags and variables (clap gives a flag
+//! precedence over its variable) over the file over the defaults, then checks the result.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::error::{Result, ServiceError};
 
 /// Limits on what one call may ask for.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Largest gRPC message, either way, in bytes.
     pub max_message_bytes: usize,
@@ -48,8 +52,8 @@ impl Default for Limits {
 }
 
 /// Worker threads and queue depths of the model work.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Queues {
     /// Threads that scan documents (ingest).
     pub ingest_workers: usize,
@@ -72,9 +76,10 @@ impl Default for Queues {
     }
 }
 
-/// Everything `s3mem serve` is configured with, besides the model and the data dir.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+/// Everything `s3mem serve` is configured with, besides the model and the data dir: the
+/// settings after merging, every one with its value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServeConfig {
     /// Address to listen on (loopback by default).
     pub listen: SocketAddr,
@@ -106,8 +111,83 @@ impl Default for ServeConfig {
     }
 }
 
-impl ServeConfig {
-    /// Reads a TOML config file; unset settings keep their defaults, unknown ones are refused.
+/// The settings of `s3mem serve` as one source gives them (flags and variables, or the
+/// file): each field is a flag, an `S3MEM_*` variable and a file key; `None` is unset.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[command(mut_args(default_in_help))]
+pub struct ServeSettings {
+    /// Address to listen on (loopback by default: expose it on purpose, with a token and TLS).
+    #[arg(long, env = "S3MEM_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// A file whose first line is the bearer token every call but health must send.
+    #[arg(long, env = "S3MEM_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// PEM certificate chain: serve TLS (with --tls-key).
+    #[arg(long, env = "S3MEM_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "S3MEM_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Seconds in-flight calls get after SIGINT/SIGTERM.
+    #[arg(long, env = "S3MEM_SHUTDOWN_GRACE_SECONDS")]
+    pub shutdown_grace_seconds: Option<u64>,
+    #[command(flatten)]
+    pub limits: LimitSettings,
+    #[command(flatten)]
+    pub queues: QueueSettings,
+}
+
+/// The `[limits]` part of [`ServeSettings`].
+#[derive(Debug, Clone, Default, PartialEq, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitSettings {
+    /// Largest gRPC message, either way, in bytes.
+    #[arg(long, env = "S3MEM_MAX_MESSAGE_BYTES")]
+    pub max_message_bytes: Option<usize>,
+    /// Largest document an ingest may stream, in bytes.
+    #[arg(long, env = "S3MEM_MAX_DOCUMENT_BYTES")]
+    pub max_document_bytes: Option<usize>,
+    /// Longest question, in bytes.
+    #[arg(long, env = "S3MEM_MAX_QUESTION_BYTES")]
+    pub max_question_bytes: Option<usize>,
+    /// Largest evidence budget a call may ask for, in tokens.
+    #[arg(long, env = "S3MEM_MAX_BUDGET")]
+    pub max_budget: Option<usize>,
+    /// Evidence budget of a call that gives none (unset: follows a lower --max-budget).
+    #[arg(long, env = "S3MEM_DEFAULT_BUDGET")]
+    pub default_budget: Option<usize>,
+    /// Most answer tokens a call may ask for.
+    #[arg(long, env = "S3MEM_MAX_NEW_TOKENS")]
+    pub max_new_tokens: Option<usize>,
+    /// Answer tokens of a call that gives none (unset: follows a lower --max-new-tokens).
+    #[arg(long, env = "S3MEM_DEFAULT_NEW_TOKENS")]
+    pub default_new_tokens: Option<usize>,
+    /// Most concurrent calls (HTTP/2 streams) per connection.
+    #[arg(long, env = "S3MEM_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
+}
+
+/// The `[queues]` part of [`ServeSettings`].
+#[derive(Debug, Clone, Default, PartialEq, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSettings {
+    /// Threads that scan documents (ingest).
+    #[arg(long, env = "S3MEM_INGEST_WORKERS")]
+    pub ingest_workers: Option<usize>,
+    /// Ingests that may wait for a scan thread; beyond it calls get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "S3MEM_INGEST_QUEUE_DEPTH")]
+    pub ingest_queue_depth: Option<usize>,
+    /// Threads that retrieve and answer (retrieve, ask).
+    #[arg(long, env = "S3MEM_QUERY_WORKERS")]
+    pub query_workers: Option<usize>,
+    /// Queries that may wait for a query thread; beyond it calls get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "S3MEM_QUERY_QUEUE_DEPTH")]
+    pub query_queue_depth: Option<usize>,
+}
+
+impl ServeSettings {
+    /// Reads a TOML settings file; unknown keys are refused, naming them.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| ServiceError::Config {
             setting: "config",
@@ -118,36 +198,143 @@ impl ServeConfig {
             reason: format!("{}: {e}", path.display()),
         })
     }
+}
 
-    /// Refuses settings that cannot work together.
-    pub fn check(&self) -> Result<()> {
-        let bad = |setting, reason: &str| {
-            Err(ServiceError::Config {
-                setting,
-                reason: reason.into(),
-            })
+/// Appends a setting's default to its help, from [`ServeConfig::default`], so that help
+/// never repeats a number by hand.
+fn default_in_help(arg: clap::Arg) -> clap::Arg {
+    let defaults = flat_defaults();
+    let Some(value) = defaults.get(arg.get_id().as_str()) else {
+        return arg;
+    };
+    let value = match value {
+        Value::Null => return arg,
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let help = arg.get_help().map(ToString::to_string).unwrap_or_default();
+    arg.help(format!("{help} [default: {value}]"))
+}
+
+/// Returns every setting's default by its key, sections flattened (key names are unique).
+pub fn flat_defaults() -> serde_json::Map<String, Value> {
+    flat(to_value(&ServeConfig::default()))
+}
+
+/// Returns the keys and values of serialized settings with the sections flattened.
+fn flat(value: Value) -> serde_json::Map<String, Value> {
+    let mut out = serde_json::Map::new();
+    if let Value::Object(map) = value {
+        for (key, value) in map {
+            match value {
+                Value::Object(_) => out.extend(flat(value)),
+                value => {
+                    out.insert(key, value);
+                }
+            }
+        }
+    }
+    out
+}
+
+fn to_value(value: &impl Serialize) -> Value {
+    serde_json::to_value(value).expect("settings are plain data and serialize to JSON")
+}
+
+/// Lays the values set in `top` over `base`; a null (unset) value leaves `base`'s.
+fn overlay(base: &mut Value, top: Value) {
+    match (base, top) {
+        (_, Value::Null) => {}
+        (Value::Object(base), Value::Object(top)) => {
+            for (key, value) in top {
+                overlay(base.entry(key).or_insert(Value::Null), value);
+            }
+        }
+        (base, top) => *base = top,
+    }
+}
+
+impl ServeConfig {
+    /// Returns the settings `flags` sets (flags and variables) over those of the TOML file at
+    /// `file` over the defaults, checked together.
+    ///
+    /// A default budget or answer length that nothing sets follows a lower maximum down, so
+    /// `--max-budget 512` alone works; one that is set is checked as given.
+    pub fn merge(flags: &ServeSettings, file: Option<&Path>) -> Result<Self> {
+        let file = match file {
+            Some(path) => ServeSettings::from_file(path)?,
+            None => ServeSettings::default(),
         };
+        let mut merged = to_value(&Self::default());
+        overlay(&mut merged, to_value(&file));
+        overlay(&mut merged, to_value(flags));
+        let mut config: Self =
+            serde_json::from_value(merged).map_err(|e| ServiceError::Config {
+                setting: "config",
+                reason: e.to_string(),
+            })?;
+        let (set, from_file) = (&flags.limits, &file.limits);
+        let l = &mut config.limits;
+        if set.default_budget.or(from_file.default_budget).is_none() {
+            l.default_budget = l.default_budget.min(l.max_budget);
+        }
+        if set
+            .default_new_tokens
+            .or(from_file.default_new_tokens)
+            .is_none()
+        {
+            l.default_new_tokens = l.default_new_tokens.min(l.max_new_tokens);
+        }
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Refuses settings that cannot work together, naming the setting.
+    pub fn check(&self) -> Result<()> {
+        let bad = |setting, reason: String| Err(ServiceError::Config { setting, reason });
         let l = &self.limits;
+        let q = &self.queues;
         if self.tls_cert.is_some() != self.tls_key.is_some() {
-            return bad("tls_cert", "tls_cert and tls_key go together");
+            return bad("tls_cert", "tls_cert and tls_key go together".into());
         }
         if l.max_message_bytes < 1024 {
-            return bad("max_message_bytes", "must be at least 1024");
+            return bad(
+                "max_message_bytes",
+                format!("{} is below 1024", l.max_message_bytes),
+            );
         }
-        if l.max_document_bytes == 0 || l.max_question_bytes == 0 {
-            return bad("max_document_bytes", "limits must be at least 1");
+        if l.max_document_bytes == 0 {
+            return bad("max_document_bytes", "must be at least 1".into());
+        }
+        if l.max_question_bytes == 0 {
+            return bad("max_question_bytes", "must be at least 1".into());
         }
         if l.default_budget == 0 || l.default_budget > l.max_budget {
-            return bad("default_budget", "must be between 1 and max_budget");
+            return bad(
+                "default_budget",
+                format!(
+                    "{} is not between 1 and max_budget ({})",
+                    l.default_budget, l.max_budget
+                ),
+            );
         }
         if l.default_new_tokens == 0 || l.default_new_tokens > l.max_new_tokens {
-            return bad("default_new_tokens", "must be between 1 and max_new_tokens");
+            return bad(
+                "default_new_tokens",
+                format!(
+                    "{} is not between 1 and max_new_tokens ({})",
+                    l.default_new_tokens, l.max_new_tokens
+                ),
+            );
         }
         if l.max_concurrent_streams == 0 {
-            return bad("max_concurrent_streams", "must be at least 1");
+            return bad("max_concurrent_streams", "must be at least 1".into());
         }
-        if self.queues.ingest_workers == 0 || self.queues.query_workers == 0 {
-            return bad("ingest_workers", "each queue needs at least one worker");
+        if q.ingest_workers == 0 {
+            return bad("ingest_workers", "needs at least one worker".into());
+        }
+        if q.query_workers == 0 {
+            return bad("query_workers", "needs at least one worker".into());
         }
         Ok(())
     }
@@ -188,28 +375,194 @@ pub fn read_token(path: &Path) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
+    use clap::{Args, FromArgMatches};
+
     use super::*;
 
-    #[test]
-    fn the_sample_config_states_the_defaults() {
-        let c: ServeConfig = toml::from_str(include_str!("../../docs/serve.toml")).unwrap();
-        assert_eq!(c, ServeConfig::default());
+    /// Parses `args` as the settings' flags.
+    fn flags(args: &[String]) -> ServeSettings {
+        let cmd = ServeSettings::augment_args(clap::Command::new("serve").no_binary_name(true));
+        let matches = cmd.try_get_matches_from(args).unwrap();
+        ServeSettings::from_arg_matches(&matches).unwrap()
+    }
+
+    fn config_file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, text.as_bytes()).unwrap();
+        f
+    }
+
+    /// A valid value for every setting, each different from its default.
+    fn other_values() -> serde_json::Map<String, Value> {
+        let mut out = serde_json::Map::new();
+        for (i, (key, default)) in flat_defaults().into_iter().enumerate() {
+            let value = match (key.as_str(), default) {
+                ("listen", _) => Value::from(format!("127.0.0.1:{}", 40000 + i)),
+                (_, Value::Null) => Value::from(format!("/tmp/{key}")),
+                (_, Value::Number(n)) => Value::from(n.as_u64().unwrap() + 1 + i as u64),
+                (key, other) => panic!("no test value for {key} = {other}"),
+            };
+            out.insert(key, value);
+        }
+        out
+    }
+
+    /// The TOML file that sets `values`, each key in its section.
+    fn toml_of(values: &serde_json::Map<String, Value>) -> String {
+        let mut sections: serde_json::Map<String, Value> = to_value(&ServeConfig::default())
+            .as_object()
+            .unwrap()
+            .clone();
+        for section in sections.values_mut() {
+            match section.as_object_mut() {
+                Some(map) => {
+                    for (key, value) in map.iter_mut() {
+                        *value = values[key].clone();
+                    }
+                }
+                None => *section = Value::Null,
+            }
+        }
+        for (key, value) in values {
+            if sections.get(key).is_some_and(Value::is_null) {
+                sections.insert(key.clone(), value.clone());
+            }
+        }
+        toml::to_string(&sections).unwrap()
     }
 
     #[test]
-    fn file_overrides_defaults_and_refuses_unknown_settings() {
-        let c: ServeConfig = toml::from_str(
-            "listen = \"0.0.0.0:7000\"\n[limits]\nmax_budget = 2048\n[queues]\nquery_workers = 3\n",
+    fn every_setting_has_a_flag_a_variable_and_a_file_key() {
+        let cmd = ServeSettings::augment_args(clap::Command::new("serve"));
+        let defaults = flat_defaults();
+        let ids: Vec<String> = cmd
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        let mut keys: Vec<String> = defaults.keys().cloned().collect();
+        let mut sorted_ids = ids.clone();
+        sorted_ids.sort();
+        keys.sort();
+        assert_eq!(sorted_ids, keys, "flags and file keys differ");
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            assert_eq!(arg.get_long(), Some(id.replace('_', "-").as_str()));
+            let env = arg.get_env().unwrap().to_str().unwrap();
+            assert_eq!(env, format!("S3MEM_{}", id.to_uppercase()));
+            let help = arg.get_help().unwrap().to_string();
+            if !defaults[id].is_null() {
+                assert!(
+                    help.ends_with("]") && help.contains("[default: "),
+                    "{id}: {help}"
+                );
+            }
+        }
+        let values = other_values();
+        let args: Vec<String> = values
+            .iter()
+            .flat_map(|(k, v)| {
+                let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                [format!("--{}", k.replace('_', "-")), v]
+            })
+            .collect();
+        let by_flag = ServeConfig::merge(&flags(&args), None).unwrap();
+        assert_eq!(flat(to_value(&by_flag)), values);
+        let file = config_file(&toml_of(&values));
+        let by_file = ServeConfig::merge(&ServeSettings::default(), Some(file.path())).unwrap();
+        assert_eq!(flat(to_value(&by_file)), values);
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_the_defaults() {
+        let file = config_file("[limits]\nmax_budget = 3000\nmax_new_tokens = 500\n");
+        let none = ServeSettings::default();
+        let c = ServeConfig::merge(&none, Some(file.path())).unwrap();
+        assert_eq!((c.limits.max_budget, c.limits.max_new_tokens), (3000, 500));
+        assert_eq!(
+            c.limits.max_question_bytes,
+            Limits::default().max_question_bytes
+        );
+        let set = flags(&["--max-budget".into(), "5000".into()]);
+        let c = ServeConfig::merge(&set, Some(file.path())).unwrap();
+        assert_eq!((c.limits.max_budget, c.limits.max_new_tokens), (5000, 500));
+        assert_eq!(
+            ServeConfig::merge(&none, None).unwrap(),
+            ServeConfig::default()
+        );
+    }
+
+    #[test]
+    fn a_default_above_its_maximum_is_refused_naming_the_key() {
+        let file = config_file("[limits]\ndefault_budget = 10000\n");
+        let err = ServeConfig::merge(&ServeSettings::default(), Some(file.path())).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ServiceError::Config {
+                    setting: "default_budget",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("10000 is not between 1 and max_budget (8192)"),
+            "{err}"
+        );
+        let err = ServeConfig::merge(
+            &flags(&["--default-new-tokens".into(), "2000".into()]),
+            None,
         )
-        .unwrap();
-        assert_eq!(c.listen.port(), 7000);
-        assert_eq!(c.limits.max_budget, 2048);
-        assert_eq!(c.limits.default_budget, 1024);
-        assert_eq!(c.queues.query_workers, 3);
-        c.check().unwrap();
-        assert!(toml::from_str::<ServeConfig>("listne = \"x\"").is_err());
-        let mut bad = ServeConfig::default();
-        bad.limits.default_budget = 10_000;
-        assert!(bad.check().is_err());
+        .unwrap_err();
+        assert!(err.to_string().contains("default_new_tokens"), "{err}");
+        // Unset defaults follow a lowered maximum; a set one is checked against it.
+        let c = ServeConfig::merge(&flags(&["--max-budget".into(), "512".into()]), None).unwrap();
+        assert_eq!(c.limits.default_budget, 512);
+        let low = config_file("[limits]\ndefault_budget = 600\n");
+        let err = ServeConfig::merge(
+            &flags(&["--max-budget".into(), "512".into()]),
+            Some(low.path()),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("600 is not between"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let none = ServeSettings::default();
+        let file = config_file("listne = \"x\"\n");
+        let err = ServeConfig::merge(&none, Some(file.path())).unwrap_err();
+        assert!(err.to_string().contains("listne"), "{err}");
+        let file = config_file("[queues]\nquery_workers = 0\n");
+        let err = ServeConfig::merge(&none, Some(file.path())).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ServiceError::Config {
+                    setting: "query_workers",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err =
+            ServeConfig::merge(&flags(&["--tls-cert".into(), "c.pem".into()]), None).unwrap_err();
+        assert!(err.to_string().contains("tls_key"), "{err}");
+    }
+
+    #[test]
+    fn the_sample_config_lists_every_setting_with_its_default() {
+        let text = include_str!("../../docs/serve.toml");
+        let sample: ServeSettings = toml::from_str(text).unwrap();
+        let given = flat(to_value(&sample));
+        for (key, default) in flat_defaults() {
+            if default.is_null() {
+                // A setting without a default is shown commented out.
+                assert!(text.contains(&format!("# {key} = ")), "{key} is not shown");
+            } else {
+                assert_eq!(given[&key], default, "{key}");
+            }
+        }
     }
 }

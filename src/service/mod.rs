@@ -31,7 +31,7 @@ pub mod pb {
         tonic::include_file_descriptor_set!("s3mem_v1_descriptor");
 }
 
-pub use config::{Limits, Queues, ServeConfig};
+pub use config::{LimitSettings, Limits, QueueSettings, Queues, ServeConfig, ServeSettings};
 pub use engine::{Engine, Loaded};
 pub use error::{Result, ServiceError};
 pub use run::{shutdown_signal, start, Daemon, Loader, Stopper};

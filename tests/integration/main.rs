@@ -10,3 +10,4 @@ mod model_real;
 mod model_tiny;
 mod retrieve;
 mod sae_cli;
+mod serve_config;
