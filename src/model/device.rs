@@ -151,6 +151,10 @@ mod cuda {
     }
 
     /// The device's current memory pool, which stream-ordered allocations draw from.
+    #[expect(
+        unsafe_code,
+        reason = "a CUDA driver call on the memory pool; the SAFETY comment says why it is sound"
+    )]
     fn pool(d: &CudaDevice) -> Result<sys::CUmemoryPool, String> {
         let stream = d.cuda_stream();
         let ctx = stream.context();
@@ -163,6 +167,10 @@ mod cuda {
         Ok(pool)
     }
 
+    #[expect(
+        unsafe_code,
+        reason = "a CUDA driver call on the memory pool; the SAFETY comment says why it is sound"
+    )]
     fn get(pool: sys::CUmemoryPool, attr: sys::CUmemPool_attribute) -> Result<u64, String> {
         let mut v = 0u64;
         // SAFETY: these attributes are 64-bit values (cuuint64_t); `v` outlives the call.
@@ -172,6 +180,10 @@ mod cuda {
         Ok(v)
     }
 
+    #[expect(
+        unsafe_code,
+        reason = "a CUDA driver call on the memory pool; the SAFETY comment says why it is sound"
+    )]
     fn set(pool: sys::CUmemoryPool, attr: sys::CUmemPool_attribute, v: u64) -> Result<(), String> {
         let mut v = v;
         // SAFETY: as in `get`; the driver reads the value during the call.
@@ -180,6 +192,10 @@ mod cuda {
         })
     }
 
+    #[expect(
+        unsafe_code,
+        reason = "turning off candle's per-tensor stream events; the SAFETY comment says why it is sound"
+    )]
     pub(super) fn configure(device: &Device) -> Result<(), String> {
         let Device::Cuda(d) = device else {
             return Ok(());

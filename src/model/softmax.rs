@@ -86,6 +86,10 @@ impl InplaceOp1 for CausalSoftmax {
     }
 
     #[cfg(feature = "cuda")]
+    #[expect(
+        unsafe_code,
+        reason = "launching a CUDA kernel is unsafe; the SAFETY comment at the launch says why it is sound"
+    )]
     fn cuda_fwd(
         &self,
         storage: &mut candle_core::CudaStorage,
