@@ -5,12 +5,17 @@
 //! `config.json`, as `s3mem model fetch minilm` leaves them), runs candle-transformers' BERT and
 //! returns what sentence-transformers returns for this model: word pieces truncated at
 //! [`MAX_TOKENS`], mean pooling over the real tokens, L2 normalisation, [`DIM`] dimensions.
+//! tests/fixtures/embed/reference.json holds reference vectors and the script that made them.
 
+mod bench;
 mod embedder;
 mod embedding;
 mod error;
 mod files;
 
+pub use bench::{
+    measure_throughput, synthetic_passages, throughput_table, Throughput, ThroughputConfig,
+};
 pub use embedder::{Embedder, DEFAULT_BATCH};
 pub use embedding::{Embedding, DIM};
 pub use error::{EmbedError, Result};

@@ -6,9 +6,11 @@ use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use s3mem::embed::{
-    Embedder, Embedding, CONFIG_FILE, DIM, MAX_TOKENS, TOKENIZER_FILE, WEIGHTS_FILE,
+    measure_throughput, synthetic_passages, throughput_table, Embedder, Embedding,
+    ThroughputConfig, CONFIG_FILE, DIM, MAX_TOKENS, TOKENIZER_FILE, WEIGHTS_FILE,
 };
 use s3mem::model::fetch;
 use serde::Deserialize;
@@ -181,6 +183,38 @@ fn a_question_is_closer_to_its_passage_than_to_another() {
     let (to_passage, to_other) = (e[0].cosine(&e[1]), e[0].cosine(&e[2]));
     assert!(to_passage > to_other + 0.2, "{to_passage} vs {to_other}");
     assert_eq!(e[0].as_array().len(), DIM);
+}
+
+#[test]
+fn benchmark_passages_have_the_asked_token_count() {
+    for tokens in [2, 17, 100, MAX_TOKENS] {
+        for passage in synthetic_passages(5, tokens) {
+            assert_eq!(embedder().token_ids(&passage).unwrap().len(), tokens);
+        }
+    }
+}
+
+#[test]
+fn throughput_counts_the_passages_and_tokens_it_embedded() {
+    let config = ThroughputConfig {
+        tokens: 10,
+        batches: vec![NonZeroUsize::new(1).unwrap(), NonZeroUsize::new(3).unwrap()],
+        min_time: Duration::ZERO,
+        min_passages: 4,
+    };
+    let rows = measure_throughput(embedder(), &config).unwrap();
+    assert_eq!(rows.iter().map(|r| r.batch).collect::<Vec<_>>(), [1, 3]);
+    assert_eq!(rows.iter().map(|r| r.passages).collect::<Vec<_>>(), [4, 6]);
+    for row in &rows {
+        assert_eq!(row.tokens, row.passages * 10);
+        assert!(row.seconds > 0.0 && row.tokens_per_second() > row.passages_per_second());
+    }
+    let table = throughput_table(&rows);
+    assert_eq!(table.lines().count(), 3, "{table}");
+    assert!(
+        table.lines().nth(2).unwrap().trim_start().starts_with("3 "),
+        "{table}"
+    );
 }
 
 #[test]
