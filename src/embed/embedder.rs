@@ -27,6 +27,12 @@ pub struct Embedder {
     device: Device,
 }
 
+// The service shares one embedder between request threads.
+const _: fn() = || {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<Embedder>();
+};
+
 impl Embedder {
     /// Loads the model folder `dir` (model.safetensors, tokenizer.json, config.json) on the CPU.
     pub fn load(dir: &Path) -> Result<Self> {
