@@ -35,6 +35,9 @@ pub struct Throughput {
     pub passages: usize,
     pub tokens: usize,
     pub seconds: f64,
+    /// CPU time the whole process spent meanwhile (Linux only): unlike `seconds`, barely
+    /// moved by other work on a shared machine.
+    pub cpu_seconds: Option<f64>,
 }
 
 impl Throughput {
@@ -47,6 +50,21 @@ impl Throughput {
     pub fn tokens_per_second(&self) -> f64 {
         self.tokens as f64 / self.seconds
     }
+
+    /// Returns tokens embedded per CPU second, where the CPU time is known.
+    pub fn tokens_per_cpu_second(&self) -> Option<f64> {
+        self.cpu_seconds.map(|cpu| self.tokens as f64 / cpu)
+    }
+}
+
+/// Returns the CPU time (user and system) this process has used, from /proc/self/stat.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which may itself hold spaces and parentheses.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // utime and stime, fields 14 and 15 of proc(5), in USER_HZ ticks (100 on Linux).
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / 100.0)
 }
 
 /// Returns `count` passages of `tokens` tokens each ([CLS] and [SEP] included) in
@@ -82,6 +100,7 @@ pub fn measure_throughput(
         let size = batch.get();
         embedder.embed_batched(&texts[..size], batch)?;
         let (mut done, mut tokens, mut start_at) = (0, 0, 0);
+        let cpu_start = process_cpu_seconds();
         let clock = Instant::now();
         while clock.elapsed() < config.min_time || done < config.min_passages {
             if start_at + size > texts.len() {
@@ -99,6 +118,9 @@ pub fn measure_throughput(
             passages: done,
             tokens,
             seconds: clock.elapsed().as_secs_f64(),
+            cpu_seconds: process_cpu_seconds()
+                .zip(cpu_start)
+                .map(|(end, start)| end - start),
         });
     }
     Ok(rows)
@@ -106,11 +128,16 @@ pub fn measure_throughput(
 
 /// Formats measurements as a plain-text table, one row per batch size.
 pub fn throughput_table(rows: &[Throughput]) -> String {
-    let mut out = String::from("batch  passages  seconds  passages/s  tokens/s\n");
+    let mut out =
+        String::from("batch  passages  seconds  passages/s  tokens/s  cpu s  tokens/cpu-s\n");
     for r in rows {
+        let (cpu, per_cpu) = match (r.cpu_seconds, r.tokens_per_cpu_second()) {
+            (Some(cpu), Some(rate)) => (format!("{cpu:.2}"), format!("{rate:.0}")),
+            _ => ("n/a".into(), "n/a".into()),
+        };
         let _ = writeln!(
             out,
-            "{:>5}  {:>8}  {:>7.2}  {:>10.1}  {:>8.0}",
+            "{:>5}  {:>8}  {:>7.2}  {:>10.1}  {:>8.0}  {cpu:>5}  {per_cpu:>12}",
             r.batch,
             r.passages,
             r.seconds,

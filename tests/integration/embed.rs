@@ -208,6 +208,7 @@ fn throughput_counts_the_passages_and_tokens_it_embedded() {
     for row in &rows {
         assert_eq!(row.tokens, row.passages * 10);
         assert!(row.seconds > 0.0 && row.tokens_per_second() > row.passages_per_second());
+        assert!(row.cpu_seconds.is_some_and(|cpu| cpu >= 0.0), "{row:?}");
     }
     let table = throughput_table(&rows);
     assert_eq!(table.lines().count(), 3, "{table}");
