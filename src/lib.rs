@@ -8,6 +8,7 @@
 pub mod answer;
 pub mod cli;
 pub mod durable;
+pub mod embed;
 pub mod eval;
 pub mod index;
 pub mod model;

@@ -1,6 +1,7 @@
 //! s3mem's integration tests: one binary, one module per area.
 
 mod common;
+mod embed;
 mod eval_cli;
 mod fetch;
 mod grpc;
