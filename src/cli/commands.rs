@@ -333,7 +333,8 @@ fn generate(args: &GenerateArgs, models: &Path) -> Result<()> {
 }
 
 fn quickstart(args: &QuickstartArgs, models: &Path) -> Result<()> {
-    use crate::index::{Encoder, Index, IndexConfig, IndexError, NewDocument};
+    use crate::index::{Index, IndexConfig, IndexError, NewDocument};
+    use crate::ingest::Encoder;
     use crate::retrieve::{Method, Query, RetrieveConfig, Retriever};
 
     eprintln!("1/4 model: {}", args.model.model);

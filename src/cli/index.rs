@@ -11,8 +11,9 @@ use serde_json::json;
 use super::commands::{load, load_sae_set};
 use super::{CollectionsCommand, DataDirArgs, DocsCommand, IngestArgs, StatsArgs};
 use crate::index::{
-    check_document_fields, document_text, Encoder, Index, IndexConfig, IndexError, NewDocument,
+    check_document_fields, document_text, Index, IndexConfig, IndexError, NewDocument,
 };
+use crate::ingest::{self, Encoder};
 
 fn open(data: &DataDirArgs, config: IndexConfig) -> Result<Index> {
     Ok(Index::open(data.dir()?, config)?)
@@ -78,7 +79,7 @@ pub(super) fn ingest_group_with_progress(
         many => format!("{} documents", many.len()),
     };
     let bar = ProgressBar::new(0).with_style(style).with_message(label);
-    let out = index.ingest_many(encoder, docs, &mut |pos, len| {
+    let out = ingest::ingest_many(encoder, index, docs, &mut |pos, len| {
         bar.set_length(len as u64);
         bar.set_position(pos as u64);
     });

@@ -112,18 +112,6 @@ pub enum IndexError {
         #[source]
         source: std::io::Error,
     },
-
-    /// Running the model failed.
-    #[error(transparent)]
-    Model(#[from] crate::model::ModelError),
-
-    /// Encoding with the SAE set failed.
-    #[error(transparent)]
-    Sae(#[from] crate::sae::SaeError),
-
-    /// A tensor operation failed.
-    #[error("tensor operation failed: {0}")]
-    Candle(#[from] candle_core::Error),
 }
 
 impl IndexError {

@@ -24,7 +24,6 @@ use roaring::RoaringBitmap;
 use super::bm25::{Bm25, PassageHit};
 use super::coarse::{self, CoarseEdits};
 use super::codec;
-use super::encode::{EncodedDocument, Encoder};
 use super::error::{IndexError, Result};
 use super::migrations::{self, STORE_FORMAT_VERSION};
 use super::packs::{self, Pack, PackStore};
@@ -65,6 +64,29 @@ pub struct NewDocument<'a> {
     pub meta: Vec<(String, String)>,
     /// The text.
     pub text: &'a str,
+}
+
+/// A document turned into everything the store keeps, before it is written: what the ingest
+/// layer makes of a text.
+#[derive(Debug, Clone, Default)]
+pub struct EncodedDocument {
+    /// Each token's char range.
+    pub offsets: Vec<(usize, usize)>,
+    /// Positions (document-local, ascending) per (layer, feature).
+    pub postings: BTreeMap<(u16, u32), Vec<u32>>,
+    /// Seconds spent tokenizing.
+    pub tokenize_seconds: f64,
+    /// Seconds spent in the model (the scan alone).
+    pub scan_seconds: f64,
+    /// Seconds spent in SAE encoding and building postings.
+    pub encode_seconds: f64,
+}
+
+impl EncodedDocument {
+    /// Returns the number of tokens.
+    pub fn tokens(&self) -> usize {
+        self.offsets.len()
+    }
 }
 
 /// What an ingest did and how long each part took.
@@ -287,38 +309,6 @@ pub fn document_text(bytes: Vec<u8>, source_name: &str) -> Result<String> {
         source_name: source_name.to_string(),
         offset: e.utf8_error().valid_up_to(),
     })
-}
-
-/// Tokenizes, scans and encodes a document with `encoder` (no index needed: the slow part of
-/// an ingest, which can run while the index serves reads). `progress` gets the tokens done and
-/// the total, and returns false to abort the scan.
-pub fn encode_document(
-    encoder: &Encoder<'_>,
-    doc: &NewDocument<'_>,
-    progress: &mut dyn FnMut(usize, usize) -> bool,
-) -> Result<EncodedDocument> {
-    let t0 = Instant::now();
-    let tokens = tokenize_document(encoder, doc)?;
-    let tokenize_seconds = t0.elapsed().as_secs_f64();
-    let n = tokens.ids.len();
-    let mut encoded = encoder.encode_until(tokens, &mut |done| progress(done, n))?;
-    encoded.tokenize_seconds = tokenize_seconds;
-    Ok(encoded)
-}
-
-/// Tokenizes a document, refusing one that has no tokens.
-fn tokenize_document(
-    encoder: &Encoder<'_>,
-    doc: &NewDocument<'_>,
-) -> Result<crate::model::Tokenized> {
-    let tokens = encoder.tokenize(doc.text)?;
-    if tokens.ids.is_empty() {
-        return Err(IndexError::InvalidInput(format!(
-            "document `{}` has no tokens",
-            doc.id.as_deref().unwrap_or("(new)")
-        )));
-    }
-    Ok(tokens)
 }
 
 impl Index {
@@ -761,72 +751,27 @@ impl Index {
             .collect()
     }
 
-    /// Scans, encodes and stores a document; replaces an existing one with the same id.
-    ///
-    /// The document is durable and its postings visible when this returns; its BM25 passages
-    /// become searchable at the next [`Index::commit`] (or the next open).
-    pub fn ingest(
-        &mut self,
-        encoder: &Encoder<'_>,
-        doc: NewDocument<'_>,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Ingested> {
-        Ok(self.ingest_many(encoder, vec![doc], progress)?.remove(0))
-    }
-
-    /// Ingests several documents through one scan, so that their windows share the model's
-    /// batches (`--scan-batch`); each is then stored atomically on its own, in order. Every
-    /// document is checked and tokenized before the scan: a bad one stops the call before
-    /// anything is written. `progress` gets (tokens done, tokens in all).
-    pub fn ingest_many(
-        &mut self,
-        encoder: &Encoder<'_>,
-        docs: Vec<NewDocument<'_>>,
-        progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Vec<Ingested>> {
-        for doc in &docs {
-            self.check_document(encoder, doc)?;
-        }
-        let t0 = Instant::now();
-        let tokens = docs
-            .iter()
-            .map(|doc| tokenize_document(encoder, doc))
-            .collect::<Result<Vec<_>>>()?;
-        let tokenize_seconds = t0.elapsed().as_secs_f64();
-        let total: usize = tokens.iter().map(|t| t.ids.len()).sum();
-        let encoded = encoder.encode_many(tokens, &mut |done| {
-            progress(done, total);
-            true
-        })?;
-        docs.into_iter()
-            .zip(encoded)
-            .map(|(doc, mut e)| {
-                e.tokenize_seconds = tokenize_seconds * e.tokens() as f64 / total as f64;
-                self.store_encoded(encoder, doc, &e)
-            })
-            .collect()
-    }
-
-    /// Checks a document before its scan: its collection, size, id and metadata, and that
-    /// `encoder` is what the index was built with.
-    pub fn check_document(&self, encoder: &Encoder<'_>, doc: &NewDocument<'_>) -> Result<()> {
+    /// Checks a document before it is encoded: its collection, size, id and metadata, and
+    /// that `identity` (the encoding's) is what the index was built with.
+    pub fn check_document(&self, doc: &NewDocument<'_>, identity: &StoreIdentity) -> Result<()> {
         self.collection(doc.collection)?;
         check_document_fields(doc, self.config.max_document_bytes)?;
-        self.check_identity(encoder.identity())
+        self.check_identity(identity)
     }
 
-    /// Stores a document that [`encode_document`] encoded with `encoder`; replaces an existing
+    /// Stores a document encoded with `identity` (by the ingest layer); replaces an existing
     /// one with the same id. Checks the document again: the index may have changed during the
     /// scan (the collection dropped, say).
     ///
-    /// Durability and visibility as [`Index::ingest`].
+    /// The document is durable and its postings visible when this returns; its BM25 passages
+    /// become searchable at the next [`Index::commit`] (or the next open).
     pub fn store_encoded(
         &mut self,
-        encoder: &Encoder<'_>,
         doc: NewDocument<'_>,
         encoded: &EncodedDocument,
+        identity: &StoreIdentity,
     ) -> Result<Ingested> {
-        self.check_document(encoder, &doc)?;
+        self.check_document(&doc, identity)?;
         let c = self.collection(doc.collection)?;
         let n = encoded.tokens();
         if c.next_position + n as u64 > u64::from(u32::MAX) + 1 {
@@ -836,7 +781,7 @@ impl Index {
             });
         }
         let t1 = Instant::now();
-        let out = self.store_document(c, doc, encoded, encoder.identity())?;
+        let out = self.store_document(c, doc, encoded, identity)?;
         Ok(Ingested {
             store_seconds: t1.elapsed().as_secs_f64(),
             scan_seconds: encoded.scan_seconds,

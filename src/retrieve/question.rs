@@ -7,7 +7,7 @@ use candle_core::IndexOp;
 
 use super::error::{Result, RetrieveError};
 use super::frame;
-use crate::index::LayerCode;
+use crate::ingest::LayerCode;
 use crate::model::{LayerSet, Logits, Model, TapRequest};
 use crate::sae::SaeSet;
 

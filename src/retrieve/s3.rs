@@ -15,8 +15,7 @@ use std::ops::Range;
 use super::docs::{DocCache, Scope};
 use super::error::Result;
 use super::{Candidate, RetrieveConfig, Source};
-use crate::index::codec::COARSE_BLOCK_TOKENS;
-use crate::index::Index;
+use crate::index::{Index, COARSE_BLOCK_TOKENS};
 
 /// A question feature with its statistics in scope.
 #[derive(Debug, Clone, serde::Serialize)]

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use s3mem::index::{
-    document_text, Encoder, Index, IndexConfig, IndexError, KvStore, NewDocument, SledStore,
-    StoreIdentity,
+    document_text, Index, IndexConfig, IndexError, KvStore, NewDocument, SledStore, StoreIdentity,
 };
+use s3mem::ingest::{self, Encoder, IngestError};
 use s3mem::model::{Model, ScanConfig, WeightFormat};
 use s3mem::sae::{SaeExpectation, SaeSet};
 
@@ -118,19 +118,19 @@ fn ingest(
     enc: &Encoder<'_>,
     id: &str,
     text: &str,
-) -> s3mem::index::Result<usize> {
-    index
-        .ingest(
-            enc,
-            NewDocument {
-                collection: "c",
-                id: Some(id.into()),
-                meta: vec![("source".into(), "test".into())],
-                text,
-            },
-            &mut |_, _| {},
-        )
-        .map(|i| i.tokens)
+) -> s3mem::ingest::Result<usize> {
+    ingest::ingest(
+        enc,
+        index,
+        NewDocument {
+            collection: "c",
+            id: Some(id.into()),
+            meta: vec![("source".into(), "test".into())],
+            text,
+        },
+        &mut |_, _| {},
+    )
+    .map(|i| i.tokens)
 }
 
 /// Returns every key and value of the store.
@@ -264,8 +264,9 @@ fn index_bad_input_is_refused_and_writes_nothing() {
     index.create_collection("c").unwrap();
     let before = dump(&index);
     let mut doc = |collection: &'static str, id: &str, text: &str| {
-        index.ingest(
+        ingest::ingest(
             &enc,
+            &mut index,
             NewDocument {
                 collection,
                 id: Some(id.into()),
@@ -276,13 +277,16 @@ fn index_bad_input_is_refused_and_writes_nothing() {
         )
     };
     let e = doc("nope", "a", "some text").unwrap_err();
-    assert!(matches!(e, IndexError::UnknownCollection(_)));
+    assert!(matches!(
+        e,
+        IngestError::Index(IndexError::UnknownCollection(_))
+    ));
     assert_eq!(e.to_string(), "unknown collection `nope`");
     let e = doc("c", "a", "  \n ").unwrap_err();
     assert!(e.to_string().contains("is empty"), "{e}");
     let big = sample_text(1, 1000);
     let e = doc("c", "big", &big).unwrap_err();
-    assert!(matches!(e, IndexError::TooLarge { .. }));
+    assert!(matches!(e, IngestError::Index(IndexError::TooLarge { .. })));
     assert!(
         e.to_string().contains("over the limit of 2000 bytes"),
         "{e}"
@@ -334,7 +338,10 @@ fn index_refuses_another_identity_a_newer_format_and_a_second_opener() {
         )
         .unwrap();
         let e = ingest(&mut index, &wide, "b", "more text here").unwrap_err();
-        assert!(matches!(e, IndexError::IdentityMismatch { .. }));
+        assert!(matches!(
+            e,
+            IngestError::Index(IndexError::IdentityMismatch { .. })
+        ));
         assert!(e.to_string().contains("scan geometry"), "{e}");
 
         let second = Index::open(dir.path(), IndexConfig::default());
@@ -602,18 +609,18 @@ fn index_write_golden_v1() {
         let mut index = Index::open(&target, IndexConfig::default()).unwrap();
         index.create_collection("golden").unwrap();
         for (id, seed) in [("first", 7), ("second", 8)] {
-            index
-                .ingest(
-                    &enc,
-                    NewDocument {
-                        collection: "golden",
-                        id: Some(id.into()),
-                        meta: vec![("seed".into(), seed.to_string())],
-                        text: &sample_text(seed, 12),
-                    },
-                    &mut |_, _| {},
-                )
-                .unwrap();
+            ingest::ingest(
+                &enc,
+                &mut index,
+                NewDocument {
+                    collection: "golden",
+                    id: Some(id.into()),
+                    meta: vec![("seed".into(), seed.to_string())],
+                    text: &sample_text(seed, 12),
+                },
+                &mut |_, _| {},
+            )
+            .unwrap();
         }
         index.commit().unwrap();
         let view = golden_view(&index);
@@ -789,18 +796,18 @@ fn index_measure_sizes_and_times() {
                 let text =
                     std::fs::read_to_string(Path::new("/usr/share/common-licenses").join(name))
                         .unwrap();
-                let out = index
-                    .ingest(
-                        &enc,
-                        NewDocument {
-                            collection: "c",
-                            id: Some(name.into()),
-                            meta: vec![],
-                            text: &text,
-                        },
-                        &mut |_, _| {},
-                    )
-                    .unwrap();
+                let out = ingest::ingest(
+                    &enc,
+                    &mut index,
+                    NewDocument {
+                        collection: "c",
+                        id: Some(name.into()),
+                        meta: vec![],
+                        text: &text,
+                    },
+                    &mut |_, _| {},
+                )
+                .unwrap();
                 scan += out.scan_seconds;
                 encode += out.encode_seconds;
                 store += out.store_seconds;
@@ -917,7 +924,7 @@ fn batched_ingest_of_several_documents_matches_one_by_one() {
             text,
         })
         .collect();
-    let out = a.ingest_many(&batched, docs, &mut |_, _| {}).unwrap();
+    let out = ingest::ingest_many(&batched, &mut a, docs, &mut |_, _| {}).unwrap();
     assert_eq!(
         out.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(),
         ["d0", "d1", "d2"]
@@ -949,7 +956,7 @@ fn batched_ingest_of_several_documents_matches_one_by_one() {
             text: "   ",
         },
     ];
-    let e = a.ingest_many(&batched, bad, &mut |_, _| {}).unwrap_err();
+    let e = ingest::ingest_many(&batched, &mut a, bad, &mut |_, _| {}).unwrap_err();
     assert!(e.to_string().contains("empty"), "{e}");
     assert!(matches!(
         a.document("c", "fine"),
