@@ -12,13 +12,13 @@
 //! directory and then only the postings it needs, each checked against its own sum; `verify`
 //! reads it all.
 //!
-//! Crash order: a pack is written under a temporary name, synced and renamed before the sled
-//! batch that makes its document visible; a document's pack is removed only after the batch
+//! Crash order: a pack is written with [`crate::durable::write_atomic`] (a temporary name,
+//! synced, renamed, the folder synced) before the sled batch that makes its document visible; a document's pack is removed only after the batch
 //! that deletes the document. Opening the index removes packs no document owns.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use super::codec::{self, get_varint, put_varint};
 use super::error::{IndexError, Result};
 use super::records as rec;
+use crate::durable;
 
 /// One decoded posting: (layer, feature) and its ascending positions.
 pub type Posting = ((u16, u32), Vec<u32>);
@@ -144,12 +145,12 @@ pub struct Pack {
 }
 
 impl Pack {
-    /// Opens the pack at `path`, reading and checking its directory.
-    pub fn open(path: &Path) -> std::io::Result<std::result::Result<Self, IndexError>> {
-        let mut file = File::open(path)?;
+    /// Reads and checks the directory of the pack `file` opened at `path`.
+    fn from_file(path: &Path, mut file: File) -> Result<Self> {
         let what = path.display().to_string();
-        let size = file.metadata()?.len();
-        let bad = |why: String| Ok(Err(IndexError::corrupt(&what, why)));
+        let io = |e| IndexError::io(path, e);
+        let size = file.metadata().map_err(io)?.len();
+        let bad = |why: String| Err(IndexError::corrupt(&what, why));
         let mut pre = [0u8; PREAMBLE];
         if size < (PREAMBLE + 8) as u64 || file.read_exact(&mut pre).is_err() || &pre[..4] != MAGIC
         {
@@ -165,7 +166,7 @@ impl Pack {
             ));
         }
         let mut dir = vec![0u8; dir_len + 4];
-        file.read_exact(&mut dir)?;
+        file.read_exact(&mut dir).map_err(io)?;
         let (dir, crc) = dir.split_at(dir_len);
         if crc32fast::hash(dir) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
             return bad("directory checksum mismatch (the file is damaged)".into());
@@ -176,14 +177,14 @@ impl Pack {
             Ok(e) => e,
             Err(why) => return bad(why),
         };
-        Ok(Ok(Self {
+        Ok(Self {
             path: path.into(),
             file: Some(file),
             what,
             body_at,
             body_len,
             entries,
-        }))
+        })
     }
 
     /// Lets the file go (a reader holding many packs keeps few descriptors); reads reopen it.
@@ -329,23 +330,14 @@ impl PackStore {
     /// Writes the pack of document `doc` durably (temporary name, sync, rename, sync the folder).
     pub fn write(&self, cid: u32, doc: u32, bytes: &[u8]) -> Result<()> {
         let path = self.path(cid, doc);
-        let tmp = path.with_extension("pack.tmp");
-        let mut f = File::create(&tmp).map_err(|e| IndexError::io(&tmp, e))?;
-        f.write_all(bytes)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| IndexError::io(&tmp, e))?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(|e| IndexError::io(&path, e))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| IndexError::io(&self.dir, e))
+        durable::write_atomic(&path, bytes).map_err(|e| IndexError::io(path, e))
     }
 
     /// Reads the pack of document `doc`; `None` when there is no file.
     pub fn read(&self, cid: u32, doc: u32) -> Result<Option<Pack>> {
         let path = self.path(cid, doc);
-        match Pack::open(&path) {
-            Ok(pack) => pack.map(Some),
+        match File::open(&path) {
+            Ok(file) => Pack::from_file(&path, file).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(IndexError::io(&path, e)),
         }
@@ -378,7 +370,7 @@ impl PackStore {
         for entry in entries {
             let path = entry.map_err(|e| IndexError::io(&self.dir, e))?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.ends_with(".pack.tmp") {
+            if is_unfinished(name) {
                 continue;
             }
             let parsed = name.strip_suffix(".pack").and_then(|stem| {
@@ -399,12 +391,22 @@ impl PackStore {
         let entries = std::fs::read_dir(&self.dir).map_err(|e| IndexError::io(&self.dir, e))?;
         for entry in entries {
             let path = entry.map_err(|e| IndexError::io(&self.dir, e))?.path();
-            if path.to_str().is_some_and(|p| p.ends_with(".pack.tmp")) {
+            if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(is_unfinished)
+            {
                 std::fs::remove_file(&path).map_err(|e| IndexError::io(&path, e))?;
             }
         }
         Ok(())
     }
+}
+
+/// Returns whether a file of the packs folder is a pack whose writing never finished: a
+/// temporary file of [`durable::write_atomic`], or `*.pack.tmp` of builds before it.
+fn is_unfinished(name: &str) -> bool {
+    durable::is_temp_name(name) || name.ends_with(".pack.tmp")
 }
 
 #[cfg(test)]
@@ -474,9 +476,12 @@ mod tests {
     #[test]
     fn store_writes_lists_and_removes() {
         let (dir, s) = written(&sample());
+        // A temporary pack of today's writer and one of older builds.
+        std::fs::write(dir.path().join(".1-7.pack.tmp-99-0"), b"partial").unwrap();
         std::fs::write(dir.path().join("1-8.pack.tmp"), b"partial").unwrap();
         assert_eq!(s.list().unwrap(), vec![(1, 2)]);
         s.remove_unfinished().unwrap();
+        assert!(!dir.path().join(".1-7.pack.tmp-99-0").exists());
         assert!(!dir.path().join("1-8.pack.tmp").exists());
         assert!(s.read(1, 8).unwrap().is_none());
         assert!(s.read_owned(1, 8).is_err());

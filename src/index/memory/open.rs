@@ -8,6 +8,7 @@ use std::path::Path;
 use fs2::FileExt;
 
 use super::{u64_be, Index};
+use crate::durable;
 use crate::index::bm25::Bm25;
 use crate::index::error::{IndexError, Result};
 use crate::index::migrations::{self, STORE_FORMAT_VERSION};
@@ -191,17 +192,10 @@ fn create_store(dir: &Path) -> Result<()> {
         store.apply(b)?;
         store.flush()?;
     }
-    sync_dir(&staging)?;
+    durable::sync_dir(&staging).map_err(|e| IndexError::io(&staging, e))?;
     let target = dir.join("store");
     std::fs::rename(&staging, &target).map_err(|e| IndexError::io(&target, e))?;
-    sync_dir(dir)
-}
-
-/// Makes a directory's entries (renames, new files) durable.
-fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| IndexError::io(dir, e))
+    durable::sync_dir(dir).map_err(|e| IndexError::io(dir, e))
 }
 
 /// Swaps a finished compaction copy in, or cleans up one that never finished.
