@@ -37,7 +37,7 @@ use super::packs::PackStore;
 use super::passages::CharIndex;
 use super::records::{self as rec, CollectionRecord, DocPart, DocumentRecord, StoreIdentity};
 use super::store::{KvStore, SledStore};
-use super::types::{Bm25Hit, CollectionInfo, DocumentInfo, IndexConfig, NewDocument};
+use super::types::{Bm25Hit, CollectionInfo, DocumentInfo, IndexConfig, LayerFeature, NewDocument};
 
 /// One data dir, open and locked.
 pub struct Index {
@@ -262,7 +262,7 @@ impl Index {
         &self,
         collection: &str,
         id: &str,
-    ) -> Result<BTreeMap<(u16, u32), Vec<u32>>> {
+    ) -> Result<BTreeMap<LayerFeature, Vec<u32>>> {
         let (c, d) = self.record(collection, id)?;
         Ok(self
             .packs
@@ -273,18 +273,17 @@ impl Index {
             .collect())
     }
 
-    /// Returns the postings of (layer, feature) across a collection: per document number, its
+    /// Returns the postings of `feature` across a collection: per document number, its
     /// collection-global positions.
     pub fn feature_postings(
         &self,
         collection: &str,
-        layer: u16,
-        feature: u32,
+        feature: LayerFeature,
     ) -> Result<Vec<(u32, Vec<u32>)>> {
         let c = self.collection(collection)?;
         let mut out = Vec::new();
         for d in self.document_records(c.id)? {
-            let local = self.packs.read_owned(c.id, d.doc)?.get(layer, feature)?;
+            let local = self.packs.read_owned(c.id, d.doc)?.get(feature)?;
             if !local.is_empty() {
                 out.push((d.doc, local.iter().map(|p| p + d.first_position).collect()));
             }
@@ -297,9 +296,9 @@ impl Index {
         Ok(self.collection(collection)?.id)
     }
 
-    /// Returns the document-local positions where (layer, feature) fired in document `doc`.
-    pub fn posting(&self, cid: u32, layer: u16, feature: u32, doc: u32) -> Result<Vec<u32>> {
-        self.packs.read_owned(cid, doc)?.get(layer, feature)
+    /// Returns the document-local positions where `feature` fired in document `doc`.
+    pub fn posting(&self, cid: u32, feature: LayerFeature, doc: u32) -> Result<Vec<u32>> {
+        self.packs.read_owned(cid, doc)?.get(feature)
     }
 
     /// Returns the text of document number `doc` of collection `cid`.

@@ -30,8 +30,8 @@ pub use migrations::{STORE_FORMAT_OLDEST_SUPPORTED, STORE_FORMAT_VERSION};
 pub use records::StoreIdentity;
 pub use store::{Batch, KvStore, SledStore};
 pub use types::{
-    Bm25Hit, CollectionInfo, ComponentBytes, DocumentInfo, EncodedDocument, IndexConfig, Ingested,
-    NewDocument, Stats,
+    BlockCount, Bm25Hit, CollectionInfo, ComponentBytes, DocumentInfo, EncodedDocument,
+    IndexConfig, Ingested, LayerFeature, NewDocument, Stats,
 };
 
 /// Tokens per coarse block: the unit in which [`PostingReader::coarse_blocks`] counts a

@@ -25,11 +25,11 @@ use std::path::{Path, PathBuf};
 
 use super::codec::{self, get_varint, put_varint};
 use super::error::{IndexError, Result};
-use super::records as rec;
+use super::types::LayerFeature;
 use crate::durable;
 
 /// One decoded posting: (layer, feature) and its ascending positions.
-pub type Posting = ((u16, u32), Vec<u32>);
+pub type Posting = (LayerFeature, Vec<u32>);
 
 const MAGIC: &[u8; 4] = b"S3PK";
 const FORMAT: u8 = 1;
@@ -39,15 +39,16 @@ const PREAMBLE: usize = 4 + 1 + 4;
 const MAX_DIRECTORY_BYTES: usize = 64 << 20;
 
 /// Encodes a document's postings (document-local positions per (layer, feature)).
-pub fn encode(postings: &BTreeMap<(u16, u32), Vec<u32>>) -> Result<Vec<u8>> {
+pub fn encode(postings: &BTreeMap<LayerFeature, Vec<u32>>) -> Result<Vec<u8>> {
     let mut dir = Vec::with_capacity(postings.len() * 3 + 8);
     put_varint(&mut dir, postings.len() as u64);
     let mut body = Vec::new();
     let mut prev: Option<u32> = None;
-    for (&(layer, feature), positions) in postings {
-        let packed = rec::pack_feature(layer, feature).ok_or_else(|| {
+    for (&feature, positions) in postings {
+        let packed = feature.pack().ok_or_else(|| {
             IndexError::InvalidInput(format!(
-                "layer {layer} feature {feature} does not fit a posting pack"
+                "layer {} feature {} does not fit a posting pack",
+                feature.layer, feature.feature
             ))
         })?;
         let gap = match prev {
@@ -217,15 +218,14 @@ impl Pack {
     }
 
     fn decode(&self, id: u32, bytes: &[u8]) -> Result<Vec<u32>> {
-        let (layer, feature) = rec::unpack_feature(id);
-        codec::decode_posting(bytes).map_err(|e| {
-            IndexError::corrupt(format!("posting {layer}/{feature} in {}", self.what), e)
-        })
+        let feature = LayerFeature::unpack(id);
+        codec::decode_posting(bytes)
+            .map_err(|e| IndexError::corrupt(format!("posting {feature} in {}", self.what), e))
     }
 
-    /// Returns the positions where (layer, feature) fired (empty when it never did).
-    pub fn get(&self, layer: u16, feature: u32) -> Result<Vec<u32>> {
-        let Some(id) = rec::pack_feature(layer, feature) else {
+    /// Returns the positions where `feature` fired (empty when it never did).
+    pub fn get(&self, feature: LayerFeature) -> Result<Vec<u32>> {
+        let Some(id) = feature.pack() else {
             return Ok(Vec::new());
         };
         match self.entries.binary_search_by_key(&id, |e| e.id) {
@@ -234,12 +234,9 @@ impl Pack {
                 let e = &self.entries[i];
                 let bytes = self.read_at(e.range.clone())?;
                 if crc32fast::hash(&bytes) != e.crc {
-                    let (layer, feature) = rec::unpack_feature(id);
                     return Err(IndexError::corrupt(
                         &self.what,
-                        format!(
-                            "checksum mismatch in posting {layer}/{feature} (the file is damaged)"
-                        ),
+                        format!("checksum mismatch in posting {feature} (the file is damaged)"),
                     ));
                 }
                 self.decode(id, &bytes)
@@ -287,7 +284,7 @@ impl Pack {
             .iter()
             .map(|e| {
                 let p = self.decode(e.id, &body[e.range.start as usize..e.range.end as usize])?;
-                Ok((rec::unpack_feature(e.id), p))
+                Ok((LayerFeature::unpack(e.id), p))
             })
             .collect()
     }
@@ -414,15 +411,15 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn sample() -> BTreeMap<(u16, u32), Vec<u32>> {
+    fn sample() -> BTreeMap<LayerFeature, Vec<u32>> {
         let mut m = BTreeMap::new();
-        m.insert((8, 3), vec![0, 5, 9]);
-        m.insert((8, 2047), (0..500).collect());
-        m.insert((24, 0), vec![77]);
+        m.insert(LayerFeature::new(8, 3), vec![0, 5, 9]);
+        m.insert(LayerFeature::new(8, 2047), (0..500).collect());
+        m.insert(LayerFeature::new(24, 0), vec![77]);
         m
     }
 
-    fn written(m: &BTreeMap<(u16, u32), Vec<u32>>) -> (tempfile::TempDir, PackStore) {
+    fn written(m: &BTreeMap<LayerFeature, Vec<u32>>) -> (tempfile::TempDir, PackStore) {
         let dir = tempfile::tempdir().unwrap();
         let s = PackStore::open(dir.path()).unwrap();
         s.write(1, 2, &encode(m).unwrap()).unwrap();
@@ -434,9 +431,9 @@ mod tests {
         let (_d, s) = written(&sample());
         let p = s.read_owned(1, 2).unwrap();
         assert_eq!(p.len(), 3);
-        assert_eq!(p.get(8, 3).unwrap(), vec![0, 5, 9]);
-        assert_eq!(p.get(24, 0).unwrap(), vec![77]);
-        assert!(p.get(16, 3).unwrap().is_empty());
+        assert_eq!(p.get(LayerFeature::new(8, 3)).unwrap(), vec![0, 5, 9]);
+        assert_eq!(p.get(LayerFeature::new(24, 0)).unwrap(), vec![77]);
+        assert!(p.get(LayerFeature::new(16, 3)).unwrap().is_empty());
         assert_eq!(p.entry_count().unwrap(), 504);
         let all: BTreeMap<_, _> = p.all().unwrap().into_iter().collect();
         assert_eq!(all, sample());
@@ -464,9 +461,9 @@ mod tests {
         b[at] ^= 0x01;
         std::fs::write(&path, &b).unwrap();
         let p = s.read_owned(1, 2).unwrap();
-        let e = p.get(24, 0).unwrap_err().to_string();
+        let e = p.get(LayerFeature::new(24, 0)).unwrap_err().to_string();
         assert!(e.contains("checksum") && e.contains("24/0"), "{e}");
-        assert_eq!(p.get(8, 3).unwrap(), vec![0, 5, 9]);
+        assert_eq!(p.get(LayerFeature::new(8, 3)).unwrap(), vec![0, 5, 9]);
         std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
         assert!(s.read(1, 2).is_err() || s.read(1, 2).unwrap().unwrap().all().is_err());
         std::fs::write(&path, b"").unwrap();
@@ -500,12 +497,14 @@ mod tests {
                 0..40,
             )
         ) {
-            let m: BTreeMap<(u16, u32), Vec<u32>> =
-                m.into_iter().map(|(k, v)| (k, v.into_iter().collect())).collect();
+            let m: BTreeMap<LayerFeature, Vec<u32>> = m
+                .into_iter()
+                .map(|((l, f), v)| (LayerFeature::new(l, f), v.into_iter().collect()))
+                .collect();
             let (_d, s) = written(&m);
             let p = s.read_owned(1, 2).unwrap();
-            for (&(l, f), v) in &m {
-                prop_assert_eq!(&p.get(l, f).unwrap(), v);
+            for (&f, v) in &m {
+                prop_assert_eq!(&p.get(f).unwrap(), v);
             }
             let back: BTreeMap<_, _> = p.all().unwrap().into_iter().collect();
             prop_assert_eq!(back, m);

@@ -2,9 +2,57 @@
 //! encoded them), what a store did, listings and sizes.
 
 use std::collections::BTreeMap;
+use std::fmt;
 use std::ops::Range;
 
 use super::records::DocumentRecord;
+
+/// A feature of one layer: the key of a posting list. The KV heads of a layer share one
+/// posting space (`ingest::LayerCode` maps each head's SAE features into it), so a layer and
+/// a posting feature name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct LayerFeature {
+    /// The model layer (below 256 in a posting key).
+    pub layer: u16,
+    /// The posting feature (below 2^24 in a posting key).
+    pub feature: u32,
+}
+
+impl LayerFeature {
+    /// Returns the feature `feature` of layer `layer`.
+    pub const fn new(layer: u16, feature: u32) -> Self {
+        Self { layer, feature }
+    }
+
+    /// Returns the pair packed into one u32 (the layer in the top byte), as a document's
+    /// feature set and a pack's directory hold it; `None` when it does not fit (a layer of
+    /// 256 or more, a feature of 2^24 or more). Packed ids sort as the pairs do.
+    pub fn pack(self) -> Option<u32> {
+        (self.layer < 256 && self.feature < (1 << 24))
+            .then_some((u32::from(self.layer) << 24) | self.feature)
+    }
+
+    /// Returns the pair that [`LayerFeature::pack`] packed into `packed`.
+    pub fn unpack(packed: u32) -> Self {
+        Self::new((packed >> 24) as u16, packed & 0x00ff_ffff)
+    }
+}
+
+impl fmt::Display for LayerFeature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.layer, self.feature)
+    }
+}
+
+/// How many tokens of one coarse block fired a feature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlockCount {
+    /// The block: collection-global as the reader returns it, or counted from the start of
+    /// its coarse record inside one.
+    pub block: u32,
+    /// Tokens of the block that fired the feature (one at least).
+    pub tokens: u32,
+}
 
 /// Limits of an open index.
 #[derive(Debug, Clone)]
@@ -41,7 +89,7 @@ pub struct EncodedDocument {
     /// Each token's char range.
     pub offsets: Vec<(usize, usize)>,
     /// Positions (document-local, ascending) per (layer, feature).
-    pub postings: BTreeMap<(u16, u32), Vec<u32>>,
+    pub postings: BTreeMap<LayerFeature, Vec<u32>>,
     /// Seconds spent tokenizing.
     pub tokenize_seconds: f64,
     /// Seconds spent in the model (the scan alone).

@@ -7,7 +7,7 @@ use std::time::Instant;
 use candle_core::IndexOp;
 
 use super::error::{IngestError, Result};
-use crate::index::{EncodedDocument, StoreIdentity};
+use crate::index::{EncodedDocument, LayerFeature, StoreIdentity};
 use crate::model::{LayerSet, LayerTap, Model, ModelError, ScanConfig, TapRequest, Tokenized};
 use crate::sae::{HeadMode, SaeError, SaeSet, SparseCodes};
 
@@ -65,7 +65,8 @@ pub fn layer_codes(saes: &SaeSet, kv_heads: usize) -> Result<Vec<LayerCode>> {
 
 /// Encodes one tapped layer's keys (`[tokens, kv_heads, d]`, the chunk's first token at
 /// document position `first`) with the SAE of each KV head, and calls `fired(position,
-/// posting feature)` for every activation that fired, token by token, then head by head.
+/// (layer, posting feature))` for every activation that fired, token by token, then head by
+/// head.
 ///
 /// The layer must be one of `codes` (a layer the SAE set does not index is refused).
 pub fn encode_layer(
@@ -73,7 +74,7 @@ pub fn encode_layer(
     codes: &[LayerCode],
     tap: &LayerTap,
     first: usize,
-    fired: &mut dyn FnMut(u32, u32),
+    fired: &mut dyn FnMut(u32, LayerFeature),
 ) -> Result<()> {
     let Some(code) = codes.iter().find(|c| c.layer == tap.layer) else {
         return Err(SaeError::NotFound {
@@ -96,6 +97,7 @@ pub fn encode_layer(
             })
             .collect::<Result<_>>()?
     };
+    let layer = code.layer as u16;
     for t in 0..n {
         let pos = (first + t) as u32;
         for h in 0..heads {
@@ -107,7 +109,7 @@ pub fn encode_layer(
             for (&f, &a) in ids.iter().zip(acts) {
                 // A zero activation is a slot that did not fire.
                 if a > 0.0 {
-                    fired(pos, code.posting_feature(h, f));
+                    fired(pos, LayerFeature::new(layer, code.posting_feature(h, f)));
                 }
             }
         }
@@ -202,7 +204,7 @@ impl<'a> Encoder<'a> {
             )?),
             queries: None,
         };
-        let mut postings: Vec<BTreeMap<(u16, u32), Vec<u32>>> = vec![BTreeMap::new(); docs.len()];
+        let mut postings: Vec<BTreeMap<LayerFeature, Vec<u32>>> = vec![BTreeMap::new(); docs.len()];
         let mut encode_seconds = vec![0.0; docs.len()];
         // Tokens of the documents before each one, for progress over all of them.
         let before: Vec<usize> = docs
@@ -220,7 +222,6 @@ impl<'a> Encoder<'a> {
             .scan_many(&ids, &taps, &self.scan, &mut |doc, chunk| {
                 let t0 = Instant::now();
                 for tap in &chunk.keys {
-                    let layer = tap.layer as u16;
                     let doc_postings = &mut postings[doc];
                     let added = encode_layer(
                         self.saes,
@@ -228,7 +229,7 @@ impl<'a> Encoder<'a> {
                         tap,
                         chunk.chunk.start,
                         &mut |pos, f| {
-                            let list = doc_postings.entry((layer, f)).or_default();
+                            let list = doc_postings.entry(f).or_default();
                             // KV heads of a layer share the posting space: one entry per token.
                             if list.last() != Some(&pos) {
                                 list.push(pos);

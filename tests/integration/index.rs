@@ -174,8 +174,8 @@ fn index_ingest_reopen_delete_and_replace() {
         );
         postings_before = index.document_postings("c", "doc1").unwrap();
         assert!(!postings_before.is_empty());
-        for ((layer, _), positions) in &postings_before {
-            assert!([0u16, 2].contains(layer));
+        for (feature, positions) in &postings_before {
+            assert!([0u16, 2].contains(&feature.layer));
             assert!(positions
                 .iter()
                 .all(|&p| docs[1].positions.contains(&u64::from(p))));
@@ -189,8 +189,8 @@ fn index_ingest_reopen_delete_and_replace() {
         index.document_postings("c", "doc1").unwrap(),
         postings_before
     );
-    let (&(layer, feature), _) = postings_before.iter().next().unwrap();
-    let across = index.feature_postings("c", layer, feature).unwrap();
+    let (&feature, _) = postings_before.iter().next().unwrap();
+    let across = index.feature_postings("c", feature).unwrap();
     assert!(across.iter().any(|(doc, _)| *doc == 1));
     let hits = index.bm25("c", None, "quokka zanzibar", 10).unwrap();
     assert_eq!(hits.len(), 1, "{hits:?}");
@@ -207,7 +207,7 @@ fn index_ingest_reopen_delete_and_replace() {
         index.text("c", "doc1", None),
         Err(IndexError::UnknownDocument { .. })
     ));
-    let across = index.feature_postings("c", layer, feature).unwrap();
+    let across = index.feature_postings("c", feature).unwrap();
     assert!(across.iter().all(|(doc, _)| *doc != 1));
     assert!(index
         .bm25("c", None, "quokka zanzibar", 10)
@@ -572,7 +572,7 @@ fn golden_view(index: &Index) -> serde_json::Value {
                 .document_postings("golden", &d.id)
                 .unwrap()
                 .into_iter()
-                .map(|((l, f), p)| (format!("{l}/{f}"), p))
+                .map(|(f, p)| (f.to_string(), p))
                 .collect();
             serde_json::json!({
                 "document": d,

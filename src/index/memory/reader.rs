@@ -10,6 +10,7 @@ use crate::index::error::{IndexError, Result};
 use crate::index::packs::Pack;
 use crate::index::records::{self as rec, CollectionRecord};
 use crate::index::store::KvStore;
+use crate::index::types::{BlockCount, LayerFeature};
 
 /// Most pack files a [`PostingReader`] holds open at once (its directories stay in memory).
 pub(super) const MAX_OPEN_PACKS: usize = 64;
@@ -60,12 +61,12 @@ pub struct PostingReader<'a> {
     /// Documents whose pack file is open, oldest first.
     open: VecDeque<u32>,
     /// Block counts of the open tail per (layer, feature), once computed.
-    tail_blocks: HashMap<(u16, u32), Vec<(u32, u32)>>,
+    tail_blocks: HashMap<LayerFeature, Vec<BlockCount>>,
 }
 
 impl PostingReader<'_> {
     /// Returns the document-local positions where (layer, feature) fired in document `doc`.
-    pub fn posting(&mut self, doc: u32, layer: u16, feature: u32) -> Result<Vec<u32>> {
+    pub fn posting(&mut self, doc: u32, feature: LayerFeature) -> Result<Vec<u32>> {
         match self.packs.get_mut(&doc) {
             Some(pack) if pack.is_open() => {}
             Some(pack) => {
@@ -85,48 +86,51 @@ impl PostingReader<'_> {
                 }
             }
         }
-        self.packs[&doc].get(layer, feature)
+        self.packs[&doc].get(feature)
     }
 
     /// Returns (collection-global block, tokens that fired) of (layer, feature), ascending;
     /// blocks are [`codec::COARSE_BLOCK_TOKENS`] positions long. Sealed buckets come from
     /// their coarse records, the open tail from the postings of the documents in it.
-    pub fn coarse_blocks(&mut self, layer: u16, feature: u32) -> Result<Vec<(u32, u32)>> {
-        let mut out = coarse::read(&self.index.store, self.cid, layer, feature)?;
-        out.extend(self.tail_blocks(layer, feature)?.iter().copied());
+    pub fn coarse_blocks(&mut self, feature: LayerFeature) -> Result<Vec<BlockCount>> {
+        let mut out = coarse::read(&self.index.store, self.cid, feature)?;
+        out.extend(self.tail_blocks(feature)?.iter().copied());
         Ok(out)
     }
 
     /// Returns how many tokens fired (layer, feature) in the whole collection: the sealed
     /// total from its one record, the open tail from the packs.
-    pub fn token_count(&mut self, layer: u16, feature: u32) -> Result<u64> {
-        let sealed = coarse::sealed_total(&self.index.store, self.cid, layer, feature)?;
+    pub fn token_count(&mut self, feature: LayerFeature) -> Result<u64> {
+        let sealed = coarse::sealed_total(&self.index.store, self.cid, feature)?;
         let tail: u64 = self
-            .tail_blocks(layer, feature)?
+            .tail_blocks(feature)?
             .iter()
-            .map(|&(_, n)| u64::from(n))
+            .map(|b| u64::from(b.tokens))
             .sum();
         Ok(sealed + tail)
     }
 
     /// Returns (global block, tokens that fired) of (layer, feature) in the open tail,
     /// ascending; read from the packs once per question and feature.
-    fn tail_blocks(&mut self, layer: u16, feature: u32) -> Result<&[(u32, u32)]> {
-        if !self.tail_blocks.contains_key(&(layer, feature)) {
+    fn tail_blocks(&mut self, feature: LayerFeature) -> Result<&[BlockCount]> {
+        if !self.tail_blocks.contains_key(&feature) {
             let mut blocks: BTreeMap<u32, u32> = BTreeMap::new();
             for i in 0..self.tail.len() {
                 let (doc, first) = self.tail[i];
-                for p in self.posting(doc, layer, feature)? {
+                for p in self.posting(doc, feature)? {
                     let p = p + first;
                     if p >= self.sealed_end {
                         *blocks.entry(p / codec::COARSE_BLOCK_TOKENS).or_insert(0) += 1;
                     }
                 }
             }
-            self.tail_blocks
-                .insert((layer, feature), blocks.into_iter().collect());
+            let blocks = blocks
+                .into_iter()
+                .map(|(block, tokens)| BlockCount { block, tokens })
+                .collect();
+            self.tail_blocks.insert(feature, blocks);
         }
-        Ok(&self.tail_blocks[&(layer, feature)])
+        Ok(&self.tail_blocks[&feature])
     }
 
     /// Returns the number of packs read so far, and how many of their files are open.

@@ -10,7 +10,7 @@ use crate::index::coarse;
 use crate::index::migrations;
 use crate::index::packs::{self, PackStore};
 use crate::index::store::Batch;
-use crate::index::types::EncodedDocument;
+use crate::index::types::{BlockCount, EncodedDocument, LayerFeature};
 
 fn identity() -> StoreIdentity {
     StoreIdentity {
@@ -36,7 +36,10 @@ fn synthetic(n: usize, seed: usize) -> (String, EncodedDocument) {
                 .map(|p| p as u32)
                 .collect();
             if !positions.is_empty() {
-                postings.insert((layer, f + 100 * u32::from(layer)), positions);
+                postings.insert(
+                    LayerFeature::new(layer, f + 100 * u32::from(layer)),
+                    positions,
+                );
             }
         }
     }
@@ -77,7 +80,7 @@ fn coarse_records(index: &Index) -> usize {
 /// The reader's blocks of every feature equal the blocks counted from all postings.
 fn assert_blocks_agree(index: &Index) {
     let cid = index.collection_id("c").unwrap();
-    let mut want: BTreeMap<(u16, u32), BTreeMap<u32, u32>> = BTreeMap::new();
+    let mut want: BTreeMap<LayerFeature, BTreeMap<u32, u32>> = BTreeMap::new();
     for d in index.documents("c").unwrap() {
         for (k, positions) in index.document_postings("c", &d.id).unwrap() {
             for p in positions {
@@ -90,12 +93,15 @@ fn assert_blocks_agree(index: &Index) {
         }
     }
     let mut reader = index.posting_reader(cid).unwrap();
-    for (&(layer, feature), blocks) in &want {
-        let got = reader.coarse_blocks(layer, feature).unwrap();
-        let want: Vec<(u32, u32)> = blocks.iter().map(|(&b, &c)| (b, c)).collect();
-        assert_eq!(got, want, "layer {layer} feature {feature}");
-        let tokens: u64 = want.iter().map(|&(_, c)| u64::from(c)).sum();
-        assert_eq!(reader.token_count(layer, feature).unwrap(), tokens);
+    for (&feature, blocks) in &want {
+        let got = reader.coarse_blocks(feature).unwrap();
+        let want: Vec<BlockCount> = blocks
+            .iter()
+            .map(|(&block, &tokens)| BlockCount { block, tokens })
+            .collect();
+        assert_eq!(got, want, "feature {feature}");
+        let tokens: u64 = want.iter().map(|b| u64::from(b.tokens)).sum();
+        assert_eq!(reader.token_count(feature).unwrap(), tokens);
     }
 }
 
@@ -111,7 +117,11 @@ fn coarse_records_cover_sealed_buckets_and_follow_deletes_and_replaces() {
     put(&mut index, "c", 30_000, 3);
     // 90,000: bucket 0 (positions below 65,536) is sealed.
     assert!(coarse_records(&index) > 0);
-    assert!(index.store.get(&rec::total_key(1, 0, 0)).unwrap().is_some());
+    assert!(index
+        .store
+        .get(&rec::total_key(1, LayerFeature::new(0, 0)))
+        .unwrap()
+        .is_some());
     assert_eq!(index.verify().unwrap(), 3);
     assert_blocks_agree(&index);
     // Deleting a sealed document takes its counts away.
@@ -170,7 +180,7 @@ fn buckets_merge_into_a_super_bucket() {
     index
         .store
         .scan_prefix(b"g/", &mut |k, _| {
-            buckets.insert(rec::parse_coarse_key(k).unwrap().3);
+            buckets.insert(rec::parse_coarse_key(k).unwrap().2);
             Ok(true)
         })
         .unwrap();
@@ -197,10 +207,12 @@ fn a_reader_keeps_few_files_open() {
     let mut reader = index.posting_reader(cid).unwrap();
     for round in 0..2 {
         for d in &docs {
-            let got = reader.posting(d.number, 0, 3).unwrap();
+            let got = reader.posting(d.number, LayerFeature::new(0, 3)).unwrap();
             assert_eq!(
                 got,
-                index.posting(cid, 0, 3, d.number).unwrap(),
+                index
+                    .posting(cid, LayerFeature::new(0, 3), d.number)
+                    .unwrap(),
                 "round {round}"
             );
         }
@@ -223,7 +235,7 @@ fn a_format_2_store_upgrades_to_packs() {
         let cid = index.collection_id("c").unwrap();
         let mut b = Batch::default();
         for d in index.documents("c").unwrap() {
-            for ((layer, feature), local) in index
+            for (feature, local) in index
                 .packs
                 .read_owned(cid, d.number)
                 .unwrap()
@@ -231,7 +243,7 @@ fn a_format_2_store_upgrades_to_packs() {
                 .unwrap()
             {
                 b.put(
-                    rec::posting_key(cid, layer, feature, d.number),
+                    rec::posting_key(cid, feature, d.number),
                     codec::encode_posting(&local),
                 );
             }

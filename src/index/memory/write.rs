@@ -190,10 +190,11 @@ impl Index {
             codec::encode_offsets(&encoded.offsets),
         );
         let mut features = RoaringBitmap::new();
-        for &(layer, feature) in encoded.postings.keys() {
-            let packed = rec::pack_feature(layer, feature).ok_or_else(|| {
+        for &feature in encoded.postings.keys() {
+            let packed = feature.pack().ok_or_else(|| {
                 IndexError::InvalidInput(format!(
-                    "layer {layer} feature {feature} does not fit the posting key"
+                    "layer {} feature {} does not fit the posting key",
+                    feature.layer, feature.feature
                 ))
             })?;
             features.insert(packed);
@@ -279,13 +280,13 @@ impl Index {
         let d: DocumentRecord = rec::decode(&v, "document")?;
         // Only sealed buckets have coarse records.
         if d.first_position < sealed_end {
-            for ((layer, feature), local) in self.packs.read_owned(cid, doc)?.all()? {
+            for (feature, local) in self.packs.read_owned(cid, doc)?.all()? {
                 let sealed = local
                     .iter()
                     .map(|p| p + d.first_position)
                     .filter(|&p| p < sealed_end);
                 let super_end = codec::super_end(sealed_end);
-                coarse.apply(&self.store, cid, (layer, feature), sealed, true, super_end)?;
+                coarse.apply(&self.store, cid, feature, sealed, true, super_end)?;
             }
         }
         delete_records(b, cid, doc, &d.external_id);
