@@ -50,33 +50,7 @@ fn fixture() -> &'static Fixture {
         let corpus = dir.path().join("corpus.txt");
         std::fs::write(&corpus, sample_text(0, 3000)).unwrap();
         let sae_dir = dir.path().join("sae");
-        let out = s3mem()
-            .args([
-                "sae",
-                "train",
-                "--layers",
-                "0,2",
-                "--chunk",
-                "128",
-                "--overlap",
-                "16",
-            ])
-            .args([
-                "--dict", "64", "--k", "4", "--tokens", "3000", "--epochs", "2",
-            ])
-            .args(["--batch-size", "256", "--holdout-every", "0", "--model"])
-            .arg(&model_path)
-            .arg("--corpus")
-            .arg(&corpus)
-            .arg("--out")
-            .arg(&sae_dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        train_tiny_saes(&model_path, &corpus, &sae_dir, &["--layers", "0,2"]);
         let model = Model::load(&model_path, WeightFormat::F32, &Device::Cpu).unwrap();
         let expect = SaeExpectation::new(model.fingerprint().unwrap(), model.config().head_dim);
         let saes = SaeSet::load(&sae_dir, &expect).unwrap();
@@ -88,6 +62,25 @@ fn fixture() -> &'static Fixture {
             saes,
         }
     })
+}
+
+/// Trains a tiny SAE set (dict 64, k 4) on `model` through the CLI with the scan geometry
+/// of [`SCAN`]; `extra` adds flags (the layers, `--per-head`).
+fn train_tiny_saes(model: &Path, corpus: &Path, out: &Path, extra: &[&str]) {
+    run_ok(
+        s3mem()
+            .args(["sae", "train", "--chunk", "128", "--overlap", "16"])
+            .args(extra)
+            .args([
+                "--dict", "64", "--k", "4", "--tokens", "3000", "--epochs", "2",
+            ])
+            .args(["--batch-size", "256", "--holdout-every", "0", "--model"])
+            .arg(model)
+            .arg("--corpus")
+            .arg(corpus)
+            .arg("--out")
+            .arg(out),
+    );
 }
 
 /// Returns deterministic English-like text of about `words` words with sentence ends.
@@ -528,6 +521,62 @@ fn index_cli_ingest_docs_collections_stats() {
     let stats2: serde_json::Value =
         serde_json::from_str(&run_ok(&mut d(&["stats", "--json"]))).unwrap();
     assert_eq!(stats2["documents"], 2);
+}
+
+/// `s3mem scan --sae` counts features as ingest stores them: with one SAE per KV head, head
+/// `h`'s feature `f` is posting feature `h * dict + f` (a scan once counted `f` for every
+/// head), and every activation is a posting entry of its own.
+#[test]
+fn index_scan_sae_counts_features_as_ingest_stores_them() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(&corpus, sample_text(0, 3000)).unwrap();
+    let sae_dir = dir.path().join("per-head");
+    train_tiny_saes(
+        &f.model_path,
+        &corpus,
+        &sae_dir,
+        &["--layers", "0", "--per-head"],
+    );
+    let doc = dir.path().join("doc.txt");
+    let text = sample_text(21, 400);
+    std::fs::write(&doc, &text).unwrap();
+    let out = run_ok(
+        s3mem()
+            .args([
+                "scan",
+                "--json",
+                "--layers",
+                "0",
+                "--chunk",
+                "128",
+                "--overlap",
+                "16",
+            ])
+            .arg("--sae")
+            .arg(&sae_dir)
+            .arg("--model")
+            .arg(&f.model_path)
+            .arg(&doc),
+    );
+    let scan: serde_json::Value = serde_json::from_str(&out).unwrap();
+
+    let expect = SaeExpectation::new(f.model.fingerprint().unwrap(), f.model.config().head_dim);
+    let saes = SaeSet::load(&sae_dir, &expect).unwrap();
+    let enc = Encoder::new(&f.model, &saes, SCAN).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut index = Index::open(data.path(), IndexConfig::default()).unwrap();
+    index.create_collection("c").unwrap();
+    ingest(&mut index, &enc, "doc", &text).unwrap();
+    let postings = index.document_postings("c", "doc").unwrap();
+    assert!(
+        postings.keys().any(|k| k.feature >= 64),
+        "no feature of the second KV head"
+    );
+    let entries: usize = postings.values().map(Vec::len).sum();
+    assert_eq!(scan["distinct_features"], postings.len(), "{scan}");
+    assert_eq!(scan["features_fired"], entries, "{scan}");
 }
 
 /// A golden store of format v1, written by `write_golden_v1` below, read by this build.
