@@ -16,3 +16,4 @@ pub mod model;
 pub mod retrieve;
 pub mod sae;
 pub mod service;
+pub mod text;

@@ -12,6 +12,7 @@ use super::{
 use crate::ingest;
 use crate::model::{fetch, GenerateConfig, Model, ScanConfig, TapRequest};
 use crate::sae::{SaeExpectation, SaeSet};
+use crate::text::document_text;
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
@@ -121,11 +122,11 @@ fn read_document(path: &Path) -> Result<String> {
     } else {
         bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     }
-    String::from_utf8(bytes).map_err(|e| {
+    document_text(bytes, &path.display().to_string()).map_err(|e| {
         anyhow::anyhow!(
             "{} is not UTF-8 text (invalid byte at offset {})",
-            path.display(),
-            e.utf8_error().valid_up_to()
+            e.source_name,
+            e.offset
         )
     })
 }

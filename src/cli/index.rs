@@ -10,25 +10,12 @@ use serde_json::json;
 
 use super::commands::{load, load_sae_set};
 use super::{CollectionsCommand, DataDirArgs, DocsCommand, IngestArgs, StatsArgs};
-use crate::index::{
-    check_document_fields, document_text, Index, IndexConfig, IndexError, NewDocument,
-};
+use crate::index::{check_document_fields, Index, IndexConfig, IndexError, NewDocument};
 use crate::ingest::{self, Encoder};
+use crate::text::document_text;
 
 fn open(data: &DataDirArgs, config: IndexConfig) -> Result<Index> {
     Ok(Index::open(data.dir()?, config)?)
-}
-
-/// Opens an existing data dir: commands that only read or delete never create one.
-fn open_existing(data: &DataDirArgs) -> Result<Index> {
-    let dir = data.dir()?;
-    if !dir.join("store").is_dir() {
-        bail!(
-            "data dir {} does not exist or holds no index",
-            dir.display()
-        );
-    }
-    open(data, IndexConfig::default())
 }
 
 /// Returns the files a path stands for: itself, or a folder's .txt and .md files, sorted.
@@ -335,7 +322,7 @@ pub fn docs(cmd: DocsCommand) -> Result<()> {
         } => {
             let docs = match server.connect()? {
                 Some(mut client) => client.documents(&collection)?,
-                None => open_existing(&data)?.documents(&collection)?,
+                None => Index::open_existing(data.dir()?)?.documents(&collection)?,
             };
             if json {
                 println!("{}", serde_json::to_string(&docs)?);
@@ -357,7 +344,7 @@ pub fn docs(cmd: DocsCommand) -> Result<()> {
             let (info, text) = match server.connect()? {
                 Some(mut client) => client.document(&collection, &id, range)?,
                 None => {
-                    let index = open_existing(&data)?;
+                    let index = Index::open_existing(data.dir()?)?;
                     let info = index.document(&collection, &id)?;
                     (info, index.text(&collection, &id, range)?)
                 }
@@ -381,7 +368,7 @@ pub fn docs(cmd: DocsCommand) -> Result<()> {
                 }
             }
             None => {
-                let mut index = open_existing(&data)?;
+                let mut index = Index::open_existing(data.dir()?)?;
                 for id in ids {
                     index.delete(&collection, &id)?;
                     eprintln!("deleted {id}");
@@ -396,7 +383,7 @@ pub fn docs(cmd: DocsCommand) -> Result<()> {
 pub fn collections(cmd: CollectionsCommand) -> Result<()> {
     match cmd {
         CollectionsCommand::List { data, json } => {
-            let index = open_existing(&data)?;
+            let index = Index::open_existing(data.dir()?)?;
             let list = index.collections()?;
             if json {
                 println!("{}", serde_json::to_string(&list)?);
@@ -410,7 +397,7 @@ pub fn collections(cmd: CollectionsCommand) -> Result<()> {
             open(&data, IndexConfig::default())?.create_collection(&name)?;
         }
         CollectionsCommand::Drop { data, name } => {
-            open_existing(&data)?.drop_collection(&name)?;
+            Index::open_existing(data.dir()?)?.drop_collection(&name)?;
         }
     }
     Ok(())
@@ -420,7 +407,7 @@ pub fn collections(cmd: CollectionsCommand) -> Result<()> {
 pub fn stats(args: &StatsArgs) -> Result<()> {
     let s = match args.server.connect()? {
         Some(mut client) => client.stats()?,
-        None => open_existing(&args.data)?.stats()?,
+        None => Index::open_existing(args.data.dir()?)?.stats()?,
     };
     if args.json {
         println!("{}", serde_json::to_string(&s)?);
@@ -452,7 +439,7 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
 
 /// Runs `s3mem compact`.
 pub fn compact(args: &DataDirArgs) -> Result<()> {
-    let index = open_existing(args)?;
+    let index = Index::open_existing(args.dir()?)?;
     let before = index.stats()?;
     let after = index.compact()?.stats()?;
     eprintln!(

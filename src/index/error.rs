@@ -14,6 +14,14 @@ pub enum IndexError {
         lock: PathBuf,
     },
 
+    /// A data dir that should hold an index does not (commands that only read or delete never
+    /// create one).
+    #[error("data dir {} does not exist or holds no index; ingest documents first", dir.display())]
+    NoIndex {
+        /// The data dir.
+        dir: PathBuf,
+    },
+
     /// The store was written by a newer s3mem.
     #[error("store format version {found} in {} is newer than this build supports ({supported}): upgrade s3mem", path.display())]
     NewerFormat {
@@ -78,13 +86,8 @@ pub enum IndexError {
     },
 
     /// A document's bytes are not UTF-8.
-    #[error("{source_name} is not utf-8 text (invalid byte at offset {offset})")]
-    NotUtf8 {
-        /// Where the bytes came from (a path or `stdin`).
-        source_name: String,
-        /// The first invalid byte.
-        offset: usize,
-    },
+    #[error(transparent)]
+    NotUtf8(#[from] crate::text::NotUtf8),
 
     /// A collection ran out of u32 token positions.
     #[error("collection `{collection}` is full: {needed} more token positions do not fit in u32 (compact or use another collection)")]

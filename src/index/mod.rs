@@ -23,7 +23,7 @@ pub mod store;
 pub mod types;
 
 pub use bm25::PassageHit;
-pub use document::{check_document_fields, document_text};
+pub use document::{check_document_fields, check_name, NameProblem, MAX_NAME_BYTES};
 pub use error::{IndexError, Result};
 pub use memory::{Index, PostingReader};
 pub use migrations::{STORE_FORMAT_OLDEST_SUPPORTED, STORE_FORMAT_VERSION};

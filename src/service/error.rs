@@ -150,9 +150,11 @@ fn index_code(e: &IndexError) -> Code {
         IndexError::NewerFormat { .. } => Code::FailedPrecondition,
         IndexError::IdentityMismatch { .. } => Code::FailedPrecondition,
         IndexError::Corrupt { .. } => Code::DataLoss,
-        IndexError::UnknownCollection(_) | IndexError::UnknownDocument { .. } => Code::NotFound,
+        IndexError::NoIndex { .. }
+        | IndexError::UnknownCollection(_)
+        | IndexError::UnknownDocument { .. } => Code::NotFound,
         IndexError::CollectionExists(_) => Code::AlreadyExists,
-        IndexError::InvalidInput(_) | IndexError::TooLarge { .. } | IndexError::NotUtf8 { .. } => {
+        IndexError::InvalidInput(_) | IndexError::TooLarge { .. } | IndexError::NotUtf8(_) => {
             Code::InvalidArgument
         }
         IndexError::PositionsExhausted { .. } => Code::FailedPrecondition,

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use s3mem::index::{
-    document_text, Index, IndexConfig, IndexError, KvStore, NewDocument, SledStore, StoreIdentity,
+    Index, IndexConfig, IndexError, KvStore, NewDocument, SledStore, StoreIdentity,
 };
 use s3mem::ingest::{self, Encoder, IngestError};
 use s3mem::model::{Model, ScanConfig, WeightFormat};
 use s3mem::sae::{SaeExpectation, SaeSet};
+use s3mem::text::document_text;
 
 use crate::common::{write_tiny_gguf, TinySpec};
 

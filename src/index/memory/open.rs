@@ -74,6 +74,15 @@ impl Index {
         Ok(index)
     }
 
+    /// Opens the data dir `dir` that must hold an index already, as [`Index::open`] does
+    /// otherwise; creates nothing when it holds none ([`IndexError::NoIndex`]).
+    pub fn open_existing(dir: &Path) -> Result<Self> {
+        if !dir.join("store").is_dir() {
+            return Err(IndexError::NoIndex { dir: dir.into() });
+        }
+        Self::open(dir, IndexConfig::default())
+    }
+
     /// Removes the packs no document record owns (and unfinished temporary packs).
     fn remove_orphan_packs(&self) -> Result<()> {
         self.packs.remove_unfinished()?;

@@ -319,3 +319,18 @@ fn a_document_with_a_damaged_pack_in_a_sealed_bucket_can_be_deleted() {
     assert!(e.contains("1-2.pack"), "{e}");
     assert_eq!(index.documents("c").unwrap().len(), 3);
 }
+
+#[test]
+fn open_existing_creates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let e = Index::open_existing(&missing).err().unwrap();
+    assert!(matches!(e, IndexError::NoIndex { .. }), "{e}");
+    assert!(
+        e.to_string().contains("does not exist or holds no index"),
+        "{e}"
+    );
+    assert!(!missing.exists());
+    drop(Index::open(&missing, IndexConfig::default()).unwrap());
+    assert!(Index::open_existing(&missing).is_ok());
+}

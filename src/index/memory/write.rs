@@ -9,7 +9,7 @@ use roaring::RoaringBitmap;
 use super::{now_unix, u32_be, Index};
 use crate::index::coarse::{self, CoarseEdits};
 use crate::index::codec;
-use crate::index::document::{check_name, GENERATED_ID_PREFIX};
+use crate::index::document::{check_named, GENERATED_ID_PREFIX};
 use crate::index::error::{IndexError, Result};
 use crate::index::packs;
 use crate::index::passages::passages;
@@ -30,7 +30,7 @@ fn delete_records(b: &mut Batch, cid: u32, doc: u32, external_id: &str) {
 impl Index {
     /// Creates a collection.
     pub fn create_collection(&mut self, name: &str) -> Result<()> {
-        check_name("collection name", name)?;
+        check_named("collection name", name)?;
         if self.store.get(&rec::collection_key(name))?.is_some() {
             return Err(IndexError::CollectionExists(name.into()));
         }
