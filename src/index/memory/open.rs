@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::path::Path;
 
-use fs2::FileExt;
+use fs4::fs_std::FileExt;
 
 use super::{u64_be, Index};
 use crate::durable;
@@ -175,13 +175,14 @@ impl Index {
 pub(super) fn lock_dir(dir: &Path) -> Result<File> {
     let lock_path = dir.join("LOCK");
     let lock = File::create(&lock_path).map_err(|e| IndexError::io(&lock_path, e))?;
-    if lock.try_lock_exclusive().is_err() {
-        return Err(IndexError::Locked {
+    match lock.try_lock_exclusive() {
+        Ok(true) => Ok(lock),
+        Ok(false) => Err(IndexError::Locked {
             dir: dir.into(),
             lock: lock_path,
-        });
+        }),
+        Err(e) => Err(IndexError::io(lock_path, e)),
     }
-    Ok(lock)
 }
 
 /// Creates an empty store under a staging name and renames it into place.
