@@ -22,14 +22,17 @@ pub enum IndexError {
         dir: PathBuf,
     },
 
-    /// The store was written by a newer s3mem.
-    #[error("store format version {found} in {} is newer than this build supports ({supported}): upgrade s3mem", path.display())]
-    NewerFormat {
+    /// A store or posting pack is in a format newer than this build reads (a newer s3mem wrote
+    /// it): the data is not damaged, this build cannot read it.
+    #[error("{kind} format version {found} in {} is newer than this build supports ({supported}): upgrade s3mem", path.display())]
+    IncompatibleFormat {
+        /// What has the format.
+        kind: FormatKind,
         /// The version on disk.
         found: u32,
         /// The newest version this build reads.
         supported: u32,
-        /// The data dir.
+        /// The data dir (for the store) or the file.
         path: PathBuf,
     },
 
@@ -115,6 +118,24 @@ pub enum IndexError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// What an on-disk format version belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormatKind {
+    /// The sled store of a data dir (`m/format`, see `migrations/README.md`).
+    Store,
+    /// A document's posting pack file (its format byte).
+    Pack,
+}
+
+impl std::fmt::Display for FormatKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Store => "store",
+            Self::Pack => "posting pack",
+        })
+    }
 }
 
 impl IndexError {

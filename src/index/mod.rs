@@ -24,7 +24,7 @@ pub mod types;
 
 pub use bm25::PassageHit;
 pub use document::{check_document_fields, check_name, NameProblem, MAX_NAME_BYTES};
-pub use error::{IndexError, Result};
+pub use error::{FormatKind, IndexError, Result};
 pub use memory::{Index, PostingReader};
 pub use migrations::{STORE_FORMAT_OLDEST_SUPPORTED, STORE_FORMAT_VERSION};
 pub use records::StoreIdentity;

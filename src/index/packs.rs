@@ -24,7 +24,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::codec::{self, get_varint, put_varint};
-use super::error::{IndexError, Result};
+use super::error::{FormatKind, IndexError, Result};
 use super::types::LayerFeature;
 use crate::durable;
 
@@ -32,7 +32,9 @@ use crate::durable;
 pub type Posting = (LayerFeature, Vec<u32>);
 
 const MAGIC: &[u8; 4] = b"S3PK";
-const FORMAT: u8 = 1;
+/// The pack format this build writes and reads (the byte after the magic); a newer one is
+/// refused as [`IndexError::IncompatibleFormat`], not as damage.
+pub const PACK_FORMAT_VERSION: u8 = 1;
 /// Magic, format byte and directory length.
 const PREAMBLE: usize = 4 + 1 + 4;
 /// Largest directory accepted: more than every (layer, feature) pair of any real SAE set.
@@ -64,7 +66,7 @@ pub fn encode(postings: &BTreeMap<LayerFeature, Vec<u32>>) -> Result<Vec<u8>> {
     }
     let mut out = Vec::with_capacity(PREAMBLE + dir.len() + body.len() + 8);
     out.extend_from_slice(MAGIC);
-    out.push(FORMAT);
+    out.push(PACK_FORMAT_VERSION);
     out.extend_from_slice(&(dir.len() as u32).to_le_bytes());
     out.extend_from_slice(&dir);
     out.extend_from_slice(&crc32fast::hash(&dir).to_le_bytes());
@@ -157,7 +159,15 @@ impl Pack {
         {
             return bad("not a posting pack (bad magic or too short)".into());
         }
-        if pre[4] != FORMAT {
+        if pre[4] > PACK_FORMAT_VERSION {
+            return Err(IndexError::IncompatibleFormat {
+                kind: FormatKind::Pack,
+                found: pre[4].into(),
+                supported: PACK_FORMAT_VERSION.into(),
+                path: path.into(),
+            });
+        }
+        if pre[4] != PACK_FORMAT_VERSION {
             return bad(format!("unknown pack format {}", pre[4]));
         }
         let dir_len = u32::from_le_bytes(pre[5..9].try_into().expect("4 bytes")) as usize;
@@ -468,6 +478,39 @@ mod tests {
         assert!(s.read(1, 2).is_err() || s.read(1, 2).unwrap().unwrap().all().is_err());
         std::fs::write(&path, b"").unwrap();
         assert!(s.read(1, 2).is_err());
+    }
+
+    /// A newer pack format is an incompatibility (FAILED_PRECONDITION), not damage; a format
+    /// byte no build ever wrote is damage.
+    #[test]
+    fn a_newer_pack_format_is_incompatible_not_corrupt() {
+        let (dir, s) = written(&sample());
+        let path = dir.path().join("1-2.pack");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[4] = PACK_FORMAT_VERSION + 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = s.read(1, 2).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                IndexError::IncompatibleFormat {
+                    kind: FormatKind::Pack,
+                    found: 2,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("posting pack format version 2")
+                && e.to_string().contains("newer than this build supports (1)"),
+            "{e}"
+        );
+        bytes[4] = 0;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = s.read(1, 2).unwrap_err();
+        assert!(matches!(e, IndexError::Corrupt { .. }), "{e}");
     }
 
     #[test]

@@ -147,7 +147,7 @@ fn answer_code(e: &AnswerError) -> Code {
 fn index_code(e: &IndexError) -> Code {
     match e {
         IndexError::Locked { .. } => Code::FailedPrecondition,
-        IndexError::NewerFormat { .. } => Code::FailedPrecondition,
+        IndexError::IncompatibleFormat { .. } => Code::FailedPrecondition,
         IndexError::IdentityMismatch { .. } => Code::FailedPrecondition,
         IndexError::Corrupt { .. } => Code::DataLoss,
         IndexError::NoIndex { .. }
@@ -250,6 +250,15 @@ mod tests {
             context: 8192,
         });
         assert_eq!(e.code(), Code::InvalidArgument);
+        let e = ServiceError::Index(IndexError::IncompatibleFormat {
+            kind: crate::index::FormatKind::Pack,
+            found: 2,
+            supported: 1,
+            path: "packs/1-0.pack".into(),
+        });
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        let e = ServiceError::Index(IndexError::corrupt("packs/1-0.pack", "checksum mismatch"));
+        assert_eq!(e.code(), Code::DataLoss);
         let s = Status::from(ServiceError::invalid("budget", "0 is below 1"));
         assert_eq!(s.code(), Code::InvalidArgument);
         assert_eq!(s.message(), "budget: 0 is below 1");

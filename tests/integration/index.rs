@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use s3mem::index::{
-    Index, IndexConfig, IndexError, KvStore, NewDocument, SledStore, StoreIdentity,
+    FormatKind, Index, IndexConfig, IndexError, KvStore, NewDocument, SledStore, StoreIdentity,
 };
 use s3mem::ingest::{self, Encoder, IngestError};
 use s3mem::model::{Model, ScanConfig, WeightFormat};
@@ -353,7 +353,7 @@ fn index_refuses_another_identity_a_newer_format_and_a_second_opener() {
         .err()
         .unwrap();
     assert!(
-        matches!(e, IndexError::NewerFormat { found, .. } if found == s3mem::index::STORE_FORMAT_VERSION + 1),
+        matches!(e, IndexError::IncompatibleFormat { kind: FormatKind::Store, found, .. } if found == s3mem::index::STORE_FORMAT_VERSION + 1),
         "{e}"
     );
     assert!(

@@ -10,7 +10,7 @@ use fs4::fs_std::FileExt;
 use super::{u64_be, Index};
 use crate::durable;
 use crate::index::bm25::Bm25;
-use crate::index::error::{IndexError, Result};
+use crate::index::error::{FormatKind, IndexError, Result};
 use crate::index::migrations::{self, STORE_FORMAT_VERSION};
 use crate::index::packs::PackStore;
 use crate::index::passages::passages;
@@ -38,7 +38,8 @@ impl Index {
                 store.flush()?;
             }
             Some(v) if v > STORE_FORMAT_VERSION => {
-                return Err(IndexError::NewerFormat {
+                return Err(IndexError::IncompatibleFormat {
+                    kind: FormatKind::Store,
                     found: v,
                     supported: STORE_FORMAT_VERSION,
                     path: dir.into(),

@@ -334,3 +334,30 @@ fn open_existing_creates_nothing() {
     drop(Index::open(&missing, IndexConfig::default()).unwrap());
     assert!(Index::open_existing(&missing).is_ok());
 }
+
+/// A pack of a newer format is refused as incompatible everywhere, and deleting its document
+/// from a sealed bucket does not take it for damage (which would rebuild the coarse records
+/// around it and drop the file).
+#[test]
+fn a_newer_pack_format_is_refused_not_repaired() {
+    let (dir, mut index) = with_collection();
+    for (id, seed) in [("a", 1), ("b", 2), ("c", 3)] {
+        put(&mut index, id, 30_000, seed);
+    }
+    assert!(coarse_records(&index) > 0, "bucket 0 is sealed");
+    let path = dir.path().join("packs").join("1-1.pack");
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[4] += 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let incompatible = |e: IndexError| {
+        assert!(
+            matches!(e, IndexError::IncompatibleFormat { found: 2, .. }),
+            "{e}"
+        );
+    };
+    incompatible(index.verify().unwrap_err());
+    incompatible(index.document_postings("c", "b").unwrap_err());
+    incompatible(index.delete("c", "b").unwrap_err());
+    assert_eq!(index.documents("c").unwrap().len(), 3);
+    assert!(path.exists());
+}
