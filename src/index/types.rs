@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Range;
 
+use super::error::{IndexError, Result};
 use super::records::DocumentRecord;
 
 /// A feature of one layer: the key of a posting list. The KV heads of a layer share one
@@ -102,6 +103,23 @@ impl EncodedDocument {
     /// Returns the number of tokens.
     pub fn tokens(&self) -> usize {
         self.offsets.len()
+    }
+
+    /// Checks what the store's invariants need of the postings: each one non-empty, its
+    /// positions ascending and inside the document (the ingest layer makes them so; a caller
+    /// that builds postings itself may not).
+    pub fn check(&self) -> Result<()> {
+        let n = self.tokens();
+        for (feature, positions) in &self.postings {
+            let ascending = positions.windows(2).all(|w| w[0] < w[1]);
+            let inside = positions.last().is_some_and(|&p| (p as usize) < n);
+            if !ascending || !inside {
+                return Err(IndexError::InvalidInput(format!(
+                    "posting {feature} is empty, not ascending or past the document's {n} tokens"
+                )));
+            }
+        }
+        Ok(())
     }
 }
 

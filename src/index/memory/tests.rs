@@ -361,3 +361,25 @@ fn a_newer_pack_format_is_refused_not_repaired() {
     assert_eq!(index.documents("c").unwrap().len(), 3);
     assert!(path.exists());
 }
+
+/// Postings that would break the store's invariants are refused before anything is written.
+#[test]
+fn bad_postings_are_refused() {
+    let (_dir, mut index) = with_collection();
+    let (text, good) = synthetic(100, 1);
+    let f = LayerFeature::new(0, 7);
+    for bad in [vec![], vec![5, 3], vec![3, 3], vec![100]] {
+        let mut encoded = good.clone();
+        encoded.postings.insert(f, bad.clone());
+        let doc = NewDocument {
+            collection: "c",
+            id: Some("a".into()),
+            meta: Vec::new(),
+            text: &text,
+        };
+        let e = index.store_encoded(doc, &encoded, &identity()).unwrap_err();
+        assert!(e.to_string().contains("posting 0/7"), "{bad:?}: {e}");
+    }
+    assert!(index.documents("c").unwrap().is_empty());
+    assert_eq!(index.verify().unwrap(), 0);
+}

@@ -97,6 +97,7 @@ impl Index {
         identity: &StoreIdentity,
     ) -> Result<Ingested> {
         self.check_document(&doc, identity)?;
+        encoded.check()?;
         let c = self.collection(doc.collection)?;
         let n = encoded.tokens();
         if c.next_position + n as u64 > u64::from(u32::MAX) + 1 {
