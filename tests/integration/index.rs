@@ -26,7 +26,7 @@ const SCAN: ScanConfig = ScanConfig {
     overlap: 16,
 };
 
-struct Fixture {
+pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
     model_path: PathBuf,
     sae_dir: PathBuf,
@@ -42,7 +42,7 @@ fn s3mem() -> Command {
 
 /// Returns the tiny model (seed 1) and a shared-per-layer SAE set for layers 0 and 2, trained
 /// once per test run through the CLI.
-fn fixture() -> &'static Fixture {
+pub(crate) fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
@@ -85,7 +85,7 @@ fn train_tiny_saes(model: &Path, corpus: &Path, out: &Path, extra: &[&str]) {
 }
 
 /// Returns deterministic English-like text of about `words` words with sentence ends.
-fn sample_text(seed: usize, words: usize) -> String {
+pub(crate) fn sample_text(seed: usize, words: usize) -> String {
     const WORDS: &[&str] = &[
         "the", "river", "carried", "old", "letters", "past", "a", "mill", "where", "Ada",
         "counted", "seven", "silver", "keys", "and", "one", "brass", "lantern", "while", "rain",
@@ -103,7 +103,7 @@ fn sample_text(seed: usize, words: usize) -> String {
     s
 }
 
-fn encoder(f: &Fixture) -> Encoder<'_> {
+pub(crate) fn encoder(f: &Fixture) -> Encoder<'_> {
     Encoder::new(&f.model, &f.saes, SCAN).unwrap()
 }
 
@@ -580,27 +580,8 @@ fn index_scan_sae_counts_features_as_ingest_stores_them() {
     assert_eq!(scan["features_fired"], entries, "{scan}");
 }
 
-/// A golden store of format v1, written by `write_golden_v1` below, read by this build.
-#[test]
-fn index_golden_v1_store_opens() {
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let expected: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(golden.join("v1.json")).unwrap()).unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    copy_dir(&golden.join("v1"), dir.path());
-    let index = Index::open(dir.path(), IndexConfig::default()).unwrap();
-    // Opening upgraded it: v2 added coarse block counts; v3 moved the postings into one pack
-    // per document and keeps coarse records for sealed buckets only (none in a store this
-    // small). verify checks packs, feature sets and coarse records against each other.
-    assert_eq!(index.verify().unwrap(), 2);
-    let stats = index.stats().unwrap();
-    assert_eq!(stats.components["postings"].records, 2);
-    assert!(!stats.components.contains_key("coarse"));
-    assert!(stats.posting_entries > 0);
-    assert_eq!(golden_view(&index), expected);
-}
-
-fn copy_dir(from: &Path, to: &Path) {
+/// Copies a folder recursively (a golden store, a crashed store kept for diagnosis).
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
@@ -610,73 +591,6 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
         }
     }
-}
-
-/// Returns what the golden test compares: documents, texts, postings and identity.
-fn golden_view(index: &Index) -> serde_json::Value {
-    let docs = index.documents("golden").unwrap();
-    let docs: Vec<serde_json::Value> = docs
-        .iter()
-        .map(|d| {
-            let postings: BTreeMap<String, Vec<u32>> = index
-                .document_postings("golden", &d.id)
-                .unwrap()
-                .into_iter()
-                .map(|(f, p)| (f.to_string(), p))
-                .collect();
-            serde_json::json!({
-                "document": d,
-                "text": index.text("golden", &d.id, None).unwrap(),
-                "offsets": index.offsets("golden", &d.id).unwrap(),
-                "postings": postings,
-            })
-        })
-        .collect();
-    let id = index.identity().unwrap().unwrap();
-    serde_json::json!({
-        "identity": {
-            "model_fingerprint": id.model_fingerprint,
-            "sae_digest": id.sae_digest,
-            "layers": id.layers,
-            "scan": [id.chunk, id.sinks, id.overlap],
-        },
-        "documents": docs,
-    })
-}
-
-/// Writes tests/golden/v1 and v1.json: run
-/// `cargo test --test integration index_write_golden_v1 -- --ignored` only when a new format
-/// version needs its golden store (never overwrite an old one).
-#[test]
-#[ignore = "writes the checked-in golden store"]
-fn index_write_golden_v1() {
-    let f = fixture();
-    let enc = encoder(f);
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let target = golden.join("v1");
-    assert!(!target.exists(), "the golden v1 store exists already");
-    {
-        let mut index = Index::open(&target, IndexConfig::default()).unwrap();
-        index.create_collection("golden").unwrap();
-        for (id, seed) in [("first", 7), ("second", 8)] {
-            ingest::ingest(
-                &enc,
-                &mut index,
-                NewDocument {
-                    collection: "golden",
-                    id: Some(id.into()),
-                    meta: vec![("seed".into(), seed.to_string())],
-                    text: &sample_text(seed, 12),
-                },
-                &mut |_, _| {},
-            )
-            .unwrap();
-        }
-        index.commit().unwrap();
-        let view = golden_view(&index);
-        std::fs::write(golden.join("v1.json"), serde_json::to_vec(&view).unwrap()).unwrap();
-    }
-    std::fs::remove_file(target.join("LOCK")).unwrap();
 }
 
 /// SIGKILLs an ingesting `s3mem` at random moments; after each kill the store must reopen with

@@ -3,6 +3,7 @@
 mod common;
 mod eval_cli;
 mod fetch;
+mod golden;
 mod grpc;
 mod index;
 mod model_cli;
