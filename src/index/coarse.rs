@@ -1,7 +1,7 @@
 //! Coarse block counts: the first pass of collection-wide retrieval.
 //!
 //! For each (layer, feature) a collection keeps, per block of
-//! [`COARSE_BLOCK_TOKENS`](super::codec::COARSE_BLOCK_TOKENS) collection-global positions, how
+//! [`COARSE_BLOCK_TOKENS`] collection-global positions, how
 //! many tokens of the block fired it. Records are split into buckets of `2^16` positions
 //! (`g/{cid}{layer}{feature}{bucket}`) and written once, when the collection's positions pass
 //! the end of the bucket (the bucket is *sealed*); only deleting a document rewrites them.

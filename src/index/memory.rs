@@ -11,6 +11,10 @@
 //! Each batch also writes a journal entry under its sequence number; tantivy's commit payload
 //! records the last sequence it holds, and opening replays the journal past it, so after any
 //! crash both sides agree again.
+//!
+//! This file holds [`Index`] and its read paths; the rest is split by job: `open` (the lock,
+//! recovery, journal replay), `write` (collections, storing and deleting documents, the coarse
+//! rebuild), `maintain` (stats, compact, verify) and `reader` ([`PostingReader`]).
 
 mod maintain;
 mod open;

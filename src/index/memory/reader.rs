@@ -49,7 +49,7 @@ impl Index {
 }
 
 /// Reads one collection's postings for one question: each document's pack directory is read
-/// once; at most [`MAX_OPEN_PACKS`] files stay open, the least recently opened let go first.
+/// once; at most `MAX_OPEN_PACKS` (64) files stay open, the least recently opened let go first.
 pub struct PostingReader<'a> {
     index: &'a Index,
     cid: u32,
