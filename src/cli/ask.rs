@@ -3,27 +3,16 @@
 use std::io::Write;
 use std::path::Path;
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::commands::{load, load_sae_set};
 use super::{AskArgs, RetrieveArgs};
 use crate::answer::{self, AnswerConfig};
-use crate::index::{Index, IndexConfig};
+use crate::index::Index;
 use crate::model::Model;
 use crate::retrieve::{Evidence, Query, RetrieveConfig, Retriever};
 use crate::sae::SaeSet;
-
-/// Opens an existing data dir for reading.
-fn open_existing(data_dir: &Path) -> Result<Index> {
-    if !data_dir.join("store").is_dir() {
-        bail!(
-            "data dir {} does not exist or holds no index; ingest documents first",
-            data_dir.display()
-        );
-    }
-    Ok(Index::open(data_dir, IndexConfig::default())?)
-}
 
 /// The model, SAE set and index a question needs.
 struct Loaded {
@@ -33,7 +22,7 @@ struct Loaded {
 }
 
 fn load_all(args: &RetrieveArgs, models: &Path) -> Result<Loaded> {
-    let index = open_existing(args.data.dir()?)?;
+    let index = Index::open_existing(args.data.dir()?)?;
     let model = load(&args.model, models)?;
     let saes = load_sae_set(&model, &args.sae, models)?;
     Ok(Loaded { model, saes, index })

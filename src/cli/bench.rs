@@ -366,12 +366,13 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
 /// encodings under new ids (real postings, real coarse records, real BM25 passages), so a
 /// million-token collection costs one scan of the corpus, not a million tokens of scanning.
 pub fn retrieve(args: &super::BenchRetrieveArgs, models: &std::path::Path) -> Result<()> {
-    use crate::index::{encode_document, Index, IndexConfig, NewDocument};
+    use crate::index::{Index, IndexConfig, NewDocument};
+    use crate::ingest::encode_document;
     use crate::retrieve::{Query, RetrieveConfig, Retriever};
 
     let model = super::commands::load(&args.model, models)?;
     let saes = super::commands::load_sae_set(&model, &args.sae, models)?;
-    let encoder = crate::index::Encoder::new(&model, &saes, crate::model::ScanConfig::default())?;
+    let encoder = crate::ingest::Encoder::new(&model, &saes, crate::model::ScanConfig::default())?;
     let mut index = Index::open(&args.data_dir, IndexConfig::default())?;
     if index.collection_id(&args.collection).is_err() {
         index.create_collection(&args.collection)?;
@@ -411,7 +412,6 @@ pub fn retrieve(args: &super::BenchRetrieveArgs, models: &std::path::Path) -> Re
         while have(&index)? < target as u64 {
             for (name, text, encoded) in &corpus {
                 index.store_encoded(
-                    &encoder,
                     NewDocument {
                         collection: &args.collection,
                         id: Some(format!("copy-{copy}-{name}")),
@@ -419,6 +419,7 @@ pub fn retrieve(args: &super::BenchRetrieveArgs, models: &std::path::Path) -> Re
                         text,
                     },
                     encoded,
+                    encoder.identity(),
                 )?;
             }
             copy += 1;

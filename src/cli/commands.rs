@@ -9,8 +9,10 @@ use serde_json::json;
 use super::{
     BenchCommand, Cli, Command, GenerateArgs, ModelArgs, ModelCommand, QuickstartArgs, ScanArgs,
 };
+use crate::ingest;
 use crate::model::{fetch, GenerateConfig, Model, ScanConfig, TapRequest};
 use crate::sae::{SaeExpectation, SaeSet};
+use crate::text::document_text;
 
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
@@ -114,11 +116,11 @@ fn read_document(path: &Path) -> Result<String> {
     } else {
         bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     }
-    String::from_utf8(bytes).map_err(|e| {
+    document_text(bytes, &path.display().to_string()).map_err(|e| {
         anyhow::anyhow!(
             "{} is not UTF-8 text (invalid byte at offset {})",
-            path.display(),
-            e.utf8_error().valid_up_to()
+            e.source_name,
+            e.offset
         )
     })
 }
@@ -149,7 +151,8 @@ struct ScanReport {
     /// Feature activations the SAE set produced (with `--sae`).
     #[serde(skip_serializing_if = "Option::is_none")]
     features_fired: Option<u64>,
-    /// Distinct (layer, feature) pairs among them.
+    /// Distinct (layer, posting feature) pairs among them, as ingest keeps them (per-head
+    /// SAEs' features apart by head).
     #[serde(skip_serializing_if = "Option::is_none")]
     distinct_features: Option<usize>,
 }
@@ -185,11 +188,21 @@ fn scan_document(
     let mut fired = 0u64;
     let mut distinct = std::collections::HashSet::new();
     let mut sae_error = None;
+    // The ingest layer's encoding: each KV head's SAE features in the layer's posting space.
+    let codes = match sae {
+        Some(set) => ingest::layer_codes(set, model.config().kv_heads)?,
+        None => Vec::new(),
+    };
     let stats = model.scan(&doc, &taps, cfg, &mut |chunk| {
         for tap in &chunk.keys {
             match sae {
                 Some(set) => {
-                    if let Err(e) = encode_keys(set, tap, &mut fired, &mut distinct) {
+                    let encoded =
+                        ingest::encode_layer(set, &codes, tap, chunk.chunk.start, &mut |_, f| {
+                            fired += 1;
+                            distinct.insert(f);
+                        });
+                    if let Err(e) = encoded {
                         sae_error = Some(e);
                         return Err(crate::model::ModelError::Aborted);
                     }
@@ -229,28 +242,6 @@ fn scan_document(
         features_fired: sae.map(|_| fired),
         distinct_features: sae.map(|_| distinct.len()),
     })
-}
-
-/// Encodes one layer's keys (`[tokens, kv_heads, d]`) with the SAE of each KV head.
-fn encode_keys(
-    set: &SaeSet,
-    tap: &crate::model::LayerTap,
-    fired: &mut u64,
-    distinct: &mut std::collections::HashSet<(usize, u32)>,
-) -> std::result::Result<(), crate::sae::SaeError> {
-    use candle_core::IndexOp;
-    let kv_heads = tap.values.dim(1)?;
-    for h in 0..kv_heads {
-        let rows = tap.values.i((.., h, ..))?.contiguous()?;
-        let codes = set.sae_for(tap.layer, h)?.encode(&rows)?;
-        for (&id, &act) in codes.ids.iter().zip(&codes.acts) {
-            if act > 0.0 {
-                *fired += 1;
-                distinct.insert((tap.layer, id));
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Loads the SAE set at `spec` (a folder, or `default` for the model's embedded set).
@@ -327,7 +318,8 @@ fn generate(args: &GenerateArgs, models: &Path) -> Result<()> {
 }
 
 fn quickstart(args: &QuickstartArgs, models: &Path) -> Result<()> {
-    use crate::index::{Encoder, Index, IndexConfig, IndexError, NewDocument};
+    use crate::index::{Index, IndexConfig, IndexError, NewDocument};
+    use crate::ingest::Encoder;
     use crate::retrieve::{Method, Query, RetrieveConfig, Retriever};
 
     eprintln!("1/4 model: {}", args.model.model);

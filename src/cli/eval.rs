@@ -12,7 +12,8 @@ use serde_json::json;
 use super::commands::{load, load_sae_set};
 use super::{EvalArgs, EvalBuildCommand, EvalCommand, RecallArgs};
 use crate::eval::{self, build, EvalItem};
-use crate::index::{Encoder, Index, IndexConfig, IndexError, NewDocument};
+use crate::index::{Index, IndexConfig, IndexError, NewDocument};
+use crate::ingest::Encoder;
 use crate::model::hex_digest;
 use crate::retrieve::{Fusion, Method, Query, RetrieveConfig, Retriever};
 

@@ -14,7 +14,8 @@ use super::{peak_rss_bytes, reset_peak_rss, EvalRunArgs};
 use crate::answer::{self, AnswerConfig};
 use crate::eval::report::{self, Memory, RunRecord, NO_BUDGET};
 use crate::eval::{self, EvalItem};
-use crate::index::{Encoder, Index, IndexConfig};
+use crate::index::{Index, IndexConfig};
+use crate::ingest::Encoder;
 use crate::model::{gpu_memory, reset_gpu_peak, Model, Tokenized};
 use crate::retrieve::{Method, Query, RetrieveConfig, Retriever};
 

@@ -7,46 +7,55 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
+use walkdir::WalkDir;
 
 use super::commands::{load, load_sae_set};
 use super::{CollectionsCommand, DataDirArgs, DocsCommand, IngestArgs, StatsArgs};
-use crate::index::{
-    check_document_fields, document_text, Encoder, Index, IndexConfig, IndexError, NewDocument,
-};
+use crate::index::{check_document_fields, Index, IndexConfig, IndexError, NewDocument};
+use crate::ingest::{self, Encoder};
+use crate::text::document_text;
 
 fn open(data: &DataDirArgs, config: IndexConfig) -> Result<Index> {
     Ok(Index::open(data.dir()?, config)?)
 }
 
-/// Opens an existing data dir: commands that only read or delete never create one.
-fn open_existing(data: &DataDirArgs) -> Result<Index> {
-    let dir = data.dir()?;
-    if !dir.join("store").is_dir() {
-        bail!(
-            "data dir {} does not exist or holds no index",
-            dir.display()
-        );
-    }
-    open(data, IndexConfig::default())
-}
-
-/// Returns the files a path stands for: itself, or a folder's .txt and .md files, sorted.
+/// Returns the files a path stands for: itself, or a folder's .txt and .md files, sorted by
+/// name and walked recursively. Symbolic links are followed; a link back to a folder already
+/// being walked (a loop) is skipped with a warning, so the walk ends and reads each file once.
 fn expand(path: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     if path == Path::new("-") || !path.is_dir() {
         out.push(path.to_path_buf());
         return Ok(());
     }
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-        .with_context(|| format!("reading folder {}", path.display()))?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<std::io::Result<_>>()
-        .with_context(|| format!("reading folder {}", path.display()))?;
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            expand(&p, out)?;
-        } else if matches!(p.extension().and_then(|e| e.to_str()), Some("txt" | "md")) {
-            out.push(p);
+    let walk = WalkDir::new(path)
+        .min_depth(1)
+        .follow_links(true)
+        .sort_by_file_name();
+    for entry in walk {
+        let (file, is_dir) = match entry {
+            Ok(e) => (e.path().to_path_buf(), e.file_type().is_dir()),
+            Err(e) if e.loop_ancestor().is_some() => {
+                let (link, target) = (e.path(), e.loop_ancestor());
+                eprintln!(
+                    "warning: skipping {}: a symbolic link loop back to {}",
+                    link.map_or_else(|| path.display().to_string(), |p| p.display().to_string()),
+                    target.map_or_else(String::new, |p| p.display().to_string()),
+                );
+                continue;
+            }
+            // A dangling link stands for a file: named .txt or .md, it is read (and refused).
+            Err(e) => match e.path() {
+                Some(p) if p.symlink_metadata().is_ok() => (p.to_path_buf(), false),
+                _ => return Err(e).with_context(|| format!("reading folder {}", path.display())),
+            },
+        };
+        if !is_dir
+            && matches!(
+                file.extension().and_then(|e| e.to_str()),
+                Some("txt" | "md")
+            )
+        {
+            out.push(file);
         }
     }
     Ok(())
@@ -78,7 +87,7 @@ pub(super) fn ingest_group_with_progress(
         many => format!("{} documents", many.len()),
     };
     let bar = ProgressBar::new(0).with_style(style).with_message(label);
-    let out = index.ingest_many(encoder, docs, &mut |pos, len| {
+    let out = ingest::ingest_many(encoder, index, docs, &mut |pos, len| {
         bar.set_length(len as u64);
         bar.set_position(pos as u64);
     });
@@ -334,7 +343,7 @@ pub fn docs(cmd: DocsCommand) -> Result<()> {
         } => {
             let docs = match server.connect()? {
                 Some(mut client) => client.documents(&collection)?,
-                None => open_existing(&data)?.documents(&collection)?,
+                None => Index::open_existing(data.dir()?)?.documents(&collection)?,
             };
             if json {
                 println!("{}", serde_json::to_string(&docs)?);
@@ -356,7 +365,7 @@ pub fn docs(cmd: DocsCommand) -> Result<()> {
             let (info, text) = match server.connect()? {
                 Some(mut client) => client.document(&collection, &id, range)?,
                 None => {
-                    let index = open_existing(&data)?;
+                    let index = Index::open_existing(data.dir()?)?;
                     let info = index.document(&collection, &id)?;
                     (info, index.text(&collection, &id, range)?)
                 }
@@ -380,7 +389,7 @@ pub fn docs(cmd: DocsCommand) -> Result<()> {
                 }
             }
             None => {
-                let mut index = open_existing(&data)?;
+                let mut index = Index::open_existing(data.dir()?)?;
                 for id in ids {
                     index.delete(&collection, &id)?;
                     eprintln!("deleted {id}");
@@ -395,7 +404,7 @@ pub fn docs(cmd: DocsCommand) -> Result<()> {
 pub fn collections(cmd: CollectionsCommand) -> Result<()> {
     match cmd {
         CollectionsCommand::List { data, json } => {
-            let index = open_existing(&data)?;
+            let index = Index::open_existing(data.dir()?)?;
             let list = index.collections()?;
             if json {
                 println!("{}", serde_json::to_string(&list)?);
@@ -409,7 +418,7 @@ pub fn collections(cmd: CollectionsCommand) -> Result<()> {
             open(&data, IndexConfig::default())?.create_collection(&name)?;
         }
         CollectionsCommand::Drop { data, name } => {
-            open_existing(&data)?.drop_collection(&name)?;
+            Index::open_existing(data.dir()?)?.drop_collection(&name)?;
         }
     }
     Ok(())
@@ -419,7 +428,7 @@ pub fn collections(cmd: CollectionsCommand) -> Result<()> {
 pub fn stats(args: &StatsArgs) -> Result<()> {
     let s = match args.server.connect()? {
         Some(mut client) => client.stats()?,
-        None => open_existing(&args.data)?.stats()?,
+        None => Index::open_existing(args.data.dir()?)?.stats()?,
     };
     if args.json {
         println!("{}", serde_json::to_string(&s)?);
@@ -451,7 +460,7 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
 
 /// Runs `s3mem compact`.
 pub fn compact(args: &DataDirArgs) -> Result<()> {
-    let index = open_existing(args)?;
+    let index = Index::open_existing(args.dir()?)?;
     let before = index.stats()?;
     let after = index.compact()?.stats()?;
     eprintln!(
@@ -467,6 +476,40 @@ pub fn compact(args: &DataDirArgs) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folders_are_walked_in_order_and_a_symlink_loop_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("sub/deeper")).unwrap();
+        for f in ["b.txt", "a.md", "skip.bin", "sub/c.txt", "sub/deeper/d.md"] {
+            std::fs::write(root.join(f), "text").unwrap();
+        }
+        // A loop back to the root, and a link to a file, which is read as a file.
+        std::os::unix::fs::symlink(root, root.join("sub/deeper/loop")).unwrap();
+        std::os::unix::fs::symlink(root.join("b.txt"), root.join("sub/link.txt")).unwrap();
+        let mut files = Vec::new();
+        expand(root, &mut files).unwrap();
+        let names: Vec<_> = files
+            .iter()
+            .map(|f| f.strip_prefix(root).unwrap().to_str().unwrap())
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "a.md",
+                "b.txt",
+                "sub/c.txt",
+                "sub/deeper/d.md",
+                "sub/link.txt"
+            ]
+        );
+        // A file or `-` stands for itself, whatever its name.
+        let mut one = Vec::new();
+        expand(&root.join("skip.bin"), &mut one).unwrap();
+        expand(Path::new("-"), &mut one).unwrap();
+        assert_eq!(one, [root.join("skip.bin"), PathBuf::from("-")]);
+    }
 
     #[test]
     fn groups_fill_up_to_the_byte_cap_and_keep_order() {

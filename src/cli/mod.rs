@@ -366,7 +366,8 @@ pub struct IngestArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Files, `-` for stdin, or folders (recursively, .txt and .md).
+    /// Files, `-` for stdin, or folders (recursively, .txt and .md; symbolic links are followed,
+    /// a link that loops back is skipped with a warning).
     #[arg(required = true)]
     pub paths: Vec<PathBuf>,
 }

@@ -1,7 +1,7 @@
 //! The BM25 side of the index: tantivy over sentence-aligned passages.
 //!
 //! tantivy is written after sled: the commit payload records the last sequence number whose
-//! changes it holds, and the store's journal replays whatever came after (see `memory.rs`).
+//! changes it holds, and the store's journal replays whatever came after (see `memory/open.rs`).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

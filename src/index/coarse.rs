@@ -1,7 +1,7 @@
 //! Coarse block counts: the first pass of collection-wide retrieval.
 //!
 //! For each (layer, feature) a collection keeps, per block of
-//! [`COARSE_BLOCK_TOKENS`](super::codec::COARSE_BLOCK_TOKENS) collection-global positions, how
+//! [`COARSE_BLOCK_TOKENS`] collection-global positions, how
 //! many tokens of the block fired it. Records are split into buckets of `2^16` positions
 //! (`g/{cid}{layer}{feature}{bucket}`) and written once, when the collection's positions pass
 //! the end of the bucket (the bucket is *sealed*); only deleting a document rewrites them.
@@ -21,6 +21,7 @@ use super::error::{IndexError, Result};
 use super::packs::PackStore;
 use super::records::{self as rec, CollectionRecord, DocPart, DocumentRecord};
 use super::store::{Batch, KvStore};
+use super::types::{BlockCount, LayerFeature};
 
 /// Block counts of one coarse record: block within the bucket -> tokens that fired.
 type Counts = BTreeMap<u32, u32>;
@@ -57,7 +58,10 @@ impl CoarseEdits {
     fn record(&mut self, store: &dyn KvStore, key: Vec<u8>) -> Result<&mut Counts> {
         if !self.records.contains_key(&key) {
             let counts = match self.stored(store, &key)? {
-                Some(v) => decode(&key, &v)?.into_iter().collect(),
+                Some(v) => decode(&key, &v)?
+                    .into_iter()
+                    .map(|b| (b.block, b.tokens))
+                    .collect(),
                 None => Counts::new(),
             };
             self.records.insert(key.clone(), counts);
@@ -76,13 +80,13 @@ impl CoarseEdits {
         Ok(self.totals.get_mut(&key).expect("inserted above"))
     }
 
-    /// Adds (or with `remove`, takes away) the sealed global `positions` where (layer, feature)
+    /// Adds (or with `remove`, takes away) the sealed global `positions` where `feature`
     /// fired; those below `super_end` count in super-bucket records.
     pub fn apply(
         &mut self,
         store: &dyn KvStore,
         cid: u32,
-        (layer, feature): (u16, u32),
+        feature: LayerFeature,
         positions: impl Iterator<Item = u32>,
         remove: bool,
         super_end: u32,
@@ -90,11 +94,11 @@ impl CoarseEdits {
         let counts = block_counts(positions);
         let n: u64 = counts.values().map(|&c| u64::from(c)).sum();
         if n > 0 {
-            let total = self.total(store, rec::total_key(cid, layer, feature))?;
+            let total = self.total(store, rec::total_key(cid, feature))?;
             *total = if remove {
                 total.checked_sub(n).ok_or_else(|| {
                     IndexError::corrupt(
-                        format!("sealed total of {layer}/{feature}"),
+                        format!("sealed total of {feature}"),
                         "holds fewer tokens than a document being removed",
                     )
                 })?
@@ -106,7 +110,7 @@ impl CoarseEdits {
             let (key, block, bucket) = if global * COARSE_BLOCK_TOKENS < super_end {
                 let index = global / COARSE_BLOCKS_PER_SUPER;
                 (
-                    rec::super_key(cid, layer, feature, index),
+                    rec::super_key(cid, feature, index),
                     global % COARSE_BLOCKS_PER_SUPER,
                     index,
                 )
@@ -115,14 +119,14 @@ impl CoarseEdits {
                     global / COARSE_BLOCKS_PER_BUCKET,
                     global % COARSE_BLOCKS_PER_BUCKET,
                 );
-                (rec::coarse_key(cid, layer, feature, bucket), block, bucket)
+                (rec::coarse_key(cid, feature, bucket), block, bucket)
             };
             let counts = self.record(store, key)?;
             let c = counts.entry(block).or_insert(0);
             if remove {
                 *c = c.checked_sub(n).ok_or_else(|| {
                     IndexError::corrupt(
-                        format!("coarse record {layer}/{feature} bucket {bucket}"),
+                        format!("coarse record {feature} bucket {bucket}"),
                         "holds fewer tokens than a document being removed",
                     )
                 })?;
@@ -143,21 +147,21 @@ impl CoarseEdits {
             range.start / codec::COARSE_BUCKET_TOKENS..range.end / codec::COARSE_BUCKET_TOKENS;
         let mut keys = Vec::new();
         store.scan_prefix(&rec::coarse_prefix(cid), &mut |k, _| {
-            let (_, layer, feature, bucket) = rec::parse_coarse_key(k)
+            let (_, feature, bucket) = rec::parse_coarse_key(k)
                 .ok_or_else(|| IndexError::corrupt(format!("{k:?}"), "bad coarse key"))?;
             if buckets.contains(&bucket) {
-                keys.push((k.to_vec(), layer, feature, bucket));
+                keys.push((k.to_vec(), feature, bucket));
             }
             Ok(true)
         })?;
-        for (key, layer, feature, bucket) in keys {
+        for (key, feature, bucket) in keys {
             let counts = std::mem::take(self.record(store, key)?);
             let first = bucket * COARSE_BLOCKS_PER_BUCKET;
             for (block, n) in counts {
                 let global = first + block;
                 let index = global / COARSE_BLOCKS_PER_SUPER;
                 *self
-                    .record(store, rec::super_key(cid, layer, feature, index))?
+                    .record(store, rec::super_key(cid, feature, index))?
                     .entry(global % COARSE_BLOCKS_PER_SUPER)
                     .or_insert(0) += n;
             }
@@ -178,8 +182,7 @@ impl CoarseEdits {
             if counts.is_empty() {
                 b.delete(key);
             } else {
-                let v: Vec<(u32, u32)> = counts.into_iter().collect();
-                b.put(key, codec::encode_coarse(&v));
+                b.put(key, encode(counts));
             }
         }
     }
@@ -200,9 +203,9 @@ fn read_total(key: &[u8], v: &[u8]) -> Result<u64> {
         .map_err(|_| IndexError::corrupt(format!("sealed total {key:?}"), "not a u64"))
 }
 
-/// Returns how many tokens of the sealed buckets fired (layer, feature).
-pub fn sealed_total(store: &dyn KvStore, cid: u32, layer: u16, feature: u32) -> Result<u64> {
-    let key = rec::total_key(cid, layer, feature);
+/// Returns how many tokens of the sealed buckets fired `feature`.
+pub fn sealed_total(store: &dyn KvStore, cid: u32, feature: LayerFeature) -> Result<u64> {
+    let key = rec::total_key(cid, feature);
     match store.get(&key)? {
         Some(v) => read_total(&key, &v),
         None => Ok(0),
@@ -218,25 +221,37 @@ fn blocks_per_record(key: &[u8]) -> u32 {
     }
 }
 
-fn decode(key: &[u8], v: &[u8]) -> Result<Vec<(u32, u32)>> {
+fn decode(key: &[u8], v: &[u8]) -> Result<Vec<BlockCount>> {
     codec::decode_coarse(v, blocks_per_record(key))
         .map_err(|e| IndexError::corrupt(format!("coarse record {key:?}"), e))
 }
 
-/// Returns (global block, count) of (layer, feature) across a collection, ascending.
-pub fn read(store: &dyn KvStore, cid: u32, layer: u16, feature: u32) -> Result<Vec<(u32, u32)>> {
+/// Encodes a record's counts (block within the record -> tokens).
+fn encode(counts: Counts) -> Vec<u8> {
+    let v: Vec<BlockCount> = counts
+        .into_iter()
+        .map(|(block, tokens)| BlockCount { block, tokens })
+        .collect();
+    codec::encode_coarse(&v)
+}
+
+/// Returns the global blocks of `feature` across a collection with their counts, ascending.
+pub fn read(store: &dyn KvStore, cid: u32, feature: LayerFeature) -> Result<Vec<BlockCount>> {
     let mut out = Vec::new();
     // Super-buckets first: they cover the lowest positions.
     for prefix in [
-        rec::super_feature_prefix(cid, layer, feature),
-        rec::coarse_feature_prefix(cid, layer, feature),
+        rec::super_feature_prefix(cid, feature),
+        rec::coarse_feature_prefix(cid, feature),
     ] {
         store.scan_prefix(&prefix, &mut |k, v| {
-            let (_, _, _, index) = rec::parse_coarse_key(k)
+            let (_, _, index) = rec::parse_coarse_key(k)
                 .ok_or_else(|| IndexError::corrupt(format!("{k:?}"), "bad coarse key"))?;
             let first = index * blocks_per_record(k);
-            for (block, count) in decode(k, v)? {
-                out.push((first + block, count));
+            for b in decode(k, v)? {
+                out.push(BlockCount {
+                    block: first + b.block,
+                    ..b
+                });
             }
             Ok(true)
         })?;
@@ -260,12 +275,12 @@ pub fn add_range(
         if first >= range.end || u64::from(first) + u64::from(tokens) <= u64::from(range.start) {
             continue;
         }
-        for ((layer, feature), local) in packs.read_owned(cid, doc)?.all()? {
+        for (feature, local) in packs.read_owned(cid, doc)?.all()? {
             let inside = local
                 .iter()
                 .map(|p| p + first)
                 .filter(|p| range.contains(p));
-            edits.apply(store, cid, (layer, feature), inside, false, super_end)?;
+            edits.apply(store, cid, feature, inside, false, super_end)?;
         }
     }
     Ok(())
@@ -335,10 +350,7 @@ pub fn expected(store: &dyn KvStore, packs: &PackStore) -> Result<BTreeMap<Vec<u
         .records
         .into_iter()
         .filter(|(_, c)| !c.is_empty())
-        .map(|(k, c)| {
-            let v: Vec<(u32, u32)> = c.into_iter().collect();
-            (k, codec::encode_coarse(&v))
-        })
+        .map(|(k, c)| (k, encode(c)))
         .chain(totals)
         .collect())
 }
@@ -362,7 +374,7 @@ pub fn migrate_v1(store: &dyn KvStore, _dir: &std::path::Path) -> Result<Batch> 
     let mut counts: BTreeMap<Vec<u8>, Counts> = BTreeMap::new();
     store.scan_prefix(b"p/", &mut |k, v| {
         let what = || format!("posting {k:?}");
-        let (cid, layer, feature, doc) =
+        let (cid, feature, doc) =
             rec::parse_posting_key(k).ok_or_else(|| IndexError::corrupt(what(), "bad key"))?;
         let first = *firsts
             .get(&(cid, doc))
@@ -374,7 +386,7 @@ pub fn migrate_v1(store: &dyn KvStore, _dir: &std::path::Path) -> Result<Batch> 
                 global % COARSE_BLOCKS_PER_BUCKET,
             );
             *counts
-                .entry(rec::coarse_key(cid, layer, feature, bucket))
+                .entry(rec::coarse_key(cid, feature, bucket))
                 .or_default()
                 .entry(block)
                 .or_insert(0) += n;
@@ -382,8 +394,7 @@ pub fn migrate_v1(store: &dyn KvStore, _dir: &std::path::Path) -> Result<Batch> 
         Ok(true)
     })?;
     for (k, c) in counts {
-        let v: Vec<(u32, u32)> = c.into_iter().collect();
-        b.put(k, codec::encode_coarse(&v));
+        b.put(k, encode(c));
     }
     Ok(b)
 }

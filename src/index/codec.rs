@@ -7,6 +7,8 @@
 
 use roaring::RoaringBitmap;
 
+use super::types::BlockCount;
+
 /// First byte of a delta-varint posting.
 const TAG_DELTAS: u8 = 0;
 /// First byte of a roaring posting.
@@ -150,25 +152,25 @@ pub fn coarse_block(position: u32) -> (u32, u32) {
     )
 }
 
-/// Encodes a coarse record: (block within the bucket, count) pairs, blocks ascending and
+/// Encodes a coarse record: its blocks (counted from the record's start) ascending and
 /// distinct, counts above zero. Blocks are gaps as varints, counts varints.
-pub fn encode_coarse(blocks: &[(u32, u32)]) -> Vec<u8> {
-    debug_assert!(blocks.windows(2).all(|w| w[0].0 < w[1].0));
+pub fn encode_coarse(blocks: &[BlockCount]) -> Vec<u8> {
+    debug_assert!(blocks.windows(2).all(|w| w[0].block < w[1].block));
     let mut out = Vec::with_capacity(blocks.len() * 2 + 2);
     put_varint(&mut out, blocks.len() as u64);
     let mut prev = 0u32;
-    for (i, &(block, count)) in blocks.iter().enumerate() {
-        let d = if i == 0 { block } else { block - prev - 1 };
+    for (i, b) in blocks.iter().enumerate() {
+        let d = if i == 0 { b.block } else { b.block - prev - 1 };
         put_varint(&mut out, u64::from(d));
-        put_varint(&mut out, u64::from(count));
-        prev = block;
+        put_varint(&mut out, u64::from(b.tokens));
+        prev = b.block;
     }
     out
 }
 
 /// Decodes a coarse record of at most `blocks_per_record` blocks
 /// ([`COARSE_BLOCKS_PER_BUCKET`] or [`COARSE_BLOCKS_PER_SUPER`]).
-pub fn decode_coarse(bytes: &[u8], blocks_per_record: u32) -> Result<Vec<(u32, u32)>, String> {
+pub fn decode_coarse(bytes: &[u8], blocks_per_record: u32) -> Result<Vec<BlockCount>, String> {
     let mut pos = 0;
     let n = get_varint(bytes, &mut pos).ok_or("truncated length")?;
     if n > u64::from(blocks_per_record) {
@@ -185,7 +187,10 @@ pub fn decode_coarse(bytes: &[u8], blocks_per_record: u32) -> Result<Vec<(u32, u
         if block >= u64::from(blocks_per_record) || count == 0 || count > u64::from(u32::MAX) {
             return Err(format!("bad block {block} with count {count}"));
         }
-        out.push((block as u32, count as u32));
+        out.push(BlockCount {
+            block: block as u32,
+            tokens: count as u32,
+        });
         prev = block;
     }
     if pos != bytes.len() {
@@ -274,7 +279,10 @@ mod tests {
 
         #[test]
         fn coarse_round_trip(blocks in proptest::collection::btree_map(0u32..COARSE_BLOCKS_PER_BUCKET, 1u32..100_000, 0..128)) {
-            let v: Vec<(u32, u32)> = blocks.into_iter().collect();
+            let v: Vec<BlockCount> = blocks
+                .into_iter()
+                .map(|(block, tokens)| BlockCount { block, tokens })
+                .collect();
             prop_assert_eq!(decode_coarse(&encode_coarse(&v), COARSE_BLOCKS_PER_BUCKET).unwrap(), v);
         }
 

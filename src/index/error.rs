@@ -14,14 +14,25 @@ pub enum IndexError {
         lock: PathBuf,
     },
 
-    /// The store was written by a newer s3mem.
-    #[error("store format version {found} in {} is newer than this build supports ({supported}): upgrade s3mem", path.display())]
-    NewerFormat {
+    /// A data dir that should hold an index does not (commands that only read or delete never
+    /// create one).
+    #[error("data dir {} does not exist or holds no index; ingest documents first", dir.display())]
+    NoIndex {
+        /// The data dir.
+        dir: PathBuf,
+    },
+
+    /// A store or posting pack is in a format newer than this build reads (a newer s3mem wrote
+    /// it): the data is not damaged, this build cannot read it.
+    #[error("{kind} format version {found} in {} is newer than this build supports ({supported}): upgrade s3mem", path.display())]
+    IncompatibleFormat {
+        /// What has the format.
+        kind: FormatKind,
         /// The version on disk.
         found: u32,
         /// The newest version this build reads.
         supported: u32,
-        /// The data dir.
+        /// The data dir (for the store) or the file.
         path: PathBuf,
     },
 
@@ -78,13 +89,8 @@ pub enum IndexError {
     },
 
     /// A document's bytes are not UTF-8.
-    #[error("{source_name} is not utf-8 text (invalid byte at offset {offset})")]
-    NotUtf8 {
-        /// Where the bytes came from (a path or `stdin`).
-        source_name: String,
-        /// The first invalid byte.
-        offset: usize,
-    },
+    #[error(transparent)]
+    NotUtf8(#[from] crate::text::NotUtf8),
 
     /// A collection ran out of u32 token positions.
     #[error("collection `{collection}` is full: {needed} more token positions do not fit in u32 (compact or use another collection)")]
@@ -112,18 +118,24 @@ pub enum IndexError {
         #[source]
         source: std::io::Error,
     },
+}
 
-    /// Running the model failed.
-    #[error(transparent)]
-    Model(#[from] crate::model::ModelError),
+/// What an on-disk format version belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FormatKind {
+    /// The sled store of a data dir (`m/format`, see `migrations/README.md`).
+    Store,
+    /// A document's posting pack file (its format byte).
+    Pack,
+}
 
-    /// Encoding with the SAE set failed.
-    #[error(transparent)]
-    Sae(#[from] crate::sae::SaeError),
-
-    /// A tensor operation failed.
-    #[error("tensor operation failed: {0}")]
-    Candle(#[from] candle_core::Error),
+impl std::fmt::Display for FormatKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Store => "store",
+            Self::Pack => "posting pack",
+        })
+    }
 }
 
 impl IndexError {

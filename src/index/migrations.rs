@@ -10,6 +10,7 @@ use super::error::{IndexError, Result};
 use super::packs::{self, PackStore};
 use super::records::{self as rec, DocPart, KEY_FORMAT};
 use super::store::{Batch, KvStore};
+use super::types::LayerFeature;
 
 /// The store format this build writes.
 pub const STORE_FORMAT_VERSION: u32 = 3;
@@ -65,17 +66,17 @@ fn postings_to_packs(store: &dyn KvStore, dir: &Path) -> Result<Batch> {
             };
             let mut postings = std::collections::BTreeMap::new();
             for packed in &features {
-                let (layer, feature) = rec::unpack_feature(packed);
-                let what = format!("posting {layer}/{feature} of {cid}/{doc}");
+                let feature = LayerFeature::unpack(packed);
+                let what = format!("posting {feature} of {cid}/{doc}");
                 let v = store
-                    .get(&rec::posting_key(cid, layer, feature, doc))?
+                    .get(&rec::posting_key(cid, feature, doc))?
                     .ok_or_else(|| IndexError::corrupt(&what, "missing"))?;
                 let local =
                     super::codec::decode_posting(&v).map_err(|e| IndexError::corrupt(&what, e))?;
                 let sealed_part = local.iter().map(|p| p + first).filter(|&p| p < end);
                 let super_end = super::codec::super_end(end);
-                edits.apply(store, cid, (layer, feature), sealed_part, false, super_end)?;
-                postings.insert((layer, feature), local);
+                edits.apply(store, cid, feature, sealed_part, false, super_end)?;
+                postings.insert(feature, local);
             }
             packs.write(cid, doc, &packs::encode(&postings)?)?;
         }

@@ -1,16 +1,18 @@
-//! The index layer: the persistent memory of a data dir.
+//! The index layer: the persistent memory of a data dir. It stores encoded documents (what
+//! [`crate::ingest`] makes of a text) and reads them back; it knows no model and no SAE set.
 //!
-//! [`encode`](mod@encode) turns a document into postings (tokenize -> scan -> SAE codes);
 //! [`memory`] keeps collections, documents, postings and BM25 passages in one data dir with
-//! atomic per-document visibility; [`store`] is the key-value trait retrieval reads through;
+//! atomic per-document visibility; [`types`] are the values it takes and gives, [`document`]
+//! the checks of names and documents; [`store`] is the key-value trait retrieval reads through;
 //! [`records`] and [`codec`] are the on-disk formats; [`migrations`] upgrades old stores;
-//! [`packs`] holds each document's postings in one file; [`bm25`] and [`passages`] are the tantivy side; [`coarse`] keeps the per-block feature
-//! counts that collection-wide retrieval ranks first.
+//! [`packs`] holds each document's postings in one file; [`bm25`] and [`passages`] are the
+//! tantivy side; [`coarse`] keeps the per-block feature counts that collection-wide retrieval
+//! ranks first.
 
 pub mod bm25;
 pub mod coarse;
 pub mod codec;
-pub mod encode;
+pub mod document;
 pub mod error;
 pub mod memory;
 pub mod migrations;
@@ -18,14 +20,20 @@ pub mod packs;
 pub mod passages;
 pub mod records;
 pub mod store;
+pub mod types;
 
 pub use bm25::PassageHit;
-pub use encode::{layer_codes, EncodedDocument, Encoder, LayerCode};
-pub use error::{IndexError, Result};
-pub use memory::{
-    check_document_fields, document_text, encode_document, Bm25Hit, CollectionInfo, ComponentBytes,
-    DocumentInfo, Index, IndexConfig, Ingested, NewDocument, PostingReader, Stats,
-};
+pub use document::{check_document_fields, check_name, NameProblem, MAX_NAME_BYTES};
+pub use error::{FormatKind, IndexError, Result};
+pub use memory::{Index, PostingReader};
 pub use migrations::{STORE_FORMAT_OLDEST_SUPPORTED, STORE_FORMAT_VERSION};
 pub use records::StoreIdentity;
 pub use store::{Batch, KvStore, SledStore};
+pub use types::{
+    BlockCount, Bm25Hit, CollectionInfo, ComponentBytes, DocumentInfo, EncodedDocument,
+    IndexConfig, Ingested, LayerFeature, NewDocument, Stats,
+};
+
+/// Tokens per coarse block: the unit in which [`PostingReader::coarse_blocks`] counts a
+/// feature's tokens, and so the resolution of collection-wide retrieval's first pass.
+pub use codec::COARSE_BLOCK_TOKENS;

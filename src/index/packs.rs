@@ -12,41 +12,45 @@
 //! directory and then only the postings it needs, each checked against its own sum; `verify`
 //! reads it all.
 //!
-//! Crash order: a pack is written under a temporary name, synced and renamed before the sled
-//! batch that makes its document visible; a document's pack is removed only after the batch
+//! Crash order: a pack is written with [`crate::durable::write_atomic`] (a temporary name,
+//! synced, renamed, the folder synced) before the sled batch that makes its document visible; a document's pack is removed only after the batch
 //! that deletes the document. Opening the index removes packs no document owns.
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::codec::{self, get_varint, put_varint};
-use super::error::{IndexError, Result};
-use super::records as rec;
+use super::error::{FormatKind, IndexError, Result};
+use super::types::LayerFeature;
+use crate::durable;
 
 /// One decoded posting: (layer, feature) and its ascending positions.
-pub type Posting = ((u16, u32), Vec<u32>);
+pub type Posting = (LayerFeature, Vec<u32>);
 
 const MAGIC: &[u8; 4] = b"S3PK";
-const FORMAT: u8 = 1;
+/// The pack format this build writes and reads (the byte after the magic); a newer one is
+/// refused as [`IndexError::IncompatibleFormat`], not as damage.
+pub const PACK_FORMAT_VERSION: u8 = 1;
 /// Magic, format byte and directory length.
 const PREAMBLE: usize = 4 + 1 + 4;
 /// Largest directory accepted: more than every (layer, feature) pair of any real SAE set.
 const MAX_DIRECTORY_BYTES: usize = 64 << 20;
 
 /// Encodes a document's postings (document-local positions per (layer, feature)).
-pub fn encode(postings: &BTreeMap<(u16, u32), Vec<u32>>) -> Result<Vec<u8>> {
+pub fn encode(postings: &BTreeMap<LayerFeature, Vec<u32>>) -> Result<Vec<u8>> {
     let mut dir = Vec::with_capacity(postings.len() * 3 + 8);
     put_varint(&mut dir, postings.len() as u64);
     let mut body = Vec::new();
     let mut prev: Option<u32> = None;
-    for (&(layer, feature), positions) in postings {
-        let packed = rec::pack_feature(layer, feature).ok_or_else(|| {
+    for (&feature, positions) in postings {
+        let packed = feature.pack().ok_or_else(|| {
             IndexError::InvalidInput(format!(
-                "layer {layer} feature {feature} does not fit a posting pack"
+                "layer {} feature {} does not fit a posting pack",
+                feature.layer, feature.feature
             ))
         })?;
         let gap = match prev {
@@ -62,7 +66,7 @@ pub fn encode(postings: &BTreeMap<(u16, u32), Vec<u32>>) -> Result<Vec<u8>> {
     }
     let mut out = Vec::with_capacity(PREAMBLE + dir.len() + body.len() + 8);
     out.extend_from_slice(MAGIC);
-    out.push(FORMAT);
+    out.push(PACK_FORMAT_VERSION);
     out.extend_from_slice(&(dir.len() as u32).to_le_bytes());
     out.extend_from_slice(&dir);
     out.extend_from_slice(&crc32fast::hash(&dir).to_le_bytes());
@@ -144,18 +148,26 @@ pub struct Pack {
 }
 
 impl Pack {
-    /// Opens the pack at `path`, reading and checking its directory.
-    pub fn open(path: &Path) -> std::io::Result<std::result::Result<Self, IndexError>> {
-        let mut file = File::open(path)?;
+    /// Reads and checks the directory of the pack `file` opened at `path`.
+    fn from_file(path: &Path, mut file: File) -> Result<Self> {
         let what = path.display().to_string();
-        let size = file.metadata()?.len();
-        let bad = |why: String| Ok(Err(IndexError::corrupt(&what, why)));
+        let io = |e| IndexError::io(path, e);
+        let size = file.metadata().map_err(io)?.len();
+        let bad = |why: String| Err(IndexError::corrupt(&what, why));
         let mut pre = [0u8; PREAMBLE];
         if size < (PREAMBLE + 8) as u64 || file.read_exact(&mut pre).is_err() || &pre[..4] != MAGIC
         {
             return bad("not a posting pack (bad magic or too short)".into());
         }
-        if pre[4] != FORMAT {
+        if pre[4] > PACK_FORMAT_VERSION {
+            return Err(IndexError::IncompatibleFormat {
+                kind: FormatKind::Pack,
+                found: pre[4].into(),
+                supported: PACK_FORMAT_VERSION.into(),
+                path: path.into(),
+            });
+        }
+        if pre[4] != PACK_FORMAT_VERSION {
             return bad(format!("unknown pack format {}", pre[4]));
         }
         let dir_len = u32::from_le_bytes(pre[5..9].try_into().expect("4 bytes")) as usize;
@@ -165,7 +177,7 @@ impl Pack {
             ));
         }
         let mut dir = vec![0u8; dir_len + 4];
-        file.read_exact(&mut dir)?;
+        file.read_exact(&mut dir).map_err(io)?;
         let (dir, crc) = dir.split_at(dir_len);
         if crc32fast::hash(dir) != u32::from_le_bytes(crc.try_into().expect("4 bytes")) {
             return bad("directory checksum mismatch (the file is damaged)".into());
@@ -176,14 +188,14 @@ impl Pack {
             Ok(e) => e,
             Err(why) => return bad(why),
         };
-        Ok(Ok(Self {
+        Ok(Self {
             path: path.into(),
             file: Some(file),
             what,
             body_at,
             body_len,
             entries,
-        }))
+        })
     }
 
     /// Lets the file go (a reader holding many packs keeps few descriptors); reads reopen it.
@@ -216,15 +228,14 @@ impl Pack {
     }
 
     fn decode(&self, id: u32, bytes: &[u8]) -> Result<Vec<u32>> {
-        let (layer, feature) = rec::unpack_feature(id);
-        codec::decode_posting(bytes).map_err(|e| {
-            IndexError::corrupt(format!("posting {layer}/{feature} in {}", self.what), e)
-        })
+        let feature = LayerFeature::unpack(id);
+        codec::decode_posting(bytes)
+            .map_err(|e| IndexError::corrupt(format!("posting {feature} in {}", self.what), e))
     }
 
-    /// Returns the positions where (layer, feature) fired (empty when it never did).
-    pub fn get(&self, layer: u16, feature: u32) -> Result<Vec<u32>> {
-        let Some(id) = rec::pack_feature(layer, feature) else {
+    /// Returns the positions where `feature` fired (empty when it never did).
+    pub fn get(&self, feature: LayerFeature) -> Result<Vec<u32>> {
+        let Some(id) = feature.pack() else {
             return Ok(Vec::new());
         };
         match self.entries.binary_search_by_key(&id, |e| e.id) {
@@ -233,12 +244,9 @@ impl Pack {
                 let e = &self.entries[i];
                 let bytes = self.read_at(e.range.clone())?;
                 if crc32fast::hash(&bytes) != e.crc {
-                    let (layer, feature) = rec::unpack_feature(id);
                     return Err(IndexError::corrupt(
                         &self.what,
-                        format!(
-                            "checksum mismatch in posting {layer}/{feature} (the file is damaged)"
-                        ),
+                        format!("checksum mismatch in posting {feature} (the file is damaged)"),
                     ));
                 }
                 self.decode(id, &bytes)
@@ -286,7 +294,7 @@ impl Pack {
             .iter()
             .map(|e| {
                 let p = self.decode(e.id, &body[e.range.start as usize..e.range.end as usize])?;
-                Ok((rec::unpack_feature(e.id), p))
+                Ok((LayerFeature::unpack(e.id), p))
             })
             .collect()
     }
@@ -329,23 +337,14 @@ impl PackStore {
     /// Writes the pack of document `doc` durably (temporary name, sync, rename, sync the folder).
     pub fn write(&self, cid: u32, doc: u32, bytes: &[u8]) -> Result<()> {
         let path = self.path(cid, doc);
-        let tmp = path.with_extension("pack.tmp");
-        let mut f = File::create(&tmp).map_err(|e| IndexError::io(&tmp, e))?;
-        f.write_all(bytes)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| IndexError::io(&tmp, e))?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(|e| IndexError::io(&path, e))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| IndexError::io(&self.dir, e))
+        durable::write_atomic(&path, bytes).map_err(|e| IndexError::io(path, e))
     }
 
     /// Reads the pack of document `doc`; `None` when there is no file.
     pub fn read(&self, cid: u32, doc: u32) -> Result<Option<Pack>> {
         let path = self.path(cid, doc);
-        match Pack::open(&path) {
-            Ok(pack) => pack.map(Some),
+        match File::open(&path) {
+            Ok(file) => Pack::from_file(&path, file).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(IndexError::io(&path, e)),
         }
@@ -378,7 +377,7 @@ impl PackStore {
         for entry in entries {
             let path = entry.map_err(|e| IndexError::io(&self.dir, e))?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if name.ends_with(".pack.tmp") {
+            if is_unfinished(name) {
                 continue;
             }
             let parsed = name.strip_suffix(".pack").and_then(|stem| {
@@ -399,7 +398,11 @@ impl PackStore {
         let entries = std::fs::read_dir(&self.dir).map_err(|e| IndexError::io(&self.dir, e))?;
         for entry in entries {
             let path = entry.map_err(|e| IndexError::io(&self.dir, e))?.path();
-            if path.to_str().is_some_and(|p| p.ends_with(".pack.tmp")) {
+            if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(is_unfinished)
+            {
                 std::fs::remove_file(&path).map_err(|e| IndexError::io(&path, e))?;
             }
         }
@@ -407,20 +410,26 @@ impl PackStore {
     }
 }
 
+/// Returns whether a file of the packs folder is a pack whose writing never finished: a
+/// temporary file of [`durable::write_atomic`], or `*.pack.tmp` of builds before it.
+fn is_unfinished(name: &str) -> bool {
+    durable::is_temp_name(name) || name.ends_with(".pack.tmp")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn sample() -> BTreeMap<(u16, u32), Vec<u32>> {
+    fn sample() -> BTreeMap<LayerFeature, Vec<u32>> {
         let mut m = BTreeMap::new();
-        m.insert((8, 3), vec![0, 5, 9]);
-        m.insert((8, 2047), (0..500).collect());
-        m.insert((24, 0), vec![77]);
+        m.insert(LayerFeature::new(8, 3), vec![0, 5, 9]);
+        m.insert(LayerFeature::new(8, 2047), (0..500).collect());
+        m.insert(LayerFeature::new(24, 0), vec![77]);
         m
     }
 
-    fn written(m: &BTreeMap<(u16, u32), Vec<u32>>) -> (tempfile::TempDir, PackStore) {
+    fn written(m: &BTreeMap<LayerFeature, Vec<u32>>) -> (tempfile::TempDir, PackStore) {
         let dir = tempfile::tempdir().unwrap();
         let s = PackStore::open(dir.path()).unwrap();
         s.write(1, 2, &encode(m).unwrap()).unwrap();
@@ -432,9 +441,9 @@ mod tests {
         let (_d, s) = written(&sample());
         let p = s.read_owned(1, 2).unwrap();
         assert_eq!(p.len(), 3);
-        assert_eq!(p.get(8, 3).unwrap(), vec![0, 5, 9]);
-        assert_eq!(p.get(24, 0).unwrap(), vec![77]);
-        assert!(p.get(16, 3).unwrap().is_empty());
+        assert_eq!(p.get(LayerFeature::new(8, 3)).unwrap(), vec![0, 5, 9]);
+        assert_eq!(p.get(LayerFeature::new(24, 0)).unwrap(), vec![77]);
+        assert!(p.get(LayerFeature::new(16, 3)).unwrap().is_empty());
         assert_eq!(p.entry_count().unwrap(), 504);
         let all: BTreeMap<_, _> = p.all().unwrap().into_iter().collect();
         assert_eq!(all, sample());
@@ -462,21 +471,57 @@ mod tests {
         b[at] ^= 0x01;
         std::fs::write(&path, &b).unwrap();
         let p = s.read_owned(1, 2).unwrap();
-        let e = p.get(24, 0).unwrap_err().to_string();
+        let e = p.get(LayerFeature::new(24, 0)).unwrap_err().to_string();
         assert!(e.contains("checksum") && e.contains("24/0"), "{e}");
-        assert_eq!(p.get(8, 3).unwrap(), vec![0, 5, 9]);
+        assert_eq!(p.get(LayerFeature::new(8, 3)).unwrap(), vec![0, 5, 9]);
         std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
         assert!(s.read(1, 2).is_err() || s.read(1, 2).unwrap().unwrap().all().is_err());
         std::fs::write(&path, b"").unwrap();
         assert!(s.read(1, 2).is_err());
     }
 
+    /// A newer pack format is an incompatibility (FAILED_PRECONDITION), not damage; a format
+    /// byte no build ever wrote is damage.
+    #[test]
+    fn a_newer_pack_format_is_incompatible_not_corrupt() {
+        let (dir, s) = written(&sample());
+        let path = dir.path().join("1-2.pack");
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[4] = PACK_FORMAT_VERSION + 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = s.read(1, 2).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                IndexError::IncompatibleFormat {
+                    kind: FormatKind::Pack,
+                    found: 2,
+                    supported: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("posting pack format version 2")
+                && e.to_string().contains("newer than this build supports (1)"),
+            "{e}"
+        );
+        bytes[4] = 0;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = s.read(1, 2).unwrap_err();
+        assert!(matches!(e, IndexError::Corrupt { .. }), "{e}");
+    }
+
     #[test]
     fn store_writes_lists_and_removes() {
         let (dir, s) = written(&sample());
+        // A temporary pack of today's writer and one of older builds.
+        std::fs::write(dir.path().join(".1-7.pack.tmp-99-0"), b"partial").unwrap();
         std::fs::write(dir.path().join("1-8.pack.tmp"), b"partial").unwrap();
         assert_eq!(s.list().unwrap(), vec![(1, 2)]);
         s.remove_unfinished().unwrap();
+        assert!(!dir.path().join(".1-7.pack.tmp-99-0").exists());
         assert!(!dir.path().join("1-8.pack.tmp").exists());
         assert!(s.read(1, 8).unwrap().is_none());
         assert!(s.read_owned(1, 8).is_err());
@@ -495,12 +540,14 @@ mod tests {
                 0..40,
             )
         ) {
-            let m: BTreeMap<(u16, u32), Vec<u32>> =
-                m.into_iter().map(|(k, v)| (k, v.into_iter().collect())).collect();
+            let m: BTreeMap<LayerFeature, Vec<u32>> = m
+                .into_iter()
+                .map(|((l, f), v)| (LayerFeature::new(l, f), v.into_iter().collect()))
+                .collect();
             let (_d, s) = written(&m);
             let p = s.read_owned(1, 2).unwrap();
-            for (&(l, f), v) in &m {
-                prop_assert_eq!(&p.get(l, f).unwrap(), v);
+            for (&f, v) in &m {
+                prop_assert_eq!(&p.get(f).unwrap(), v);
             }
             let back: BTreeMap<_, _> = p.all().unwrap().into_iter().collect();
             prop_assert_eq!(back, m);

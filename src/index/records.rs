@@ -25,6 +25,7 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 use super::error::{IndexError, Result};
+use super::types::LayerFeature;
 
 /// Version byte in front of every rkyv record.
 const RECORD_VERSION: u8 = 1;
@@ -233,29 +234,29 @@ pub fn external_prefix(cid: u32) -> Vec<u8> {
     key(b"e/", &[&cid.to_be_bytes()])
 }
 
-/// Key of one document's posting of (layer, feature).
-pub fn posting_key(cid: u32, layer: u16, feature: u32, doc: u32) -> Vec<u8> {
+/// Returns `prefix`, the collection id and (layer, feature), then `tail` (a document, a
+/// bucket or a super-bucket) if any: the layout of posting, coarse and total keys.
+fn feature_key(prefix: &[u8], cid: u32, f: LayerFeature, tail: Option<u32>) -> Vec<u8> {
+    let tail = tail.map(u32::to_be_bytes);
     key(
-        b"p/",
+        prefix,
         &[
             &cid.to_be_bytes(),
-            &layer.to_be_bytes(),
-            &feature.to_be_bytes(),
-            &doc.to_be_bytes(),
+            &f.layer.to_be_bytes(),
+            &f.feature.to_be_bytes(),
+            tail.as_ref().map_or(&[][..], |t| &t[..]),
         ],
     )
 }
 
+/// Key of one document's posting of (layer, feature).
+pub fn posting_key(cid: u32, f: LayerFeature, doc: u32) -> Vec<u8> {
+    feature_key(b"p/", cid, f, Some(doc))
+}
+
 /// Prefix of every document's posting of (layer, feature).
-pub fn feature_prefix(cid: u32, layer: u16, feature: u32) -> Vec<u8> {
-    key(
-        b"p/",
-        &[
-            &cid.to_be_bytes(),
-            &layer.to_be_bytes(),
-            &feature.to_be_bytes(),
-        ],
-    )
+pub fn feature_prefix(cid: u32, f: LayerFeature) -> Vec<u8> {
+    feature_key(b"p/", cid, f, None)
 }
 
 /// Prefix of all postings of a collection.
@@ -264,28 +265,13 @@ pub fn posting_prefix(cid: u32) -> Vec<u8> {
 }
 
 /// Key of the coarse record of (layer, feature) over one bucket of collection positions.
-pub fn coarse_key(cid: u32, layer: u16, feature: u32, bucket: u32) -> Vec<u8> {
-    key(
-        b"g/",
-        &[
-            &cid.to_be_bytes(),
-            &layer.to_be_bytes(),
-            &feature.to_be_bytes(),
-            &bucket.to_be_bytes(),
-        ],
-    )
+pub fn coarse_key(cid: u32, f: LayerFeature, bucket: u32) -> Vec<u8> {
+    feature_key(b"g/", cid, f, Some(bucket))
 }
 
 /// Prefix of every coarse record of (layer, feature).
-pub fn coarse_feature_prefix(cid: u32, layer: u16, feature: u32) -> Vec<u8> {
-    key(
-        b"g/",
-        &[
-            &cid.to_be_bytes(),
-            &layer.to_be_bytes(),
-            &feature.to_be_bytes(),
-        ],
-    )
+pub fn coarse_feature_prefix(cid: u32, f: LayerFeature) -> Vec<u8> {
+    feature_key(b"g/", cid, f, None)
 }
 
 /// Prefix of all coarse records of a collection.
@@ -294,17 +280,13 @@ pub fn coarse_prefix(cid: u32) -> Vec<u8> {
 }
 
 /// Key of the coarse record of (layer, feature) over one sealed super-bucket.
-pub fn super_key(cid: u32, layer: u16, feature: u32, index: u32) -> Vec<u8> {
-    let mut k = coarse_key(cid, layer, feature, index);
-    k[0] = b'h';
-    k
+pub fn super_key(cid: u32, f: LayerFeature, index: u32) -> Vec<u8> {
+    feature_key(b"h/", cid, f, Some(index))
 }
 
 /// Prefix of every super-bucket record of (layer, feature).
-pub fn super_feature_prefix(cid: u32, layer: u16, feature: u32) -> Vec<u8> {
-    let mut k = coarse_feature_prefix(cid, layer, feature);
-    k[0] = b'h';
-    k
+pub fn super_feature_prefix(cid: u32, f: LayerFeature) -> Vec<u8> {
+    feature_key(b"h/", cid, f, None)
 }
 
 /// Prefix of all super-bucket records of a collection.
@@ -314,15 +296,8 @@ pub fn super_prefix(cid: u32) -> Vec<u8> {
 
 /// Key of the sealed-token total of (layer, feature): how many tokens of the sealed buckets
 /// fired it (u64 BE), the document frequency retrieval's idf needs without reading buckets.
-pub fn total_key(cid: u32, layer: u16, feature: u32) -> Vec<u8> {
-    key(
-        b"n/",
-        &[
-            &cid.to_be_bytes(),
-            &layer.to_be_bytes(),
-            &feature.to_be_bytes(),
-        ],
-    )
+pub fn total_key(cid: u32, f: LayerFeature) -> Vec<u8> {
+    feature_key(b"n/", cid, f, None)
 }
 
 /// Prefix of all sealed-token totals of a collection.
@@ -330,9 +305,9 @@ pub fn total_prefix(cid: u32) -> Vec<u8> {
     key(b"n/", &[&cid.to_be_bytes()])
 }
 
-/// Splits a coarse key (`g/`, or `h/` for a super-bucket) into (cid, layer, feature, bucket
+/// Splits a coarse key (`g/`, or `h/` for a super-bucket) into (cid, (layer, feature), bucket
 /// or super-bucket): the same layout as a posting key.
-pub fn parse_coarse_key(k: &[u8]) -> Option<(u32, u16, u32, u32)> {
+pub fn parse_coarse_key(k: &[u8]) -> Option<(u32, LayerFeature, u32)> {
     if !k.starts_with(b"g/") && !k.starts_with(b"h/") {
         return None;
     }
@@ -341,16 +316,15 @@ pub fn parse_coarse_key(k: &[u8]) -> Option<(u32, u16, u32, u32)> {
     parse_posting_key(&p)
 }
 
-/// Splits a posting key into (cid, layer, feature, doc).
-pub fn parse_posting_key(k: &[u8]) -> Option<(u32, u16, u32, u32)> {
+/// Splits a posting key into (cid, (layer, feature), doc).
+pub fn parse_posting_key(k: &[u8]) -> Option<(u32, LayerFeature, u32)> {
     if k.len() != 2 + 4 + 2 + 4 + 4 || !k.starts_with(b"p/") {
         return None;
     }
     let u32_at = |i: usize| u32::from_be_bytes(k[i..i + 4].try_into().expect("4 bytes"));
     Some((
         u32_at(2),
-        u16::from_be_bytes([k[6], k[7]]),
-        u32_at(8),
+        LayerFeature::new(u16::from_be_bytes([k[6], k[7]]), u32_at(8)),
         u32_at(12),
     ))
 }
@@ -373,16 +347,6 @@ pub fn journal_key(seq: u64) -> Vec<u8> {
 
 /// Prefix of the journal.
 pub const JOURNAL_PREFIX: &[u8] = b"j/";
-
-/// Packs a (layer, feature) pair into the u32 of a document's feature set.
-pub fn pack_feature(layer: u16, feature: u32) -> Option<u32> {
-    (layer < 256 && feature < (1 << 24)).then_some((u32::from(layer) << 24) | feature)
-}
-
-/// Unpacks [`pack_feature`].
-pub fn unpack_feature(packed: u32) -> (u16, u32) {
-    ((packed >> 24) as u16, packed & 0x00ff_ffff)
-}
 
 #[cfg(test)]
 mod tests {
@@ -426,7 +390,8 @@ mod tests {
 
         #[test]
         fn keys_parse_back(cid in any::<u32>(), layer in any::<u16>(), feature in any::<u32>(), doc in any::<u32>()) {
-            prop_assert_eq!(parse_posting_key(&posting_key(cid, layer, feature, doc)), Some((cid, layer, feature, doc)));
+            let f = LayerFeature::new(layer, feature);
+            prop_assert_eq!(parse_posting_key(&posting_key(cid, f, doc)), Some((cid, f, doc)));
             prop_assert_eq!(parse_doc_key(&doc_key(DocPart::Text, cid, doc)), Some((cid, doc)));
         }
     }

@@ -3,6 +3,7 @@
 use thiserror::Error;
 
 use crate::index::IndexError;
+use crate::ingest::IngestError;
 use crate::model::ModelError;
 use crate::sae::SaeError;
 
@@ -28,6 +29,9 @@ pub enum RetrieveError {
     /// The store failed, or an id is unknown, or the index was built with another model.
     #[error(transparent)]
     Index(#[from] IndexError),
+    /// The SAE set's layers do not fit the posting space.
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
     /// The model failed on the question.
     #[error(transparent)]
     Model(#[from] ModelError),

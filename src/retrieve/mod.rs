@@ -22,7 +22,8 @@ use std::time::Instant;
 pub use error::{Result, RetrieveError};
 
 use self::docs::{DocCache, Scope};
-use crate::index::{layer_codes, Index, LayerCode, StoreIdentity};
+use crate::index::{Index, StoreIdentity};
+use crate::ingest::{layer_codes, LayerCode};
 use crate::model::Model;
 use crate::sae::SaeSet;
 

@@ -7,7 +7,8 @@ use candle_core::IndexOp;
 
 use super::error::{Result, RetrieveError};
 use super::frame;
-use crate::index::LayerCode;
+use crate::index::LayerFeature;
+use crate::ingest::LayerCode;
 use crate::model::{LayerSet, Logits, Model, TapRequest};
 use crate::sae::SaeSet;
 
@@ -15,7 +16,7 @@ use crate::sae::SaeSet;
 #[derive(Debug, Clone, Default)]
 pub struct QuestionFeatures {
     /// Summed activation per (layer, posting feature).
-    pub activation: BTreeMap<(u16, u32), f32>,
+    pub activation: BTreeMap<LayerFeature, f32>,
     /// Question tokens whose queries were encoded.
     pub tokens: usize,
     /// Milliseconds of the forward pass.
@@ -71,7 +72,7 @@ fn add_codes(
     k: Option<usize>,
     code: &LayerCode,
     kv: usize,
-    activation: &mut BTreeMap<(u16, u32), f32>,
+    activation: &mut BTreeMap<LayerFeature, f32>,
 ) -> Result<()> {
     let codes = match k {
         Some(k) => sae.encode_with_k(x, k)?,
@@ -82,7 +83,10 @@ fn add_codes(
         for (&f, &a) in fs.iter().zip(acts) {
             if a > 0.0 {
                 *activation
-                    .entry((code.layer as u16, code.posting_feature(kv, f)))
+                    .entry(LayerFeature::new(
+                        code.layer as u16,
+                        code.posting_feature(kv, f),
+                    ))
                     .or_insert(0.0) += a;
             }
         }

@@ -15,16 +15,14 @@ use std::ops::Range;
 use super::docs::{DocCache, Scope};
 use super::error::Result;
 use super::{Candidate, RetrieveConfig, Source};
-use crate::index::codec::COARSE_BLOCK_TOKENS;
-use crate::index::Index;
+use crate::index::{BlockCount, Index, LayerFeature, COARSE_BLOCK_TOKENS};
 
 /// A question feature with its statistics in scope.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct WeightedFeature {
-    /// Layer.
-    pub layer: u16,
-    /// Posting feature.
-    pub feature: u32,
+    /// Layer and posting feature.
+    #[serde(flatten)]
+    pub feature: LayerFeature,
     /// Summed query activation.
     pub activation: f32,
     /// Tokens in scope where it fired.
@@ -147,7 +145,7 @@ pub fn retrieve(
     index: &Index,
     scope: &Scope,
     docs: &mut DocCache<'_>,
-    activation: &BTreeMap<(u16, u32), f32>,
+    activation: &BTreeMap<LayerFeature, f32>,
     cfg: &RetrieveConfig,
     want_tokens: usize,
 ) -> Result<S3Outcome> {
@@ -167,23 +165,27 @@ pub fn retrieve(
     // Block lists are read only for the features kept (the common ones the idf floor drops
     // fire in every bucket: reading theirs cost most of a 10M-token question).
     let mut dfs: Vec<u64> = Vec::with_capacity(activation.len());
-    let mut blocks: Vec<Option<Vec<(u32, u32)>>> = Vec::new();
+    let mut blocks: Vec<Option<Vec<BlockCount>>> = Vec::new();
     let mut reader = index.posting_reader(scope.cid)?;
-    for &(layer, feature) in activation.keys() {
+    for &feature in activation.keys() {
         if scope.whole {
-            dfs.push(reader.token_count(layer, feature)?);
+            dfs.push(reader.token_count(feature)?);
             blocks.push(None);
         } else {
-            let mut b = reader.coarse_blocks(layer, feature)?;
-            b.retain(|&(g, _)| !scope.locate(g * block..(g + 1) * block).is_empty());
-            dfs.push(b.iter().map(|&(_, c)| u64::from(c)).sum());
+            let mut b = reader.coarse_blocks(feature)?;
+            b.retain(|c| {
+                !scope
+                    .locate(c.block * block..(c.block + 1) * block)
+                    .is_empty()
+            });
+            dfs.push(b.iter().map(|c| u64::from(c.tokens)).sum());
             blocks.push(Some(b));
         }
     }
     lap("df", &mut out);
     // Weights.
     let mut weighted: Vec<(usize, WeightedFeature)> = Vec::new();
-    for (i, (&(layer, feature), &a)) in activation.iter().enumerate() {
+    for (i, (&feature, &a)) in activation.iter().enumerate() {
         let df = dfs[i];
         if df == 0 {
             continue;
@@ -196,7 +198,6 @@ pub fn retrieve(
         weighted.push((
             i,
             WeightedFeature {
-                layer,
                 feature,
                 activation: a,
                 df,
@@ -214,7 +215,7 @@ pub fn retrieve(
             let per_doc = scope
                 .docs
                 .iter()
-                .map(|d| reader.posting(d.number, w.layer, w.feature))
+                .map(|d| reader.posting(d.number, w.feature))
                 .collect::<crate::index::Result<Vec<_>>>()?;
             out.postings_read += per_doc.len();
             postings.insert(*i, per_doc);
@@ -225,20 +226,20 @@ pub fn retrieve(
     let regions: Vec<(usize, Range<usize>)> = if coarse {
         for (i, w) in &weighted {
             if blocks[*i].is_none() {
-                blocks[*i] = Some(reader.coarse_blocks(w.layer, w.feature)?);
+                blocks[*i] = Some(reader.coarse_blocks(w.feature)?);
             }
         }
         // Dense block scores: a common feature touches most blocks of a large collection,
         // and a hash map per (feature, block) cost ~100 ms at 10M tokens.
         let n_blocks = weighted
             .iter()
-            .filter_map(|(i, _)| blocks[*i].as_deref()?.last().map(|&(g, _)| g as usize + 1))
+            .filter_map(|(i, _)| blocks[*i].as_deref()?.last().map(|c| c.block as usize + 1))
             .max()
             .unwrap_or(0);
         let mut score = vec![0f32; n_blocks];
         for (i, w) in &weighted {
-            for &(g, c) in blocks[*i].as_deref().unwrap_or_default() {
-                score[g as usize] += w.weight * c as f32;
+            for c in blocks[*i].as_deref().unwrap_or_default() {
+                score[c.block as usize] += w.weight * c.tokens as f32;
             }
         }
         let wanted = cfg
@@ -302,11 +303,11 @@ pub fn retrieve(
                     + rs.iter().map(|&r| regions[r].tokens.end).max().unwrap_or(0) as u32)
                     .div_ceil(block);
                 let b = blocks[*i].as_deref().unwrap_or_default();
-                let from = b.partition_point(|&(g, _)| g < lo);
-                if b.get(from).is_none_or(|&(g, _)| g >= hi) {
+                let from = b.partition_point(|c| c.block < lo);
+                if b.get(from).is_none_or(|c| c.block >= hi) {
                     continue;
                 }
-                fetched = reader.posting(doc.number, w.layer, w.feature)?;
+                fetched = reader.posting(doc.number, w.feature)?;
                 out.postings_read += 1;
                 &fetched
             } else {

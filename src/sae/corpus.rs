@@ -4,6 +4,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::error::{Result, SaeError};
+use crate::text::document_text;
 
 /// Extensions read from a folder.
 const TEXT_EXTENSIONS: [&str; 4] = ["txt", "md", "json", "jsonl"];
@@ -60,13 +61,10 @@ pub fn for_each_document(
     on_doc: &mut dyn FnMut(String) -> Result<bool>,
 ) -> Result<()> {
     let bytes = fs::read(path).map_err(|e| corpus_err(path, e))?;
-    let text = String::from_utf8(bytes).map_err(|e| {
+    let text = document_text(bytes, &path.display().to_string()).map_err(|e| {
         corpus_err(
             path,
-            format!(
-                "not UTF-8 text (invalid byte at offset {})",
-                e.utf8_error().valid_up_to()
-            ),
+            format!("not UTF-8 text (invalid byte at offset {})", e.offset),
         )
     })?;
     match path.extension().and_then(|e| e.to_str()) {

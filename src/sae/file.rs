@@ -4,9 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 
 use safetensors::tensor::{TensorInfo, TensorView};
 use safetensors::{Dtype, SafeTensors};
@@ -15,6 +13,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::{Result, SaeError};
 use super::topk::{tensor_to_vec, TopKSae};
+use crate::durable;
 
 /// Version of the SAE file layout, independent of the crate version; bump it when a reader of
 /// the previous layout would misread a new file.
@@ -309,7 +308,7 @@ impl SaeExpectation {
 
 /// Writes `sae` and its metadata to `path` as safetensors, atomically.
 pub fn save_sae(path: &Path, sae: &TopKSae, meta: &SaeMeta) -> Result<()> {
-    write_atomic(path, &sae_bytes(sae, meta)?)
+    durable::write_atomic(path, &sae_bytes(sae, meta)?).map_err(|e| SaeError::io(path, e))
 }
 
 /// Reads the SAE at `path`, refusing it unless it fits `expect`.
@@ -425,47 +424,6 @@ fn sae_from_bytes(
     Ok((sae, meta))
 }
 
-/// Distinguishes concurrent temp files of one process.
-static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `bytes` to `path` so that a reader sees the old file or the whole new one, never a
-/// part: a temp file in the same directory, fsync, rename, fsync of the directory.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let name = path
-        .file_name()
-        .ok_or_else(|| SaeError::InvalidConfig(format!("{} names no file", path.display())))?;
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}-{}",
-        name.to_string_lossy(),
-        std::process::id(),
-        TEMP_COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let written = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        // Best effort: the temp file may not exist if creating it failed.
-        let _ = fs::remove_file(&tmp);
-        return Err(SaeError::io(path, e));
-    }
-    // The rename is durable only once the directory entry is on disk.
-    #[cfg(unix)]
-    fs::File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| SaeError::io(&dir, e))?;
-    Ok(())
-}
-
 /// One entry of an SAE set manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct ManifestEntry {
@@ -517,7 +475,8 @@ impl SaeSet {
         for m in &set.members {
             let file = member_file_name(m.meta.layer, m.meta.head);
             let bytes = sae_bytes(&m.sae, &m.meta)?;
-            write_atomic(&dir.join(&file), &bytes)?;
+            let path = dir.join(&file);
+            durable::write_atomic(&path, &bytes).map_err(|e| SaeError::io(&path, e))?;
             digest_member(&mut hasher, &bytes);
             entries.push(ManifestEntry {
                 layer: m.meta.layer,
@@ -536,7 +495,8 @@ impl SaeSet {
         };
         let json = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| SaeError::InvalidConfig(format!("cannot serialise manifest: {e}")))?;
-        write_atomic(&dir.join(MANIFEST_FILE), &json)?;
+        let path = dir.join(MANIFEST_FILE);
+        durable::write_atomic(&path, &json).map_err(|e| SaeError::io(&path, e))?;
         Ok(Self { digest, ..set })
     }
 

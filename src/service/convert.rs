@@ -11,28 +11,11 @@ use crate::answer::Answer;
 use crate::index::{CollectionInfo, DocumentInfo, Ingested, Stats};
 use crate::retrieve::{Evidence, EvidenceSpan, Method, Query};
 
-/// Longest collection name, document id or metadata key, in bytes (the index's limit).
-const MAX_NAME_BYTES: usize = 512;
-
-/// Checks a name-like field (collection, id, metadata key): 1 to 512 bytes, no control
-/// characters.
+/// Checks a name-like field (collection, id, metadata key) with the index's one check of names
+/// ([`crate::index::check_name`]), naming the field when it refuses.
 pub fn check_name(field: &'static str, value: &str) -> Result<()> {
-    if value.is_empty() {
-        return Err(ServiceError::invalid(field, "is empty"));
-    }
-    if value.len() > MAX_NAME_BYTES {
-        return Err(ServiceError::invalid(
-            field,
-            format!(
-                "has {} bytes, over the limit of {MAX_NAME_BYTES}",
-                value.len()
-            ),
-        ));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(ServiceError::invalid(field, "contains control characters"));
-    }
-    Ok(())
+    crate::index::check_name(value)
+        .map_err(|problem| ServiceError::invalid(field, problem.to_string()))
 }
 
 /// Returns a proto char range as a Rust range, refusing one that ends before it starts.

@@ -15,10 +15,9 @@ use std::time::{Duration, Instant};
 use super::config::Limits;
 use super::error::{Result, ServiceError};
 use crate::answer::{self, Answer, AnswerConfig};
-use crate::index::{
-    encode_document, CollectionInfo, DocumentInfo, Encoder, Index, Ingested, NewDocument, Stats,
-};
-use crate::model::{Model, ScanConfig};
+use crate::index::{CollectionInfo, DocumentInfo, Index, Ingested, NewDocument, Stats};
+use crate::ingest::{self, Encoder, IngestError};
+use crate::model::{Model, ModelError, ScanConfig};
 use crate::retrieve::{Evidence, Query, RetrieveConfig, Retriever};
 use crate::sae::SaeSet;
 
@@ -170,13 +169,13 @@ impl Engine {
         self.check_live(cancel)?;
         let encoder = Encoder::new(&loaded.model, &loaded.saes, loaded.scan)?;
         let doc = upload.document();
-        self.read().check_document(&encoder, &doc)?;
-        let encoded = encode_document(&encoder, &doc, &mut |done, total| {
+        ingest::check_document(&encoder, &self.read(), &doc)?;
+        let encoded = ingest::encode_document(&encoder, &doc, &mut |done, total| {
             tracing::trace!(done, total, "scan progress");
             !self.is_stopping() && !cancel.is_cancelled()
         })
         .map_err(|e| match e {
-            crate::index::IndexError::Model(crate::model::ModelError::Aborted) => {
+            IngestError::Model(ModelError::Aborted) => {
                 if self.is_stopping() {
                     ServiceError::ShuttingDown
                 } else {
@@ -189,7 +188,7 @@ impl Engine {
         // Checked under the write lock: past this point the document is written whole.
         self.check_live(cancel)?;
         let t0 = Instant::now();
-        let mut out = index.store_encoded(&encoder, doc, &encoded)?;
+        let mut out = index.store_encoded(doc, &encoded, encoder.identity())?;
         index.commit()?;
         // The commit makes the passages searchable: part of storing, as the caller sees it.
         out.store_seconds = t0.elapsed().as_secs_f64();

@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 
 use crate::answer::AnswerError;
 use crate::index::IndexError;
+use crate::ingest::IngestError;
 use crate::model::ModelError;
 use crate::retrieve::RetrieveError;
 use crate::sae::SaeError;
@@ -73,6 +74,10 @@ pub enum ServiceError {
     #[error(transparent)]
     Index(#[from] IndexError),
 
+    /// Encoding a document (tokenize, scan, SAE codes) refused or failed.
+    #[error(transparent)]
+    Ingest(#[from] IngestError),
+
     /// The SAE set refused or failed.
     #[error(transparent)]
     Sae(#[from] SaeError),
@@ -111,6 +116,7 @@ impl ServiceError {
             Self::Load(_) | Self::Transport(_) => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
             Self::Index(e) => index_code(e),
+            Self::Ingest(e) => ingest_code(e),
             Self::Sae(e) => sae_code(e),
             Self::Model(e) => model_code(e),
             Self::Retrieve(e) => retrieve_code(e),
@@ -124,6 +130,7 @@ fn retrieve_code(e: &RetrieveError) -> Code {
         RetrieveError::InvalidInput { .. } => Code::InvalidArgument,
         RetrieveError::SaeForAnotherModel { .. } => Code::FailedPrecondition,
         RetrieveError::Index(e) => index_code(e),
+        RetrieveError::Ingest(e) => ingest_code(e),
         RetrieveError::Model(e) => model_code(e),
         RetrieveError::Sae(e) => sae_code(e),
         RetrieveError::Tensor(_) => Code::Internal,
@@ -140,19 +147,28 @@ fn answer_code(e: &AnswerError) -> Code {
 fn index_code(e: &IndexError) -> Code {
     match e {
         IndexError::Locked { .. } => Code::FailedPrecondition,
-        IndexError::NewerFormat { .. } => Code::FailedPrecondition,
+        IndexError::IncompatibleFormat { .. } => Code::FailedPrecondition,
         IndexError::IdentityMismatch { .. } => Code::FailedPrecondition,
         IndexError::Corrupt { .. } => Code::DataLoss,
-        IndexError::UnknownCollection(_) | IndexError::UnknownDocument { .. } => Code::NotFound,
+        IndexError::NoIndex { .. }
+        | IndexError::UnknownCollection(_)
+        | IndexError::UnknownDocument { .. } => Code::NotFound,
         IndexError::CollectionExists(_) => Code::AlreadyExists,
-        IndexError::InvalidInput(_) | IndexError::TooLarge { .. } | IndexError::NotUtf8 { .. } => {
+        IndexError::InvalidInput(_) | IndexError::TooLarge { .. } | IndexError::NotUtf8(_) => {
             Code::InvalidArgument
         }
         IndexError::PositionsExhausted { .. } => Code::FailedPrecondition,
         IndexError::Store(_) | IndexError::Bm25(_) | IndexError::Io { .. } => Code::Internal,
-        IndexError::Candle(_) => Code::Internal,
-        IndexError::Model(e) => model_code(e),
-        IndexError::Sae(e) => sae_code(e),
+    }
+}
+
+fn ingest_code(e: &IngestError) -> Code {
+    match e {
+        IngestError::InvalidInput(_) => Code::InvalidArgument,
+        IngestError::Index(e) => index_code(e),
+        IngestError::Model(e) => model_code(e),
+        IngestError::Sae(e) => sae_code(e),
+        IngestError::Tensor(_) => Code::Internal,
     }
 }
 
@@ -215,8 +231,12 @@ mod tests {
 
     #[test]
     fn nested_errors_keep_their_code() {
-        let e = ServiceError::Index(IndexError::Model(ModelError::Aborted));
+        let e = ServiceError::Ingest(IngestError::Model(ModelError::Aborted));
         assert_eq!(e.code(), Code::Cancelled);
+        let e = ServiceError::Ingest(IngestError::Index(IndexError::UnknownCollection(
+            "c".into(),
+        )));
+        assert_eq!(e.code(), Code::NotFound);
         let e = ServiceError::Index(IndexError::UnknownDocument {
             collection: "c".into(),
             id: "d".into(),
@@ -232,6 +252,15 @@ mod tests {
             context: 8192,
         });
         assert_eq!(e.code(), Code::InvalidArgument);
+        let e = ServiceError::Index(IndexError::IncompatibleFormat {
+            kind: crate::index::FormatKind::Pack,
+            found: 2,
+            supported: 1,
+            path: "packs/1-0.pack".into(),
+        });
+        assert_eq!(e.code(), Code::FailedPrecondition);
+        let e = ServiceError::Index(IndexError::corrupt("packs/1-0.pack", "checksum mismatch"));
+        assert_eq!(e.code(), Code::DataLoss);
         let s = Status::from(ServiceError::invalid("budget", "0 is below 1"));
         assert_eq!(s.code(), Code::InvalidArgument);
         assert_eq!(s.message(), "budget: 0 is below 1");

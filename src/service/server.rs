@@ -12,6 +12,7 @@ use super::engine::{Cancel, CancelOnDrop, Engine, Upload};
 use super::error::{Result, ServiceError};
 use super::pb::{self, ingest_request::Part};
 use super::queue::WorkQueue;
+use crate::text::document_text;
 
 /// The service: the engine and its two work queues.
 #[derive(Clone)]
@@ -116,13 +117,10 @@ impl MemoryService {
                 None => return Err(ServiceError::invalid("part", "a message with no part")),
             }
         }
-        let text = String::from_utf8(bytes).map_err(|e| {
+        let text = document_text(bytes, "text").map_err(|e| {
             ServiceError::invalid(
                 "text",
-                format!(
-                    "is not utf-8 (invalid byte at offset {})",
-                    e.utf8_error().valid_up_to()
-                ),
+                format!("is not utf-8 (invalid byte at offset {})", e.offset),
             )
         })?;
         if text.trim().is_empty() {

@@ -10,11 +10,12 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use s3mem::index::{
-    document_text, Encoder, Index, IndexConfig, IndexError, KvStore, NewDocument, SledStore,
-    StoreIdentity,
+    FormatKind, Index, IndexConfig, IndexError, KvStore, NewDocument, SledStore, StoreIdentity,
 };
+use s3mem::ingest::{self, Encoder, IngestError};
 use s3mem::model::{Model, ScanConfig, WeightFormat};
 use s3mem::sae::{SaeExpectation, SaeSet};
+use s3mem::text::document_text;
 
 use crate::common::{write_tiny_gguf, TinySpec};
 
@@ -25,7 +26,7 @@ const SCAN: ScanConfig = ScanConfig {
     overlap: 16,
 };
 
-struct Fixture {
+pub(crate) struct Fixture {
     _dir: tempfile::TempDir,
     model_path: PathBuf,
     sae_dir: PathBuf,
@@ -41,7 +42,7 @@ fn s3mem() -> Command {
 
 /// Returns the tiny model (seed 1) and a shared-per-layer SAE set for layers 0 and 2, trained
 /// once per test run through the CLI.
-fn fixture() -> &'static Fixture {
+pub(crate) fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
@@ -50,33 +51,7 @@ fn fixture() -> &'static Fixture {
         let corpus = dir.path().join("corpus.txt");
         std::fs::write(&corpus, sample_text(0, 3000)).unwrap();
         let sae_dir = dir.path().join("sae");
-        let out = s3mem()
-            .args([
-                "sae",
-                "train",
-                "--layers",
-                "0,2",
-                "--chunk",
-                "128",
-                "--overlap",
-                "16",
-            ])
-            .args([
-                "--dict", "64", "--k", "4", "--tokens", "3000", "--epochs", "2",
-            ])
-            .args(["--batch-size", "256", "--holdout-every", "0", "--model"])
-            .arg(&model_path)
-            .arg("--corpus")
-            .arg(&corpus)
-            .arg("--out")
-            .arg(&sae_dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        train_tiny_saes(&model_path, &corpus, &sae_dir, &["--layers", "0,2"]);
         let model = Model::load(&model_path, WeightFormat::F32, &Device::Cpu).unwrap();
         let expect = SaeExpectation::new(model.fingerprint().unwrap(), model.config().head_dim);
         let saes = SaeSet::load(&sae_dir, &expect).unwrap();
@@ -90,8 +65,27 @@ fn fixture() -> &'static Fixture {
     })
 }
 
+/// Trains a tiny SAE set (dict 64, k 4) on `model` through the CLI with the scan geometry
+/// of [`SCAN`]; `extra` adds flags (the layers, `--per-head`).
+fn train_tiny_saes(model: &Path, corpus: &Path, out: &Path, extra: &[&str]) {
+    run_ok(
+        s3mem()
+            .args(["sae", "train", "--chunk", "128", "--overlap", "16"])
+            .args(extra)
+            .args([
+                "--dict", "64", "--k", "4", "--tokens", "3000", "--epochs", "2",
+            ])
+            .args(["--batch-size", "256", "--holdout-every", "0", "--model"])
+            .arg(model)
+            .arg("--corpus")
+            .arg(corpus)
+            .arg("--out")
+            .arg(out),
+    );
+}
+
 /// Returns deterministic English-like text of about `words` words with sentence ends.
-fn sample_text(seed: usize, words: usize) -> String {
+pub(crate) fn sample_text(seed: usize, words: usize) -> String {
     const WORDS: &[&str] = &[
         "the", "river", "carried", "old", "letters", "past", "a", "mill", "where", "Ada",
         "counted", "seven", "silver", "keys", "and", "one", "brass", "lantern", "while", "rain",
@@ -109,7 +103,7 @@ fn sample_text(seed: usize, words: usize) -> String {
     s
 }
 
-fn encoder(f: &Fixture) -> Encoder<'_> {
+pub(crate) fn encoder(f: &Fixture) -> Encoder<'_> {
     Encoder::new(&f.model, &f.saes, SCAN).unwrap()
 }
 
@@ -118,19 +112,19 @@ fn ingest(
     enc: &Encoder<'_>,
     id: &str,
     text: &str,
-) -> s3mem::index::Result<usize> {
-    index
-        .ingest(
-            enc,
-            NewDocument {
-                collection: "c",
-                id: Some(id.into()),
-                meta: vec![("source".into(), "test".into())],
-                text,
-            },
-            &mut |_, _| {},
-        )
-        .map(|i| i.tokens)
+) -> s3mem::ingest::Result<usize> {
+    ingest::ingest(
+        enc,
+        index,
+        NewDocument {
+            collection: "c",
+            id: Some(id.into()),
+            meta: vec![("source".into(), "test".into())],
+            text,
+        },
+        &mut |_, _| {},
+    )
+    .map(|i| i.tokens)
 }
 
 /// Returns every key and value of the store.
@@ -174,8 +168,8 @@ fn index_ingest_reopen_delete_and_replace() {
         );
         postings_before = index.document_postings("c", "doc1").unwrap();
         assert!(!postings_before.is_empty());
-        for ((layer, _), positions) in &postings_before {
-            assert!([0u16, 2].contains(layer));
+        for (feature, positions) in &postings_before {
+            assert!([0u16, 2].contains(&feature.layer));
             assert!(positions
                 .iter()
                 .all(|&p| docs[1].positions.contains(&u64::from(p))));
@@ -189,8 +183,8 @@ fn index_ingest_reopen_delete_and_replace() {
         index.document_postings("c", "doc1").unwrap(),
         postings_before
     );
-    let (&(layer, feature), _) = postings_before.iter().next().unwrap();
-    let across = index.feature_postings("c", layer, feature).unwrap();
+    let (&feature, _) = postings_before.iter().next().unwrap();
+    let across = index.feature_postings("c", feature).unwrap();
     assert!(across.iter().any(|(doc, _)| *doc == 1));
     let hits = index.bm25("c", None, "quokka zanzibar", 10).unwrap();
     assert_eq!(hits.len(), 1, "{hits:?}");
@@ -207,7 +201,7 @@ fn index_ingest_reopen_delete_and_replace() {
         index.text("c", "doc1", None),
         Err(IndexError::UnknownDocument { .. })
     ));
-    let across = index.feature_postings("c", layer, feature).unwrap();
+    let across = index.feature_postings("c", feature).unwrap();
     assert!(across.iter().all(|(doc, _)| *doc != 1));
     assert!(index
         .bm25("c", None, "quokka zanzibar", 10)
@@ -264,8 +258,9 @@ fn index_bad_input_is_refused_and_writes_nothing() {
     index.create_collection("c").unwrap();
     let before = dump(&index);
     let mut doc = |collection: &'static str, id: &str, text: &str| {
-        index.ingest(
+        ingest::ingest(
             &enc,
+            &mut index,
             NewDocument {
                 collection,
                 id: Some(id.into()),
@@ -276,13 +271,16 @@ fn index_bad_input_is_refused_and_writes_nothing() {
         )
     };
     let e = doc("nope", "a", "some text").unwrap_err();
-    assert!(matches!(e, IndexError::UnknownCollection(_)));
+    assert!(matches!(
+        e,
+        IngestError::Index(IndexError::UnknownCollection(_))
+    ));
     assert_eq!(e.to_string(), "unknown collection `nope`");
     let e = doc("c", "a", "  \n ").unwrap_err();
     assert!(e.to_string().contains("is empty"), "{e}");
     let big = sample_text(1, 1000);
     let e = doc("c", "big", &big).unwrap_err();
-    assert!(matches!(e, IndexError::TooLarge { .. }));
+    assert!(matches!(e, IngestError::Index(IndexError::TooLarge { .. })));
     assert!(
         e.to_string().contains("over the limit of 2000 bytes"),
         "{e}"
@@ -334,7 +332,10 @@ fn index_refuses_another_identity_a_newer_format_and_a_second_opener() {
         )
         .unwrap();
         let e = ingest(&mut index, &wide, "b", "more text here").unwrap_err();
-        assert!(matches!(e, IndexError::IdentityMismatch { .. }));
+        assert!(matches!(
+            e,
+            IngestError::Index(IndexError::IdentityMismatch { .. })
+        ));
         assert!(e.to_string().contains("scan geometry"), "{e}");
 
         let second = Index::open(dir.path(), IndexConfig::default());
@@ -352,7 +353,7 @@ fn index_refuses_another_identity_a_newer_format_and_a_second_opener() {
         .err()
         .unwrap();
     assert!(
-        matches!(e, IndexError::NewerFormat { found, .. } if found == s3mem::index::STORE_FORMAT_VERSION + 1),
+        matches!(e, IndexError::IncompatibleFormat { kind: FormatKind::Store, found, .. } if found == s3mem::index::STORE_FORMAT_VERSION + 1),
         "{e}"
     );
     assert!(
@@ -523,27 +524,64 @@ fn index_cli_ingest_docs_collections_stats() {
     assert_eq!(stats2["documents"], 2);
 }
 
-/// A golden store of format v1, written by `write_golden_v1` below, read by this build.
+/// `s3mem scan --sae` counts features as ingest stores them: with one SAE per KV head, head
+/// `h`'s feature `f` is posting feature `h * dict + f` (a scan once counted `f` for every
+/// head), and every activation is a posting entry of its own.
 #[test]
-fn index_golden_v1_store_opens() {
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let expected: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(golden.join("v1.json")).unwrap()).unwrap();
+fn index_scan_sae_counts_features_as_ingest_stores_them() {
+    let f = fixture();
     let dir = tempfile::tempdir().unwrap();
-    copy_dir(&golden.join("v1"), dir.path());
-    let index = Index::open(dir.path(), IndexConfig::default()).unwrap();
-    // Opening upgraded it: v2 added coarse block counts; v3 moved the postings into one pack
-    // per document and keeps coarse records for sealed buckets only (none in a store this
-    // small). verify checks packs, feature sets and coarse records against each other.
-    assert_eq!(index.verify().unwrap(), 2);
-    let stats = index.stats().unwrap();
-    assert_eq!(stats.components["postings"].records, 2);
-    assert!(!stats.components.contains_key("coarse"));
-    assert!(stats.posting_entries > 0);
-    assert_eq!(golden_view(&index), expected);
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(&corpus, sample_text(0, 3000)).unwrap();
+    let sae_dir = dir.path().join("per-head");
+    train_tiny_saes(
+        &f.model_path,
+        &corpus,
+        &sae_dir,
+        &["--layers", "0", "--per-head"],
+    );
+    let doc = dir.path().join("doc.txt");
+    let text = sample_text(21, 400);
+    std::fs::write(&doc, &text).unwrap();
+    let out = run_ok(
+        s3mem()
+            .args([
+                "scan",
+                "--json",
+                "--layers",
+                "0",
+                "--chunk",
+                "128",
+                "--overlap",
+                "16",
+            ])
+            .arg("--sae")
+            .arg(&sae_dir)
+            .arg("--model")
+            .arg(&f.model_path)
+            .arg(&doc),
+    );
+    let scan: serde_json::Value = serde_json::from_str(&out).unwrap();
+
+    let expect = SaeExpectation::new(f.model.fingerprint().unwrap(), f.model.config().head_dim);
+    let saes = SaeSet::load(&sae_dir, &expect).unwrap();
+    let enc = Encoder::new(&f.model, &saes, SCAN).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut index = Index::open(data.path(), IndexConfig::default()).unwrap();
+    index.create_collection("c").unwrap();
+    ingest(&mut index, &enc, "doc", &text).unwrap();
+    let postings = index.document_postings("c", "doc").unwrap();
+    assert!(
+        postings.keys().any(|k| k.feature >= 64),
+        "no feature of the second KV head"
+    );
+    let entries: usize = postings.values().map(Vec::len).sum();
+    assert_eq!(scan["distinct_features"], postings.len(), "{scan}");
+    assert_eq!(scan["features_fired"], entries, "{scan}");
 }
 
-fn copy_dir(from: &Path, to: &Path) {
+/// Copies a folder recursively (a golden store, a crashed store kept for diagnosis).
+pub(crate) fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
         let e = e.unwrap();
@@ -553,73 +591,6 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
         }
     }
-}
-
-/// Returns what the golden test compares: documents, texts, postings and identity.
-fn golden_view(index: &Index) -> serde_json::Value {
-    let docs = index.documents("golden").unwrap();
-    let docs: Vec<serde_json::Value> = docs
-        .iter()
-        .map(|d| {
-            let postings: BTreeMap<String, Vec<u32>> = index
-                .document_postings("golden", &d.id)
-                .unwrap()
-                .into_iter()
-                .map(|((l, f), p)| (format!("{l}/{f}"), p))
-                .collect();
-            serde_json::json!({
-                "document": d,
-                "text": index.text("golden", &d.id, None).unwrap(),
-                "offsets": index.offsets("golden", &d.id).unwrap(),
-                "postings": postings,
-            })
-        })
-        .collect();
-    let id = index.identity().unwrap().unwrap();
-    serde_json::json!({
-        "identity": {
-            "model_fingerprint": id.model_fingerprint,
-            "sae_digest": id.sae_digest,
-            "layers": id.layers,
-            "scan": [id.chunk, id.sinks, id.overlap],
-        },
-        "documents": docs,
-    })
-}
-
-/// Writes tests/golden/v1 and v1.json: run
-/// `cargo test --test integration index_write_golden_v1 -- --ignored` only when a new format
-/// version needs its golden store (never overwrite an old one).
-#[test]
-#[ignore = "writes the checked-in golden store"]
-fn index_write_golden_v1() {
-    let f = fixture();
-    let enc = encoder(f);
-    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
-    let target = golden.join("v1");
-    assert!(!target.exists(), "the golden v1 store exists already");
-    {
-        let mut index = Index::open(&target, IndexConfig::default()).unwrap();
-        index.create_collection("golden").unwrap();
-        for (id, seed) in [("first", 7), ("second", 8)] {
-            index
-                .ingest(
-                    &enc,
-                    NewDocument {
-                        collection: "golden",
-                        id: Some(id.into()),
-                        meta: vec![("seed".into(), seed.to_string())],
-                        text: &sample_text(seed, 12),
-                    },
-                    &mut |_, _| {},
-                )
-                .unwrap();
-        }
-        index.commit().unwrap();
-        let view = golden_view(&index);
-        std::fs::write(golden.join("v1.json"), serde_json::to_vec(&view).unwrap()).unwrap();
-    }
-    std::fs::remove_file(target.join("LOCK")).unwrap();
 }
 
 /// SIGKILLs an ingesting `s3mem` at random moments; after each kill the store must reopen with
@@ -789,18 +760,18 @@ fn index_measure_sizes_and_times() {
                 let text =
                     std::fs::read_to_string(Path::new("/usr/share/common-licenses").join(name))
                         .unwrap();
-                let out = index
-                    .ingest(
-                        &enc,
-                        NewDocument {
-                            collection: "c",
-                            id: Some(name.into()),
-                            meta: vec![],
-                            text: &text,
-                        },
-                        &mut |_, _| {},
-                    )
-                    .unwrap();
+                let out = ingest::ingest(
+                    &enc,
+                    &mut index,
+                    NewDocument {
+                        collection: "c",
+                        id: Some(name.into()),
+                        meta: vec![],
+                        text: &text,
+                    },
+                    &mut |_, _| {},
+                )
+                .unwrap();
                 scan += out.scan_seconds;
                 encode += out.encode_seconds;
                 store += out.store_seconds;
@@ -917,7 +888,7 @@ fn batched_ingest_of_several_documents_matches_one_by_one() {
             text,
         })
         .collect();
-    let out = a.ingest_many(&batched, docs, &mut |_, _| {}).unwrap();
+    let out = ingest::ingest_many(&batched, &mut a, docs, &mut |_, _| {}).unwrap();
     assert_eq!(
         out.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(),
         ["d0", "d1", "d2"]
@@ -949,7 +920,7 @@ fn batched_ingest_of_several_documents_matches_one_by_one() {
             text: "   ",
         },
     ];
-    let e = a.ingest_many(&batched, bad, &mut |_, _| {}).unwrap_err();
+    let e = ingest::ingest_many(&batched, &mut a, bad, &mut |_, _| {}).unwrap_err();
     assert!(e.to_string().contains("empty"), "{e}");
     assert!(matches!(
         a.document("c", "fine"),

@@ -4,6 +4,7 @@ mod common;
 mod embed;
 mod eval_cli;
 mod fetch;
+mod golden;
 mod grpc;
 mod index;
 mod model_cli;

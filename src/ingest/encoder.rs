@@ -6,32 +6,10 @@ use std::time::Instant;
 
 use candle_core::IndexOp;
 
-use super::error::{IndexError, Result};
-use super::records::StoreIdentity;
-use crate::model::{LayerSet, Model, ScanConfig, TapRequest};
-use crate::sae::{HeadMode, SaeSet};
-
-/// A document turned into everything the store keeps, before it is written.
-#[derive(Debug, Clone, Default)]
-pub struct EncodedDocument {
-    /// Each token's char range.
-    pub offsets: Vec<(usize, usize)>,
-    /// Positions (document-local, ascending) per (layer, feature).
-    pub postings: BTreeMap<(u16, u32), Vec<u32>>,
-    /// Seconds spent tokenizing.
-    pub tokenize_seconds: f64,
-    /// Seconds spent in the model (the scan alone).
-    pub scan_seconds: f64,
-    /// Seconds spent in SAE encoding and building postings.
-    pub encode_seconds: f64,
-}
-
-impl EncodedDocument {
-    /// Returns the number of tokens.
-    pub fn tokens(&self) -> usize {
-        self.offsets.len()
-    }
-}
+use super::error::{IngestError, Result};
+use crate::index::{EncodedDocument, LayerFeature, StoreIdentity};
+use crate::model::{LayerSet, LayerTap, Model, ModelError, ScanConfig, TapRequest, Tokenized};
+use crate::sae::{HeadMode, SaeError, SaeSet, SparseCodes};
 
 /// Per indexed layer: whether its SAE is shared by the KV heads, and its dictionary size.
 ///
@@ -72,7 +50,7 @@ pub fn layer_codes(saes: &SaeSet, kv_heads: usize) -> Result<Vec<LayerCode>> {
             dict_size * kv_heads
         };
         if layer > 255 || span > 1 << 24 {
-            return Err(IndexError::InvalidInput(format!(
+            return Err(IngestError::InvalidInput(format!(
                 "layer {layer} with {span} features does not fit the posting key (layers < 256, features < 2^24)"
             )));
         }
@@ -83,6 +61,60 @@ pub fn layer_codes(saes: &SaeSet, kv_heads: usize) -> Result<Vec<LayerCode>> {
         });
     }
     Ok(layers)
+}
+
+/// Encodes one tapped layer's keys (`[tokens, kv_heads, d]`, the chunk's first token at
+/// document position `first`) with the SAE of each KV head, and calls `fired(position,
+/// (layer, posting feature))` for every activation that fired, token by token, then head by
+/// head.
+///
+/// The layer must be one of `codes` (a layer the SAE set does not index is refused).
+pub fn encode_layer(
+    saes: &SaeSet,
+    codes: &[LayerCode],
+    tap: &LayerTap,
+    first: usize,
+    fired: &mut dyn FnMut(u32, LayerFeature),
+) -> Result<()> {
+    let Some(code) = codes.iter().find(|c| c.layer == tap.layer) else {
+        return Err(SaeError::NotFound {
+            layer: tap.layer,
+            kv_head: 0,
+        }
+        .into());
+    };
+    let values = &tap.values;
+    let (n, heads, d) = values.dims3()?;
+    // codes[h] holds rows in token order for head h (or all heads interleaved when shared).
+    let per_head: Vec<SparseCodes> = if code.shared {
+        let sae = saes.sae_for(code.layer, 0)?;
+        vec![sae.encode(&values.reshape((n * heads, d))?)?]
+    } else {
+        (0..heads)
+            .map(|h| {
+                let sae = saes.sae_for(code.layer, h)?;
+                Ok(sae.encode(&values.i((.., h, ..))?.contiguous()?)?)
+            })
+            .collect::<Result<_>>()?
+    };
+    let layer = code.layer as u16;
+    for t in 0..n {
+        let pos = (first + t) as u32;
+        for h in 0..heads {
+            let (ids, acts) = if code.shared {
+                per_head[0].row(t * heads + h).unwrap_or((&[], &[]))
+            } else {
+                per_head[h].row(t).unwrap_or((&[], &[]))
+            };
+            for (&f, &a) in ids.iter().zip(acts) {
+                // A zero activation is a slot that did not fire.
+                if a > 0.0 {
+                    fired(pos, LayerFeature::new(layer, code.posting_feature(h, f)));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Turns documents into postings with one model, one SAE set and one scan geometry.
@@ -102,6 +134,7 @@ impl<'a> Encoder<'a> {
         let layers = layer_codes(saes, mc.kv_heads)?;
         let set = LayerSet::new(layers.iter().map(|l| l.layer).collect())?;
         set.check(mc)?;
+        // What the index records and refuses to mix: a store holds one encoding only.
         let identity = StoreIdentity {
             model_fingerprint: model.fingerprint()?.to_string(),
             sae_digest: saes.digest().to_string(),
@@ -130,14 +163,14 @@ impl<'a> Encoder<'a> {
     }
 
     /// Tokenizes `text` (char offsets only, no scan).
-    pub fn tokenize(&self, text: &str) -> Result<crate::model::Tokenized> {
+    pub fn tokenize(&self, text: &str) -> Result<Tokenized> {
         Ok(self.model.tokenizer().encode(text)?)
     }
 
     /// Scans and encodes a tokenized document; `progress` gets the tokens done so far.
     pub fn encode(
         &self,
-        tokens: crate::model::Tokenized,
+        tokens: Tokenized,
         progress: &mut dyn FnMut(usize),
     ) -> Result<EncodedDocument> {
         self.encode_until(tokens, &mut |done| {
@@ -147,10 +180,10 @@ impl<'a> Encoder<'a> {
     }
 
     /// Scans and encodes a tokenized document like [`Encoder::encode`]; `progress` returns
-    /// false to stop the scan after the current window ([`crate::model::ModelError::Aborted`]).
+    /// false to stop the scan after the current window ([`ModelError::Aborted`]).
     pub fn encode_until(
         &self,
-        tokens: crate::model::Tokenized,
+        tokens: Tokenized,
         progress: &mut dyn FnMut(usize) -> bool,
     ) -> Result<EncodedDocument> {
         let mut docs = self.encode_many(vec![tokens], progress)?;
@@ -162,7 +195,7 @@ impl<'a> Encoder<'a> {
     /// `progress` gets the tokens done so far over all of them and returns false to stop.
     pub fn encode_many(
         &self,
-        docs: Vec<crate::model::Tokenized>,
+        docs: Vec<Tokenized>,
         progress: &mut dyn FnMut(usize) -> bool,
     ) -> Result<Vec<EncodedDocument>> {
         let taps = TapRequest {
@@ -171,7 +204,7 @@ impl<'a> Encoder<'a> {
             )?),
             queries: None,
         };
-        let mut postings: Vec<BTreeMap<(u16, u32), Vec<u32>>> = vec![BTreeMap::new(); docs.len()];
+        let mut postings: Vec<BTreeMap<LayerFeature, Vec<u32>>> = vec![BTreeMap::new(); docs.len()];
         let mut encode_seconds = vec![0.0; docs.len()];
         // Tokens of the documents before each one, for progress over all of them.
         let before: Vec<usize> = docs
@@ -182,30 +215,37 @@ impl<'a> Encoder<'a> {
                 Some(b)
             })
             .collect();
-        let mut failure: Option<IndexError> = None;
+        let mut failure: Option<IngestError> = None;
         let ids: Vec<&[u32]> = docs.iter().map(|d| d.ids.as_slice()).collect();
         let stats = self
             .model
             .scan_many(&ids, &taps, &self.scan, &mut |doc, chunk| {
                 let t0 = Instant::now();
                 for tap in &chunk.keys {
-                    let Some(code) = self.layers.iter().find(|l| l.layer == tap.layer) else {
-                        continue;
-                    };
-                    if let Err(e) =
-                        self.add_layer(code, chunk.chunk.start, &tap.values, &mut postings[doc])
-                    {
+                    let doc_postings = &mut postings[doc];
+                    let added = encode_layer(
+                        self.saes,
+                        &self.layers,
+                        tap,
+                        chunk.chunk.start,
+                        &mut |pos, f| {
+                            let list = doc_postings.entry(f).or_default();
+                            // KV heads of a layer share the posting space: one entry per token.
+                            if list.last() != Some(&pos) {
+                                list.push(pos);
+                            }
+                        },
+                    );
+                    if let Err(e) = added {
                         failure = Some(e);
-                        return Err(crate::model::ModelError::InvalidScan(
-                            "sae encoding failed".into(),
-                        ));
+                        return Err(ModelError::InvalidScan("sae encoding failed".into()));
                     }
                 }
                 encode_seconds[doc] += t0.elapsed().as_secs_f64();
                 if progress(before[doc] + chunk.chunk.end) {
                     Ok(())
                 } else {
-                    Err(crate::model::ModelError::Aborted)
+                    Err(ModelError::Aborted)
                 }
             });
         if let Some(e) = failure {
@@ -226,53 +266,5 @@ impl<'a> Encoder<'a> {
                 encode_seconds,
             })
             .collect())
-    }
-
-    /// Encodes one layer's keys (`[tokens, kv_heads, d]`) of a chunk starting at `first`.
-    fn add_layer(
-        &self,
-        code: &LayerCode,
-        first: usize,
-        values: &candle_core::Tensor,
-        postings: &mut BTreeMap<(u16, u32), Vec<u32>>,
-    ) -> Result<()> {
-        let (n, heads, d) = values.dims3()?;
-        // codes[h] holds rows in token order for head h (or all heads interleaved when shared).
-        let per_head: Vec<crate::sae::SparseCodes> = if code.shared {
-            let sae = self.saes.sae_for(code.layer, 0)?;
-            vec![sae.encode(&values.reshape((n * heads, d))?)?]
-        } else {
-            (0..heads)
-                .map(|h| {
-                    let sae = self.saes.sae_for(code.layer, h)?;
-                    Ok(sae.encode(&values.i((.., h, ..))?.contiguous()?)?)
-                })
-                .collect::<Result<_>>()?
-        };
-        let layer = code.layer as u16;
-        for t in 0..n {
-            let pos = (first + t) as u32;
-            for h in 0..heads {
-                let (ids, acts) = if code.shared {
-                    per_head[0].row(t * heads + h).unwrap_or((&[], &[]))
-                } else {
-                    per_head[h].row(t).unwrap_or((&[], &[]))
-                };
-                for (&f, &a) in ids.iter().zip(acts) {
-                    // A zero activation is a slot that did not fire.
-                    if a <= 0.0 {
-                        continue;
-                    }
-                    let list = postings
-                        .entry((layer, code.posting_feature(h, f)))
-                        .or_default();
-                    // KV heads of a layer share the posting space: one entry per token.
-                    if list.last() != Some(&pos) {
-                        list.push(pos);
-                    }
-                }
-            }
-        }
-        Ok(())
     }
 }
