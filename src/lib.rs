@@ -6,6 +6,7 @@
 //! answer and serve them (see ARCHITECTURE.md).
 
 pub mod answer;
+pub mod bench;
 pub mod cli;
 pub mod durable;
 pub mod eval;
@@ -14,3 +15,4 @@ pub mod model;
 pub mod retrieve;
 pub mod sae;
 pub mod service;
+pub mod sys;

@@ -8,8 +8,9 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::commands::{load, load_sae_set};
-use super::{CollectionsCommand, DataDirArgs, DocsCommand, IngestArgs, StatsArgs};
+use super::args::DataDirArgs;
+use super::command_line::{CollectionsCommand, DocsCommand, IngestArgs, StatsArgs};
+use super::load::{load, load_sae_set};
 use crate::index::{
     check_document_fields, document_text, Encoder, Index, IndexConfig, IndexError, NewDocument,
 };
