@@ -80,6 +80,9 @@ pub enum EvalError {
         /// What is wrong.
         reason: String,
     },
+    /// A chart could not be drawn.
+    #[error(transparent)]
+    Plot(#[from] plot::PlotError),
     /// The model failed.
     #[error(transparent)]
     Model(#[from] crate::model::ModelError),

@@ -277,16 +277,16 @@ pub fn write_charts(
     let title = format!("{model}: F1 vs budget");
     write_file(
         &out.join("score.png"),
-        &score_chart(rows, &title).to_png(w, h),
+        &score_chart(rows, &title).to_png(w, h)?,
     )?;
     let title = format!("{model}: peak RSS");
     let memory = memory_chart(runs, Memory::Rss, &title);
-    write_file(&out.join("memory.png"), &memory.to_png(w, h))?;
+    write_file(&out.join("memory.png"), &memory.to_png(w, h)?)?;
     let gpu = runs.iter().any(|r| r.peak_gpu_bytes.is_some());
     if gpu {
         let title = format!("{model}: peak GPU memory");
         let chart = memory_chart(runs, Memory::Gpu, &title);
-        write_file(&out.join("gpu-memory.png"), &chart.to_png(w, h))?;
+        write_file(&out.join("gpu-memory.png"), &chart.to_png(w, h)?)?;
     }
     Ok(gpu)
 }
