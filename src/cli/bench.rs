@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use super::args::ModelArgs;
 use super::bench_args::{
     BenchCommand, BenchRetrieveArgs, BenchScanArgs, ParityArgs, PostingsArgs, SaeStepArgs,
-    SaeTrainBenchArgs,
+    SaeTrainBenchArgs, ScanChartArgs,
 };
 use super::device::DeviceArgs;
 use super::load::{load, load_sae_set};
@@ -29,6 +29,7 @@ pub fn run(cmd: BenchCommand, models: &Path) -> Result<()> {
         BenchCommand::SaeStep(args) => sae_step(&args),
         BenchCommand::Sled => sled(),
         BenchCommand::Postings(args) => postings(&args),
+        BenchCommand::ScanChart(args) => scan_chart(&args),
     }
 }
 
@@ -241,5 +242,20 @@ fn postings(args: &PostingsArgs) -> Result<()> {
     }
     let index = Index::open(&args.data_dir, IndexConfig::default())?;
     print!("{}", bench::store::posting_sizes(&index)?.table());
+    Ok(())
+}
+
+/// `bench scan-chart`.
+fn scan_chart(args: &ScanChartArgs) -> Result<()> {
+    let text = std::fs::read_to_string(&args.rows)
+        .with_context(|| format!("reading {}", args.rows.display()))?;
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: not a JSON array of bench scan rows",
+            args.rows.display()
+        )
+    })?;
+    scan::memory_chart(&rows, &args.model).save_png(&args.out, 800, 500)?;
+    println!("{}", args.out.display());
     Ok(())
 }

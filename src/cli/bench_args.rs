@@ -27,6 +27,8 @@ pub enum BenchCommand {
     Sled,
     /// Bytes per token of a data dir's postings under each codec choice.
     Postings(PostingsArgs),
+    /// Draws `bench scan --plot`'s chart again from the rows `bench scan --json` printed.
+    ScanChart(ScanChartArgs),
 }
 
 #[derive(Debug, Args)]
@@ -229,4 +231,18 @@ pub struct PostingsArgs {
     /// An existing data dir (e.g. after `s3mem ingest`).
     #[arg(long, env = "S3MEM_DATA_DIR")]
     pub data_dir: PathBuf,
+}
+
+/// Flags of `bench scan-chart`.
+#[derive(Debug, Args)]
+pub struct ScanChartArgs {
+    /// A JSON array of `bench scan` rows (its `--json` output).
+    #[arg(long)]
+    pub rows: PathBuf,
+    /// The model file the rows measured (its name goes into the title).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The PNG to write.
+    #[arg(long)]
+    pub out: PathBuf,
 }
