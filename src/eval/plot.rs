@@ -19,6 +19,8 @@ use thiserror::Error;
 const FONT_BYTES: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 /// The family name it is registered under.
 const FONT: &str = "sans-serif";
+/// The largest magnitude drawn (and on a log axis, its inverse the smallest value).
+const AXIS_LIMIT: f64 = 1e300;
 /// The smallest image a chart is drawn into: below it, the axes and the legend do not fit.
 pub const MIN_SIZE: (u32, u32) = (240, 160);
 
@@ -70,8 +72,8 @@ pub enum PlotError {
 pub struct Series {
     /// Legend text.
     pub label: String,
-    /// Data points `(x, y)`, joined in order of x. Non-finite points, and non-positive values
-    /// on a log axis, are skipped.
+    /// Data points `(x, y)`, joined in order of x. Non-finite points, values beyond 1e300 in
+    /// magnitude and, on a log axis, values below 1e-300 are skipped.
     pub points: Vec<(f64, f64)>,
 }
 
@@ -216,8 +218,12 @@ fn log_axis(lo: f64, hi: f64, max_ticks: usize) -> (Range<f64>, Vec<f64>) {
 
 impl Chart {
     fn valid(&self, p: (f64, f64)) -> bool {
-        let pos = (!self.log_x || p.0 > 0.0) && (!self.log_y || p.1 > 0.0);
-        p.0.is_finite() && p.1.is_finite() && pos
+        // Beyond these the axis range (see `axis`) would not hold the point, and plotters'
+        // pixel arithmetic overflows.
+        let drawable = |v: f64, log: bool| {
+            v.is_finite() && v.abs() <= AXIS_LIMIT && (!log || v >= 1.0 / AXIS_LIMIT)
+        };
+        drawable(p.0, self.log_x) && drawable(p.1, self.log_y)
     }
 
     /// The drawable points of each series, in order of x.
@@ -420,7 +426,7 @@ enum Axis {
 /// its size, so that the span of every axis is a normal number: plotters' tick search does not
 /// end on an infinite or subnormal span.
 fn axis(range: Option<(f64, f64)>, log: bool, max_ticks: usize) -> Axis {
-    const LIMIT: f64 = 1e300;
+    const LIMIT: f64 = AXIS_LIMIT;
     if log {
         let (lo, hi) = range.unwrap_or((1.0, 10.0));
         let (lo, hi) = (lo.clamp(1.0 / LIMIT, LIMIT), hi.clamp(1.0 / LIMIT, LIMIT));
