@@ -7,6 +7,7 @@
 //! answer and serve them (see ARCHITECTURE.md).
 
 pub mod answer;
+pub mod bench;
 pub mod cli;
 pub mod durable;
 pub mod embed;
@@ -17,4 +18,5 @@ pub mod model;
 pub mod retrieve;
 pub mod sae;
 pub mod service;
+pub mod sys;
 pub mod text;

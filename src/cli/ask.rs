@@ -6,8 +6,8 @@ use std::path::Path;
 use anyhow::Result;
 use serde_json::{json, Value};
 
-use super::commands::{load, load_sae_set};
-use super::{AskArgs, RetrieveArgs};
+use super::command_line::{AskArgs, RetrieveArgs};
+use super::load::{load, load_sae_set};
 use crate::answer::{self, AnswerConfig};
 use crate::index::Index;
 use crate::model::Model;

@@ -1,10 +1,8 @@
 //! The CLI's client of a running `s3mem serve`: the same commands, over gRPC (`--server URL`).
 
-use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -12,6 +10,7 @@ use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
+use super::command_line::RetrieveArgs;
 use crate::index::{CollectionInfo, DocumentInfo, Stats};
 use crate::retrieve::Evidence;
 use crate::service::convert::{evidence_from_pb, method_to_pb, stats_from_pb};
@@ -22,20 +21,7 @@ const PIECE_BYTES: usize = 1 << 20;
 /// Largest reply the client accepts (a whole document from GetDocument).
 const MAX_REPLY_BYTES: usize = 256 << 20;
 
-/// Where a running daemon is, for commands that can talk to one.
-#[derive(Debug, Args, Clone, Default)]
-pub struct ServerArgs {
-    /// Talk to a running `s3mem serve` at this URL (http://HOST:PORT, or https://) instead of
-    /// opening the data dir.
-    #[arg(long, env = "S3MEM_SERVER")]
-    pub server: Option<String>,
-    /// A file holding the daemon's bearer token.
-    #[arg(long, env = "S3MEM_AUTH_TOKEN_FILE")]
-    pub auth_token_file: Option<PathBuf>,
-    /// PEM certificate of the CA that signed the daemon's TLS certificate (https URLs).
-    #[arg(long, env = "S3MEM_TLS_CA")]
-    pub tls_ca: Option<PathBuf>,
-}
+use super::args::ServerArgs;
 
 impl ServerArgs {
     /// Connects to the daemon if `--server` was given.
@@ -254,7 +240,7 @@ impl Client {
     /// Retrieves evidence; returns it with its trace (as JSON) when one was asked for.
     pub fn retrieve(
         &mut self,
-        args: &super::RetrieveArgs,
+        args: &RetrieveArgs,
     ) -> Result<(Evidence, Option<serde_json::Value>)> {
         let r = self
             .runtime
@@ -267,7 +253,7 @@ impl Client {
     /// its trace and the final message.
     pub fn ask(
         &mut self,
-        args: &super::RetrieveArgs,
+        args: &RetrieveArgs,
         max_new_tokens: usize,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<(Evidence, Option<serde_json::Value>, pb::AskResult)> {
@@ -315,7 +301,7 @@ impl Client {
     }
 }
 
-fn retrieve_request(args: &super::RetrieveArgs) -> pb::RetrieveRequest {
+fn retrieve_request(args: &RetrieveArgs) -> pb::RetrieveRequest {
     pb::RetrieveRequest {
         collection: args.collection.clone(),
         docs: args.docs.clone(),

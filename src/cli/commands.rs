@@ -6,12 +6,11 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::{
-    BenchCommand, Cli, Command, GenerateArgs, ModelArgs, ModelCommand, QuickstartArgs, ScanArgs,
-};
+use super::command_line::{Cli, Command, GenerateArgs, ModelCommand, QuickstartArgs, ScanArgs};
+use super::load::{load, load_sae_set};
 use crate::ingest;
 use crate::model::{fetch, GenerateConfig, Model, ScanConfig, TapRequest};
-use crate::sae::{SaeExpectation, SaeSet};
+use crate::sae::SaeSet;
 use crate::text::document_text;
 
 /// Runs one parsed command line.
@@ -62,15 +61,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Scan(args) => scan(&args, &models),
         Command::Generate(args) => generate(&args, &models),
         Command::Quickstart(args) => quickstart(&args, &models),
-        Command::Bench(BenchCommand::Scan(args)) if args.random.random_shape.is_some() => {
-            super::bench_random::scan(&args)
-        }
-        Command::Bench(BenchCommand::Scan(args)) => super::bench::scan(&args, &models),
-        Command::Bench(BenchCommand::SaeTrain(args)) => super::bench_random::sae_train(&args),
-        Command::Bench(BenchCommand::Parity(args)) => {
-            super::bench_random::parity_model(&args, &models)
-        }
-        Command::Bench(BenchCommand::Retrieve(args)) => super::bench::retrieve(&args, &models),
+        Command::Bench(cmd) => super::bench::run(cmd, &models),
         Command::Sae(cmd) => super::sae::run(cmd, &models),
         Command::Ingest(args) => super::index::ingest(&args, &models),
         Command::Docs(cmd) => super::index::docs(cmd),
@@ -82,29 +73,6 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => super::eval::run(*args, &models),
         Command::Serve(args) => super::serve::serve(&args, &models),
     }
-}
-
-pub(super) fn load(args: &ModelArgs, models: &Path) -> Result<Model> {
-    let path = fetch::resolve(&args.model, models, true)?;
-    let device = args.device.open()?;
-    let t0 = Instant::now();
-    let loaded = match args.weights {
-        Some(w) => Model::load(&path, w, &device).map(|m| (m, w)),
-        None => Model::load_default(&path, &device),
-    };
-    let (mut model, weights) = loaded.with_context(|| format!("loading {}", path.display()))?;
-    if let Some(b) = args.device.scan_batch {
-        model.set_scan_batch(b);
-    }
-    tracing::info!(
-        path = %path.display(),
-        ms = t0.elapsed().as_millis() as u64,
-        ?weights,
-        device = %args.device.device,
-        scan_batch = model.scan_batch(),
-        "model loaded"
-    );
-    Ok(model)
 }
 
 fn read_document(path: &Path) -> Result<String> {
@@ -224,7 +192,7 @@ fn scan_document(
     Ok(ScanReport {
         tokens: stats.tokens,
         tokens_per_s: stats.tokens as f64 / secs,
-        peak_rss_bytes: super::peak_rss_bytes(),
+        peak_rss_bytes: crate::sys::peak_rss_bytes(),
         windows: stats.windows,
         window_tokens: stats.window_tokens,
         layers: args_layers.to_string(),
@@ -242,18 +210,6 @@ fn scan_document(
         features_fired: sae.map(|_| fired),
         distinct_features: sae.map(|_| distinct.len()),
     })
-}
-
-/// Loads the SAE set at `spec` (a folder, or `default` for the model's embedded set).
-pub(super) fn load_sae_set(model: &Model, spec: &str, models: &Path) -> Result<SaeSet> {
-    let dir = if spec == "default" {
-        crate::sae::defaults::default_set_dir(model, models)?
-            .with_context(|| format!("no default SAE set for {}", model.path().display()))?
-    } else {
-        std::path::PathBuf::from(spec)
-    };
-    let expect = SaeExpectation::new(model.fingerprint()?, model.config().head_dim);
-    SaeSet::load(&dir, &expect).with_context(|| format!("loading the SAE set {}", dir.display()))
 }
 
 fn scan(args: &ScanArgs, models: &Path) -> Result<()> {

@@ -1,4 +1,4 @@
-//! `--device` and `--scan-batch`: where model work runs, flattened into [`super::ModelArgs`]
+//! `--device` and `--scan-batch`: where model work runs, flattened into [`super::args::ModelArgs`]
 //! so every command that loads a model takes them.
 
 use clap::Args;

@@ -1,26 +1,27 @@
-//! `s3mem eval build|recall`: development datasets and evidence recall per method and budget
-//! (`s3mem eval DATASET` itself is in `eval_run.rs`).
+//! `s3mem eval`: wiring of the eval layer (answer quality, dataset builders, evidence recall,
+//! charts of a report).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
 
-use super::commands::{load, load_sae_set};
-use super::{EvalArgs, EvalBuildCommand, EvalCommand, RecallArgs};
-use crate::eval::{self, build, EvalItem};
-use crate::index::{Index, IndexConfig, IndexError, NewDocument};
+use super::eval_args::{
+    EvalArgs, EvalBuildCommand, EvalCommand, EvalRunArgs, PlotArgs, RecallArgs,
+};
+use super::load::{load, load_sae_set};
+use crate::eval::recall::{self, RecallConfig};
+use crate::eval::run::{Evaluation, Progress, Retrieval, RunConfig};
+use crate::eval::{self, build, contexts, EvalItem};
+use crate::index::{Index, IndexConfig};
 use crate::ingest::Encoder;
-use crate::model::hex_digest;
-use crate::retrieve::{Fusion, Method, Query, RetrieveConfig, Retriever};
+use crate::retrieve::{Fusion, RetrieveConfig, Retriever};
 
 /// Runs `s3mem eval ...`.
 pub fn run(args: EvalArgs, models: &Path) -> Result<()> {
     let Some(cmd) = args.command else {
-        return super::eval_run::run(&args.run, models);
+        return answer_quality(&args.run, models);
     };
     match cmd {
         EvalCommand::Build(EvalBuildCommand::Hotpotqa {
@@ -80,52 +81,23 @@ pub fn run(args: EvalArgs, models: &Path) -> Result<()> {
             Ok(())
         }
         EvalCommand::Recall(args) => recall(&args, models),
+        EvalCommand::Plot(args) => plot(&args),
     }
 }
 
-/// The document id a context is ingested under: a digest of its text.
-pub(super) fn context_id(context: &str) -> String {
-    use sha2::Digest;
-    format!(
-        "ctx-{}",
-        &hex_digest(&sha2::Sha256::digest(context.as_bytes()))[..16]
-    )
-}
-
-/// Ingests every distinct context of `items` not yet in `collection`.
-pub(super) fn ingest_contexts(
+/// Ingests the contexts of `items` that `collection` lacks, in the scan groups of `s3mem
+/// ingest` behind its progress bar.
+fn ingest_contexts(
     index: &mut Index,
     encoder: &Encoder<'_>,
     collection: &str,
     items: &[EvalItem],
 ) -> Result<()> {
-    if index.collection_id(collection).is_err() {
-        index.create_collection(collection)?;
-    }
-    let mut seen = BTreeSet::new();
-    let mut missing = Vec::new();
-    for item in items {
-        let id = context_id(&item.context);
-        if !seen.insert(id.clone()) {
-            continue;
-        }
-        match index.document(collection, &id) {
-            Ok(_) => continue,
-            Err(IndexError::UnknownDocument { .. }) => missing.push((id, &item.context)),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    let sizes: Vec<usize> = missing.iter().map(|(_, text)| text.len()).collect();
+    let missing = contexts::missing_contexts(index, collection, items)?;
+    let sizes: Vec<usize> = missing.iter().map(|d| d.text.len()).collect();
+    let mut missing = missing.into_iter();
     for group in super::index::groups(&sizes) {
-        let docs = missing[group]
-            .iter()
-            .map(|(id, text)| NewDocument {
-                collection,
-                id: Some(id.clone()),
-                meta: Vec::new(),
-                text,
-            })
-            .collect();
+        let docs = missing.by_ref().take(group.len()).collect();
         for out in super::index::ingest_group_with_progress(index, encoder, docs)? {
             eprintln!(
                 "ingested {}: {} tokens in {:.0} s",
@@ -137,36 +109,77 @@ pub(super) fn ingest_contexts(
     Ok(())
 }
 
-/// Random spans of `span` tokens until `budget` tokens: the floor every method must beat.
-fn random_spans(
-    offsets: &[(usize, usize)],
-    budget: usize,
-    span: usize,
-    seed: &mut u64,
-) -> Vec<(usize, usize)> {
-    let n = offsets.len();
-    let mut out = Vec::new();
-    let mut used = 0;
-    while used + span <= budget && n > 0 {
-        *seed = seed
-            .wrapping_mul(6_364_136_223_846_793_005)
-            .wrapping_add(1_442_695_040_888_963_407);
-        let start = ((*seed >> 33) as usize) % n;
-        let end = (start + span).min(n);
-        out.push((offsets[start].0, offsets[end - 1].1));
-        used += span + 6;
+/// Runs `s3mem eval DATASET`.
+fn answer_quality(args: &EvalRunArgs, models: &Path) -> Result<()> {
+    let dataset = args
+        .dataset
+        .clone()
+        .context("give the JSONL dataset: s3mem eval DATASET (or a subcommand)")?;
+    let evaluation = Evaluation::new(RunConfig {
+        dataset,
+        methods: args.methods.clone(),
+        budgets: args.budgets.clone(),
+        max_new_tokens: args.max_new_tokens,
+        instruction: args.instruction.clone(),
+        limit: args.limit,
+        out: args.out.clone(),
+        collection: args.store.collection.clone(),
+        device: args.store.model.device.device.to_string(),
+    })?;
+    let model = load(&args.store.model, models)?;
+    let mut ingest_seconds = 0.0;
+    let mut setup = None;
+    if evaluation.needs_retrieval() {
+        let saes = load_sae_set(&model, &args.store.sae, models)?;
+        let mut index = Index::open(args.store.data.dir()?, IndexConfig::default())?;
+        let encoder = Encoder::new(&model, &saes, crate::model::ScanConfig::default())?;
+        let t = Instant::now();
+        ingest_contexts(
+            &mut index,
+            &encoder,
+            &args.store.collection,
+            evaluation.items(),
+        )?;
+        ingest_seconds = t.elapsed().as_secs_f64();
+        setup = Some((index, saes));
     }
-    out
+    let retriever = match &setup {
+        Some((_, saes)) => Some(Retriever::new(&model, saes, RetrieveConfig::default())?),
+        None => None,
+    };
+    let retrieval = setup
+        .as_ref()
+        .zip(retriever.as_ref())
+        .map(|((index, _), retriever)| Retrieval { index, retriever });
+    let bar = ProgressBar::new(evaluation.answers() as u64).with_style(
+        ProgressStyle::with_template("eval [{bar:30}] {pos}/{len} answers eta {eta} {msg}")?
+            .progress_chars("=> "),
+    );
+    let report = evaluation.run(&model, retrieval, ingest_seconds, &mut |p| match p {
+        Progress::Answering { method, id } => bar.set_message(format!("{method} {id}")),
+        Progress::Answered => bar.inc(1),
+    })?;
+    bar.finish_and_clear();
+    if args.json {
+        println!("{}", serde_json::to_string(&report.json)?);
+    } else {
+        print!("{}", report.markdown);
+        println!(
+            "\nwrote {}/report.{{json,md}}, score.png, memory.png{}",
+            args.out.display(),
+            if report.gpu_chart {
+                ", gpu-memory.png"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
 }
 
 /// Runs `s3mem eval recall`.
 fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
-    let mut items = eval::read_jsonl(&args.dataset)?;
-    items.retain(|i| !i.gold_spans.is_empty());
-    if let Some(n) = args.limit {
-        items.truncate(n);
-    }
-    anyhow::ensure!(!items.is_empty(), "no items with gold spans in the dataset");
+    let items = recall::with_gold_spans(eval::read_jsonl(&args.dataset)?, args.limit)?;
     let defaults = RetrieveConfig::default();
     let config = RetrieveConfig {
         sigma: args.sigma.unwrap_or(defaults.sigma),
@@ -186,64 +199,33 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
     };
     // Settings first: a bad one stops the run before the model loads or anything is ingested.
     config.check()?;
+    for m in &args.methods {
+        recall::RecallMethod::parse(m)?;
+    }
     let model = load(&args.store.model, models)?;
     let saes = load_sae_set(&model, &args.store.sae, models)?;
     let mut index = Index::open(args.store.data.dir()?, IndexConfig::default())?;
     let encoder = Encoder::new(&model, &saes, crate::model::ScanConfig::default())?;
     ingest_contexts(&mut index, &encoder, &args.store.collection, &items)?;
     let retriever = Retriever::new(&model, &saes, config)?;
-    // (method, budget) -> (recalled, runs, retrieve ms)
-    let mut table: BTreeMap<(String, usize), (usize, usize, f64)> = BTreeMap::new();
     let bar = ProgressBar::new(items.len() as u64).with_style(
         ProgressStyle::with_template("recall [{bar:30}] {pos}/{len} questions eta {eta}")?
             .progress_chars("=> "),
     );
-    let mut seed = 0x5eed_u64;
-    for item in &items {
-        let doc = context_id(&item.context);
-        for m in &args.methods {
-            for &budget in &args.budgets {
-                let t = Instant::now();
-                let (spans, ms) = if m == "random" {
-                    let offsets = index.offsets(&args.store.collection, &doc)?;
-                    let s =
-                        random_spans(&offsets, budget, retriever.config().span_tokens, &mut seed);
-                    (s, t.elapsed().as_secs_f64() * 1e3)
-                } else {
-                    let method: Method = m.parse()?;
-                    let e = retriever.retrieve(
-                        &index,
-                        &Query {
-                            collection: args.store.collection.clone(),
-                            docs: vec![doc.clone()],
-                            question: item.input.clone(),
-                            budget,
-                            method,
-                            trace: false,
-                        },
-                    )?;
-                    let s = e.spans.iter().map(|s| (s.char_start, s.char_end)).collect();
-                    (s, e.timings_ms.get("retrieve").copied().unwrap_or(0.0))
-                };
-                let hit = eval::evidence_recalled(&spans, &item.gold_spans);
-                let cell = table.entry((m.clone(), budget)).or_insert((0, 0, 0.0));
-                cell.0 += usize::from(hit);
-                cell.1 += 1;
-                cell.2 += ms;
-            }
-        }
-        bar.inc(1);
-    }
+    let table = recall::measure(
+        &index,
+        &retriever,
+        &items,
+        &RecallConfig {
+            methods: args.methods.clone(),
+            budgets: args.budgets.clone(),
+            collection: args.store.collection.clone(),
+        },
+        &mut || bar.inc(1),
+    )?;
     bar.finish_and_clear();
     if args.json {
-        let rows: Vec<_> = table
-            .iter()
-            .map(|((m, b), (hit, n, ms))| {
-                json!({"method": m, "budget": b, "recall": *hit as f64 / *n as f64,
-                       "questions": n, "retrieve_ms_mean": ms / *n as f64})
-            })
-            .collect();
-        println!("{}", serde_json::to_string(&json!({ "rows": rows }))?);
+        println!("{}", serde_json::to_string(&table.json())?);
         return Ok(());
     }
     println!(
@@ -251,19 +233,21 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
         items.len(),
         args.dataset.display()
     );
-    let budgets: Vec<String> = args.budgets.iter().map(|b| format!("@{b}")).collect();
-    println!("| method | {} | mean retrieve ms |", budgets.join(" | "));
-    println!("|---|{}---|", "---|".repeat(budgets.len()));
-    for m in &args.methods {
-        let mut cells = Vec::new();
-        let (mut ms, mut n) = (0.0, 0);
-        for b in &args.budgets {
-            let (hit, runs, t) = table[&(m.clone(), *b)];
-            cells.push(format!("{:.1}%", 100.0 * hit as f64 / runs as f64));
-            ms += t;
-            n += runs;
-        }
-        println!("| {m} | {} | {:.1} |", cells.join(" | "), ms / n as f64);
+    print!("{}", table.markdown());
+    Ok(())
+}
+
+/// Runs `s3mem eval plot`.
+fn plot(args: &PlotArgs) -> Result<()> {
+    let out = match &args.out {
+        Some(dir) => dir.clone(),
+        None => args
+            .report
+            .parent()
+            .map_or_else(|| ".".into(), Path::to_path_buf),
+    };
+    for file in crate::eval::report::plot_report(&args.report, &out)? {
+        println!("{}", out.join(file).display());
     }
     Ok(())
 }

@@ -9,8 +9,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 use walkdir::WalkDir;
 
-use super::commands::{load, load_sae_set};
-use super::{CollectionsCommand, DataDirArgs, DocsCommand, IngestArgs, StatsArgs};
+use super::args::DataDirArgs;
+use super::command_line::{CollectionsCommand, DocsCommand, IngestArgs, StatsArgs};
+use super::load::{load, load_sae_set};
 use crate::index::{check_document_fields, Index, IndexConfig, IndexError, NewDocument};
 use crate::ingest::{self, Encoder};
 use crate::text::document_text;

@@ -7,8 +7,8 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use super::commands::{load, load_sae_set};
-use super::{SaeCommand, SaeEvalArgs, SaeTrainArgs};
+use super::command_line::{SaeCommand, SaeEvalArgs, SaeTrainArgs};
+use super::load::{load, load_sae_set};
 use crate::model::Model;
 use crate::sae::build::{collect, eval_set, train_set, CollectConfig, Collected, SaeEval};
 use crate::sae::{TrainConfig, TrainLength};

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use super::commands::{load, load_sae_set};
-use super::{DataDirArgs, ModelArgs, WindowArgs};
+use super::args::{DataDirArgs, ModelArgs, WindowArgs};
+use super::load::{load, load_sae_set};
 use crate::index::{Index, IndexConfig};
 use crate::service::{Loaded, ServeConfig, ServeSettings};
 

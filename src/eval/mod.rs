@@ -2,8 +2,11 @@
 //! (evidence recall, SQuAD-style exact match and token F1).
 
 pub mod build;
+pub mod contexts;
 pub mod plot;
+pub mod recall;
 pub mod report;
+pub mod run;
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -35,6 +38,81 @@ pub enum EvalError {
     /// A builder input is missing something.
     #[error("{0}")]
     Input(String),
+    /// A setting of a run is out of range; names it as the command line spells it.
+    #[error("--{setting}: {reason}")]
+    Setting {
+        /// The setting (`methods`, `budgets`, `max-new-tokens`).
+        setting: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The prompt frame and the answer leave no room for context in the model's window.
+    #[error(
+        "question {id}: the prompt frame ({overhead} tokens) and --max-new-tokens \
+         {max_new_tokens} leave no room in the {window}-token window"
+    )]
+    NoRoom {
+        /// The question.
+        id: String,
+        /// Tokens of the prompt frame with the question.
+        overhead: usize,
+        /// Tokens of the answer.
+        max_new_tokens: usize,
+        /// The model's window.
+        window: usize,
+    },
+    /// One question under one method failed.
+    #[error("question {id} with {method}")]
+    Question {
+        /// The question.
+        id: String,
+        /// The method.
+        method: String,
+        /// What failed.
+        #[source]
+        source: Box<EvalError>,
+    },
+    /// A report file is not what `s3mem eval` writes.
+    #[error("{path}: {reason}")]
+    BadReport {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A chart could not be drawn.
+    #[error(transparent)]
+    Plot(#[from] plot::PlotError),
+    /// The model failed.
+    #[error(transparent)]
+    Model(#[from] crate::model::ModelError),
+    /// The index failed (ingest, lookup).
+    #[error(transparent)]
+    Index(#[from] crate::index::IndexError),
+    /// Retrieval failed.
+    #[error(transparent)]
+    Retrieve(#[from] crate::retrieve::RetrieveError),
+    /// Answering failed.
+    #[error(transparent)]
+    Answer(#[from] crate::answer::AnswerError),
+}
+
+impl EvalError {
+    /// Returns an [`EvalError::Io`] for `path`.
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+
+    /// Returns an [`EvalError::Setting`] for `setting`.
+    pub fn setting(setting: &'static str, reason: impl Into<String>) -> Self {
+        Self::Setting {
+            setting,
+            reason: reason.into(),
+        }
+    }
 }
 
 /// Result of the eval layer.

@@ -2,8 +2,13 @@
 //! a Markdown table and charts.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use super::plot::{Chart, Series};
+use super::{EvalError, Result};
+
+/// Width and height of the report's charts, in pixels.
+const CHART_SIZE: (u32, u32) = (800, 500);
 
 /// The budget recorded for methods that have none (full context, closed-book).
 pub const NO_BUDGET: usize = 0;
@@ -253,6 +258,63 @@ pub fn memory_chart(runs: &[RunRecord], memory: Memory, title: &str) -> Chart {
         log_y: false,
         series,
     }
+}
+
+/// Writes `bytes` to `path`, naming the file on failure.
+pub fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+    std::fs::write(path, bytes).map_err(|e| EvalError::io(path, e))
+}
+
+/// Draws a report's charts into `out`: score.png, memory.png and, where runs measured GPU
+/// memory, gpu-memory.png; returns whether that last one was drawn.
+pub fn write_charts(
+    out: &Path,
+    model: &str,
+    rows: &[SummaryRow],
+    runs: &[RunRecord],
+) -> Result<bool> {
+    let (w, h) = CHART_SIZE;
+    let title = format!("{model}: F1 vs budget");
+    write_file(
+        &out.join("score.png"),
+        &score_chart(rows, &title).to_png(w, h)?,
+    )?;
+    let title = format!("{model}: peak RSS");
+    let memory = memory_chart(runs, Memory::Rss, &title);
+    write_file(&out.join("memory.png"), &memory.to_png(w, h)?)?;
+    let gpu = runs.iter().any(|r| r.peak_gpu_bytes.is_some());
+    if gpu {
+        let title = format!("{model}: peak GPU memory");
+        let chart = memory_chart(runs, Memory::Gpu, &title);
+        write_file(&out.join("gpu-memory.png"), &chart.to_png(w, h)?)?;
+    }
+    Ok(gpu)
+}
+
+/// Draws the charts of a finished `report.json` again into `out` (see [`write_charts`]), from
+/// its model name and its runs; returns the files written.
+pub fn plot_report(report: &Path, out: &Path) -> Result<Vec<String>> {
+    let bad = |reason: String| EvalError::BadReport {
+        path: report.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(report).map_err(|e| EvalError::io(report, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
+    let model = json["model"]
+        .as_str()
+        .ok_or_else(|| bad("no \"model\" name".into()))?;
+    let runs: Vec<RunRecord> =
+        serde_json::from_value(json["runs"].clone()).map_err(|e| bad(format!("\"runs\": {e}")))?;
+    if runs.is_empty() {
+        return Err(bad("no runs to draw".into()));
+    }
+    std::fs::create_dir_all(out).map_err(|e| EvalError::io(out, e))?;
+    let gpu = write_charts(out, model, &summarize(&runs), &runs)?;
+    let mut files = vec!["score.png".to_string(), "memory.png".to_string()];
+    if gpu {
+        files.push("gpu-memory.png".into());
+    }
+    Ok(files)
 }
 
 #[cfg(test)]

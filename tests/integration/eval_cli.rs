@@ -124,6 +124,42 @@ fn eval_answers_every_method_and_writes_the_report() {
         !out_dir.join("gpu-memory.png").exists(),
         "the GPU chart is drawn only from GPU runs"
     );
+    // The charts drawn again from the report alone.
+    let again = dir.path().join("again");
+    let out = s3mem()
+        .args(["eval", "plot", "--report"])
+        .arg(out_dir.join("report.json"))
+        .arg("--out")
+        .arg(&again)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for png in ["score.png", "memory.png"] {
+        assert_eq!(
+            std::fs::read(again.join(png)).unwrap(),
+            std::fs::read(out_dir.join(png)).unwrap(),
+            "{png} is the report's own"
+        );
+    }
+}
+
+#[test]
+fn eval_plot_names_a_report_it_cannot_draw() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("report.json");
+    std::fs::write(&bad, r#"{"model": "m", "runs": []}"#).unwrap();
+    let out = s3mem()
+        .args(["eval", "plot", "--report"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("report.json: no runs to draw"), "{err}");
 }
 
 #[test]

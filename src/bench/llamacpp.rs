@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{bail, Context, Result};
+use super::{BenchError, Result};
 
 /// Run as `PYTHON -c SCRIPT MODEL TEXT_FILE TOKENS THREADS`; prints one JSON object.
 ///
@@ -76,6 +76,10 @@ pub fn prefill(
     tokens: usize,
     threads: usize,
 ) -> Result<serde_json::Value> {
+    let fail = |detail: String| BenchError::Child {
+        what: "llama.cpp prefill".into(),
+        detail,
+    };
     let out = Command::new(python)
         .arg("-c")
         .arg(SCRIPT)
@@ -86,20 +90,20 @@ pub fn prefill(
         // ggml's CPU backend takes n_threads; OpenMP builds also read this.
         .env("OMP_NUM_THREADS", threads.to_string())
         .output()
-        .with_context(|| format!("running {}", python.display()))?;
+        .map_err(|e| fail(format!("running {}: {e}", python.display())))?;
     if !out.status.success() {
-        bail!(
-            "llama.cpp prefill failed ({}): {}{}",
+        return Err(fail(format!(
+            "({}): {}{}",
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
-        );
+        )));
     }
-    let line = String::from_utf8_lossy(&out.stdout);
-    let line = line
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
         .lines()
         .rev()
         .find(|l| l.trim_start().starts_with('{'))
-        .with_context(|| format!("no JSON from the llama.cpp script: {line}"))?;
-    Ok(serde_json::from_str(line)?)
+        .ok_or_else(|| fail(format!("no JSON from the llama.cpp script: {text}")))?;
+    serde_json::from_str(line).map_err(|e| fail(format!("its JSON: {e}")))
 }

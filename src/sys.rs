@@ -1,4 +1,4 @@
-//! Process facts the CLI reports.
+//! Facts about this process that benchmarks and evaluations report (peak resident memory).
 
 /// Returns the process's peak resident set size in bytes (Linux `VmHWM`), if known.
 pub fn peak_rss_bytes() -> Option<u64> {

@@ -1,0 +1,95 @@
+//! Argument groups that several commands flatten in: the model, the data dir, the scan
+//! window, the corpus and the daemon to talk to.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use super::device::DeviceArgs;
+use crate::model::WeightFormat;
+
+/// Debian's long licence texts: the sample documents of the quickstart and the benchmarks.
+pub const SAMPLE_DOCUMENTS: &str = "/usr/share/common-licenses/GPL-3,/usr/share/common-licenses/Apache-2.0,/usr/share/common-licenses/MPL-2.0";
+
+#[derive(Debug, Args, Clone)]
+pub struct ModelArgs {
+    /// A known model name (fetched if missing) or a path to a GGUF file.
+    #[arg(long, default_value = crate::model::fetch::DEFAULT_MODEL, env = "S3MEM_MODEL")]
+    pub model: String,
+    /// How weights are held in memory: f32, f16, bf16 or quantized (as shipped); default f32 on
+    /// the CPU (fastest there), bf16 on a GPU.
+    #[arg(long)]
+    pub weights: Option<WeightFormat>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// The scan's window geometry.
+#[derive(Debug, Args, Clone)]
+pub struct WindowArgs {
+    /// Tokens indexed per window.
+    #[arg(long, default_value_t = 512)]
+    pub chunk: usize,
+    /// Opening tokens of the document repeated before every window.
+    #[arg(long, default_value_t = 4)]
+    pub sinks: usize,
+    /// Tokens of the previous chunk repeated before each chunk.
+    #[arg(long, default_value_t = 64)]
+    pub overlap: usize,
+}
+
+impl WindowArgs {
+    /// Returns the scan configuration these flags describe.
+    pub fn config(&self) -> crate::model::ScanConfig {
+        crate::model::ScanConfig {
+            chunk: self.chunk,
+            sinks: self.sinks,
+            overlap: self.overlap,
+        }
+    }
+}
+
+/// Where the index lives.
+#[derive(Debug, Args, Clone)]
+pub struct DataDirArgs {
+    /// The data dir (created on first use).
+    #[arg(long, env = "S3MEM_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+}
+
+impl DataDirArgs {
+    /// Returns the data dir, or an error saying how to give one.
+    pub fn dir(&self) -> anyhow::Result<&std::path::Path> {
+        self.data_dir.as_deref().ok_or_else(|| {
+            anyhow::anyhow!("no data dir: give --data-dir DIR (or S3MEM_DATA_DIR), or --server URL where the command takes it")
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CorpusArgs {
+    /// Corpus files or folders (.txt, .md, .json, .jsonl; folders recursively).
+    #[arg(long, required = true, num_args = 1..)]
+    pub corpus: Vec<PathBuf>,
+    /// JSON field that holds a record's text.
+    #[arg(long, default_value = "text")]
+    pub text_field: String,
+    /// Corpus tokens to pass over before sampling.
+    #[arg(long, default_value_t = 0)]
+    pub skip_tokens: u64,
+}
+
+/// Where a running daemon is, for commands that can talk to one.
+#[derive(Debug, Args, Clone, Default)]
+pub struct ServerArgs {
+    /// Talk to a running `s3mem serve` at this URL (http://HOST:PORT, or https://) instead of
+    /// opening the data dir.
+    #[arg(long, env = "S3MEM_SERVER")]
+    pub server: Option<String>,
+    /// A file holding the daemon's bearer token.
+    #[arg(long, env = "S3MEM_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// PEM certificate of the CA that signed the daemon's TLS certificate (https URLs).
+    #[arg(long, env = "S3MEM_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+}
