@@ -10,10 +10,12 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use super::commands::{load, load_sae_set};
-use super::{EvalArgs, EvalBuildCommand, EvalCommand, RecallArgs};
+use super::{EvalArgs, EvalBuildCommand, EvalCommand, HeadsArgs, RecallArgs};
 use crate::eval::{self, build, EvalItem};
 use crate::index::{Encoder, Index, IndexConfig, IndexError, NewDocument};
 use crate::model::hex_digest;
+use crate::eval::heads::HeadTally;
+use crate::retrieve::rerank::{HeadSet, RerankConfig};
 use crate::retrieve::{Fusion, Method, Query, RetrieveConfig, Retriever};
 
 /// Runs `s3mem eval ...`.
@@ -78,7 +80,35 @@ pub fn run(args: EvalArgs, models: &Path) -> Result<()> {
             eprintln!("wrote {} questions to {}", items.len(), out.display());
             Ok(())
         }
+        EvalCommand::Build(EvalBuildCommand::Boolq {
+            input,
+            out,
+            documents,
+            doc_tokens,
+            chars_per_token,
+            questions_per_doc,
+            max_evidence_chars,
+            skip,
+            seed,
+        }) => {
+            let items = eval::build_extra::boolq_haystacks(
+                &input,
+                &eval::build_extra::ExtraConfig {
+                    documents,
+                    doc_tokens,
+                    chars_per_token,
+                    questions_per_doc,
+                    max_evidence_chars,
+                    skip,
+                    seed,
+                },
+            )?;
+            eval::write_jsonl(&out, &items)?;
+            eprintln!("wrote {} questions to {}", items.len(), out.display());
+            Ok(())
+        }
         EvalCommand::Recall(args) => recall(&args, models),
+        EvalCommand::Heads(args) => heads(&args, models),
     }
 }
 
@@ -181,6 +211,10 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
             rrf_k: args.rrf_k.unwrap_or(defaults.fusion.rrf_k),
             rerank: args.rerank.unwrap_or(defaults.fusion.rerank),
         },
+        rerank: args.heads.clone().map(|heads| RerankConfig {
+            heads,
+            pool_tokens: args.pool_tokens,
+        }),
         ..defaults
     };
     // Settings first: a bad one stops the run before the model loads or anything is ingested.
@@ -198,6 +232,14 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
             .progress_chars("=> "),
     );
     let mut seed = 0x5eed_u64;
+    // (method, budget) -> 1.0 or 0.0 per question, in item order: the paired bootstrap's input.
+    let mut outcomes: BTreeMap<(String, usize), Vec<f64>> = BTreeMap::new();
+    let mut per_question = match &args.per_question {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => None,
+    };
     for item in &items {
         let doc = context_id(&item.context);
         for m in &args.methods {
@@ -225,6 +267,15 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
                     (s, e.timings_ms.get("retrieve").copied().unwrap_or(0.0))
                 };
                 let hit = eval::evidence_recalled(&spans, &item.gold_spans);
+                outcomes
+                    .entry((m.clone(), budget))
+                    .or_default()
+                    .push(f64::from(u8::from(hit)));
+                if let Some(w) = per_question.as_mut() {
+                    use std::io::Write;
+                    let row = json!({"id": item.id, "method": m, "budget": budget, "hit": hit});
+                    writeln!(w, "{row}")?;
+                }
                 let cell = table.entry((m.clone(), budget)).or_insert((0, 0, 0.0));
                 cell.0 += usize::from(hit);
                 cell.1 += 1;
@@ -234,12 +285,21 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if let Some(mut w) = per_question {
+        use std::io::Write;
+        w.flush()?;
+    }
+    let intervals = against_best_baseline(&args.methods, &args.budgets, &outcomes);
     if args.json {
         let rows: Vec<_> = table
             .iter()
             .map(|((m, b), (hit, n, ms))| {
+                let vs = intervals.get(&(m.clone(), *b));
                 json!({"method": m, "budget": b, "recall": *hit as f64 / *n as f64,
-                       "questions": n, "retrieve_ms_mean": ms / *n as f64})
+                       "questions": n, "retrieve_ms_mean": ms / *n as f64,
+                       "vs_best_baseline": vs.map(|(base, i)| json!({
+                           "baseline": base, "difference": i.mean,
+                           "low": i.low, "high": i.high}))})
             })
             .collect();
         println!("{}", serde_json::to_string(&json!({ "rows": rows }))?);
@@ -263,6 +323,158 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
             n += runs;
         }
         println!("| {m} | {} | {:.1} |", cells.join(" | "), ms / n as f64);
+    }
+    if !intervals.is_empty() {
+        println!();
+        println!("difference to the best baseline (bm25, dense or rag) at each budget, points, paired bootstrap 95% interval:");
+        println!("| method | {} |", budgets.join(" | "));
+        println!("|---|{}", "---|".repeat(budgets.len()));
+        for m in &args.methods {
+            let cells: Vec<String> = args
+                .budgets
+                .iter()
+                .map(|b| match intervals.get(&(m.clone(), *b)) {
+                    Some((base, i)) => format!(
+                        "{:+.1} [{:+.1}, {:+.1}] vs {base}",
+                        100.0 * i.mean,
+                        100.0 * i.low,
+                        100.0 * i.high
+                    ),
+                    None => "-".to_string(),
+                })
+                .collect();
+            println!("| {m} | {} |", cells.join(" | "));
+        }
+    }
+    Ok(())
+}
+
+/// The baselines a user would pick instead of s3mem's own methods.
+const BASELINES: [&str; 3] = ["bm25", "dense", "rag"];
+
+/// For every method and budget that is not the best baseline there, the paired bootstrap
+/// interval of its recall minus the best baseline's (the baseline with the highest recall at
+/// that budget among those run).
+fn against_best_baseline(
+    methods: &[String],
+    budgets: &[usize],
+    outcomes: &BTreeMap<(String, usize), Vec<f64>>,
+) -> BTreeMap<(String, usize), (String, eval::bootstrap::Interval)> {
+    let mut out = BTreeMap::new();
+    let mean = |v: &Vec<f64>| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    for &b in budgets {
+        let best = BASELINES
+            .iter()
+            .filter_map(|base| outcomes.get(&(base.to_string(), b)).map(|v| (*base, v)))
+            .max_by(|x, y| mean(x.1).total_cmp(&mean(y.1)));
+        let Some((base, base_hits)) = best else {
+            continue;
+        };
+        for m in methods.iter().filter(|m| m.as_str() != base) {
+            if let Some(hits) = outcomes.get(&(m.clone(), b)) {
+                if let Some(i) = eval::bootstrap::paired_difference(hits, base_hits, 10_000, 17) {
+                    out.insert((m.clone(), b), (base.to_string(), i));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Runs `s3mem eval heads`: every head's ranking quality on the development questions.
+fn heads(args: &HeadsArgs, models: &Path) -> Result<()> {
+    let mut items = eval::read_jsonl(&args.dataset)?;
+    items.retain(|i| !i.gold_spans.is_empty());
+    if let Some(n) = args.limit {
+        items.truncate(n);
+    }
+    anyhow::ensure!(!items.is_empty(), "no items with gold spans in the dataset");
+    let model = load(&args.store.model, models)?;
+    let saes = load_sae_set(&model, &args.store.sae, models)?;
+    let mut index = Index::open(args.store.data.dir()?, IndexConfig::default())?;
+    let encoder = Encoder::new(&model, &saes, crate::model::ScanConfig::default())?;
+    ingest_contexts(&mut index, &encoder, &args.store.collection, &items)?;
+    let retriever = Retriever::new(&model, &saes, RetrieveConfig::default())?;
+    let layers = args
+        .max_layer
+        .map_or(model.config().layers, |l| (l + 1).min(model.config().layers));
+    let all = HeadSet::all(layers, model.config().heads);
+    let bar = ProgressBar::new(items.len() as u64).with_style(
+        ProgressStyle::with_template("heads [{bar:30}] {pos}/{len} questions eta {eta}")?
+            .progress_chars("=> "),
+    );
+    let mut tally = HeadTally::default();
+    for item in &items {
+        let doc = context_id(&item.context);
+        let pool = retriever.pool_scores(
+            &index,
+            &Query {
+                collection: args.store.collection.clone(),
+                docs: vec![doc.clone()],
+                question: item.input.clone(),
+                budget: 1024,
+                method: Method::Rerank,
+                trace: false,
+            },
+            &all,
+            args.pool_tokens,
+        )?;
+        tally.add(&pool, &doc, &item.gold_spans);
+        if bar.is_hidden() {
+            eprintln!(
+                "heads: question {}/{}: {} pool sentences, {} tokens read in {:.0} ms",
+                bar.position() + 1,
+                items.len(),
+                pool.sentences.len(),
+                pool.scores.tokens,
+                pool.scores.forward_ms
+            );
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let ranking = tally.ranking();
+    let sets = tally.set_recall(&ranking, &[1, 2, 4, 8, 16, 32], &args.budgets);
+    if let Some(out) = &args.out {
+        let report = json!({"heads": ranking, "pool_order": tally.pool_order(), "sets": sets});
+        std::fs::write(out, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    let budgets: Vec<String> = args.budgets.iter().map(|b| format!("@{b}")).collect();
+    println!(
+        "simulated evidence recall on {} questions (pool of {} tokens)",
+        items.len(),
+        args.pool_tokens
+    );
+    println!("| ranking | {} | heads |", budgets.join(" | "));
+    println!("|---|{}---|", "---:|".repeat(budgets.len()));
+    for s in &sets {
+        let cells: Vec<String> = s
+            .recall
+            .iter()
+            .map(|(_, r)| format!("{:.1}%", 100.0 * r))
+            .collect();
+        println!("| {} | {} | {} |", s.ranking, cells.join(" | "), s.heads);
+    }
+    println!();
+    println!("| head | MRR of gold sentences | gold in top 10 | questions |");
+    println!("|---|---:|---:|---:|");
+    let first = tally.pool_order();
+    println!(
+        "| {} | {:.3} | {:.1}% | {} |",
+        first.head,
+        first.mrr,
+        100.0 * first.recall_at_10,
+        first.questions
+    );
+    for h in ranking.iter().take(40) {
+        println!(
+            "| {} | {:.3} | {:.1}% | {} |",
+            h.head,
+            h.mrr,
+            100.0 * h.recall_at_10,
+            h.questions
+        );
     }
     Ok(())
 }

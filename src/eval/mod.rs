@@ -1,7 +1,10 @@
 //! Evaluation: LongBench-format datasets, their builders, and the metrics that need no judge
 //! (evidence recall, SQuAD-style exact match and token F1).
 
+pub mod bootstrap;
 pub mod build;
+pub mod build_extra;
+pub mod heads;
 pub mod plot;
 pub mod report;
 

@@ -12,7 +12,7 @@ pub mod defaults;
 pub mod error;
 pub mod eval;
 pub mod file;
-mod rng;
+pub(crate) mod rng;
 pub mod sample;
 pub mod topk;
 pub mod train;
