@@ -411,7 +411,14 @@ pub struct Retriever<'a> {
     saes: &'a SaeSet,
     codes: Vec<LayerCode>,
     config: RetrieveConfig,
+    /// The last re-ranked question's pool and scores: the same question asked again at another
+    /// budget (as evaluations do) reads the same pool, so its forward pass is not repeated.
+    last_rerank: std::sync::Mutex<Option<(RerankKey, Vec<rerank::PoolSentence>, rerank::HeadScores)>>,
 }
+
+/// What a re-ranking pool depends on besides the index (which a caller does not change while
+/// it holds one retriever).
+type RerankKey = (String, Vec<String>, String);
 
 impl<'a> Retriever<'a> {
     /// Returns a retriever; the SAE set must belong to the model.
@@ -444,6 +451,7 @@ impl<'a> Retriever<'a> {
             saes,
             codes,
             config,
+            last_rerank: std::sync::Mutex::new(None),
         })
     }
 
@@ -576,8 +584,25 @@ impl<'a> Retriever<'a> {
         let mut attention = Vec::new();
         if let Some(r) = &rerank_cfg {
             let t = Instant::now();
-            let pool = rerank::build_pool(&[&bm25, &s3_out.candidates], &mut docs, r.pool_tokens)?;
-            let scores = rerank::head_scores(self.model, &mut docs, &pool, &q.question, &r.heads)?;
+            let key: RerankKey = (q.collection.clone(), q.docs.clone(), q.question.clone());
+            let cached = self
+                .last_rerank
+                .lock()
+                .ok()
+                .and_then(|last| last.as_ref().filter(|l| l.0 == key).cloned());
+            let (pool, scores) = match cached {
+                Some((_, pool, scores)) => (pool, scores),
+                None => {
+                    let pool =
+                        rerank::build_pool(&[&bm25, &s3_out.candidates], &mut docs, r.pool_tokens)?;
+                    let scores =
+                        rerank::head_scores(self.model, &mut docs, &pool, &q.question, &r.heads)?;
+                    if let Ok(mut last) = self.last_rerank.lock() {
+                        *last = Some((key, pool.clone(), scores.clone()));
+                    }
+                    (pool, scores)
+                }
+            };
             timings.insert("rerank_forward".to_string(), scores.forward_ms);
             timings.insert("rerank_pool_tokens".to_string(), scores.tokens as f64);
             attention = rerank::ranked(&pool, &scores);
