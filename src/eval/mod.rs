@@ -1,8 +1,11 @@
 //! Evaluation: LongBench-format datasets, their builders, and the metrics that need no judge
 //! (evidence recall, SQuAD-style exact match and token F1).
 
+pub mod bootstrap;
 pub mod build;
+pub mod build_extra;
 pub mod contexts;
+pub mod heads;
 pub mod plot;
 pub mod recall;
 pub mod report;

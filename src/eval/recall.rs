@@ -29,7 +29,7 @@ impl RecallMethod {
         name.parse().map(Self::Retrieve).map_err(|_| {
             EvalError::setting(
                 "methods",
-                format!("unknown method `{name}` (random, s3, bm25, hybrid, bias)"),
+                format!("unknown method `{name}` (random, s3, bm25, hybrid, bias, rerank)"),
             )
         })
     }
@@ -60,7 +60,13 @@ pub struct RecallTable {
     methods: Vec<String>,
     budgets: Vec<usize>,
     cells: BTreeMap<(String, usize), Cell>,
+    /// Per (method, budget), each question's outcome (1 recalled, 0 not) in question order:
+    /// the paired bootstrap's input.
+    outcomes: BTreeMap<(String, usize), Vec<(String, f64)>>,
 }
+
+/// The baselines a user would pick instead of s3mem's own methods.
+const BASELINES: [&str; 3] = ["bm25", "dense", "rag"];
 
 /// Returns the questions of `items` that have gold spans, the first `limit` of them.
 pub fn with_gold_spans(mut items: Vec<EvalItem>, limit: Option<usize>) -> Result<Vec<EvalItem>> {
@@ -117,6 +123,7 @@ pub fn measure(
         methods: config.methods.clone(),
         budgets: config.budgets.clone(),
         cells: BTreeMap::new(),
+        outcomes: BTreeMap::new(),
     };
     let mut seed = 0x5eed_u64;
     for item in items {
@@ -149,6 +156,11 @@ pub fn measure(
                 };
                 let hit = super::evidence_recalled(&spans, &item.gold_spans);
                 table.add(name, budget, hit, ms);
+                table
+                    .outcomes
+                    .entry((name.clone(), budget))
+                    .or_default()
+                    .push((item.id.clone(), f64::from(u8::from(hit))));
             }
         }
         progress();
@@ -164,6 +176,51 @@ impl RecallTable {
         cell.retrieve_ms += ms;
     }
 
+    /// Returns one JSON line per question, method and budget: `{"id","method","budget","hit"}`.
+    pub fn per_question(&self) -> Vec<serde_json::Value> {
+        self.outcomes
+            .iter()
+            .flat_map(|((m, b), rows)| {
+                rows.iter().map(
+                    move |(id, hit)| json!({"id": id, "method": m, "budget": b, "hit": *hit > 0.5}),
+                )
+            })
+            .collect()
+    }
+
+    /// For every method and budget that is not the best baseline there, the paired bootstrap
+    /// interval of its recall minus the best baseline's (the baseline with the highest recall
+    /// at that budget among those run).
+    pub fn against_best_baseline(
+        &self,
+    ) -> BTreeMap<(String, usize), (String, super::bootstrap::Interval)> {
+        let mut out = BTreeMap::new();
+        let hits = |m: &str, b: usize| -> Option<Vec<f64>> {
+            self.outcomes
+                .get(&(m.to_string(), b))
+                .map(|v| v.iter().map(|(_, h)| *h).collect())
+        };
+        for &b in &self.budgets {
+            let best = BASELINES
+                .iter()
+                .filter_map(|base| Some((*base, self.recall(base, b)?)))
+                .max_by(|x, y| x.1.total_cmp(&y.1));
+            let Some((base, _)) = best else { continue };
+            let Some(base_hits) = hits(base, b) else {
+                continue;
+            };
+            for m in self.methods.iter().filter(|m| m.as_str() != base) {
+                let Some(m_hits) = hits(m, b) else { continue };
+                if let Some(i) =
+                    super::bootstrap::paired_difference(&m_hits, &base_hits, 10_000, 17)
+                {
+                    out.insert((m.clone(), b), (base.to_string(), i));
+                }
+            }
+        }
+        out
+    }
+
     /// Returns the share of questions recalled by `method` at `budget`.
     pub fn recall(&self, method: &str, budget: usize) -> Option<f64> {
         let c = self.cells.get(&(method.to_string(), budget))?;
@@ -172,13 +229,18 @@ impl RecallTable {
 
     /// Returns the rows as JSON: method, budget, recall, questions and mean retrieve ms.
     pub fn json(&self) -> serde_json::Value {
+        let intervals = self.against_best_baseline();
         let rows: Vec<_> = self
             .cells
             .iter()
             .map(|((m, b), c)| {
                 let n = c.questions as f64;
+                let vs = intervals.get(&(m.clone(), *b)).map(|(base, i)| {
+                    json!({"baseline": base, "difference": i.mean, "low": i.low, "high": i.high})
+                });
                 json!({"method": m, "budget": b, "recall": c.recalled as f64 / n,
-                       "questions": c.questions, "retrieve_ms_mean": c.retrieve_ms / n})
+                       "questions": c.questions, "retrieve_ms_mean": c.retrieve_ms / n,
+                       "vs_best_baseline": vs})
             })
             .collect();
         json!({ "rows": rows })
@@ -208,6 +270,28 @@ impl RecallTable {
                 ms / n as f64
             ));
         }
+        let intervals = self.against_best_baseline();
+        if !intervals.is_empty() {
+            s.push_str("\ndifference to the best baseline (bm25, dense or rag) at each budget, in points, with its paired bootstrap 95% interval:\n\n");
+            s.push_str(&format!("| method | {} |\n", budgets.join(" | ")));
+            s.push_str(&format!("|---|{}\n", "---|".repeat(budgets.len())));
+            for m in &self.methods {
+                let cells: Vec<String> = self
+                    .budgets
+                    .iter()
+                    .map(|b| match intervals.get(&(m.clone(), *b)) {
+                        Some((base, i)) => format!(
+                            "{:+.1} [{:+.1}, {:+.1}] vs {base}",
+                            100.0 * i.mean,
+                            100.0 * i.low,
+                            100.0 * i.high
+                        ),
+                        None => "-".to_string(),
+                    })
+                    .collect();
+                s.push_str(&format!("| {m} | {} |\n", cells.join(" | ")));
+            }
+        }
         s
     }
 }
@@ -222,6 +306,7 @@ mod tests {
             methods: vec!["bm25".into(), "random".into()],
             budgets: vec![512, 1024],
             cells: BTreeMap::new(),
+            outcomes: BTreeMap::new(),
         };
         t.add("bm25", 512, true, 10.0);
         t.add("bm25", 512, false, 20.0);

@@ -1,6 +1,7 @@
 //! The model layer: loads a GGUF model, tokenizes with char offsets, runs the transformer with
 //! key/query taps, streams documents through bounded windows and generates answers.
 
+mod attention;
 mod chat;
 mod config;
 mod device;

@@ -14,6 +14,7 @@ use candle_core::quantized::{gguf_file, GgmlDType, QMatMul, QTensor};
 use candle_core::{DType, Device, IndexOp, Module, Tensor, D};
 use candle_nn::RmsNorm;
 
+use super::attention::{attention, attention_probabilities, causal_mask};
 use super::config::{Architecture, ModelConfig};
 use super::error::{ModelError, Result};
 
@@ -176,10 +177,20 @@ pub struct ForwardOutput {
     pub queries: Vec<LayerTap>,
     /// `[tokens, vocab]` (`Logits::All`) or `[1, vocab]` (`Logits::Last`).
     pub logits: Option<Tensor>,
+    /// Attention probabilities of the last rows per tapped layer, `[heads, rows, window]`
+    /// (only [`Transformer::attention_rows`] asks for them).
+    pub attention: Vec<LayerTap>,
 }
 
-/// The KV cache of one generation; the scan never keeps one.
-#[derive(Debug, Default)]
+/// Which layers' attention rows a forward pass records, for the last `rows` positions.
+struct AttentionTap<'a> {
+    layers: &'a LayerSet,
+    rows: usize,
+}
+
+/// The KV cache of one generation; the scan never keeps one. A clone shares the cached tensors
+/// (they are never written in place), so one prefix can be continued several ways.
+#[derive(Debug, Default, Clone)]
 pub struct KvCache {
     layers: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
@@ -512,7 +523,7 @@ impl Transformer {
         let start = cache.as_ref().map_or(0, |c| c.len);
         self.check_window(tokens, start, taps)?;
         let ids = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
-        let mut out = self.run(&ids, start, cache, taps, logits)?;
+        let mut out = self.run(&ids, start, cache, taps, logits, None)?;
         for tap in out.keys.iter_mut().chain(out.queries.iter_mut()) {
             tap.values = to_host_f32(&tap.values.squeeze(0)?)?;
         }
@@ -537,11 +548,54 @@ impl Transformer {
             ids.resize(ids.len() + seq - w.len(), 0);
         }
         let ids = Tensor::from_vec(ids, (windows.len(), seq), &self.device)?;
-        let mut out = self.run(&ids, 0, None, taps, Logits::None)?;
+        let mut out = self.run(&ids, 0, None, taps, Logits::None, None)?;
         for tap in out.keys.iter_mut().chain(out.queries.iter_mut()) {
             tap.values = to_host_f32(&tap.values)?;
         }
         Ok(out)
+    }
+
+    /// Runs `tokens` (after the cached positions, if a cache is given, which then grows by the
+    /// layers that run) and returns, at each layer of `layers`, the attention probabilities of
+    /// its last `rows` positions over every position so far, per query head:
+    /// `[heads, rows, positions]`, f32 on the host (row `i` is position `positions - rows + i`;
+    /// causal, so it gives zero to the positions after it). Layers past the deepest one do not
+    /// run. Used to score evidence by where the model's own heads look.
+    pub fn attention_rows(
+        &self,
+        tokens: &[u32],
+        cache: Option<&mut KvCache>,
+        layers: &LayerSet,
+        rows: usize,
+    ) -> Result<Vec<LayerTap>> {
+        let start = cache.as_ref().map_or(0, |c| c.len);
+        self.check_window(tokens, start, &TapRequest::default())?;
+        layers.check(&self.config)?;
+        if rows == 0 || rows > tokens.len() {
+            return Err(ModelError::InvalidScan(format!(
+                "{rows} attention rows asked of a window of {} tokens",
+                tokens.len()
+            )));
+        }
+        let ids = Tensor::new(tokens, &self.device)?.unsqueeze(0)?;
+        let tap = AttentionTap { layers, rows };
+        let out = self.run(
+            &ids,
+            start,
+            cache,
+            &TapRequest::default(),
+            Logits::None,
+            Some(&tap),
+        )?;
+        out.attention
+            .into_iter()
+            .map(|t| {
+                Ok(LayerTap {
+                    layer: t.layer,
+                    values: to_host_f32(&t.values)?,
+                })
+            })
+            .collect()
     }
 
     fn check_window(&self, tokens: &[u32], start: usize, taps: &TapRequest) -> Result<()> {
@@ -576,6 +630,7 @@ impl Transformer {
         mut cache: Option<&mut KvCache>,
         taps: &TapRequest,
         logits: Logits,
+        attention_tap: Option<&AttentionTap<'_>>,
     ) -> Result<ForwardOutput> {
         let (batch, seq) = ids.dims2()?;
         if cache.is_some() && batch != 1 {
@@ -583,10 +638,20 @@ impl Transformer {
                 "a KV cache holds one sequence, not a batch".into(),
             ));
         }
-        let depth = match (logits, taps.deepest()) {
+        let deepest = taps
+            .deepest()
+            .max(attention_tap.map(|a| a.layers.deepest()));
+        let depth = match (logits, deepest) {
             (Logits::None, Some(d)) => d + 1,
             (Logits::None, None) => return Ok(ForwardOutput::default()),
             _ => self.config.layers,
+        };
+        // Past the deepest key/query tap only a layer's projections are needed, unless its
+        // attention is tapped too.
+        let projections_only = |l: usize| {
+            logits == Logits::None
+                && l + 1 == depth
+                && !attention_tap.is_some_and(|a| a.layers.contains(l))
         };
         if let Some(c) = cache.as_deref_mut() {
             c.layers.resize_with(self.config.layers, || None);
@@ -624,7 +689,7 @@ impl Transformer {
                 let values = q.reshape((batch, seq, nh, hd))?;
                 out.queries.push(LayerTap { layer: l, values });
             }
-            if logits == Logits::None && l + 1 == depth {
+            if projections_only(l) {
                 // The deepest tap needs only this layer's projections, not its attention or MLP.
                 break;
             }
@@ -650,6 +715,13 @@ impl Transformer {
                 }
                 None => (k, v),
             };
+            if let Some(a) = attention_tap.filter(|a| a.layers.contains(l)) {
+                let values = attention_probabilities(&q, &k, a.rows, start, nh, nkv, hd)?;
+                out.attention.push(LayerTap { layer: l, values });
+                if logits == Logits::None && l + 1 == depth {
+                    break;
+                }
+            }
             let y = attention(&q, &k, &v, mask.as_ref(), start, nh, nkv, hd)?;
             let y = y.transpose(1, 2)?.reshape((batch, seq, nh * hd))?;
             x = (block.wo.forward(&y)? + &x)?;
@@ -685,67 +757,6 @@ fn with_bias(x: Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         Some(b) => x.broadcast_add(b)?,
         None => x,
     })
-}
-
-/// Grouped-query attention without copying K/V per query head: the query heads of one KV
-/// group are stacked along the row axis and meet their shared K/V in one matmul. On a GPU the
-/// scale, the causal mask and the softmax are one fused kernel (`softmax.rs`); on the CPU they
-/// are candle's ops, as they always were.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "the heads' shape and the window position"
-)]
-fn attention(
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    mask: Option<&Tensor>,
-    start: usize,
-    nh: usize,
-    nkv: usize,
-    hd: usize,
-) -> Result<Tensor> {
-    let (batch, _, seq, _) = q.dims4()?;
-    let kv_len = k.dim(2)?;
-    let group = nh / nkv;
-    let q = q.reshape((batch * nkv, group * seq, hd))?;
-    let k = k.reshape((batch * nkv, kv_len, hd))?;
-    let v = v.reshape((batch * nkv, kv_len, hd))?;
-    if q.device().is_cuda() {
-        let att = q.matmul(&k.t()?)?;
-        super::softmax::causal_softmax_(&att, seq, start, 1.0 / (hd as f32).sqrt())?;
-        return Ok(att.matmul(&v)?.reshape((batch, nh, seq, hd))?);
-    }
-    let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
-    let att = match mask {
-        Some(m) => att
-            .reshape((batch * nkv, group, seq, kv_len))?
-            .broadcast_add(m)?,
-        None => att,
-    };
-    let att =
-        candle_nn::ops::softmax_last_dim(&att.reshape((batch * nkv, group * seq, kv_len))?)?;
-    Ok(att.matmul(&v)?.reshape((batch, nh, seq, hd))?)
-}
-
-/// Returns an additive mask `[seq, start + seq]`: position `start + i` sees `0..=start + i`.
-fn causal_mask(seq: usize, start: usize, device: &Device) -> Result<Option<Tensor>> {
-    if seq == 1 {
-        return Ok(None);
-    }
-    let kv = start + seq;
-    let data: Vec<f32> = (0..seq)
-        .flat_map(|i| {
-            (0..kv).map(move |j| {
-                if j > start + i {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    Ok(Some(Tensor::from_vec(data, (seq, kv), device)?))
 }
 
 fn rope_tables(

@@ -11,6 +11,7 @@ pub mod docs;
 pub mod error;
 pub mod frame;
 pub mod question;
+pub mod rerank;
 pub mod s3;
 
 use std::collections::{BTreeMap, HashMap};
@@ -39,6 +40,8 @@ pub enum Method {
     Hybrid,
     /// Each document's opening alone.
     Bias,
+    /// BM25 and S3 candidates cut into sentences and re-ranked by the model's attention.
+    Rerank,
 }
 
 impl FromStr for Method {
@@ -50,9 +53,10 @@ impl FromStr for Method {
             "bm25" => Ok(Self::Bm25),
             "hybrid" => Ok(Self::Hybrid),
             "bias" => Ok(Self::Bias),
+            "rerank" => Ok(Self::Rerank),
             _ => Err(RetrieveError::invalid(
                 "method",
-                format!("`{s}` is not one of s3, bm25, hybrid, bias"),
+                format!("`{s}` is not one of s3, bm25, hybrid, bias, rerank"),
             )),
         }
     }
@@ -65,6 +69,7 @@ impl fmt::Display for Method {
             Self::Bm25 => "bm25",
             Self::Hybrid => "hybrid",
             Self::Bias => "bias",
+            Self::Rerank => "rerank",
         })
     }
 }
@@ -81,6 +86,8 @@ pub enum Source {
     Bm25,
     /// A document's opening.
     Bias,
+    /// The model's attention over first-stage candidates.
+    Attention,
 }
 
 impl Source {
@@ -90,6 +97,7 @@ impl Source {
             Self::S3 => "s3",
             Self::Bm25 => "bm25",
             Self::Bias => "bias",
+            Self::Attention => "attention",
         }
     }
 }
@@ -135,22 +143,24 @@ impl Default for Fusion {
 }
 
 impl Fusion {
-    fn slot(s: Source) -> usize {
+    fn slot(s: Source) -> Option<usize> {
         match s {
-            Source::S3 => 0,
-            Source::Bm25 => 1,
-            Source::Bias => 2,
+            Source::S3 => Some(0),
+            Source::Bm25 => Some(1),
+            Source::Bias => Some(2),
+            // Re-ranked candidates come alone, in their own order.
+            Source::Attention => None,
         }
     }
 
     /// Returns the fusion weight of a source.
     pub fn weight(&self, s: Source) -> f32 {
-        self.weights[Self::slot(s)]
+        Self::slot(s).map_or(1.0, |i| self.weights[i])
     }
 
     /// Returns the budget share of a source.
     pub fn share(&self, s: Source) -> f32 {
-        self.shares[Self::slot(s)]
+        Self::slot(s).map_or(0.0, |i| self.shares[i])
     }
 }
 
@@ -193,6 +203,8 @@ pub struct RetrieveConfig {
     pub layers: Option<Vec<usize>>,
     /// Which projections of the question are encoded.
     pub probe: question::Probe,
+    /// Attention re-ranking (`Method::Rerank`); `None`: that method is refused.
+    pub rerank: Option<rerank::RerankConfig>,
 }
 
 /// The widest Gaussian smoothing, in tokens (its kernel spans 6 sigma).
@@ -267,6 +279,7 @@ impl Default for RetrieveConfig {
             max_question_chars: 4096,
             layers: None,
             probe: question::Probe::Keys,
+            rerank: None,
         }
     }
 }
@@ -373,13 +386,41 @@ pub struct Evidence {
     pub trace: Option<Trace>,
 }
 
+/// Where a pool sentence sits.
+#[derive(Debug, Clone)]
+pub struct PoolSentenceInfo {
+    /// The document's external id.
+    pub doc_id: String,
+    /// Char range in the document.
+    pub chars: Range<usize>,
+    /// Token range in the document.
+    pub tokens: Range<usize>,
+}
+
+/// A re-ranking pool and every head's attention on it (see [`Retriever::pool_scores`]).
+#[derive(Debug, Clone)]
+pub struct PoolScores {
+    /// The pool's sentences, in first-stage order.
+    pub sentences: Vec<PoolSentenceInfo>,
+    /// The heads' calibrated attention per sentence.
+    pub scores: rerank::HeadScores,
+}
+
 /// Finds evidence with one model and SAE set.
 pub struct Retriever<'a> {
     model: &'a Model,
     saes: &'a SaeSet,
     codes: Vec<LayerCode>,
     config: RetrieveConfig,
+    /// The last re-ranked question's pool and scores: the same question asked again at another
+    /// budget (as evaluations do) reads the same pool, so its forward pass is not repeated.
+    last_rerank:
+        std::sync::Mutex<Option<(RerankKey, Vec<rerank::PoolSentence>, rerank::HeadScores)>>,
 }
+
+/// What a re-ranking pool depends on besides the index (which a caller does not change while
+/// it holds one retriever).
+type RerankKey = (String, Vec<String>, String);
 
 impl<'a> Retriever<'a> {
     /// Returns a retriever; the SAE set must belong to the model.
@@ -412,6 +453,7 @@ impl<'a> Retriever<'a> {
             saes,
             codes,
             config,
+            last_rerank: std::sync::Mutex::new(None),
         })
     }
 
@@ -476,8 +518,18 @@ impl<'a> Retriever<'a> {
         let mut timings = BTreeMap::new();
         let scope = Scope::new(index, &q.collection, &q.docs)?;
         let mut docs = DocCache::new(index, &scope);
-        let want_s3 = matches!(q.method, Method::S3 | Method::Hybrid);
-        let want_bm25 = matches!(q.method, Method::Bm25 | Method::Hybrid);
+        let rerank_cfg = match (q.method, &cfg.rerank) {
+            (Method::Rerank, None) => {
+                return Err(RetrieveError::invalid(
+                    "method",
+                    "rerank needs retrieval heads (no head set is configured)",
+                ))
+            }
+            (Method::Rerank, Some(r)) => Some(r.clone()),
+            _ => None,
+        };
+        let want_s3 = matches!(q.method, Method::S3 | Method::Hybrid | Method::Rerank);
+        let want_bm25 = matches!(q.method, Method::Bm25 | Method::Hybrid | Method::Rerank);
         let mut forward_ms = 0.0;
         let mut s3_out = s3::S3Outcome::default();
         let mut question_tokens = 0;
@@ -495,7 +547,11 @@ impl<'a> Retriever<'a> {
             timings.insert("question_forward".to_string(), qf.forward_ms);
             timings.insert("question_encode".to_string(), qf.encode_ms);
             let t = Instant::now();
-            s3_out = s3::retrieve(index, &scope, &mut docs, &qf.activation, &cfg, q.budget)?;
+            // Re-ranking reads a pool of candidates larger than the budget.
+            let s3_budget = rerank_cfg
+                .as_ref()
+                .map_or(q.budget, |r| r.pool_tokens.max(q.budget));
+            s3_out = s3::retrieve(index, &scope, &mut docs, &qf.activation, &cfg, s3_budget)?;
             timings.insert("s3".to_string(), t.elapsed().as_secs_f64() * 1e3);
             for (k, v) in &s3_out.timings_ms {
                 timings.insert(format!("s3_{k}"), *v);
@@ -524,11 +580,41 @@ impl<'a> Retriever<'a> {
             }
             _ => Vec::new(),
         };
-        if q.method == Method::Hybrid && cfg.fusion.rerank > 0.0 {
+        if matches!(q.method, Method::Hybrid | Method::Rerank) && cfg.fusion.rerank > 0.0 {
             rerank_by_density(&mut bm25, &s3_out, &cfg.fusion);
         }
+        let mut attention = Vec::new();
+        if let Some(r) = &rerank_cfg {
+            let t = Instant::now();
+            let key: RerankKey = (q.collection.clone(), q.docs.clone(), q.question.clone());
+            let cached = self
+                .last_rerank
+                .lock()
+                .ok()
+                .and_then(|last| last.as_ref().filter(|l| l.0 == key).cloned());
+            let (pool, scores) = match cached {
+                Some((_, pool, scores)) => (pool, scores),
+                None => {
+                    let pool =
+                        rerank::build_pool(&[&bm25, &s3_out.candidates], &mut docs, r.pool_tokens)?;
+                    let scores =
+                        rerank::head_scores(self.model, &mut docs, &pool, &q.question, &r.heads)?;
+                    if let Ok(mut last) = self.last_rerank.lock() {
+                        *last = Some((key, pool.clone(), scores.clone()));
+                    }
+                    (pool, scores)
+                }
+            };
+            timings.insert("rerank_forward".to_string(), scores.forward_ms);
+            timings.insert("rerank_pool_tokens".to_string(), scores.tokens as f64);
+            attention = rerank::ranked(&pool, &scores);
+            timings.insert("rerank".to_string(), t.elapsed().as_secs_f64() * 1e3);
+        }
         let t = Instant::now();
-        let lists = [s3_out.candidates.clone(), bm25.clone(), bias];
+        let lists = match rerank_cfg {
+            Some(_) => vec![attention],
+            None => vec![s3_out.candidates.clone(), bm25.clone(), bias],
+        };
         let out = assemble::assemble(
             self.model.tokenizer(),
             &scope,
@@ -573,6 +659,54 @@ impl<'a> Retriever<'a> {
             timings_ms: timings,
             trace,
         })
+    }
+
+    /// Returns the attention re-ranking pool of `q` (its first stage as `Method::Rerank` runs
+    /// it, `pool_tokens` tokens) and the calibrated attention of each of `heads` on each
+    /// sentence: what choosing retrieval heads measures.
+    pub fn pool_scores(
+        &self,
+        index: &Index,
+        q: &Query,
+        heads: &rerank::HeadSet,
+        pool_tokens: usize,
+    ) -> Result<PoolScores> {
+        self.check_query(q)?;
+        self.check_index(index)?;
+        let scope = Scope::new(index, &q.collection, &q.docs)?;
+        let mut docs = DocCache::new(index, &scope);
+        let qf = question::question_features(
+            self.model,
+            self.saes,
+            &self.codes,
+            &q.question,
+            self.config.query_k,
+            self.config.probe,
+        )?;
+        let s3_out = s3::retrieve(
+            index,
+            &scope,
+            &mut docs,
+            &qf.activation,
+            &self.config,
+            pool_tokens.max(q.budget),
+        )?;
+        let mut bm25 = self.bm25(index, &q.collection, &scope, &mut docs, &q.question)?;
+        if self.config.fusion.rerank > 0.0 {
+            rerank_by_density(&mut bm25, &s3_out, &self.config.fusion);
+        }
+        let pool = rerank::build_pool(&[&bm25, &s3_out.candidates], &mut docs, pool_tokens)?;
+        let scores = rerank::head_scores(self.model, &mut docs, &pool, &q.question, heads)?;
+        let mut sentences = Vec::with_capacity(pool.len());
+        for p in &pool {
+            let chars = docs.get(p.doc)?.token_chars(p.tokens.clone());
+            sentences.push(PoolSentenceInfo {
+                doc_id: scope.docs[p.doc].id.clone(),
+                chars,
+                tokens: p.tokens.clone(),
+            });
+        }
+        Ok(PoolScores { sentences, scores })
     }
 
     /// BM25 passages of the scope, best first.

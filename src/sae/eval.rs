@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::error::{Result, SaeError};
 use super::topk::{check_k, F32View, TopKSae};
-use super::train::total_variance;
+use super::vecops::total_variance;
 
 /// The k values [`evaluate`] reports FVU at when the caller has no preference.
 pub const DEFAULT_EVAL_KS: [usize; 4] = [4, 8, 16, 32];

@@ -12,10 +12,11 @@ pub mod defaults;
 pub mod error;
 pub mod eval;
 pub mod file;
-mod rng;
+pub(crate) mod rng;
 pub mod sample;
 pub mod topk;
 pub mod train;
+mod vecops;
 
 pub use error::{Result, SaeError};
 pub use eval::{evaluate, EvalReport, KFvu, DEFAULT_EVAL_KS};

@@ -99,6 +99,7 @@ pub fn query(r: QueryFields, limits: &Limits) -> Result<Query> {
         Ok(pb::Method::S3) => Method::S3,
         Ok(pb::Method::Bm25) => Method::Bm25,
         Ok(pb::Method::Bias) => Method::Bias,
+        Ok(pb::Method::Rerank) => Method::Rerank,
         Err(_) => {
             return Err(ServiceError::invalid(
                 "method",
@@ -138,6 +139,7 @@ pub fn method_to_pb(m: Method) -> pb::Method {
         Method::Bm25 => pb::Method::Bm25,
         Method::Hybrid => pb::Method::Hybrid,
         Method::Bias => pb::Method::Bias,
+        Method::Rerank => pb::Method::Rerank,
     }
 }
 
