@@ -73,23 +73,14 @@ pub(super) fn attention_probabilities(
         .reshape((nkv, group * rows, hd))?;
     let k = k.to_dtype(DType::F32)?.reshape((nkv, kv_len, hd))?;
     let att = (q.matmul(&k.t()?)? / (hd as f64).sqrt())?;
-    // Row i sits at position start + seq - rows + i and sees keys up to it.
+    // Row i sits at position first + i of the kv_len = first + rows positions: the causal mask
+    // of `rows` rows after `first` (none for one row, which sees everything).
     let first = start + seq - rows;
-    let mask: Vec<f32> = (0..rows)
-        .flat_map(|i| {
-            (0..kv_len).map(move |j| {
-                if j > first + i {
-                    f32::NEG_INFINITY
-                } else {
-                    0.0
-                }
-            })
-        })
-        .collect();
-    let mask = Tensor::from_vec(mask, (rows, kv_len), q.device())?;
-    let att = att
-        .reshape((nkv, group, rows, kv_len))?
-        .broadcast_add(&mask)?;
+    let att = att.reshape((nkv, group, rows, kv_len))?;
+    let att = match causal_mask(rows, first, q.device())? {
+        Some(mask) => att.broadcast_add(&mask)?,
+        None => att,
+    };
     let att = candle_nn::ops::softmax_last_dim(&att)?;
     Ok(att.reshape((nh, rows, kv_len))?)
 }
