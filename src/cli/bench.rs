@@ -11,7 +11,7 @@ use super::bench_args::{
     SaeTrainBenchArgs, ScanChartArgs,
 };
 use super::device::DeviceArgs;
-use super::load::{load, load_sae_set};
+use super::load::{embed_missing, load, load_embedder, load_sae_set};
 use crate::bench::{self, parity, random, retrieve, sae, scan, store};
 use crate::index::{Index, IndexConfig};
 use crate::ingest::Encoder;
@@ -133,6 +133,7 @@ fn parity_model(args: &ParityArgs, models: &Path) -> Result<()> {
         model: args.model.model.clone(),
         weights: Some(WeightFormat::F32),
         device: DeviceArgs::default(),
+        embedder: "none".into(),
     };
     let cpu = load(&cpu_args, models)?;
     let set = load_sae_set(&cpu, &args.sae, models)?;
@@ -197,9 +198,13 @@ fn sae_step(args: &SaeStepArgs) -> Result<()> {
 fn retrieve_latency(args: &BenchRetrieveArgs, models: &Path) -> Result<()> {
     let model = load(&args.model, models)?;
     let saes = load_sae_set(&model, &args.sae, models)?;
-    let encoder = Encoder::new(&model, &saes, crate::model::ScanConfig::default())?;
+    let embedder = load_embedder(&args.model, models)?;
+    let encoder = Encoder::new(&model, &saes, crate::model::ScanConfig::default())?
+        .with_embedder(embedder.as_ref());
     let mut index = Index::open(&args.data_dir, IndexConfig::default())?;
-    let retriever = Retriever::new(&model, &saes, RetrieveConfig::default())?;
+    embed_missing(embedder.as_ref(), &mut index)?;
+    let retriever =
+        Retriever::new(&model, &saes, RetrieveConfig::default())?.with_embedder(embedder.as_ref());
     let config = retrieve::RetrieveBench {
         collection: args.collection.clone(),
         corpus: args.corpus.clone(),
