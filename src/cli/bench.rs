@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 
 use super::args::ModelArgs;
 use super::bench_args::{
-    BenchCommand, BenchRetrieveArgs, BenchScanArgs, ParityArgs, PostingsArgs, SaeStepArgs,
-    SaeTrainBenchArgs, ScanChartArgs,
+    BenchCommand, BenchRetrieveArgs, BenchScanArgs, EmbedBenchArgs, ParityArgs, PostingsArgs,
+    SaeStepArgs, SaeTrainBenchArgs, ScanChartArgs,
 };
 use super::device::DeviceArgs;
 use super::load::{embed_missing, load, load_embedder, load_sae_set};
@@ -31,6 +31,7 @@ pub fn run(cmd: BenchCommand, models: &Path) -> Result<()> {
         BenchCommand::Sled => sled(),
         BenchCommand::Postings(args) => postings(&args),
         BenchCommand::ScanChart(args) => scan_chart(&args),
+        BenchCommand::Embed(args) => embed_throughput(&args, models),
     }
 }
 
@@ -263,5 +264,29 @@ fn scan_chart(args: &ScanChartArgs) -> Result<()> {
     })?;
     scan::memory_chart(&rows, &args.model).save_png(&args.out, 800, 500)?;
     println!("{}", args.out.display());
+    Ok(())
+}
+
+/// `bench embed`.
+fn embed_throughput(args: &EmbedBenchArgs, models: &Path) -> Result<()> {
+    let dir = fetch::resolve_folder(&args.embedder, models, true)?;
+    let embedder = crate::embed::Embedder::load_on(&dir, &args.device.open()?)?;
+    let config = crate::embed::ThroughputConfig {
+        tokens: args.tokens,
+        batches: args.batches.clone(),
+        min_time: std::time::Duration::try_from_secs_f64(args.seconds)?,
+        min_passages: 0,
+    };
+    let rows = crate::embed::measure_throughput(&embedder, &config)?;
+    // On a shared machine the load says how far the numbers can be trusted.
+    println!(
+        "{} on {}, {}-token passages, {} threads, load average {}",
+        embedder.fingerprint(),
+        args.device.device,
+        args.tokens,
+        rayon::current_num_threads(),
+        crate::sys::load_average().map_or("n/a".into(), |l| format!("{l:.2}"))
+    );
+    print!("{}", crate::embed::throughput_table(&rows));
     Ok(())
 }
