@@ -269,6 +269,7 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
         rerank: args.heads.clone().map(|heads| RerankConfig {
             heads,
             pool_tokens: args.pool_tokens,
+            first_stage: args.rerank_first_stage,
         }),
         ..defaults
     };

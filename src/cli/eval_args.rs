@@ -274,6 +274,10 @@ pub struct RecallArgs {
     /// Tokens of first-stage candidates `rerank` reads.
     #[arg(long, default_value_t = 2048)]
     pub pool_tokens: usize,
+    /// Weight of the first stage's own order fused with the attention order by `rerank` (0:
+    /// attention alone).
+    #[arg(long, default_value_t = 0.0)]
+    pub rerank_first_stage: f32,
     /// Write one JSON line per question, method and budget (`{"id","method","budget","hit"}`).
     #[arg(long)]
     pub per_question: Option<PathBuf>,

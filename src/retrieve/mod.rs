@@ -247,6 +247,15 @@ impl RetrieveConfig {
             let n = self.snap_reach;
             return bad("snap_reach", format!("{n} is over {MAX_SPAN_TOKENS}"));
         }
+        if let Some(r) = &self.rerank {
+            if !(r.first_stage.is_finite() && r.first_stage >= 0.0) {
+                let w = r.first_stage;
+                return bad(
+                    "rerank_first_stage",
+                    format!("{w} is not a finite number >= 0"),
+                );
+            }
+        }
         let f = &self.fusion;
         if !(f.rrf_k.is_finite() && f.rrf_k >= 0.0) {
             return bad("rrf_k", format!("{} is not a finite number >= 0", f.rrf_k));
@@ -646,7 +655,7 @@ impl<'a> Retriever<'a> {
             };
             timings.insert("rerank_forward".to_string(), scores.forward_ms);
             timings.insert("rerank_pool_tokens".to_string(), scores.tokens as f64);
-            attention = rerank::ranked(&pool, &scores);
+            attention = rerank::ranked(&pool, &scores, r.first_stage);
             timings.insert("rerank".to_string(), t.elapsed().as_secs_f64() * 1e3);
         }
         let t = Instant::now();
