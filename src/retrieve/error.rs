@@ -38,6 +38,10 @@ pub enum RetrieveError {
     /// The SAE set does not fit.
     #[error(transparent)]
     Sae(#[from] SaeError),
+    /// The caller stopped the retrieval between two stages (it went away, or the daemon
+    /// is stopping).
+    #[error("retrieval was stopped before it finished")]
+    Cancelled,
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),
