@@ -12,8 +12,8 @@ use s3mem::service::{Engine, Limits, Loaded, ServiceError};
 use tonic::Code;
 
 use crate::grpc::{
-    channel, connect, model_side, private_binary, refused, retrieve_request, serve_binary, start,
-    test_config, town_collection, town_text, wait_serving,
+    channel, connect, header, ingest, model_side, private_binary, refused, retrieve_request,
+    serve_binary, start, test_config, text, town_collection, town_text, wait_serving,
 };
 
 /// A question of `n` party emoji: a few bytes each, several tokens each.
@@ -158,4 +158,97 @@ fn grpc_sigterm_during_a_long_question_exits_within_the_grace_period() {
     );
     let index = Index::open(&data, IndexConfig::default()).unwrap();
     assert_eq!(index.verify().unwrap(), 1);
+}
+
+/// The evidence of a few questions over collection `c` with every first-stage method, scores
+/// included.
+async fn evidence_of_c(
+    c: &mut MemoryClient<tonic::transport::Channel>,
+) -> Vec<pb::RetrieveResponse> {
+    let mut out = Vec::new();
+    for question in [
+        "What does the warranty cover?",
+        "How many lanterns in 1803?",
+    ] {
+        for method in [pb::Method::Bm25, pb::Method::S3, pb::Method::Hybrid] {
+            let mut r = retrieve_request("c", question, 128);
+            r.method = method as i32;
+            let mut e = c.retrieve(r).await.unwrap().into_inner();
+            e.timings_ms.clear();
+            out.push(e);
+        }
+    }
+    out
+}
+
+/// A collection's BM25 and S3 results, scores included, are the same whatever another
+/// collection holds, and the same before documents are ingested and deleted in it as after
+/// (once compacted): neither statistics leak across collections nor keep deleted documents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_collections_leak_nothing_into_each_others_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(dir.path(), test_config(), None).await;
+    let ch = channel(&daemon).await;
+    wait_serving(&ch).await;
+    let mut c = MemoryClient::new(ch);
+    town_collection(&mut c, "c", 6).await;
+    let warranty = "The warranty of the harbour covers every lantern of Velmora for two years, \
+                    and the boats for one. ";
+    ingest(
+        &mut c,
+        vec![header("c", "terms"), text(warranty.as_bytes())],
+    )
+    .await
+    .unwrap();
+    let before = evidence_of_c(&mut c).await;
+    assert!(before.iter().all(|e| !e.spans.is_empty()));
+
+    c.create_collection(pb::CreateCollectionRequest {
+        name: "other".into(),
+    })
+    .await
+    .unwrap();
+    let flood = format!(
+        "{} {}",
+        "warranty lantern covers ".repeat(150),
+        town_text(2)
+    );
+    ingest(
+        &mut c,
+        vec![header("other", "flood"), text(flood.as_bytes())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        evidence_of_c(&mut c).await,
+        before,
+        "another collection moved c's results"
+    );
+
+    for i in 0..4 {
+        let id = format!("gone{i}");
+        let body = format!("The warranty of boat {i} covers its lanterns. {flood}");
+        ingest(&mut c, vec![header("c", &id), text(body.as_bytes())])
+            .await
+            .unwrap();
+        c.delete_document(pb::DeleteDocumentRequest {
+            collection: "c".into(),
+            id,
+        })
+        .await
+        .unwrap();
+    }
+    daemon.shutdown().await.unwrap();
+    let index = Index::open(dir.path(), IndexConfig::default()).unwrap();
+    drop(index.compact().unwrap());
+    let daemon = start(dir.path(), test_config(), None).await;
+    let ch = channel(&daemon).await;
+    wait_serving(&ch).await;
+    let mut c = MemoryClient::new(ch);
+    assert_eq!(
+        evidence_of_c(&mut c).await,
+        before,
+        "deleted documents moved c's results"
+    );
+    daemon.shutdown().await.unwrap();
 }
