@@ -252,7 +252,8 @@ pub struct RecallArgs {
     /// Indexed layers S3 reads.
     #[arg(long, value_delimiter = ',')]
     pub layers: Option<Vec<usize>>,
-    /// Question projections encoded: queries, keys or both.
+    /// Question probe: keys (as documents are indexed), queries (through the SAEs), both, or
+    /// attention (features weighed by q·d_f against the SAE decoder atoms).
     #[arg(long)]
     pub probe: Option<crate::retrieve::question::Probe>,
     /// Fusion weights s3,bm25,bias.

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::args::{DataDirArgs, ModelArgs, WindowArgs};
-use super::load::{load, load_sae_set};
+use super::load::{load, load_embedder, load_sae_set};
 use crate::index::{Index, IndexConfig};
 use crate::service::{Loaded, ServeConfig, ServeSettings};
 
@@ -72,10 +72,12 @@ pub fn serve(args: &ServeArgs, models: &Path) -> Result<()> {
         let inner = || -> Result<Loaded> {
             let model = load(&model_args, &models)?;
             let saes = load_sae_set(&model, &sae, &models)?;
+            let embedder = load_embedder(&model_args, &models)?;
             Ok(Loaded {
                 model: Arc::new(model),
                 saes: Arc::new(saes),
                 scan,
+                embedder: embedder.map(Arc::new),
             })
         };
         inner().map_err(|e| format!("{e:#}"))

@@ -49,6 +49,7 @@ pub(crate) fn loader(gate: Option<mpsc::Receiver<()>>) -> Loader {
             model,
             saes,
             scan: ScanConfig::default(),
+            embedder: None,
         })
     })
 }

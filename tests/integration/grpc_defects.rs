@@ -61,6 +61,7 @@ fn a_cancelled_retrieval_stops_after_the_forward_pass() {
             model,
             saes,
             scan: s3mem::model::ScanConfig::default(),
+            embedder: None,
         })
         .unwrap();
     engine.create_collection("c").unwrap();
