@@ -88,7 +88,7 @@ pub fn serve(args: &ServeArgs, models: &Path) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async {
+    let served = runtime.block_on(async {
         let daemon = crate::service::start(config, index, loader).await?;
         eprintln!("s3mem: listening on {}", daemon.local_addr());
         let stopper = daemon.stopper();
@@ -100,5 +100,9 @@ pub fn serve(args: &ServeArgs, models: &Path) -> Result<()> {
         daemon.wait().await?;
         eprintln!("s3mem: stopped");
         Ok(())
-    })
+    });
+    // A blocking task still running (a model load) must not hold the exit past the grace
+    // period the daemon kept.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    served
 }

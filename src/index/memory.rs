@@ -31,6 +31,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use roaring::RoaringBitmap;
 
+pub(crate) use open::rebuild_bm25;
 pub use reader::PostingReader;
 
 use super::bm25::{Bm25, PassageHit};

@@ -5,15 +5,17 @@
 
 use std::path::Path;
 
+use super::bm25::Bm25;
 use super::coarse::{self, CoarseEdits};
 use super::error::{IndexError, Result};
+use super::memory::rebuild_bm25;
 use super::packs::{self, PackStore};
 use super::records::{self as rec, DocPart, KEY_FORMAT};
 use super::store::{Batch, KvStore};
 use super::types::LayerFeature;
 
 /// The store format this build writes.
-pub const STORE_FORMAT_VERSION: u32 = 3;
+pub const STORE_FORMAT_VERSION: u32 = 4;
 /// The oldest store format this build can upgrade.
 pub const STORE_FORMAT_OLDEST_SUPPORTED: u32 = 1;
 
@@ -40,7 +42,41 @@ pub const STEPS: &[Step] = &[
         name: "postings into one pack file per document; coarse records of sealed buckets only",
         run: postings_to_packs,
     },
+    Step {
+        from: 3,
+        name: "one bm25 index per collection",
+        run: bm25_per_collection,
+    },
 ];
+
+/// Format 3 -> 4: replaces the one tantivy index all collections shared (whose document
+/// frequencies and lengths mixed every collection's) with one per collection, re-indexing
+/// each collection's passages from the texts and offsets the store keeps. The new indexes are
+/// committed before the batch that records format 4, so an interrupted upgrade just runs again.
+fn bm25_per_collection(store: &dyn KvStore, dir: &Path) -> Result<Batch> {
+    let bm25_dir = dir.join("bm25");
+    if bm25_dir.exists() {
+        std::fs::remove_dir_all(&bm25_dir).map_err(|e| IndexError::io(&bm25_dir, e))?;
+    }
+    let seq = match store.get(rec::KEY_SEQ)? {
+        Some(v) => <[u8; 8]>::try_from(v.as_slice())
+            .map(u64::from_be_bytes)
+            .map_err(|_| IndexError::corrupt("m/seq", "not a u64"))?,
+        None => 0,
+    };
+    let mut bm25 = Bm25::open(&bm25_dir)?;
+    rebuild_bm25(store, &mut bm25)?;
+    bm25.commit(seq)?;
+    drop(bm25);
+    let mut b = Batch::default();
+    // Every change up to `seq` is in the new indexes: the journal has nothing to replay.
+    store.scan_prefix(rec::JOURNAL_PREFIX, &mut |k, _| {
+        b.delete(k.to_vec());
+        Ok(true)
+    })?;
+    b.put(rec::KEY_BM25_SEQ.to_vec(), seq.to_be_bytes().to_vec());
+    Ok(b)
+}
 
 /// Format 2 -> 3: writes each document's `p/` postings into its pack (synced before the
 /// batch that deletes them, so an interrupted upgrade just runs again), and rebuilds the

@@ -38,6 +38,9 @@ pub const KEY_IDENTITY: &[u8] = b"m/identity";
 pub const KEY_SEQ: &[u8] = b"m/seq";
 /// The next collection id (u32 BE).
 pub const KEY_NEXT_COLLECTION: &[u8] = b"m/next_collection";
+/// The last sequence number every collection's BM25 index holds (u64 BE); journal entries
+/// after it are replayed on open.
+pub const KEY_BM25_SEQ: &[u8] = b"m/bm25_seq";
 
 /// What an index was built with; a store refuses an ingest with anything else.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]

@@ -39,6 +39,10 @@ pub enum RetrieveError {
     /// The SAE set does not fit.
     #[error(transparent)]
     Sae(#[from] SaeError),
+    /// The caller stopped the retrieval between two stages (it went away, or the daemon
+    /// is stopping).
+    #[error("retrieval was stopped before it finished")]
+    Cancelled,
     /// A dense method was asked for, and the engine has no embedding model.
     #[error("methods dense and rag need the embedding model: run `s3mem model fetch minilm`")]
     NoEmbedder,

@@ -538,6 +538,26 @@ impl<'a> Retriever<'a> {
 
     /// Retrieves evidence for `q` from `index`.
     pub fn retrieve(&self, index: &Index, q: &Query) -> Result<Evidence> {
+        self.retrieve_until(index, q, &|| false)
+    }
+
+    /// Retrieves evidence for `q` from `index` as [`Retriever::retrieve`] does, asking `stop`
+    /// between the stages (question forward pass, S3 scoring, BM25, attention re-ranking,
+    /// assembly) and giving up with [`RetrieveError::Cancelled`] when it says so: a caller
+    /// that went away, or a daemon stopping, frees the worker at the next stage.
+    pub fn retrieve_until(
+        &self,
+        index: &Index,
+        q: &Query,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Evidence> {
+        let checkpoint = || {
+            if stop() {
+                Err(RetrieveError::Cancelled)
+            } else {
+                Ok(())
+            }
+        };
         let t_all = Instant::now();
         self.check_query(q)?;
         self.check_index(index)?;
@@ -581,6 +601,7 @@ impl<'a> Retriever<'a> {
                 cfg.query_k,
                 cfg.probe,
             )?;
+            checkpoint()?;
             forward_ms = qf.forward_ms;
             question_tokens = qf.tokens;
             timings.insert("question_forward".to_string(), qf.forward_ms);
@@ -591,6 +612,7 @@ impl<'a> Retriever<'a> {
                 .as_ref()
                 .map_or(q.budget, |r| r.pool_tokens.max(q.budget));
             s3_out = s3::retrieve(index, &scope, &mut docs, &qf.activation, &cfg, s3_budget)?;
+            checkpoint()?;
             timings.insert("s3".to_string(), t.elapsed().as_secs_f64() * 1e3);
             for (k, v) in &s3_out.timings_ms {
                 timings.insert(format!("s3_{k}"), *v);
@@ -645,6 +667,7 @@ impl<'a> Retriever<'a> {
                         &mut docs,
                         r.pool_tokens,
                     )?;
+                    checkpoint()?;
                     let scores =
                         rerank::head_scores(self.model, &mut docs, &pool, &q.question, &r.heads)?;
                     if let Ok(mut last) = self.last_rerank.lock() {
@@ -658,6 +681,7 @@ impl<'a> Retriever<'a> {
             attention = rerank::ranked(&pool, &scores, r.first_stage);
             timings.insert("rerank".to_string(), t.elapsed().as_secs_f64() * 1e3);
         }
+        checkpoint()?;
         let t = Instant::now();
         let lists = match q.method {
             Method::Rerank => vec![attention],

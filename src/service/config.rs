@@ -24,6 +24,8 @@ pub struct Limits {
     pub max_document_bytes: usize,
     /// Longest question, in bytes of UTF-8.
     pub max_question_bytes: usize,
+    /// Longest question, in tokens of the model's tokenizer (what its forward pass costs).
+    pub max_question_tokens: usize,
     /// Largest evidence budget, in tokens.
     pub max_budget: usize,
     /// Evidence budget of a request that gives none, in tokens.
@@ -42,6 +44,7 @@ impl Default for Limits {
             max_message_bytes: 4 << 20,
             max_document_bytes: 64 << 20,
             max_question_bytes: 4096,
+            max_question_tokens: 256,
             max_budget: 8192,
             default_budget: 1024,
             max_new_tokens: 1024,
@@ -151,6 +154,9 @@ pub struct LimitSettings {
     /// Longest question, in bytes.
     #[arg(long, env = "S3MEM_MAX_QUESTION_BYTES")]
     pub max_question_bytes: Option<usize>,
+    /// Longest question, in tokens of the model's tokenizer.
+    #[arg(long, env = "S3MEM_MAX_QUESTION_TOKENS")]
+    pub max_question_tokens: Option<usize>,
     /// Largest evidence budget a call may ask for, in tokens.
     #[arg(long, env = "S3MEM_MAX_BUDGET")]
     pub max_budget: Option<usize>,
@@ -308,6 +314,9 @@ impl ServeConfig {
         }
         if l.max_question_bytes == 0 {
             return bad("max_question_bytes", "must be at least 1".into());
+        }
+        if l.max_question_tokens == 0 {
+            return bad("max_question_tokens", "must be at least 1".into());
         }
         if l.default_budget == 0 || l.default_budget > l.max_budget {
             return bad(

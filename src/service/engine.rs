@@ -19,7 +19,7 @@ use crate::embed::Embedder;
 use crate::index::{CollectionInfo, DocumentInfo, Index, IndexError, Ingested, NewDocument, Stats};
 use crate::ingest::{self, Encoder, IngestError};
 use crate::model::{Model, ModelError, ScanConfig};
-use crate::retrieve::{Evidence, Query, RetrieveConfig, Retriever};
+use crate::retrieve::{Evidence, Query, RetrieveConfig, RetrieveError, Retriever};
 use crate::sae::SaeSet;
 
 /// The model side of the daemon, loaded once after start-up.
@@ -212,6 +212,16 @@ impl Engine {
         }
     }
 
+    /// Returns why work that was told to stop stopped: the daemon's shutdown, or else the
+    /// caller's cancel.
+    fn stop_reason(&self) -> ServiceError {
+        if self.is_stopping() {
+            ServiceError::ShuttingDown
+        } else {
+            ServiceError::Cancelled
+        }
+    }
+
     /// Scans, encodes and stores a document; nothing is written if the scan fails, the caller
     /// goes away or the daemon stops before the store step.
     pub fn ingest(&self, upload: &Upload, cancel: &Cancel) -> Result<Ingested> {
@@ -225,13 +235,7 @@ impl Engine {
             !self.is_stopping() && !cancel.is_cancelled()
         })
         .map_err(|e| match e {
-            IngestError::Model(ModelError::Aborted) => {
-                if self.is_stopping() {
-                    ServiceError::ShuttingDown
-                } else {
-                    ServiceError::Cancelled
-                }
-            }
+            IngestError::Model(ModelError::Aborted) => self.stop_reason(),
             e => e.into(),
         })?;
         let mut index = self.write();
@@ -246,10 +250,30 @@ impl Engine {
         Ok(out)
     }
 
-    /// Retrieves the evidence for a question (the index shared with other readers).
+    /// Retrieves the evidence for a question (the index shared with other readers); stops
+    /// between stages when the caller goes away or the daemon stops.
     pub fn retrieve(&self, query: &Query, cancel: &Cancel) -> Result<Evidence> {
+        self.retrieve_until(query, &|| cancel.is_cancelled())
+    }
+
+    /// Retrieves as [`Engine::retrieve`] does, asking `gone` whether the caller went away.
+    ///
+    /// The question is tokenized and held to `max_question_tokens` before its forward pass:
+    /// the bytes limit alone lets a question of emoji cost seconds of model time per call.
+    pub fn retrieve_until(&self, query: &Query, gone: &dyn Fn() -> bool) -> Result<Evidence> {
         let loaded = self.loaded()?;
-        self.check_live(cancel)?;
+        let stopped = || self.is_stopping() || gone();
+        if stopped() {
+            return Err(self.stop_reason());
+        }
+        let tokens = loaded.model.tokenizer().encode_ids(&query.question)?.len();
+        let limit = self.limits.max_question_tokens;
+        if tokens > limit {
+            return Err(ServiceError::invalid(
+                "question",
+                format!("has {tokens} tokens, over the limit of {limit} (max_question_tokens)"),
+            ));
+        }
         let config = RetrieveConfig {
             max_question_chars: self.limits.max_question_bytes,
             ..RetrieveConfig::default()
@@ -257,7 +281,12 @@ impl Engine {
         let retriever = Retriever::new(&loaded.model, &loaded.saes, config)?
             .with_embedder(loaded.embedder.as_deref());
         let index = self.read();
-        Ok(retriever.retrieve(&index, query)?)
+        retriever
+            .retrieve_until(&index, query, &stopped)
+            .map_err(|e| match e {
+                RetrieveError::Cancelled => self.stop_reason(),
+                e => e.into(),
+            })
     }
 
     /// Answers from `evidence`, calling `on_text` with each piece (`false` stops); stops too
@@ -277,11 +306,7 @@ impl Engine {
             on_text(piece) && !self.is_stopping()
         })?;
         if out.stop == crate::model::StopReason::Cancelled {
-            return Err(if self.is_stopping() {
-                ServiceError::ShuttingDown
-            } else {
-                ServiceError::Cancelled
-            });
+            return Err(self.stop_reason());
         }
         Ok(out)
     }
@@ -330,7 +355,8 @@ impl Engine {
     }
 
     /// Commits BM25 and flushes the store, waiting for the write lock at most until
-    /// `deadline`; returns whether it could.
+    /// `deadline`; returns whether it could. When a reader still holds the index then, the
+    /// store alone is flushed (every write has committed BM25 already).
     pub fn flush(&self, deadline: Instant) -> Result<bool> {
         loop {
             match self.index.try_write() {
@@ -348,7 +374,12 @@ impl Engine {
                 Err(std::sync::TryLockError::WouldBlock) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                Err(std::sync::TryLockError::WouldBlock) => return Ok(false),
+                Err(std::sync::TryLockError::WouldBlock) => {
+                    if let Ok(index) = self.index.try_read() {
+                        index.store().flush()?;
+                    }
+                    return Ok(false);
+                }
             }
         }
     }

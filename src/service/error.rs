@@ -133,6 +133,7 @@ fn retrieve_code(e: &RetrieveError) -> Code {
         RetrieveError::Ingest(e) => ingest_code(e),
         RetrieveError::Model(e) => model_code(e),
         RetrieveError::Sae(e) => sae_code(e),
+        RetrieveError::Cancelled => Code::Cancelled,
         RetrieveError::NoEmbedder | RetrieveError::MissingVectors { .. } => {
             Code::FailedPrecondition
         }

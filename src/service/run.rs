@@ -248,7 +248,9 @@ pub async fn start(config: ServeConfig, index: Index, loader: Loader) -> Result<
         };
         // The router (and the services it holds) goes before the engine is flushed and closed.
         drop(serve);
-        let end = Instant::now() + grace;
+        // One deadline for the whole shutdown. Work still running then is left to the process
+        // exit: every write is committed when it lands, so the stores are consistent anyway.
+        let end = deadline.map_or_else(|| Instant::now() + grace, tokio::time::Instant::into_std);
         let flushed = tokio::task::spawn_blocking(move || {
             for q in &queues {
                 q.close();
@@ -259,18 +261,17 @@ pub async fn start(config: ServeConfig, index: Index, loader: Loader) -> Result<
                 }
             }
             drop(queues);
-            let flushed = engine.flush(end + Duration::from_secs(5));
-            // Other holders are finished jobs' leftovers at most; wait for them briefly so the
-            // data dir's lock goes with this task.
+            let flushed = engine.flush(end);
+            // Other holders are finished jobs' leftovers at most; wait for them until the
+            // deadline so the data dir's lock goes with this task.
             let mut engine = engine;
-            let wait_end = Instant::now() + Duration::from_secs(5);
             loop {
                 match Arc::try_unwrap(engine) {
                     Ok(e) => {
                         drop(e);
                         break;
                     }
-                    Err(e) if Instant::now() < wait_end => {
+                    Err(e) if Instant::now() < end => {
                         engine = e;
                         std::thread::sleep(Duration::from_millis(20));
                     }
@@ -286,7 +287,9 @@ pub async fn start(config: ServeConfig, index: Index, loader: Loader) -> Result<
         .map_err(|e| ServiceError::Internal(format!("flushing failed: {e}")))?;
         match flushed {
             Ok(true) => tracing::info!("stores flushed"),
-            Ok(false) => tracing::warn!("the index stayed busy; not flushed"),
+            Ok(false) => tracing::warn!(
+                "a call still held the index; the store is flushed, its work is not written"
+            ),
             Err(e) => return Err(e),
         }
         if let Some(Err(e)) = served {

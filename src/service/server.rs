@@ -8,7 +8,7 @@ use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::{self, check_name};
-use super::engine::{Cancel, CancelOnDrop, Engine, Upload};
+use super::engine::{CancelOnDrop, Engine, Upload};
 use super::error::{Result, ServiceError};
 use super::pb::{self, ingest_request::Part};
 use super::queue::WorkQueue;
@@ -295,7 +295,8 @@ impl pb::memory_server::Memory for MemoryService {
                     .is_ok()
             };
             let run = || -> Result<()> {
-                let evidence = engine.retrieve(&query, &Cancel::default())?;
+                // The stream's receiver goes with the client: a closed channel is its cancel.
+                let evidence = engine.retrieve_until(&query, &|| tx.is_closed())?;
                 let first = convert::evidence_to_pb(evidence.clone())?;
                 if !send(pb::ask_response::Event::Evidence(first)) {
                     return Err(ServiceError::Cancelled);

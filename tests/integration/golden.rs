@@ -204,8 +204,8 @@ fn index_golden_v2_store_upgrades() {
     assert!(!stats.components.contains_key("coarse"));
 }
 
-/// Format 3 (the current one): packs, and a collection past 2^16 positions whose sealed
-/// bucket has coarse records and totals.
+/// Format 3: packs, and a collection past 2^16 positions whose sealed bucket has coarse
+/// records and totals. Opening runs 3 -> 4 (the shared BM25 index split per collection).
 #[test]
 fn index_golden_v3_store_opens() {
     let (dir, expected) = golden_copy(3);
@@ -234,6 +234,36 @@ fn index_golden_v3_store_opens() {
     }
     assert_eq!(docs.len(), 2);
     assert_retrieval_inputs(&index, SEALED, &docs);
+    assert_bm25_per_collection(dir.path(), &index);
+}
+
+/// Format 4 (the current one): v3's contents with one BM25 index per collection.
+#[test]
+fn index_golden_v4_store_opens() {
+    let (dir, expected) = golden_copy(4);
+    assert_eq!(format_on_disk(dir.path()), Some(4));
+    let index = Index::open(dir.path(), IndexConfig::default()).unwrap();
+    assert_golden(&index, &expected);
+    assert_bm25_per_collection(dir.path(), &index);
+}
+
+/// Checks the BM25 side of format 4: one tantivy index per collection (`bm25/<id>/`) and
+/// nothing else under `bm25/`, each finding only its own collection's passages.
+fn assert_bm25_per_collection(dir: &Path, index: &Index) {
+    let mut folders: Vec<String> = std::fs::read_dir(dir.join("bm25"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    folders.sort();
+    let mut ids: Vec<String> = [GOLDEN, SEALED]
+        .iter()
+        .map(|c| index.collection_id(c).unwrap().to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(folders, ids);
+    // `w` fills the sealed collection's documents; the golden collection has none of it.
+    assert!(!index.bm25(SEALED, None, "w", 10).unwrap().is_empty());
+    assert!(index.bm25(GOLDEN, None, "w", 10).unwrap().is_empty());
 }
 
 /// Synthetic document `i` of the sealed collection: `w w w ...`, a few features firing at

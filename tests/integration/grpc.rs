@@ -21,7 +21,7 @@ use tonic_health::pb::HealthCheckRequest;
 use crate::common::real_model_path;
 
 /// The real model and default SAE set, loaded once and shared by every daemon of the run.
-fn model_side() -> (Arc<Model>, Arc<SaeSet>) {
+pub(crate) fn model_side() -> (Arc<Model>, Arc<SaeSet>) {
     static M: OnceLock<(Arc<Model>, Arc<SaeSet>)> = OnceLock::new();
     M.get_or_init(|| {
         let path = real_model_path();
@@ -38,7 +38,7 @@ fn model_side() -> (Arc<Model>, Arc<SaeSet>) {
 }
 
 /// Returns a loader of the shared model side; with a gate, it waits until the gate opens.
-fn loader(gate: Option<mpsc::Receiver<()>>) -> Loader {
+pub(crate) fn loader(gate: Option<mpsc::Receiver<()>>) -> Loader {
     Box::new(move || {
         if let Some(gate) = gate {
             gate.recv()
@@ -55,7 +55,7 @@ fn loader(gate: Option<mpsc::Receiver<()>>) -> Loader {
 }
 
 /// A daemon settings for tests: a free loopback port, a short grace period.
-fn test_config() -> ServeConfig {
+pub(crate) fn test_config() -> ServeConfig {
     ServeConfig {
         listen: "127.0.0.1:0".parse().unwrap(),
         shutdown_grace_seconds: 5,
@@ -63,14 +63,18 @@ fn test_config() -> ServeConfig {
     }
 }
 
-async fn start(dir: &Path, config: ServeConfig, gate: Option<mpsc::Receiver<()>>) -> Daemon {
+pub(crate) async fn start(
+    dir: &Path,
+    config: ServeConfig,
+    gate: Option<mpsc::Receiver<()>>,
+) -> Daemon {
     let index = Index::open(dir, IndexConfig::default()).unwrap();
     s3mem::service::start(config, index, loader(gate))
         .await
         .unwrap()
 }
 
-async fn channel(daemon: &Daemon) -> Channel {
+pub(crate) async fn channel(daemon: &Daemon) -> Channel {
     Channel::from_shared(format!("http://{}", daemon.local_addr()))
         .unwrap()
         .connect()
@@ -89,14 +93,14 @@ async fn health(ch: &Channel) -> ServingStatus {
 }
 
 /// Waits (polling, no time limit of its own) until the daemon reports SERVING.
-async fn wait_serving(ch: &Channel) {
+pub(crate) async fn wait_serving(ch: &Channel) {
     while health(ch).await != ServingStatus::Serving {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// Sentences about a made-up town, `n` of them, each naming its number.
-fn town_text(n: usize) -> String {
+pub(crate) fn town_text(n: usize) -> String {
     (0..n)
         .map(|i| {
             format!(
@@ -109,7 +113,7 @@ fn town_text(n: usize) -> String {
         .collect()
 }
 
-fn header(collection: &str, id: &str) -> pb::IngestRequest {
+pub(crate) fn header(collection: &str, id: &str) -> pb::IngestRequest {
     pb::IngestRequest {
         part: Some(Part::Header(pb::IngestHeader {
             collection: collection.into(),
@@ -122,13 +126,13 @@ fn header(collection: &str, id: &str) -> pb::IngestRequest {
     }
 }
 
-fn text(piece: &[u8]) -> pb::IngestRequest {
+pub(crate) fn text(piece: &[u8]) -> pb::IngestRequest {
     pb::IngestRequest {
         part: Some(Part::Text(piece.to_vec())),
     }
 }
 
-async fn ingest(
+pub(crate) async fn ingest(
     client: &mut MemoryClient<Channel>,
     messages: Vec<pb::IngestRequest>,
 ) -> Result<pb::IngestResponse, tonic::Status> {
@@ -139,7 +143,7 @@ async fn ingest(
 }
 
 /// Asserts a refusal with `code` whose message names `field`.
-fn refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, field: &str) {
+pub(crate) fn refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, field: &str) {
     let s = r.expect_err("the call should be refused");
     assert_eq!(s.code(), code, "{}", s.message());
     assert!(
@@ -149,7 +153,7 @@ fn refused<T: std::fmt::Debug>(r: Result<T, tonic::Status>, code: Code, field: &
     );
 }
 
-async fn doc_ids(client: &mut MemoryClient<Channel>, collection: &str) -> Vec<String> {
+pub(crate) async fn doc_ids(client: &mut MemoryClient<Channel>, collection: &str) -> Vec<String> {
     client
         .list_documents(pb::ListDocumentsRequest {
             collection: collection.into(),
@@ -163,7 +167,11 @@ async fn doc_ids(client: &mut MemoryClient<Channel>, collection: &str) -> Vec<St
         .collect()
 }
 
-fn retrieve_request(collection: &str, question: &str, budget: u32) -> pb::RetrieveRequest {
+pub(crate) fn retrieve_request(
+    collection: &str,
+    question: &str,
+    budget: u32,
+) -> pb::RetrieveRequest {
     pb::RetrieveRequest {
         collection: collection.into(),
         docs: vec![],
@@ -175,7 +183,7 @@ fn retrieve_request(collection: &str, question: &str, budget: u32) -> pb::Retrie
 }
 
 /// The parts of evidence that must not change between runs (timings do).
-fn evidence_view(r: &pb::RetrieveResponse) -> (String, u32, Vec<pb::EvidenceSpan>) {
+pub(crate) fn evidence_view(r: &pb::RetrieveResponse) -> (String, u32, Vec<pb::EvidenceSpan>) {
     (r.context.clone(), r.context_tokens, r.spans.clone())
 }
 
@@ -1000,7 +1008,7 @@ fn grpc_serve_binary_and_cli_client() {
 }
 
 /// Resident set size of this process, in bytes (Linux).
-fn rss_bytes() -> Option<u64> {
+pub(crate) fn rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let kb: u64 = status
         .lines()
@@ -1135,41 +1143,13 @@ async fn grpc_tls() {
 /// document is there and nothing of the interrupted one.
 #[test]
 fn grpc_sigkill_mid_ingest_keeps_acknowledged_documents() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let exe = dir.path().join("s3mem");
-    std::fs::copy(env!("CARGO_BIN_EXE_s3mem"), &exe).unwrap();
-    let mut child = std::process::Command::new(&exe)
-        .env("S3MEM_THREADS", "2")
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .arg("--model")
-        .arg(real_model_path())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("serve exited before listening")
-            .unwrap();
-        if let Some(a) = line.strip_prefix("s3mem: listening on ") {
-            break a.to_string();
-        }
-    };
-    // Keep draining stderr so the daemon never blocks on a full pipe.
-    std::thread::spawn(move || lines.for_each(drop));
+    let exe = private_binary(dir.path());
+    let (mut child, addr) = serve_binary(&exe, &data, &[]);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let ch = Channel::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let ch = connect(&addr).await;
         wait_serving(&ch).await;
         let mut c = MemoryClient::new(ch);
         c.create_collection(pb::CreateCollectionRequest { name: "c".into() })
@@ -1225,4 +1205,75 @@ fn grpc_sigkill_mid_ingest_keeps_acknowledged_documents() {
         .map(|d| d.id)
         .collect();
     assert_eq!(ids, ["acked"]);
+}
+
+/// Returns a private copy of the `s3mem` binary in `dir`: a build sharing the target dir may
+/// replace the binary mid-test.
+pub(crate) fn private_binary(dir: &Path) -> std::path::PathBuf {
+    let exe = dir.join("s3mem");
+    std::fs::copy(env!("CARGO_BIN_EXE_s3mem"), &exe).unwrap();
+    exe
+}
+
+/// Starts `exe serve` with the real model on `data` and a free port, plus `args`; returns
+/// the child and its address. Its stderr is drained so it never blocks on a full pipe.
+pub(crate) fn serve_binary(
+    exe: &Path,
+    data: &Path,
+    args: &[&str],
+) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(exe)
+        .env("S3MEM_THREADS", "2")
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .arg("--model")
+        .arg(real_model_path())
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("serve exited before listening")
+            .unwrap();
+        if let Some(a) = line.strip_prefix("s3mem: listening on ") {
+            break a.to_string();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
+}
+
+/// Connects to a daemon at `addr` (host:port, plaintext).
+pub(crate) async fn connect(addr: &str) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+/// Creates collection `collection` holding one document `town` of `sentences` sentences.
+pub(crate) async fn town_collection(
+    c: &mut MemoryClient<Channel>,
+    collection: &str,
+    sentences: usize,
+) {
+    c.create_collection(pb::CreateCollectionRequest {
+        name: collection.into(),
+    })
+    .await
+    .unwrap();
+    ingest(
+        c,
+        vec![
+            header(collection, "town"),
+            text(town_text(sentences).as_bytes()),
+        ],
+    )
+    .await
+    .unwrap();
 }

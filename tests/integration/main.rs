@@ -7,6 +7,7 @@ mod eval_cli;
 mod fetch;
 mod golden;
 mod grpc;
+mod grpc_defects;
 mod index;
 mod model_cli;
 mod model_real;

@@ -10,10 +10,11 @@ use fs4::fs_std::FileExt;
 use super::{u64_be, Index};
 use crate::durable;
 use crate::index::bm25::Bm25;
+use crate::index::codec;
 use crate::index::error::{FormatKind, IndexError, Result};
 use crate::index::migrations::{self, STORE_FORMAT_VERSION};
 use crate::index::packs::PackStore;
-use crate::index::passages::passages;
+use crate::index::passages::{passages, Passage};
 use crate::index::records::{self as rec, DocPart, JournalOp};
 use crate::index::store::{Batch, KvStore, SledStore};
 use crate::index::types::IndexConfig;
@@ -100,10 +101,15 @@ impl Index {
         self.vectors.remove_orphans(&mut owned)
     }
 
-    /// Brings BM25 up to the store's sequence number by replaying the journal (or, when the
-    /// journal does not reach back far enough, rebuilding every passage).
+    /// Brings BM25 up to the store's sequence number by replaying the journal past the last
+    /// sequence every collection holds, skipping what a collection's own commit holds already
+    /// (or, when the journal does not reach back far enough, rebuilding every passage), and
+    /// removes the passage indexes of collections that no longer exist.
     fn reconcile(&mut self) -> Result<()> {
-        let applied = self.bm25.applied_seq()?;
+        let applied = match self.store.get(rec::KEY_BM25_SEQ)? {
+            Some(v) => u64_be(&v, "m/bm25_seq")?,
+            None => 0,
+        };
         let mut pending: Vec<(u64, Vec<JournalOp>)> = Vec::new();
         self.store.scan_prefix(rec::JOURNAL_PREFIX, &mut |k, v| {
             let seq = u64_be(&k[2..], "journal key")?;
@@ -112,6 +118,12 @@ impl Index {
             }
             Ok(true)
         })?;
+        for cid in self.bm25.collection_ids() {
+            if !self.collection_exists(cid)? {
+                tracing::info!(cid, "removing the passage index of a dropped collection");
+                self.bm25.drop_collection(cid)?;
+            }
+        }
         if applied == self.seq && pending.is_empty() {
             return Ok(());
         }
@@ -124,8 +136,16 @@ impl Index {
                 to = self.seq,
                 "replaying the journal into bm25"
             );
-            for (_, ops) in pending {
+            for (seq, ops) in pending {
                 for op in ops {
+                    let collection = match op {
+                        JournalOp::Put { collection, .. }
+                        | JournalOp::Delete { collection, .. }
+                        | JournalOp::DropCollection { collection } => collection,
+                    };
+                    if seq <= self.bm25.applied_seq(collection)? {
+                        continue;
+                    }
                     match op {
                         JournalOp::Put { collection, doc } => {
                             self.replay_put(collection, doc)?;
@@ -141,35 +161,80 @@ impl Index {
             }
         } else {
             tracing::warn!(bm25 = applied, store = self.seq, "rebuilding bm25 passages");
-            self.bm25.clear()?;
-            let mut docs = Vec::new();
-            self.store
-                .scan_prefix(DocPart::Record.prefix(), &mut |k, _| {
-                    if let Some(d) = rec::parse_doc_key(k) {
-                        docs.push(d);
-                    }
-                    Ok(true)
-                })?;
-            for (cid, doc) in docs {
-                self.replay_put(cid, doc)?;
-            }
+            rebuild_bm25(&self.store, &mut self.bm25)?;
         }
         self.commit()
     }
 
+    /// Returns whether collection `cid` exists.
+    fn collection_exists(&self, cid: u32) -> Result<bool> {
+        let mut found = false;
+        self.store
+            .scan_prefix(rec::COLLECTION_PREFIX, &mut |k, v| {
+                let c: rec::CollectionRecord = rec::decode(v, &String::from_utf8_lossy(k))?;
+                found = c.id == cid;
+                Ok(!found)
+            })?;
+        Ok(found)
+    }
+
     /// Re-adds a document's passages from its stored text and offsets, if it still exists.
     fn replay_put(&mut self, cid: u32, doc: u32) -> Result<()> {
-        if self
-            .store
-            .get(&rec::doc_key(DocPart::Record, cid, doc))?
-            .is_none()
-        {
-            return self.bm25.delete(cid, doc);
+        match stored_passages(&self.store, cid, doc)? {
+            Some(p) => self.bm25.put(cid, doc, &p),
+            None => self.bm25.delete(cid, doc),
         }
-        let text = self.stored_text(cid, doc)?;
-        let offsets = self.stored_offsets(cid, doc)?;
-        self.bm25.put(cid, doc, &passages(&text, &offsets))
     }
+}
+
+/// Returns the passages of document `doc` of collection `cid` cut from its stored text and
+/// offsets, or `None` when the document does not exist.
+fn stored_passages(store: &dyn KvStore, cid: u32, doc: u32) -> Result<Option<Vec<Passage>>> {
+    if store
+        .get(&rec::doc_key(DocPart::Record, cid, doc))?
+        .is_none()
+    {
+        return Ok(None);
+    }
+    let what = format!("text of document {cid}/{doc}");
+    let text = store
+        .get(&rec::doc_key(DocPart::Text, cid, doc))?
+        .ok_or_else(|| IndexError::corrupt(&what, "missing"))?;
+    let text = String::from_utf8(text).map_err(|e| IndexError::corrupt(&what, e))?;
+    let what = format!("offsets of document {cid}/{doc}");
+    let offsets = store
+        .get(&rec::doc_key(DocPart::Offsets, cid, doc))?
+        .ok_or_else(|| IndexError::corrupt(&what, "missing"))?;
+    let offsets = codec::decode_offsets(&offsets).map_err(|e| IndexError::corrupt(what, e))?;
+    Ok(Some(passages(&text, &offsets)))
+}
+
+/// Replaces every passage index of `bm25` with one per collection of `store`, holding the
+/// passages of its documents cut from their stored texts (uncommitted).
+pub(crate) fn rebuild_bm25(store: &dyn KvStore, bm25: &mut Bm25) -> Result<()> {
+    bm25.clear()?;
+    let mut collections = Vec::new();
+    store.scan_prefix(rec::COLLECTION_PREFIX, &mut |k, v| {
+        let c: rec::CollectionRecord = rec::decode(v, &String::from_utf8_lossy(k))?;
+        collections.push(c.id);
+        Ok(true)
+    })?;
+    for cid in collections {
+        bm25.create(cid)?;
+    }
+    let mut docs = Vec::new();
+    store.scan_prefix(DocPart::Record.prefix(), &mut |k, _| {
+        if let Some(d) = rec::parse_doc_key(k) {
+            docs.push(d);
+        }
+        Ok(true)
+    })?;
+    for (cid, doc) in docs {
+        if let Some(p) = stored_passages(store, cid, doc)? {
+            bm25.put(cid, doc, &p)?;
+        }
+    }
+    Ok(())
 }
 
 /// Takes the data dir's process lock (`LOCK`), held as long as the returned file is open.

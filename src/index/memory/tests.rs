@@ -258,7 +258,10 @@ fn a_format_2_store_upgrades_to_packs() {
         assert!(index.verify().is_err());
     }
     let index = Index::open(dir.path(), IndexConfig::default()).unwrap();
-    assert_eq!(migrations::stored_version(&index.store).unwrap(), Some(3));
+    assert_eq!(
+        migrations::stored_version(&index.store).unwrap(),
+        Some(migrations::STORE_FORMAT_VERSION)
+    );
     assert_eq!(index.verify().unwrap(), 2);
     assert!(coarse_records(&index) > 0);
     assert_blocks_agree(&index);

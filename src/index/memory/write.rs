@@ -56,7 +56,9 @@ impl Index {
             next.to_be_bytes().to_vec(),
         );
         self.store.apply(b)?;
-        self.store.flush()
+        self.store.flush()?;
+        // A crash before this only leaves the folder to be made at the first ingest.
+        self.bm25.create(id)
     }
 
     /// Drops a collection with all its documents.
@@ -383,7 +385,8 @@ impl Index {
         Ok(())
     }
 
-    /// Commits pending BM25 changes and trims the journal they cover.
+    /// Commits pending BM25 changes, records that every collection's passages hold the
+    /// store's sequence number, and trims the journal they cover.
     pub fn commit(&mut self) -> Result<()> {
         self.bm25.commit(self.seq)?;
         let mut b = Batch::default();
@@ -391,6 +394,10 @@ impl Index {
             b.delete(k.to_vec());
             Ok(true)
         })?;
+        let seq = self.seq.to_be_bytes().to_vec();
+        if self.store.get(rec::KEY_BM25_SEQ)?.as_deref() != Some(&seq[..]) {
+            b.put(rec::KEY_BM25_SEQ.to_vec(), seq);
+        }
         if !b.is_empty() {
             // Not flushed: a stale journal entry only replays a change tantivy already has.
             self.store.apply(b)?;
