@@ -271,6 +271,7 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
             pool_tokens: args.pool_tokens,
             first_stage: args.rerank_first_stage,
         }),
+        hybrid_dense: args.hybrid_dense,
         ..defaults
     };
     // Settings first: a bad one stops the run before the model loads or anything is ingested.

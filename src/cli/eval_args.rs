@@ -274,6 +274,9 @@ pub struct RecallArgs {
     /// Tokens of first-stage candidates `rerank` reads.
     #[arg(long, default_value_t = 2048)]
     pub pool_tokens: usize,
+    /// Hybrid draws on RAG's passages (BM25 and dense fused) instead of BM25's alone.
+    #[arg(long)]
+    pub hybrid_dense: bool,
     /// Weight of the first stage's own order fused with the attention order by `rerank` (0:
     /// attention alone).
     #[arg(long, default_value_t = 0.0)]

@@ -218,6 +218,9 @@ pub struct RetrieveConfig {
     pub probe: question::Probe,
     /// Attention re-ranking (`Method::Rerank`); `None`: that method is refused.
     pub rerank: Option<rerank::RerankConfig>,
+    /// Whether hybrid's passages are RAG's (BM25 and dense fused) when the embedding model is
+    /// there, rather than BM25's alone.
+    pub hybrid_dense: bool,
 }
 
 /// The widest Gaussian smoothing, in tokens (its kernel spans 6 sigma).
@@ -302,6 +305,7 @@ impl Default for RetrieveConfig {
             layers: None,
             probe: question::Probe::Keys,
             rerank: None,
+            hybrid_dense: false,
         }
     }
 }
@@ -587,6 +591,7 @@ impl<'a> Retriever<'a> {
         let embedder = match (q.method, self.embedder) {
             (Method::Dense | Method::Rag, None) => return Err(RetrieveError::NoEmbedder),
             (Method::Dense | Method::Rag | Method::Rerank, e) => e,
+            (Method::Hybrid, e) if cfg.hybrid_dense => e,
             _ => None,
         };
         let mut forward_ms = 0.0;
@@ -647,6 +652,9 @@ impl<'a> Retriever<'a> {
             }
             _ => Vec::new(),
         };
+        if q.method == Method::Hybrid && !dense.is_empty() {
+            bm25 = dense::reciprocal_rank_fusion(&[&bm25, &dense], cfg.fusion.rrf_k);
+        }
         if matches!(q.method, Method::Hybrid | Method::Rerank) && cfg.fusion.rerank > 0.0 {
             rerank_by_density(&mut bm25, &s3_out, &cfg.fusion);
         }
