@@ -183,20 +183,40 @@ impl Client {
         Ok(reply.map_err(status_error)?.into_inner())
     }
 
-    /// Lists a collection's documents.
+    /// Lists a collection's documents, page after page.
     pub fn documents(&mut self, collection: &str) -> Result<Vec<DocumentInfo>> {
+        let mut all = Vec::new();
+        let mut token = String::new();
+        loop {
+            let (docs, next) = self.documents_page(collection, 0, &token)?;
+            all.extend(docs);
+            match next {
+                Some(next) => token = next,
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// Lists one page of a collection's documents (`page_size` 0: the daemon's most) from
+    /// `page_token` (empty: the first); returns them and the next page's token, if any.
+    pub fn documents_page(
+        &mut self,
+        collection: &str,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<DocumentInfo>, Option<String>)> {
         let req = pb::ListDocumentsRequest {
             collection: collection.into(),
+            page_size,
+            page_token: page_token.into(),
         };
         let r = self
             .runtime
             .block_on(self.api.list_documents(req))
-            .map_err(status_error)?;
-        Ok(r.into_inner()
-            .documents
-            .into_iter()
-            .map(Into::into)
-            .collect())
+            .map_err(status_error)?
+            .into_inner();
+        let next = (!r.next_page_token.is_empty()).then_some(r.next_page_token);
+        Ok((r.documents.into_iter().map(Into::into).collect(), next))
     }
 
     /// Returns a document's record and text (or a char range of it).

@@ -200,6 +200,13 @@ pub enum DocsCommand {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// List one page of at most this many documents (1 to 1000) and print the next
+        /// page's token on stderr; without it, every document.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        page_size: Option<u32>,
+        /// Start the page at this token (printed by the previous page).
+        #[arg(long, requires = "page_size")]
+        page_token: Option<String>,
     },
     /// Print a document's text (or a char range of it) or, with --json, its record too.
     Get {

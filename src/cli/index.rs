@@ -344,11 +344,26 @@ pub fn docs(cmd: DocsCommand) -> Result<()> {
             server,
             collection,
             json,
+            page_size,
+            page_token,
         } => {
-            let docs = match server.connect()? {
-                Some(mut client) => client.documents(&collection)?,
-                None => Index::open_existing(data.dir()?)?.documents(&collection)?,
+            let token = page_token.unwrap_or_default();
+            let (docs, next) = match (server.connect()?, page_size) {
+                (Some(mut client), None) => (client.documents(&collection)?, None),
+                (Some(mut client), Some(size)) => {
+                    client.documents_page(&collection, size, &token)?
+                }
+                (None, size) => {
+                    let index = Index::open_existing(data.dir()?)?;
+                    let page = crate::service::convert::document_page(size.unwrap_or(0), &token)?;
+                    let size = size.map_or(usize::MAX, |_| page.size);
+                    let (docs, next) = index.documents_page(&collection, page.from, size)?;
+                    (docs, next.map(|n| n.to_string()))
+                }
             };
+            if let Some(next) = next {
+                eprintln!("next page: --page-token {next}");
+            }
             if json {
                 println!("{}", serde_json::to_string(&docs)?);
             } else {

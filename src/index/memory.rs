@@ -218,6 +218,36 @@ impl Index {
             .collect())
     }
 
+    /// Lists at most `limit` documents of a collection in ingest order, from document number
+    /// `from` on; returns them and the number of the document after them, if any.
+    pub fn documents_page(
+        &self,
+        collection: &str,
+        from: u32,
+        limit: usize,
+    ) -> Result<(Vec<DocumentInfo>, Option<u32>)> {
+        let c = self.collection(collection)?;
+        let mut out = Vec::new();
+        let mut next = None;
+        self.store
+            .scan_prefix(&rec::doc_prefix(DocPart::Record, c.id), &mut |k, v| {
+                let Some((_, doc)) = rec::parse_doc_key(k) else {
+                    return Ok(true);
+                };
+                if doc < from {
+                    return Ok(true);
+                }
+                if out.len() == limit {
+                    next = Some(doc);
+                    return Ok(false);
+                }
+                let d: DocumentRecord = rec::decode(v, &format!("document {k:?}"))?;
+                out.push(DocumentInfo::from(&d));
+                Ok(true)
+            })?;
+        Ok((out, next))
+    }
+
     /// Returns one document's table entry.
     pub fn document(&self, collection: &str, id: &str) -> Result<DocumentInfo> {
         Ok(DocumentInfo::from(&self.record(collection, id)?.1))

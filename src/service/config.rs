@@ -36,6 +36,12 @@ pub struct Limits {
     pub default_new_tokens: usize,
     /// Most concurrent calls (HTTP/2 streams) per connection.
     pub max_concurrent_streams: u32,
+    /// Most metadata entries a document may carry.
+    pub max_metadata_entries: usize,
+    /// Longest metadata key, in bytes.
+    pub max_metadata_key_bytes: usize,
+    /// Longest metadata value, in bytes.
+    pub max_metadata_value_bytes: usize,
 }
 
 impl Default for Limits {
@@ -50,6 +56,9 @@ impl Default for Limits {
             max_new_tokens: 1024,
             default_new_tokens: 96,
             max_concurrent_streams: 64,
+            max_metadata_entries: 64,
+            max_metadata_key_bytes: 256,
+            max_metadata_value_bytes: 4096,
         }
     }
 }
@@ -172,6 +181,15 @@ pub struct LimitSettings {
     /// Most concurrent calls (HTTP/2 streams) per connection.
     #[arg(long, env = "S3MEM_MAX_CONCURRENT_STREAMS")]
     pub max_concurrent_streams: Option<u32>,
+    /// Most metadata entries a document may carry.
+    #[arg(long, env = "S3MEM_MAX_METADATA_ENTRIES")]
+    pub max_metadata_entries: Option<usize>,
+    /// Longest metadata key, in bytes (at most 512, the limit of every name).
+    #[arg(long, env = "S3MEM_MAX_METADATA_KEY_BYTES")]
+    pub max_metadata_key_bytes: Option<usize>,
+    /// Longest metadata value, in bytes.
+    #[arg(long, env = "S3MEM_MAX_METADATA_VALUE_BYTES")]
+    pub max_metadata_value_bytes: Option<usize>,
 }
 
 /// The `[queues]` part of [`ServeSettings`].
@@ -338,6 +356,16 @@ impl ServeConfig {
         }
         if l.max_concurrent_streams == 0 {
             return bad("max_concurrent_streams", "must be at least 1".into());
+        }
+        if !(1..=crate::index::MAX_NAME_BYTES).contains(&l.max_metadata_key_bytes) {
+            return bad(
+                "max_metadata_key_bytes",
+                format!(
+                    "{} is not between 1 and {} (the limit of every name)",
+                    l.max_metadata_key_bytes,
+                    crate::index::MAX_NAME_BYTES
+                ),
+            );
         }
         if q.ingest_workers == 0 {
             return bad("ingest_workers", "needs at least one worker".into());

@@ -18,6 +18,112 @@ pub fn check_name(field: &'static str, value: &str) -> Result<()> {
         .map_err(|problem| ServiceError::invalid(field, problem.to_string()))
 }
 
+/// Refuses metadata over the limits (entries, key and value bytes) or with a key that is not
+/// a name, naming the field and the limit.
+pub fn check_metadata(meta: &[pb::MetaEntry], limits: &Limits) -> Result<()> {
+    if meta.len() > limits.max_metadata_entries {
+        return Err(ServiceError::invalid(
+            "header.metadata",
+            format!(
+                "{} entries, over the limit of {} (max_metadata_entries)",
+                meta.len(),
+                limits.max_metadata_entries
+            ),
+        ));
+    }
+    for m in meta {
+        check_name("header.metadata.key", &m.key)?;
+        if m.key.len() > limits.max_metadata_key_bytes {
+            return Err(ServiceError::invalid(
+                "header.metadata.key",
+                format!(
+                    "has {} bytes, over the limit of {} (max_metadata_key_bytes)",
+                    m.key.len(),
+                    limits.max_metadata_key_bytes
+                ),
+            ));
+        }
+        if m.value.len() > limits.max_metadata_value_bytes {
+            return Err(ServiceError::invalid(
+                "header.metadata.value",
+                format!(
+                    "the value of `{}` has {} bytes, over the limit of {} (max_metadata_value_bytes)",
+                    m.key,
+                    m.value.len(),
+                    limits.max_metadata_value_bytes
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Most documents of one ListDocuments reply (and the number a request of 0 gets).
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// Where a page of documents starts and how many it holds at most.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DocumentPage {
+    /// The first document number.
+    pub from: u32,
+    /// Most documents.
+    pub size: usize,
+}
+
+/// Returns the page a ListDocuments request asks for; a page token is the number of the
+/// page's first document.
+pub fn document_page(page_size: u32, page_token: &str) -> Result<DocumentPage> {
+    let size = match page_size as usize {
+        0 => MAX_PAGE_SIZE,
+        n if n > MAX_PAGE_SIZE => {
+            return Err(ServiceError::invalid(
+                "page_size",
+                format!("{n}, over the limit of {MAX_PAGE_SIZE}"),
+            ))
+        }
+        n => n,
+    };
+    let from = if page_token.is_empty() {
+        0
+    } else {
+        page_token.parse().map_err(|_| {
+            ServiceError::invalid(
+                "page_token",
+                format!("{page_token:?} is not a token of an earlier reply"),
+            )
+        })?
+    };
+    Ok(DocumentPage { from, size })
+}
+
+/// Returns a ListDocuments reply of `docs` cut to fit `room` bytes (at least one document),
+/// whose next page starts at what was cut or else at `next`.
+pub fn documents_to_pb(
+    docs: Vec<DocumentInfo>,
+    next: Option<u32>,
+    room: usize,
+) -> pb::ListDocumentsResponse {
+    let mut out = Vec::with_capacity(docs.len());
+    let mut bytes = 0;
+    let mut next = next;
+    for d in docs {
+        let number = d.number;
+        let d = pb::DocumentInfo::from(d);
+        // A repeated field costs its encoding plus a tag and a length prefix.
+        let size = prost::Message::encoded_len(&d) + 8;
+        if !out.is_empty() && bytes + size > room {
+            next = Some(number);
+            break;
+        }
+        bytes += size;
+        out.push(d);
+    }
+    pb::ListDocumentsResponse {
+        documents: out,
+        next_page_token: next.map(|n| n.to_string()).unwrap_or_default(),
+    }
+}
+
 /// Returns a proto char range as a Rust range, refusing one that ends before it starts.
 pub fn char_range(r: &pb::CharRange) -> Result<Range<usize>> {
     let to_usize = |v: u64| {

@@ -326,9 +326,15 @@ impl Engine {
         Ok(self.write().drop_collection(name)?)
     }
 
-    /// Lists a collection's documents.
-    pub fn documents(&self, collection: &str) -> Result<Vec<DocumentInfo>> {
-        Ok(self.read().documents(collection)?)
+    /// Lists at most `limit` documents of a collection from document number `from` on, and
+    /// the number of the next one (see [`Index::documents_page`]).
+    pub fn documents_page(
+        &self,
+        collection: &str,
+        from: u32,
+        limit: usize,
+    ) -> Result<(Vec<DocumentInfo>, Option<u32>)> {
+        Ok(self.read().documents_page(collection, from, limit)?)
     }
 
     /// Returns a document's record and its text (or a char range of it).

@@ -82,9 +82,7 @@ impl MemoryService {
             }
             Some(header.id)
         };
-        for m in &header.metadata {
-            check_name("header.metadata.key", &m.key)?;
-        }
+        convert::check_metadata(&header.metadata, self.engine.limits())?;
         let mut bytes = Vec::new();
         loop {
             // A stream that breaks off is the client's cancel: nothing has been written.
@@ -198,13 +196,19 @@ impl pb::memory_server::Memory for MemoryService {
         &self,
         request: Request<pb::ListDocumentsRequest>,
     ) -> Result<Response<pb::ListDocumentsResponse>, Status> {
-        let collection = request.into_inner().collection;
-        check_name("collection", &collection)?;
+        let r = request.into_inner();
+        check_name("collection", &r.collection)?;
+        let page = convert::document_page(r.page_size, &r.page_token)?;
         let engine = self.engine.clone();
-        let docs = blocking(move || engine.documents(&collection)).await?;
-        Ok(Response::new(pb::ListDocumentsResponse {
-            documents: docs.into_iter().map(Into::into).collect(),
-        }))
+        let (docs, next) =
+            blocking(move || engine.documents_page(&r.collection, page.from, page.size)).await?;
+        // Room for the framing besides the records.
+        let room = self
+            .engine
+            .limits()
+            .max_message_bytes
+            .saturating_sub(64 * 1024);
+        Ok(Response::new(convert::documents_to_pb(docs, next, room)))
     }
 
     async fn get_document(

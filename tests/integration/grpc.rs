@@ -157,6 +157,7 @@ pub(crate) async fn doc_ids(client: &mut MemoryClient<Channel>, collection: &str
     client
         .list_documents(pb::ListDocumentsRequest {
             collection: collection.into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -418,6 +419,7 @@ async fn grpc_health_collections_documents_and_bad_input() {
     refused(
         c.list_documents(pb::ListDocumentsRequest {
             collection: "nowhere".into(),
+            ..Default::default()
         })
         .await,
         Code::NotFound,
@@ -504,6 +506,7 @@ async fn grpc_health_collections_documents_and_bad_input() {
     refused(
         c.list_documents(pb::ListDocumentsRequest {
             collection: "bad\nname".into(),
+            ..Default::default()
         })
         .await,
         Code::InvalidArgument,
@@ -769,6 +772,7 @@ async fn grpc_restart_on_the_same_data_dir_and_the_lock() {
     let before = c
         .list_documents(pb::ListDocumentsRequest {
             collection: "c".into(),
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -797,6 +801,7 @@ async fn grpc_restart_on_the_same_data_dir_and_the_lock() {
     let after = c
         .list_documents(pb::ListDocumentsRequest {
             collection: "c".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

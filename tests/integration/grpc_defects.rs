@@ -253,3 +253,119 @@ async fn grpc_collections_leak_nothing_into_each_others_results() {
     );
     daemon.shutdown().await.unwrap();
 }
+
+/// An ingest header with `meta` as its metadata.
+fn header_with(collection: &str, id: &str, meta: Vec<(String, String)>) -> pb::IngestRequest {
+    pb::IngestRequest {
+        part: Some(pb::ingest_request::Part::Header(pb::IngestHeader {
+            collection: collection.into(),
+            id: id.into(),
+            metadata: meta
+                .into_iter()
+                .map(|(key, value)| pb::MetaEntry { key, value })
+                .collect(),
+        })),
+    }
+}
+
+fn list_request(collection: &str, page_size: u32, page_token: &str) -> pb::ListDocumentsRequest {
+    pb::ListDocumentsRequest {
+        collection: collection.into(),
+        page_size,
+        page_token: page_token.into(),
+    }
+}
+
+/// Metadata is held to its limits, and ListDocuments pages its replies so that a collection
+/// whose records outgrow one message still lists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_metadata_limits_and_document_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = start(dir.path(), test_config(), None).await;
+    let ch = channel(&daemon).await;
+    wait_serving(&ch).await;
+    let mut c = MemoryClient::new(ch);
+    c.create_collection(pb::CreateCollectionRequest { name: "c".into() })
+        .await
+        .unwrap();
+    let note = text(b"A short note about the harbour.");
+    let entries = (0..65).map(|i| (format!("k{i}"), "v".into())).collect();
+    for (meta, limit) in [
+        (entries, "max_metadata_entries"),
+        (
+            vec![("k".repeat(300), "v".into())],
+            "max_metadata_key_bytes",
+        ),
+        (
+            vec![("k".into(), "v".repeat(5000))],
+            "max_metadata_value_bytes",
+        ),
+    ] {
+        refused(
+            ingest(&mut c, vec![header_with("c", "d", meta), note.clone()]).await,
+            Code::InvalidArgument,
+            limit,
+        );
+    }
+    daemon.shutdown().await.unwrap();
+
+    // Five documents of 1 MB metadata each: 5 MB of records, over one 4 MiB message.
+    let mut config = test_config();
+    config.limits.max_metadata_value_bytes = 1 << 20;
+    let daemon = start(dir.path(), config, None).await;
+    let ch = channel(&daemon).await;
+    wait_serving(&ch).await;
+    let mut c = MemoryClient::new(ch);
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let id = format!("big{i}");
+        let meta = vec![("blob".to_string(), "x".repeat(1 << 20))];
+        ingest(&mut c, vec![header_with("c", &id, meta), note.clone()])
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    let mut pages = 0;
+    loop {
+        let r = c
+            .list_documents(list_request("c", 0, &token))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!r.documents.is_empty());
+        listed.extend(r.documents.into_iter().map(|d| d.id));
+        pages += 1;
+        if r.next_page_token.is_empty() {
+            break;
+        }
+        token = r.next_page_token;
+    }
+    assert_eq!(listed, ids);
+    assert!(pages > 1);
+    let two = c
+        .list_documents(list_request("c", 2, ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(two.documents.len(), 2);
+    assert_eq!(two.documents[0].id, "big0");
+    let rest = c
+        .list_documents(list_request("c", 2, &two.next_page_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(rest.documents[0].id, "big2");
+    refused(
+        c.list_documents(list_request("c", 0, "nonsense")).await,
+        Code::InvalidArgument,
+        "page_token",
+    );
+    refused(
+        c.list_documents(list_request("c", 5000, "")).await,
+        Code::InvalidArgument,
+        "page_size",
+    );
+    daemon.shutdown().await.unwrap();
+}
