@@ -49,6 +49,8 @@ fn loader(gate: Option<mpsc::Receiver<()>>) -> Loader {
             model,
             saes,
             scan: ScanConfig::default(),
+            readers: Vec::new(),
+            answer_mode: Default::default(),
         })
     })
 }
@@ -324,6 +326,7 @@ async fn grpc_health_collections_documents_and_bad_input() {
             method: pb::Method::Bm25 as i32,
             trace: false,
             max_new_tokens: 12,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -383,10 +386,22 @@ async fn grpc_health_collections_documents_and_bad_input() {
             method: 0,
             trace: false,
             max_new_tokens: 1_000_000,
+            ..Default::default()
         })
         .await,
         Code::InvalidArgument,
         "max_new_tokens",
+    );
+    refused(
+        c.ask(pb::AskRequest {
+            collection: "town".into(),
+            question: question.into(),
+            answer_model: "no-such-reader".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "answer_model",
     );
 
     let stats = c.stats(pb::StatsRequest {}).await.unwrap().into_inner();
