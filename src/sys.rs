@@ -8,6 +8,17 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Returns the 1-minute load average (Linux): on a shared machine it says how much a
+/// benchmark's number can be trusted.
+pub fn load_average() -> Option<f64> {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Resets the peak resident set size to the current one (Linux `clear_refs`), so that
 /// [`peak_rss_bytes`] measures from now on; false where the kernel does not allow it.
 pub fn reset_peak_rss() -> bool {

@@ -105,7 +105,7 @@ pub fn scan(bench: &ScanBench, log: Log<'_>) -> Result<ScanReport> {
             let pair_start = rows.len();
             for &chunk in &bench.chunks {
                 for layers in &bench.layers {
-                    let load = load_average();
+                    let load = crate::sys::load_average();
                     let mut child = child(&bench.exe, threads);
                     child
                         .args(["scan", "--json", "--chunk", &chunk.to_string()])
@@ -126,7 +126,7 @@ pub fn scan(bench: &ScanBench, log: Log<'_>) -> Result<ScanReport> {
                 continue;
             };
             let llama = if fits {
-                let load = load_average();
+                let load = crate::sys::load_average();
                 let mut l = super::llamacpp::prefill(python, &bench.model, &file, tokens, threads)?;
                 l["load_average_before"] = json!(load);
                 log(&format!("llama.cpp pair {pair}: {l}"));
@@ -147,7 +147,7 @@ pub fn scan(bench: &ScanBench, log: Log<'_>) -> Result<ScanReport> {
         }
         if bench.full_prefill {
             let full = if fits {
-                let load = load_average();
+                let load = crate::sys::load_average();
                 let mut child = child(&bench.exe, threads);
                 child
                     .args(["bench", "scan", "--prefill-child"])
@@ -207,17 +207,6 @@ fn bench_threads() -> usize {
         .and_then(|s| s.parse::<usize>().ok())
         .filter(|&n| n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-}
-
-/// The 1-minute load average (Linux), recorded before each run: on a shared machine it says
-/// how much the number can be trusted.
-fn load_average() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// candle's gemm and its rayon pool read `RAYON_NUM_THREADS`, its quantized kernels'

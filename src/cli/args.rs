@@ -22,6 +22,12 @@ pub struct ModelArgs {
     pub weights: Option<WeightFormat>,
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// The embedding model of the dense methods: `minilm` (used when `s3mem model fetch
+    /// minilm` has put it in the models dir; without it dense and rag are refused), a model
+    /// folder, or `none`. Documents stored without its passage vectors are embedded when an
+    /// index is opened with it.
+    #[arg(long, default_value = "minilm", env = "S3MEM_EMBEDDER")]
+    pub embedder: String,
 }
 
 /// The scan's window geometry.

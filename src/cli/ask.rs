@@ -7,25 +7,43 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::command_line::{AskArgs, RetrieveArgs};
-use super::load::{load, load_reader, load_sae_set};
+use super::load::{embed_missing, load, load_embedder, load_reader, load_sae_set};
 use crate::answer::{self, AnswerConfig, Quote};
+use crate::embed::Embedder;
 use crate::index::Index;
 use crate::model::Model;
 use crate::retrieve::{Evidence, Query, RetrieveConfig, Retriever};
 use crate::sae::SaeSet;
 
-/// The model, SAE set and index a question needs.
+/// The model, SAE set, embedding model and index a question needs.
 struct Loaded {
     model: Model,
     saes: SaeSet,
+    embedder: Option<Embedder>,
     index: Index,
 }
 
+impl Loaded {
+    fn retriever(&self) -> Result<Retriever<'_>> {
+        Ok(
+            Retriever::new(&self.model, &self.saes, RetrieveConfig::default())?
+                .with_embedder(self.embedder.as_ref()),
+        )
+    }
+}
+
 fn load_all(args: &RetrieveArgs, models: &Path) -> Result<Loaded> {
-    let index = Index::open_existing(args.data.dir()?)?;
+    let mut index = Index::open_existing(args.data.dir()?)?;
     let model = load(&args.model, models)?;
     let saes = load_sae_set(&model, &args.sae, models)?;
-    Ok(Loaded { model, saes, index })
+    let embedder = load_embedder(&args.model, models)?;
+    embed_missing(embedder.as_ref(), &mut index)?;
+    Ok(Loaded {
+        model,
+        saes,
+        embedder,
+        index,
+    })
 }
 
 fn query(args: &RetrieveArgs) -> Query {
@@ -111,7 +129,7 @@ pub fn retrieve(args: &RetrieveArgs, models: &Path) -> Result<()> {
         Some(mut client) => client.retrieve(args)?,
         None => {
             let l = load_all(args, models)?;
-            let r = Retriever::new(&l.model, &l.saes, RetrieveConfig::default())?;
+            let r = l.retriever()?;
             (r.retrieve(&l.index, &query(args))?, None)
         }
     };
@@ -161,7 +179,7 @@ pub fn ask(args: &AskArgs, models: &Path) -> Result<()> {
         None => {
             let l = load_all(a, models)?;
             let reader = load_reader(&args.answer, &a.model, models)?;
-            let r = Retriever::new(&l.model, &l.saes, RetrieveConfig::default())?;
+            let r = l.retriever()?;
             let e = r.retrieve(&l.index, &query(a))?;
             // The evidence is text: the reader tokenizes it with its own tokenizer.
             let reader = reader.as_ref().unwrap_or(&l.model);

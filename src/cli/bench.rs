@@ -7,11 +7,11 @@ use anyhow::{Context, Result};
 
 use super::args::ModelArgs;
 use super::bench_args::{
-    BenchCommand, BenchRetrieveArgs, BenchScanArgs, ParityArgs, PostingsArgs, SaeStepArgs,
-    SaeTrainBenchArgs, ScanChartArgs,
+    BenchCommand, BenchRetrieveArgs, BenchScanArgs, EmbedBenchArgs, ParityArgs, PostingsArgs,
+    SaeStepArgs, SaeTrainBenchArgs, ScanChartArgs,
 };
 use super::device::DeviceArgs;
-use super::load::{load, load_sae_set};
+use super::load::{embed_missing, load, load_embedder, load_sae_set};
 use crate::bench::{self, parity, random, retrieve, sae, scan, store};
 use crate::index::{Index, IndexConfig};
 use crate::ingest::Encoder;
@@ -31,6 +31,7 @@ pub fn run(cmd: BenchCommand, models: &Path) -> Result<()> {
         BenchCommand::Sled => sled(),
         BenchCommand::Postings(args) => postings(&args),
         BenchCommand::ScanChart(args) => scan_chart(&args),
+        BenchCommand::Embed(args) => embed_throughput(&args, models),
     }
 }
 
@@ -133,6 +134,7 @@ fn parity_model(args: &ParityArgs, models: &Path) -> Result<()> {
         model: args.model.model.clone(),
         weights: Some(WeightFormat::F32),
         device: DeviceArgs::default(),
+        embedder: "none".into(),
     };
     let cpu = load(&cpu_args, models)?;
     let set = load_sae_set(&cpu, &args.sae, models)?;
@@ -197,9 +199,13 @@ fn sae_step(args: &SaeStepArgs) -> Result<()> {
 fn retrieve_latency(args: &BenchRetrieveArgs, models: &Path) -> Result<()> {
     let model = load(&args.model, models)?;
     let saes = load_sae_set(&model, &args.sae, models)?;
-    let encoder = Encoder::new(&model, &saes, crate::model::ScanConfig::default())?;
+    let embedder = load_embedder(&args.model, models)?;
+    let encoder = Encoder::new(&model, &saes, crate::model::ScanConfig::default())?
+        .with_embedder(embedder.as_ref());
     let mut index = Index::open(&args.data_dir, IndexConfig::default())?;
-    let retriever = Retriever::new(&model, &saes, RetrieveConfig::default())?;
+    embed_missing(embedder.as_ref(), &mut index)?;
+    let retriever =
+        Retriever::new(&model, &saes, RetrieveConfig::default())?.with_embedder(embedder.as_ref());
     let config = retrieve::RetrieveBench {
         collection: args.collection.clone(),
         corpus: args.corpus.clone(),
@@ -258,5 +264,29 @@ fn scan_chart(args: &ScanChartArgs) -> Result<()> {
     })?;
     scan::memory_chart(&rows, &args.model).save_png(&args.out, 800, 500)?;
     println!("{}", args.out.display());
+    Ok(())
+}
+
+/// `bench embed`.
+fn embed_throughput(args: &EmbedBenchArgs, models: &Path) -> Result<()> {
+    let dir = fetch::resolve_folder(&args.embedder, models, true)?;
+    let embedder = crate::embed::Embedder::load_on(&dir, &args.device.open()?)?;
+    let config = crate::embed::ThroughputConfig {
+        tokens: args.tokens,
+        batches: args.batches.clone(),
+        min_time: std::time::Duration::try_from_secs_f64(args.seconds)?,
+        min_passages: 0,
+    };
+    let rows = crate::embed::measure_throughput(&embedder, &config)?;
+    // On a shared machine the load says how far the numbers can be trusted.
+    println!(
+        "{} on {}, {}-token passages, {} threads, load average {}",
+        embedder.fingerprint(),
+        args.device.device,
+        args.tokens,
+        rayon::current_num_threads(),
+        crate::sys::load_average().map_or("n/a".into(), |l| format!("{l:.2}"))
+    );
+    print!("{}", crate::embed::throughput_table(&rows));
     Ok(())
 }

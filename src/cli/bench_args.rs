@@ -29,6 +29,27 @@ pub enum BenchCommand {
     Postings(PostingsArgs),
     /// Draws `bench scan --plot`'s chart again from the rows `bench scan --json` printed.
     ScanChart(ScanChartArgs),
+    /// Embedding throughput of the dense methods' model (all-MiniLM-L6-v2): passages and
+    /// tokens per second at each batch size.
+    Embed(EmbedBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EmbedBenchArgs {
+    /// The embedding model: `minilm` (fetched if missing) or a model folder.
+    #[arg(long, default_value = "minilm")]
+    pub embedder: String,
+    /// Tokens per passage, [CLS] and [SEP] included.
+    #[arg(long, default_value_t = 100)]
+    pub tokens: usize,
+    /// Batch sizes to measure.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    pub batches: Vec<std::num::NonZeroUsize>,
+    /// Least time spent at each batch size, in seconds.
+    #[arg(long, default_value_t = 5.0)]
+    pub seconds: f64,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 #[derive(Debug, Args)]

@@ -8,10 +8,11 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::eval_args::{
-    CalibrateArgs, EvalArgs, EvalBuildCommand, EvalCommand, EvalRunArgs, HeadsArgs, PlotArgs,
-    RecallArgs,
+    CalibrateArgs, EvalArgs, EvalBuildCommand, EvalCommand, EvalRunArgs, EvalStoreArgs, HeadsArgs,
+    PlotArgs, RecallArgs,
 };
-use super::load::{load, load_reader, load_sae_set};
+use super::load::{embed_missing, load, load_embedder, load_reader, load_sae_set};
+use crate::embed::Embedder;
 use crate::eval::heads::HeadTally;
 use crate::eval::recall::{self, RecallConfig};
 use crate::eval::report::RunRecord;
@@ -19,8 +20,10 @@ use crate::eval::run::{Evaluation, Progress, Retrieval, RunConfig};
 use crate::eval::{self, build, contexts, EvalItem};
 use crate::index::{Index, IndexConfig};
 use crate::ingest::Encoder;
+use crate::model::Model;
 use crate::retrieve::rerank::{HeadSet, RerankConfig};
 use crate::retrieve::{Fusion, Method, Query, RetrieveConfig, Retriever};
+use crate::sae::SaeSet;
 use serde_json::json;
 
 /// Runs `s3mem eval ...`.
@@ -149,6 +152,43 @@ fn ingest_contexts(
     Ok(())
 }
 
+/// What an evaluation over stored contexts runs on besides the model: its SAE set, the
+/// embedding model when there is one, and the index with the items' contexts ingested.
+struct EvalStore {
+    saes: SaeSet,
+    embedder: Option<Embedder>,
+    index: Index,
+}
+
+impl EvalStore {
+    /// Loads the SAE set and embedding model `args` name, opens the index (embedding stored
+    /// documents that lack vectors) and ingests the contexts of `items` it lacks.
+    fn open(
+        args: &EvalStoreArgs,
+        model: &Model,
+        models: &Path,
+        items: &[EvalItem],
+    ) -> Result<Self> {
+        let saes = load_sae_set(model, &args.sae, models)?;
+        let embedder = load_embedder(&args.model, models)?;
+        let mut index = Index::open(args.data.dir()?, IndexConfig::default())?;
+        embed_missing(embedder.as_ref(), &mut index)?;
+        let encoder = Encoder::new(model, &saes, crate::model::ScanConfig::default())?
+            .with_embedder(embedder.as_ref());
+        ingest_contexts(&mut index, &encoder, &args.collection, items)?;
+        Ok(Self {
+            saes,
+            embedder,
+            index,
+        })
+    }
+
+    /// Returns a retriever over the store with `config`.
+    fn retriever<'a>(&'a self, model: &'a Model, config: RetrieveConfig) -> Result<Retriever<'a>> {
+        Ok(Retriever::new(model, &self.saes, config)?.with_embedder(self.embedder.as_ref()))
+    }
+}
+
 /// Runs `s3mem eval DATASET`.
 fn answer_quality(args: &EvalRunArgs, models: &Path) -> Result<()> {
     let dataset = args
@@ -173,27 +213,26 @@ fn answer_quality(args: &EvalRunArgs, models: &Path) -> Result<()> {
     let mut ingest_seconds = 0.0;
     let mut setup = None;
     if evaluation.needs_retrieval() {
-        let saes = load_sae_set(&model, &args.store.sae, models)?;
-        let mut index = Index::open(args.store.data.dir()?, IndexConfig::default())?;
-        let encoder = Encoder::new(&model, &saes, crate::model::ScanConfig::default())?;
         let t = Instant::now();
-        ingest_contexts(
-            &mut index,
-            &encoder,
-            &args.store.collection,
+        setup = Some(EvalStore::open(
+            &args.store,
+            &model,
+            models,
             evaluation.items(),
-        )?;
+        )?);
         ingest_seconds = t.elapsed().as_secs_f64();
-        setup = Some((index, saes));
     }
     let retriever = match &setup {
-        Some((_, saes)) => Some(Retriever::new(&model, saes, RetrieveConfig::default())?),
+        Some(store) => Some(store.retriever(&model, RetrieveConfig::default())?),
         None => None,
     };
     let retrieval = setup
         .as_ref()
         .zip(retriever.as_ref())
-        .map(|((index, _), retriever)| Retrieval { index, retriever });
+        .map(|(store, retriever)| Retrieval {
+            index: &store.index,
+            retriever,
+        });
     let bar = ProgressBar::new(evaluation.answers() as u64).with_style(
         ProgressStyle::with_template("eval [{bar:30}] {pos}/{len} answers eta {eta} {msg}")?
             .progress_chars("=> "),
@@ -243,6 +282,7 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
         rerank: args.heads.clone().map(|heads| RerankConfig {
             heads,
             pool_tokens: args.pool_tokens,
+            first_stage: args.rerank_first_stage,
         }),
         ..defaults
     };
@@ -252,17 +292,15 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
         recall::RecallMethod::parse(m)?;
     }
     let model = load(&args.store.model, models)?;
-    let saes = load_sae_set(&model, &args.store.sae, models)?;
-    let mut index = Index::open(args.store.data.dir()?, IndexConfig::default())?;
-    let encoder = Encoder::new(&model, &saes, crate::model::ScanConfig::default())?;
-    ingest_contexts(&mut index, &encoder, &args.store.collection, &items)?;
-    let retriever = Retriever::new(&model, &saes, config)?;
+    let store = EvalStore::open(&args.store, &model, models, &items)?;
+    let index = &store.index;
+    let retriever = store.retriever(&model, config)?;
     let bar = ProgressBar::new(items.len() as u64).with_style(
         ProgressStyle::with_template("recall [{bar:30}] {pos}/{len} questions eta {eta}")?
             .progress_chars("=> "),
     );
     let table = recall::measure(
-        &index,
+        index,
         &retriever,
         &items,
         &RecallConfig {
@@ -310,11 +348,9 @@ fn plot(args: &PlotArgs) -> Result<()> {
 fn heads(args: &HeadsArgs, models: &Path) -> Result<()> {
     let items = recall::with_gold_spans(eval::read_jsonl(&args.dataset)?, args.limit)?;
     let model = load(&args.store.model, models)?;
-    let saes = load_sae_set(&model, &args.store.sae, models)?;
-    let mut index = Index::open(args.store.data.dir()?, IndexConfig::default())?;
-    let encoder = Encoder::new(&model, &saes, crate::model::ScanConfig::default())?;
-    ingest_contexts(&mut index, &encoder, &args.store.collection, &items)?;
-    let retriever = Retriever::new(&model, &saes, RetrieveConfig::default())?;
+    let store = EvalStore::open(&args.store, &model, models, &items)?;
+    let index = &store.index;
+    let retriever = store.retriever(&model, RetrieveConfig::default())?;
     let layers = args.max_layer.map_or(model.config().layers, |l| {
         (l + 1).min(model.config().layers)
     });
@@ -327,7 +363,7 @@ fn heads(args: &HeadsArgs, models: &Path) -> Result<()> {
     for item in &items {
         let doc = contexts::context_id(&item.context);
         let pool = retriever.pool_scores(
-            &index,
+            index,
             &Query {
                 collection: args.store.collection.clone(),
                 docs: vec![doc.clone()],

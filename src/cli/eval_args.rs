@@ -290,7 +290,8 @@ pub struct RecallArgs {
     /// Indexed layers S3 reads.
     #[arg(long, value_delimiter = ',')]
     pub layers: Option<Vec<usize>>,
-    /// Question projections encoded: queries, keys or both.
+    /// Question probe: keys (as documents are indexed), queries (through the SAEs), both, or
+    /// attention (features weighed by q·d_f against the SAE decoder atoms).
     #[arg(long)]
     pub probe: Option<crate::retrieve::question::Probe>,
     /// Fusion weights s3,bm25,bias.
@@ -311,6 +312,10 @@ pub struct RecallArgs {
     /// Tokens of first-stage candidates `rerank` reads.
     #[arg(long, default_value_t = 2048)]
     pub pool_tokens: usize,
+    /// Weight of the first stage's own order fused with the attention order by `rerank` (0:
+    /// attention alone).
+    #[arg(long, default_value_t = 0.0)]
+    pub rerank_first_stage: f32,
     /// Write one JSON line per question, method and budget (`{"id","method","budget","hit"}`).
     #[arg(long)]
     pub per_question: Option<PathBuf>,

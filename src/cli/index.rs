@@ -11,7 +11,7 @@ use walkdir::WalkDir;
 
 use super::args::DataDirArgs;
 use super::command_line::{CollectionsCommand, DocsCommand, IngestArgs, StatsArgs};
-use super::load::{load, load_sae_set};
+use super::load::{embed_missing, load, load_embedder, load_sae_set};
 use crate::index::{check_document_fields, Index, IndexConfig, IndexError, NewDocument};
 use crate::ingest::{self, Encoder};
 use crate::text::document_text;
@@ -209,7 +209,9 @@ pub fn ingest(args: &IngestArgs, models: &Path) -> Result<()> {
         .as_ref()
         .map_or("default".into(), |d| d.display().to_string());
     let saes = load_sae_set(&model, &spec, models)?;
-    let encoder = Encoder::new(&model, &saes, args.window.config())?;
+    let embedder = load_embedder(&args.model, models)?;
+    let encoder =
+        Encoder::new(&model, &saes, args.window.config())?.with_embedder(embedder.as_ref());
     let mut index = open(
         &args.data,
         IndexConfig {
@@ -217,6 +219,7 @@ pub fn ingest(args: &IngestArgs, models: &Path) -> Result<()> {
         },
     )?;
     index.check_identity(encoder.identity())?;
+    embed_missing(embedder.as_ref(), &mut index)?;
     match index.create_collection(&args.collection) {
         Ok(()) | Err(IndexError::CollectionExists(_)) => {}
         Err(e) => return Err(e.into()),

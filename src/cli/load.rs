@@ -6,7 +6,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use super::args::{AnswerArgs, ModelArgs};
-use crate::model::{fetch, Model};
+use crate::embed::Embedder;
+use crate::index::Index;
+use crate::model::{fetch, Model, ModelError};
 use crate::sae::{SaeExpectation, SaeSet};
 
 /// Loads the model `args` names (fetching a known model if missing) on its device.
@@ -58,4 +60,57 @@ pub fn load_reader(answer: &AnswerArgs, index: &ModelArgs, models: &Path) -> Res
         }
         _ => Ok(None),
     }
+}
+
+/// Loads the embedding model `args` names: `None` for `none`, or for the default `minilm` when
+/// it has not been fetched (the dense methods are then refused, and nothing is fetched: only
+/// `model fetch` uses the network); an explicit folder must load.
+pub fn load_embedder(args: &ModelArgs, models: &Path) -> Result<Option<Embedder>> {
+    let spec = args.embedder.as_str();
+    if spec == "none" {
+        return Ok(None);
+    }
+    let dir = match fetch::resolve_folder(spec, models, false) {
+        Ok(dir) => dir,
+        Err(ModelError::Fetch { .. }) if spec == "minilm" => {
+            tracing::info!("no embedding model (run `s3mem model fetch minilm` for dense and rag)");
+            return Ok(None);
+        }
+        Err(e) => return Err(e).context("locating the embedding model"),
+    };
+    let t0 = Instant::now();
+    let embedder = Embedder::load(&dir)
+        .with_context(|| format!("loading the embedding model {}", dir.display()))?;
+    tracing::info!(
+        path = %dir.display(),
+        ms = t0.elapsed().as_millis() as u64,
+        fingerprint = embedder.fingerprint(),
+        "embedding model loaded"
+    );
+    Ok(Some(embedder))
+}
+
+/// Embeds the passages of every document of `index` stored without vectors from `embedder`
+/// (the migration of stores made before the dense methods), with a progress bar.
+pub fn embed_missing(embedder: Option<&Embedder>, index: &mut Index) -> Result<()> {
+    let Some(embedder) = embedder else {
+        return Ok(());
+    };
+    let mut bar: Option<indicatif::ProgressBar> = None;
+    let n = crate::ingest::vectors::backfill(embedder, index, &mut |done, total| {
+        let b = bar.get_or_insert_with(|| {
+            let b = indicatif::ProgressBar::new(total as u64);
+            b.set_message("embedding stored passages");
+            b
+        });
+        b.set_position(done as u64);
+        true
+    })?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    if n > 0 {
+        eprintln!("embedded the passages of {n} stored documents");
+    }
+    Ok(())
 }

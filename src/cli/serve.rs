@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::args::{DataDirArgs, ModelArgs, WindowArgs};
-use super::load::{load, load_sae_set};
+use super::load::{load, load_embedder, load_sae_set};
 use crate::index::{Index, IndexConfig};
 use crate::service::{Loaded, Reader, ServeConfig, ServeSettings};
 
@@ -88,12 +88,14 @@ pub fn serve(args: &ServeArgs, models: &Path) -> Result<()> {
                 };
                 readers.push(Reader { name, model });
             }
+            let embedder = load_embedder(&model_args, &models)?;
             Ok(Loaded {
                 model,
                 saes: Arc::new(saes),
                 scan,
                 readers,
                 answer_mode,
+                embedder: embedder.map(Arc::new),
             })
         };
         inner().map_err(|e| format!("{e:#}"))

@@ -25,6 +25,7 @@ pub struct Embedder {
     tokenizer_path: PathBuf,
     pad_id: u32,
     device: Device,
+    fingerprint: String,
 }
 
 // The service shares one embedder between request threads.
@@ -45,7 +46,9 @@ impl Embedder {
         let config = files::read_config(&files.config)?;
         let bert = files::load_weights(&files.weights, &config, device)?;
         let tokenizer = files::load_tokenizer(&files.tokenizer, &config)?;
+        let fingerprint = files::fingerprint(dir, &files.weights)?;
         Ok(Self {
+            fingerprint,
             bert,
             tokenizer,
             tokenizer_path: files.tokenizer,
@@ -53,6 +56,12 @@ impl Embedder {
             pad_id: u32::try_from(config.pad_token_id).unwrap_or(0),
             device: device.clone(),
         })
+    }
+
+    /// Returns the model's name and weights digest (`{folder}@{16 hex digits of sha256}`):
+    /// what stored vectors name as the model that made them.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// Returns the device the model runs on.

@@ -43,6 +43,20 @@ impl ModelFiles {
     }
 }
 
+/// Returns `{folder name}@{the first 16 hex digits of the weights' sha256}`: two folders with
+/// the same weights make the same vectors.
+pub(super) fn fingerprint(dir: &Path, weights: &Path) -> Result<String> {
+    let digest = crate::model::sha256_file(weights).map_err(|e| EmbedError::Weights {
+        path: weights.into(),
+        reason: e.to_string(),
+    })?;
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("embedder");
+    Ok(format!("{name}@{}", &digest[..16]))
+}
+
 fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|source| EmbedError::Io {
         path: path.into(),

@@ -29,7 +29,9 @@ impl RecallMethod {
         name.parse().map(Self::Retrieve).map_err(|_| {
             EvalError::setting(
                 "methods",
-                format!("unknown method `{name}` (random, s3, bm25, hybrid, bias, rerank)"),
+                format!(
+                    "unknown method `{name}` (random, s3, bm25, hybrid, bias, rerank, dense, rag)"
+                ),
             )
         })
     }

@@ -127,6 +127,8 @@ pub enum FormatKind {
     Store,
     /// A document's posting pack file (its format byte).
     Pack,
+    /// A document's passage vectors file (its format byte).
+    Vectors,
 }
 
 impl std::fmt::Display for FormatKind {
@@ -134,6 +136,7 @@ impl std::fmt::Display for FormatKind {
         f.write_str(match self {
             Self::Store => "store",
             Self::Pack => "posting pack",
+            Self::Vectors => "passage vectors",
         })
     }
 }

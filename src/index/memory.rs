@@ -38,16 +38,20 @@ use super::codec;
 use super::document::check_document_fields;
 use super::error::{IndexError, Result};
 use super::packs::PackStore;
-use super::passages::CharIndex;
+use super::passages::{passages, CharIndex, Passage};
 use super::records::{self as rec, CollectionRecord, DocPart, DocumentRecord, StoreIdentity};
 use super::store::{KvStore, SledStore};
-use super::types::{Bm25Hit, CollectionInfo, DocumentInfo, IndexConfig, LayerFeature, NewDocument};
+use super::types::{
+    Bm25Hit, CollectionInfo, DocumentInfo, DocumentKey, IndexConfig, LayerFeature, NewDocument,
+};
+use super::vectors::{PassageVectors, VectorStore};
 
 /// One data dir, open and locked.
 pub struct Index {
     dir: PathBuf,
     store: SledStore,
     packs: PackStore,
+    vectors: VectorStore,
     bm25: Bm25,
     config: IndexConfig,
     seq: u64,
@@ -313,6 +317,52 @@ impl Index {
     /// Returns the token char ranges of document number `doc` of collection `cid`.
     pub fn offsets_of(&self, cid: u32, doc: u32) -> Result<Vec<(usize, usize)>> {
         self.stored_offsets(cid, doc)
+    }
+
+    /// Returns the record of document number `doc` of collection `cid`.
+    fn record_of(&self, cid: u32, doc: u32) -> Result<DocumentRecord> {
+        let what = format!("document {cid}/{doc}");
+        let v = self
+            .store
+            .get(&rec::doc_key(DocPart::Record, cid, doc))?
+            .ok_or_else(|| IndexError::InvalidInput(format!("{what} is not stored")))?;
+        rec::decode(&v, &what)
+    }
+
+    /// Returns the passage vectors of document number `doc` of collection `cid` (`None`: it
+    /// has none).
+    pub fn vectors_of(&self, cid: u32, doc: u32) -> Result<Option<PassageVectors>> {
+        self.vectors.read(cid, doc)
+    }
+
+    /// Returns the BM25 passages of document number `doc` of collection `cid`, in order: what
+    /// its passage vectors embed.
+    pub fn passages_of(&self, cid: u32, doc: u32) -> Result<Vec<Passage>> {
+        Ok(passages(
+            &self.stored_text(cid, doc)?,
+            &self.stored_offsets(cid, doc)?,
+        ))
+    }
+
+    /// Lists every stored document whose passage vectors are missing or were made by a model
+    /// other than `embedder`, in store order.
+    pub fn documents_without_vectors(&self, embedder: &str) -> Result<Vec<DocumentKey>> {
+        let mut out = Vec::new();
+        for c in self.collections()? {
+            let cid = self.collection_id(&c.name)?;
+            for d in self.document_records(cid)? {
+                let current = self
+                    .vectors
+                    .read(cid, d.doc)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|v| v.embedder == embedder);
+                if !current {
+                    out.push(DocumentKey { cid, doc: d.doc });
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Searches a collection's passages with BM25 (committed changes only), optionally only

@@ -12,6 +12,7 @@
 pub mod bm25;
 pub mod coarse;
 pub mod codec;
+pub mod docfiles;
 pub mod document;
 pub mod error;
 pub mod memory;
@@ -21,6 +22,7 @@ pub mod passages;
 pub mod records;
 pub mod store;
 pub mod types;
+pub mod vectors;
 
 pub use bm25::PassageHit;
 pub use document::{check_document_fields, check_name, NameProblem, MAX_NAME_BYTES};
@@ -30,9 +32,10 @@ pub use migrations::{STORE_FORMAT_OLDEST_SUPPORTED, STORE_FORMAT_VERSION};
 pub use records::StoreIdentity;
 pub use store::{Batch, KvStore, SledStore};
 pub use types::{
-    BlockCount, Bm25Hit, CollectionInfo, ComponentBytes, DocumentInfo, EncodedDocument,
-    IndexConfig, Ingested, LayerFeature, NewDocument, Stats,
+    BlockCount, Bm25Hit, CollectionInfo, ComponentBytes, DocumentInfo, DocumentKey,
+    EncodedDocument, IndexConfig, Ingested, LayerFeature, NewDocument, Stats,
 };
+pub use vectors::{PassageVectors, VECTORS_FORMAT_VERSION};
 
 /// Tokens per coarse block: the unit in which [`PostingReader::coarse_blocks`] counts a
 /// feature's tokens, and so the resolution of collection-wide retrieval's first pass.

@@ -12,9 +12,9 @@
 //! directory and then only the postings it needs, each checked against its own sum; `verify`
 //! reads it all.
 //!
-//! Crash order: a pack is written with [`crate::durable::write_atomic`] (a temporary name,
-//! synced, renamed, the folder synced) before the sled batch that makes its document visible; a document's pack is removed only after the batch
-//! that deletes the document. Opening the index removes packs no document owns.
+//! Crash order: that of every per-document file ([`super::docfiles`]): written before the sled
+//! batch that makes its document visible, removed after the batch that deletes it, removed at
+//! open when no document owns it.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -23,10 +23,11 @@ use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::docfiles::DocFiles;
+
 use super::codec::{self, get_varint, put_varint};
 use super::error::{FormatKind, IndexError, Result};
 use super::types::LayerFeature;
-use crate::durable;
 
 /// One decoded posting: (layer, feature) and its ascending positions.
 pub type Posting = (LayerFeature, Vec<u32>);
@@ -315,34 +316,30 @@ impl Pack {
 /// The folder of posting packs of a data dir.
 #[derive(Debug, Clone)]
 pub struct PackStore {
-    dir: PathBuf,
+    files: DocFiles,
 }
 
 impl PackStore {
     /// Opens (creating) `dir`.
     pub fn open(dir: &Path) -> Result<Self> {
-        std::fs::create_dir_all(dir).map_err(|e| IndexError::io(dir, e))?;
-        Ok(Self { dir: dir.into() })
+        Ok(Self {
+            files: DocFiles::open(dir, "pack")?,
+        })
     }
 
     /// Returns the folder.
     pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    fn path(&self, cid: u32, doc: u32) -> PathBuf {
-        self.dir.join(format!("{cid}-{doc}.pack"))
+        self.files.dir()
     }
 
     /// Writes the pack of document `doc` durably (temporary name, sync, rename, sync the folder).
     pub fn write(&self, cid: u32, doc: u32, bytes: &[u8]) -> Result<()> {
-        let path = self.path(cid, doc);
-        durable::write_atomic(&path, bytes).map_err(|e| IndexError::io(path, e))
+        self.files.write(cid, doc, bytes)
     }
 
     /// Reads the pack of document `doc`; `None` when there is no file.
     pub fn read(&self, cid: u32, doc: u32) -> Result<Option<Pack>> {
-        let path = self.path(cid, doc);
+        let path = self.files.path(cid, doc);
         match File::open(&path) {
             Ok(file) => Pack::from_file(&path, file).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -354,7 +351,7 @@ impl PackStore {
     pub fn read_owned(&self, cid: u32, doc: u32) -> Result<Pack> {
         self.read(cid, doc)?.ok_or_else(|| {
             IndexError::corrupt(
-                self.path(cid, doc).display().to_string(),
+                self.files.path(cid, doc).display().to_string(),
                 "the posting pack of a stored document is missing",
             )
         })
@@ -362,58 +359,18 @@ impl PackStore {
 
     /// Removes the pack of document `doc` if it is there.
     pub fn remove(&self, cid: u32, doc: u32) -> Result<()> {
-        let path = self.path(cid, doc);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(IndexError::io(&path, e)),
-        }
+        self.files.remove(cid, doc)
     }
 
     /// Lists the (cid, doc) of every finished pack (a read: it changes nothing).
     pub fn list(&self) -> Result<Vec<(u32, u32)>> {
-        let mut out = Vec::new();
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| IndexError::io(&self.dir, e))?;
-        for entry in entries {
-            let path = entry.map_err(|e| IndexError::io(&self.dir, e))?.path();
-            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            if is_unfinished(name) {
-                continue;
-            }
-            let parsed = name.strip_suffix(".pack").and_then(|stem| {
-                let (c, d) = stem.split_once('-')?;
-                Some((c.parse().ok()?, d.parse().ok()?))
-            });
-            match parsed {
-                Some(key) => out.push(key),
-                None => tracing::warn!(path = %path.display(), "not a posting pack; left alone"),
-            }
-        }
-        out.sort_unstable();
-        Ok(out)
+        self.files.list()
     }
 
-    /// Removes the temporary files of packs whose writing never finished.
-    pub fn remove_unfinished(&self) -> Result<()> {
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| IndexError::io(&self.dir, e))?;
-        for entry in entries {
-            let path = entry.map_err(|e| IndexError::io(&self.dir, e))?.path();
-            if path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(is_unfinished)
-            {
-                std::fs::remove_file(&path).map_err(|e| IndexError::io(&path, e))?;
-            }
-        }
-        Ok(())
+    /// Removes unfinished packs and the packs of documents `owned` says no record owns.
+    pub fn remove_orphans(&self, owned: &mut dyn FnMut(u32, u32) -> Result<bool>) -> Result<()> {
+        self.files.remove_orphans(owned)
     }
-}
-
-/// Returns whether a file of the packs folder is a pack whose writing never finished: a
-/// temporary file of [`durable::write_atomic`], or `*.pack.tmp` of builds before it.
-fn is_unfinished(name: &str) -> bool {
-    durable::is_temp_name(name) || name.ends_with(".pack.tmp")
 }
 
 #[cfg(test)]
@@ -520,7 +477,7 @@ mod tests {
         std::fs::write(dir.path().join(".1-7.pack.tmp-99-0"), b"partial").unwrap();
         std::fs::write(dir.path().join("1-8.pack.tmp"), b"partial").unwrap();
         assert_eq!(s.list().unwrap(), vec![(1, 2)]);
-        s.remove_unfinished().unwrap();
+        s.remove_orphans(&mut |_, _| Ok(true)).unwrap();
         assert!(!dir.path().join(".1-7.pack.tmp-99-0").exists());
         assert!(!dir.path().join("1-8.pack.tmp").exists());
         assert!(s.read(1, 8).unwrap().is_none());

@@ -7,6 +7,7 @@ use std::ops::Range;
 
 use super::error::{IndexError, Result};
 use super::records::DocumentRecord;
+use super::vectors::PassageVectors;
 
 /// A feature of one layer: the key of a posting list. The KV heads of a layer share one
 /// posting space (`ingest::LayerCode` maps each head's SAE features into it), so a layer and
@@ -95,8 +96,19 @@ pub struct EncodedDocument {
     pub tokenize_seconds: f64,
     /// Seconds spent in the model (the scan alone).
     pub scan_seconds: f64,
-    /// Seconds spent in SAE encoding and building postings.
+    /// Seconds spent in SAE encoding and building postings (and embedding passages).
     pub encode_seconds: f64,
+    /// Each BM25 passage's embedding, when the ingest layer has an embedding model.
+    pub vectors: Option<PassageVectors>,
+}
+
+/// A stored document by its internal numbers: collection id and document number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DocumentKey {
+    /// The collection's internal id.
+    pub cid: u32,
+    /// The document's number inside the collection.
+    pub doc: u32,
 }
 
 impl EncodedDocument {

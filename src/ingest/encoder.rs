@@ -7,6 +7,7 @@ use std::time::Instant;
 use candle_core::IndexOp;
 
 use super::error::{IngestError, Result};
+use crate::embed::Embedder;
 use crate::index::{EncodedDocument, LayerFeature, StoreIdentity};
 use crate::model::{LayerSet, LayerTap, Model, ModelError, ScanConfig, TapRequest, Tokenized};
 use crate::sae::{HeadMode, SaeError, SaeSet, SparseCodes};
@@ -124,6 +125,7 @@ pub struct Encoder<'a> {
     scan: ScanConfig,
     layers: Vec<LayerCode>,
     identity: StoreIdentity,
+    embedder: Option<&'a Embedder>,
 }
 
 impl<'a> Encoder<'a> {
@@ -149,7 +151,19 @@ impl<'a> Encoder<'a> {
             scan,
             layers,
             identity,
+            embedder: None,
         })
+    }
+
+    /// Returns this encoder with `embedder` embedding each document's passages (the dense
+    /// methods' vectors), or without one when `None`.
+    pub fn with_embedder(self, embedder: Option<&'a Embedder>) -> Self {
+        Self { embedder, ..self }
+    }
+
+    /// Returns the embedding model, when there is one.
+    pub fn embedder(&self) -> Option<&'a Embedder> {
+        self.embedder
     }
 
     /// Returns what a store built by this encoder records.
@@ -264,6 +278,7 @@ impl<'a> Encoder<'a> {
                 postings,
                 tokenize_seconds: 0.0,
                 encode_seconds,
+                vectors: None,
             })
             .collect())
     }

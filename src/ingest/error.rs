@@ -1,5 +1,6 @@
 //! The error type of the `ingest` layer.
 
+use crate::embed::EmbedError;
 use crate::index::IndexError;
 use crate::model::ModelError;
 use crate::sae::SaeError;
@@ -23,6 +24,10 @@ pub enum IngestError {
     /// Encoding with the SAE set failed.
     #[error(transparent)]
     Sae(#[from] SaeError),
+
+    /// Embedding the passages failed.
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
 
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]

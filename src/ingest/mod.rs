@@ -8,6 +8,7 @@
 
 mod encoder;
 pub mod error;
+pub mod vectors;
 
 use std::time::Instant;
 
@@ -37,6 +38,7 @@ pub fn encode_document(
     let n = tokens.ids.len();
     let mut encoded = encoder.encode_until(tokens, &mut |done| progress(done, n))?;
     encoded.tokenize_seconds = tokenize_seconds;
+    vectors::attach(encoder.embedder(), doc.text, &mut encoded)?;
     Ok(encoded)
 }
 
@@ -93,6 +95,7 @@ pub fn ingest_many(
         .zip(encoded)
         .map(|(doc, mut e)| {
             e.tokenize_seconds = tokenize_seconds * e.tokens() as f64 / total as f64;
+            vectors::attach(encoder.embedder(), doc.text, &mut e)?;
             Ok(index.store_encoded(doc, &e, encoder.identity())?)
         })
         .collect()

@@ -2,6 +2,7 @@
 
 use thiserror::Error;
 
+use crate::embed::EmbedError;
 use crate::index::IndexError;
 use crate::ingest::IngestError;
 use crate::model::ModelError;
@@ -38,6 +39,20 @@ pub enum RetrieveError {
     /// The SAE set does not fit.
     #[error(transparent)]
     Sae(#[from] SaeError),
+    /// A dense method was asked for, and the engine has no embedding model.
+    #[error("methods dense and rag need the embedding model: run `s3mem model fetch minilm`")]
+    NoEmbedder,
+    /// A document of the scope has no passage vectors from the loaded embedding model.
+    #[error("document `{doc}` has no passage vectors from {embedder}: open the index with this embedding model once (serve, ask or retrieve embed what is missing)")]
+    MissingVectors {
+        /// The document's id.
+        doc: String,
+        /// The loaded embedding model's fingerprint.
+        embedder: String,
+    },
+    /// Embedding the question failed.
+    #[error(transparent)]
+    Embed(#[from] EmbedError),
     /// A tensor operation failed.
     #[error("tensor operation failed: {0}")]
     Tensor(#[from] candle_core::Error),

@@ -7,6 +7,7 @@
 //! context within the budget. Every span carries its document's char and token range.
 
 pub mod assemble;
+pub mod dense;
 pub mod docs;
 pub mod error;
 pub mod frame;
@@ -23,6 +24,7 @@ use std::time::Instant;
 pub use error::{Result, RetrieveError};
 
 use self::docs::{DocCache, Scope};
+use crate::embed::Embedder;
 use crate::index::{Index, StoreIdentity};
 use crate::ingest::{layer_codes, LayerCode};
 use crate::model::Model;
@@ -42,6 +44,10 @@ pub enum Method {
     Bias,
     /// BM25 and S3 candidates cut into sentences and re-ranked by the model's attention.
     Rerank,
+    /// Passages by the cosine of their sentence embedding to the question's.
+    Dense,
+    /// BM25 and dense passages fused by reciprocal rank (the usual hybrid RAG).
+    Rag,
 }
 
 impl FromStr for Method {
@@ -54,9 +60,11 @@ impl FromStr for Method {
             "hybrid" => Ok(Self::Hybrid),
             "bias" => Ok(Self::Bias),
             "rerank" => Ok(Self::Rerank),
+            "dense" => Ok(Self::Dense),
+            "rag" => Ok(Self::Rag),
             _ => Err(RetrieveError::invalid(
                 "method",
-                format!("`{s}` is not one of s3, bm25, hybrid, bias, rerank"),
+                format!("`{s}` is not one of s3, bm25, hybrid, bias, rerank, dense, rag"),
             )),
         }
     }
@@ -70,6 +78,8 @@ impl fmt::Display for Method {
             Self::Hybrid => "hybrid",
             Self::Bias => "bias",
             Self::Rerank => "rerank",
+            Self::Dense => "dense",
+            Self::Rag => "rag",
         })
     }
 }
@@ -88,6 +98,8 @@ pub enum Source {
     Bias,
     /// The model's attention over first-stage candidates.
     Attention,
+    /// Sentence embeddings (the dense methods).
+    Dense,
 }
 
 impl Source {
@@ -98,6 +110,7 @@ impl Source {
             Self::Bm25 => "bm25",
             Self::Bias => "bias",
             Self::Attention => "attention",
+            Self::Dense => "dense",
         }
     }
 }
@@ -148,8 +161,8 @@ impl Fusion {
             Source::S3 => Some(0),
             Source::Bm25 => Some(1),
             Source::Bias => Some(2),
-            // Re-ranked candidates come alone, in their own order.
-            Source::Attention => None,
+            // Re-ranked and dense candidates come alone, in their own order.
+            Source::Attention | Source::Dense => None,
         }
     }
 
@@ -233,6 +246,15 @@ impl RetrieveConfig {
         if self.snap_reach > MAX_SPAN_TOKENS {
             let n = self.snap_reach;
             return bad("snap_reach", format!("{n} is over {MAX_SPAN_TOKENS}"));
+        }
+        if let Some(r) = &self.rerank {
+            if !(r.first_stage.is_finite() && r.first_stage >= 0.0) {
+                let w = r.first_stage;
+                return bad(
+                    "rerank_first_stage",
+                    format!("{w} is not a finite number >= 0"),
+                );
+            }
         }
         let f = &self.fusion;
         if !(f.rrf_k.is_finite() && f.rrf_k >= 0.0) {
@@ -412,6 +434,7 @@ pub struct Retriever<'a> {
     saes: &'a SaeSet,
     codes: Vec<LayerCode>,
     config: RetrieveConfig,
+    embedder: Option<&'a Embedder>,
     /// The last re-ranked question's pool and scores: the same question asked again at another
     /// budget (as evaluations do) reads the same pool, so its forward pass is not repeated.
     last_rerank:
@@ -453,8 +476,15 @@ impl<'a> Retriever<'a> {
             saes,
             codes,
             config,
+            embedder: None,
             last_rerank: std::sync::Mutex::new(None),
         })
+    }
+
+    /// Returns this retriever with `embedder` for the dense methods (without one, they are
+    /// refused with [`RetrieveError::NoEmbedder`]).
+    pub fn with_embedder(self, embedder: Option<&'a Embedder>) -> Self {
+        Self { embedder, ..self }
     }
 
     /// Returns the settings.
@@ -529,7 +559,16 @@ impl<'a> Retriever<'a> {
             _ => None,
         };
         let want_s3 = matches!(q.method, Method::S3 | Method::Hybrid | Method::Rerank);
-        let want_bm25 = matches!(q.method, Method::Bm25 | Method::Hybrid | Method::Rerank);
+        let want_bm25 = matches!(
+            q.method,
+            Method::Bm25 | Method::Hybrid | Method::Rerank | Method::Rag
+        );
+        // Re-ranking adds dense passages to its pool when it can.
+        let embedder = match (q.method, self.embedder) {
+            (Method::Dense | Method::Rag, None) => return Err(RetrieveError::NoEmbedder),
+            (Method::Dense | Method::Rag | Method::Rerank, e) => e,
+            _ => None,
+        };
         let mut forward_ms = 0.0;
         let mut s3_out = s3::S3Outcome::default();
         let mut question_tokens = 0;
@@ -563,6 +602,12 @@ impl<'a> Retriever<'a> {
             bm25 = self.bm25(index, &q.collection, &scope, &mut docs, &q.question)?;
             timings.insert("bm25".to_string(), t.elapsed().as_secs_f64() * 1e3);
         }
+        let mut dense = Vec::new();
+        if let Some(e) = embedder {
+            let t = Instant::now();
+            dense = dense::dense(e, index, &scope, &mut docs, &q.question, cfg.bm25_limit)?;
+            timings.insert("dense".to_string(), t.elapsed().as_secs_f64() * 1e3);
+        }
         let bias = match q.method {
             Method::Bias => self.bias(&scope, &mut docs, (0..scope.docs.len()).collect())?,
             Method::Hybrid => {
@@ -595,8 +640,11 @@ impl<'a> Retriever<'a> {
             let (pool, scores) = match cached {
                 Some((_, pool, scores)) => (pool, scores),
                 None => {
-                    let pool =
-                        rerank::build_pool(&[&bm25, &s3_out.candidates], &mut docs, r.pool_tokens)?;
+                    let pool = rerank::build_pool(
+                        &[&bm25, &dense, &s3_out.candidates],
+                        &mut docs,
+                        r.pool_tokens,
+                    )?;
                     let scores =
                         rerank::head_scores(self.model, &mut docs, &pool, &q.question, &r.heads)?;
                     if let Ok(mut last) = self.last_rerank.lock() {
@@ -607,13 +655,18 @@ impl<'a> Retriever<'a> {
             };
             timings.insert("rerank_forward".to_string(), scores.forward_ms);
             timings.insert("rerank_pool_tokens".to_string(), scores.tokens as f64);
-            attention = rerank::ranked(&pool, &scores);
+            attention = rerank::ranked(&pool, &scores, r.first_stage);
             timings.insert("rerank".to_string(), t.elapsed().as_secs_f64() * 1e3);
         }
         let t = Instant::now();
-        let lists = match rerank_cfg {
-            Some(_) => vec![attention],
-            None => vec![s3_out.candidates.clone(), bm25.clone(), bias],
+        let lists = match q.method {
+            Method::Rerank => vec![attention],
+            Method::Dense => vec![dense.clone()],
+            Method::Rag => vec![dense::reciprocal_rank_fusion(
+                &[&bm25, &dense],
+                cfg.fusion.rrf_k,
+            )],
+            _ => vec![s3_out.candidates.clone(), bm25.clone(), bias],
         };
         let out = assemble::assemble(
             self.model.tokenizer(),
@@ -695,7 +748,19 @@ impl<'a> Retriever<'a> {
         if self.config.fusion.rerank > 0.0 {
             rerank_by_density(&mut bm25, &s3_out, &self.config.fusion);
         }
-        let pool = rerank::build_pool(&[&bm25, &s3_out.candidates], &mut docs, pool_tokens)?;
+        let dense = match self.embedder {
+            Some(e) => dense::dense(
+                e,
+                index,
+                &scope,
+                &mut docs,
+                &q.question,
+                self.config.bm25_limit,
+            )?,
+            None => Vec::new(),
+        };
+        let pool =
+            rerank::build_pool(&[&bm25, &dense, &s3_out.candidates], &mut docs, pool_tokens)?;
         let scores = rerank::head_scores(self.model, &mut docs, &pool, &q.question, heads)?;
         let mut sentences = Vec::with_capacity(pool.len());
         for p in &pool {

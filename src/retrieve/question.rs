@@ -47,6 +47,11 @@ pub enum Probe {
     Keys,
     /// Both.
     Both,
+    /// The attention probe: a key's SAE code reconstructs it, `k ≈ Σ_f a_f d_f`, so the
+    /// model's own logit is `q·k ≈ Σ_f a_f (q·d_f)`; each query head row weighs feature `f` by
+    /// `q·d_f` against the decoder atoms of its KV group's SAE, keeping its `k` strongest
+    /// positive ones.
+    Attention,
 }
 
 impl std::str::FromStr for Probe {
@@ -57,9 +62,10 @@ impl std::str::FromStr for Probe {
             "queries" => Ok(Self::Queries),
             "keys" => Ok(Self::Keys),
             "both" => Ok(Self::Both),
+            "attention" => Ok(Self::Attention),
             _ => Err(RetrieveError::invalid(
                 "probe",
-                format!("`{s}` is not one of queries, keys, both"),
+                format!("`{s}` is not one of queries, keys, both, attention"),
             )),
         }
     }
@@ -89,6 +95,33 @@ fn add_codes(
                     ))
                     .or_insert(0.0) += a;
             }
+        }
+    }
+    Ok(())
+}
+
+/// Weighs each feature of `sae` by the attention logit `q·d_f` of each row of `q` (`[rows, d]`)
+/// with its decoder atom, and adds the `k` largest positive weights of each row to
+/// `activation`.
+fn add_attention_weights(
+    sae: &crate::sae::TopKSae,
+    q: &candle_core::Tensor,
+    k: usize,
+    code: &LayerCode,
+    kv: usize,
+    activation: &mut BTreeMap<LayerFeature, f32>,
+) -> Result<()> {
+    let logits = q.matmul(&sae.w_dec().t()?)?.to_vec2::<f32>()?;
+    for row in logits {
+        let mut order: Vec<usize> = (0..row.len()).filter(|&f| row[f] > 0.0).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+        for &f in order.iter().take(k) {
+            *activation
+                .entry(LayerFeature::new(
+                    code.layer as u16,
+                    code.posting_feature(kv, f as u32),
+                ))
+                .or_insert(0.0) += row[f];
         }
     }
     Ok(())
@@ -124,7 +157,7 @@ pub fn question_features(
     let t0 = Instant::now();
     let layers = LayerSet::new(codes.iter().map(|c| c.layer).collect())?;
     let taps = TapRequest {
-        keys: (probe != Probe::Queries).then(|| layers.clone()),
+        keys: matches!(probe, Probe::Keys | Probe::Both).then(|| layers.clone()),
         queries: (probe != Probe::Keys).then_some(layers),
     };
     let out = model
@@ -148,7 +181,12 @@ pub fn question_features(
                 .i((.., kv * group..(kv + 1) * group, ..))?
                 .contiguous()?
                 .reshape((n * group, d))?;
-            add_codes(sae, &x, k, code, kv, &mut activation)?;
+            if probe == Probe::Attention {
+                let keep = k.unwrap_or(sae.k());
+                add_attention_weights(sae, &x, keep, code, kv, &mut activation)?;
+            } else {
+                add_codes(sae, &x, k, code, kv, &mut activation)?;
+            }
         }
     }
     for tap in &out.keys {
@@ -173,7 +211,41 @@ pub fn question_features(
 
 #[cfg(test)]
 mod tests {
-    use super::question_rows;
+    use super::*;
+    use candle_core::{Device, Tensor};
+
+    /// Features are weighed by the logit of each row with their decoder atom; each row keeps
+    /// its `k` strongest positive ones, summed over rows.
+    #[test]
+    fn the_attention_probe_weighs_features_by_q_dot_atom() {
+        let dev = Device::Cpu;
+        // Four atoms in two dimensions: +x, -x, +y, x+y.
+        let atoms = Tensor::new(&[[1f32, 0.], [-1., 0.], [0., 1.], [1., 1.]], &dev).unwrap();
+        let sae = crate::sae::TopKSae::new(
+            &atoms,
+            &Tensor::zeros(4, candle_core::DType::F32, &dev).unwrap(),
+            &atoms,
+            &Tensor::zeros(2, candle_core::DType::F32, &dev).unwrap(),
+            2,
+            1.0,
+        )
+        .unwrap();
+        let code = LayerCode {
+            layer: 3,
+            shared: true,
+            dict_size: 4,
+        };
+        let q = Tensor::new(&[[2f32, 0.5], [0., -1.]], &dev).unwrap();
+        let mut activation = BTreeMap::new();
+        add_attention_weights(&sae, &q, 2, &code, 0, &mut activation).unwrap();
+        let f = |i| LayerFeature::new(3, code.posting_feature(0, i));
+        // Row 1: logits 2, -2, 0.5, 2.5 -> atoms 3 and 0; row 2: 0, 0, -1, -1 -> none positive.
+        assert_eq!(activation.len(), 2);
+        assert_eq!(activation[&f(3)], 2.5);
+        assert_eq!(activation[&f(0)], 2.0);
+        assert_eq!("attention".parse::<Probe>().unwrap(), Probe::Attention);
+        assert!("nope".parse::<Probe>().is_err());
+    }
 
     #[test]
     fn question_rows_are_what_differs_between_the_prompts() {

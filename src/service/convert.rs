@@ -100,6 +100,8 @@ pub fn query(r: QueryFields, limits: &Limits) -> Result<Query> {
         Ok(pb::Method::Bm25) => Method::Bm25,
         Ok(pb::Method::Bias) => Method::Bias,
         Ok(pb::Method::Rerank) => Method::Rerank,
+        Ok(pb::Method::Dense) => Method::Dense,
+        Ok(pb::Method::Rag) => Method::Rag,
         Err(_) => {
             return Err(ServiceError::invalid(
                 "method",
@@ -140,6 +142,8 @@ pub fn method_to_pb(m: Method) -> pb::Method {
         Method::Hybrid => pb::Method::Hybrid,
         Method::Bias => pb::Method::Bias,
         Method::Rerank => pb::Method::Rerank,
+        Method::Dense => pb::Method::Dense,
+        Method::Rag => pb::Method::Rag,
     }
 }
 

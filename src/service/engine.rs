@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use super::config::Limits;
 use super::error::{Result, ServiceError};
 use crate::answer::{self, Answer, AnswerConfig, AnswerMode};
-use crate::index::{CollectionInfo, DocumentInfo, Index, Ingested, NewDocument, Stats};
+use crate::embed::Embedder;
+use crate::index::{CollectionInfo, DocumentInfo, Index, IndexError, Ingested, NewDocument, Stats};
 use crate::ingest::{self, Encoder, IngestError};
 use crate::model::{Model, ModelError, ScanConfig};
 use crate::retrieve::{Evidence, Query, RetrieveConfig, Retriever};
@@ -29,6 +30,8 @@ pub struct Loaded {
     pub saes: Arc<SaeSet>,
     /// The scan geometry documents are ingested with.
     pub scan: ScanConfig,
+    /// The embedding model of the dense methods, when the daemon has one.
+    pub embedder: Option<Arc<Embedder>>,
     /// The readers loaded at start (`answer_model`), the first the default; empty: the index
     /// model answers.
     pub readers: Vec<Reader>,
@@ -70,6 +73,12 @@ impl Loaded {
                 }
             ),
         ))
+    }
+
+    /// Returns the encoder of ingests.
+    fn encoder(&self) -> Result<Encoder<'_>> {
+        Ok(Encoder::new(&self.model, &self.saes, self.scan)?
+            .with_embedder(self.embedder.as_deref()))
     }
 }
 
@@ -150,12 +159,51 @@ impl Engine {
         &self.limits
     }
 
-    /// Installs the model and SAE set, refusing them if the index was built with others.
+    /// Installs the model and SAE set, refusing them if the index was built with others;
+    /// first embeds the passages of stored documents that lack vectors from the embedding
+    /// model (one document at a time, so reads go on meanwhile).
     pub fn set_loaded(&self, loaded: Loaded) -> Result<()> {
-        let encoder = Encoder::new(&loaded.model, &loaded.saes, loaded.scan)?;
-        self.read().check_identity(encoder.identity())?;
+        self.read().check_identity(loaded.encoder()?.identity())?;
+        if let Some(embedder) = &loaded.embedder {
+            self.embed_missing(embedder)?;
+        }
         if self.loaded.set(loaded).is_err() {
             return Err(ServiceError::Internal("the model was loaded twice".into()));
+        }
+        Ok(())
+    }
+
+    /// Embeds and stores the passages of every document without vectors from `embedder`; a
+    /// document deleted or replaced meanwhile is skipped (its replacement was embedded at
+    /// ingest). Stops early when the daemon stops.
+    fn embed_missing(&self, embedder: &Embedder) -> Result<()> {
+        let todo = self
+            .read()
+            .documents_without_vectors(embedder.fingerprint())?;
+        if !todo.is_empty() {
+            tracing::info!(
+                documents = todo.len(),
+                "embedding the passages of stored documents"
+            );
+        }
+        for key in todo {
+            if self.is_stopping() {
+                break;
+            }
+            let stored = {
+                let index = self.read();
+                index
+                    .text_of(key.cid, key.doc)
+                    .and_then(|t| Ok((t, index.offsets_of(key.cid, key.doc)?)))
+            };
+            let Ok((text, offsets)) = stored else {
+                continue;
+            };
+            let vectors = ingest::vectors::embed_passages(embedder, &text, &offsets)?;
+            match self.write().put_vectors(key, &vectors) {
+                Ok(()) | Err(IndexError::InvalidInput(_)) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         Ok(())
     }
@@ -209,7 +257,7 @@ impl Engine {
     pub fn ingest(&self, upload: &Upload, cancel: &Cancel) -> Result<Ingested> {
         let loaded = self.loaded()?;
         self.check_live(cancel)?;
-        let encoder = Encoder::new(&loaded.model, &loaded.saes, loaded.scan)?;
+        let encoder = loaded.encoder()?;
         let doc = upload.document();
         ingest::check_document(&encoder, &self.read(), &doc)?;
         let encoded = ingest::encode_document(&encoder, &doc, &mut |done, total| {
@@ -246,7 +294,8 @@ impl Engine {
             max_question_chars: self.limits.max_question_bytes,
             ..RetrieveConfig::default()
         };
-        let retriever = Retriever::new(&loaded.model, &loaded.saes, config)?;
+        let retriever = Retriever::new(&loaded.model, &loaded.saes, config)?
+            .with_embedder(loaded.embedder.as_deref());
         let index = self.read();
         Ok(retriever.retrieve(&index, query)?)
     }

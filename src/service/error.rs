@@ -133,7 +133,10 @@ fn retrieve_code(e: &RetrieveError) -> Code {
         RetrieveError::Ingest(e) => ingest_code(e),
         RetrieveError::Model(e) => model_code(e),
         RetrieveError::Sae(e) => sae_code(e),
-        RetrieveError::Tensor(_) => Code::Internal,
+        RetrieveError::NoEmbedder | RetrieveError::MissingVectors { .. } => {
+            Code::FailedPrecondition
+        }
+        RetrieveError::Embed(_) | RetrieveError::Tensor(_) => Code::Internal,
     }
 }
 
@@ -168,7 +171,7 @@ fn ingest_code(e: &IngestError) -> Code {
         IngestError::Index(e) => index_code(e),
         IngestError::Model(e) => model_code(e),
         IngestError::Sae(e) => sae_code(e),
-        IngestError::Tensor(_) => Code::Internal,
+        IngestError::Embed(_) | IngestError::Tensor(_) => Code::Internal,
     }
 }
 

@@ -49,6 +49,7 @@ fn loader(gate: Option<mpsc::Receiver<()>>) -> Loader {
             model,
             saes,
             scan: ScanConfig::default(),
+            embedder: None,
             readers: Vec::new(),
             answer_mode: Default::default(),
         })

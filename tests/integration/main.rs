@@ -1,6 +1,7 @@
 //! s3mem's integration tests: one binary, one module per area.
 
 mod common;
+mod dense;
 mod embed;
 mod eval_cli;
 mod fetch;

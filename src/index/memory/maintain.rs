@@ -9,6 +9,7 @@ use super::open::{finish_compaction, lock_dir};
 use super::Index;
 use crate::index::coarse;
 use crate::index::error::{IndexError, Result};
+use crate::index::passages::passages;
 use crate::index::records::{self as rec, DocPart, DocumentRecord};
 use crate::index::store::KvStore;
 use crate::index::types::Stats;
@@ -29,10 +30,12 @@ fn dir_bytes(dir: &Path) -> u64 {
 }
 
 impl Index {
-    /// Returns the bytes on disk of the store, the packs and BM25 (without reading them).
+    /// Returns the bytes on disk of the store, the packs, the passage vectors and BM25
+    /// (without reading them).
     pub fn disk_bytes(&self) -> u64 {
         dir_bytes(&self.dir.join("store"))
             + dir_bytes(self.packs.dir())
+            + self.vectors.bytes()
             + dir_bytes(self.bm25.dir())
     }
 
@@ -163,15 +166,26 @@ impl Index {
                     return bad(what, "a posting is empty or points past the document");
                 }
             }
+            // Vectors are optional (a store without an embedding model has none), but the
+            // ones there must be whole and match the document's passages.
+            if let Some(v) = self.vectors.read(cid, doc)? {
+                let chars: Vec<_> = passages(&text, &offsets)
+                    .into_iter()
+                    .map(|p| p.chars)
+                    .collect();
+                if v.passages != chars {
+                    return bad(what, "its passage vectors do not match its passages");
+                }
+            }
         }
-        let orphans = self
-            .packs
-            .list()?
-            .into_iter()
-            .filter(|k| !docs.contains_key(k))
-            .count();
-        if orphans > 0 {
-            return bad(format!("{orphans} posting packs"), "no document owns them");
+        for (kind, files) in [
+            ("posting packs", self.packs.list()?),
+            ("passage vectors", self.vectors.list()?),
+        ] {
+            let orphans = files.into_iter().filter(|k| !docs.contains_key(k)).count();
+            if orphans > 0 {
+                return bad(format!("{orphans} {kind}"), "no document owns them");
+            }
         }
         let mut old_postings = 0u64;
         self.store.scan_prefix(b"p/", &mut |_, _| {

@@ -17,6 +17,7 @@ use crate::index::passages::passages;
 use crate::index::records::{self as rec, DocPart, JournalOp};
 use crate::index::store::{Batch, KvStore, SledStore};
 use crate::index::types::IndexConfig;
+use crate::index::vectors::VectorStore;
 
 impl Index {
     /// Opens (or creates) the data dir `dir`, upgrading an older store and reconciling BM25.
@@ -30,6 +31,7 @@ impl Index {
         }
         let store = SledStore::open(&store_dir)?;
         let packs = PackStore::open(&dir.join("packs"))?;
+        let vectors = VectorStore::open(&dir.join("vectors"))?;
         match migrations::stored_version(&store)? {
             None => {
                 let mut b = Batch::default();
@@ -65,13 +67,14 @@ impl Index {
             dir: dir.into(),
             store,
             packs,
+            vectors,
             bm25,
             config,
             seq,
             _lock: lock,
         };
         index.reconcile()?;
-        index.remove_orphan_packs()?;
+        index.remove_orphan_files()?;
         Ok(index)
     }
 
@@ -84,20 +87,17 @@ impl Index {
         Self::open(dir, IndexConfig::default())
     }
 
-    /// Removes the packs no document record owns (and unfinished temporary packs).
-    fn remove_orphan_packs(&self) -> Result<()> {
-        self.packs.remove_unfinished()?;
-        for (cid, doc) in self.packs.list()? {
-            if self
-                .store
+    /// Removes the packs and passage vectors no document record owns (and unfinished
+    /// temporary files).
+    fn remove_orphan_files(&self) -> Result<()> {
+        let store = &self.store;
+        let mut owned = |cid: u32, doc: u32| -> Result<bool> {
+            Ok(store
                 .get(&rec::doc_key(DocPart::Record, cid, doc))?
-                .is_none()
-            {
-                tracing::info!(cid, doc, "removing a posting pack no document owns");
-                self.packs.remove(cid, doc)?;
-            }
-        }
-        Ok(())
+                .is_some())
+        };
+        self.packs.remove_orphans(&mut owned)?;
+        self.vectors.remove_orphans(&mut owned)
     }
 
     /// Brings BM25 up to the store's sequence number by replaying the journal (or, when the

@@ -49,6 +49,7 @@ fn synthetic(n: usize, seed: usize) -> (String, EncodedDocument) {
         tokenize_seconds: 0.0,
         scan_seconds: 0.0,
         encode_seconds: 0.0,
+        vectors: None,
     };
     (text, encoded)
 }

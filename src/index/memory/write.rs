@@ -12,12 +12,13 @@ use crate::index::codec;
 use crate::index::document::{check_named, GENERATED_ID_PREFIX};
 use crate::index::error::{IndexError, Result};
 use crate::index::packs;
-use crate::index::passages::passages;
+use crate::index::passages::{passages, Passage};
 use crate::index::records::{
     self as rec, CollectionRecord, DocPart, DocumentRecord, JournalOp, MetaEntry, StoreIdentity,
 };
 use crate::index::store::{Batch, KvStore};
-use crate::index::types::{EncodedDocument, Ingested, NewDocument};
+use crate::index::types::{DocumentKey, EncodedDocument, Ingested, NewDocument};
+use crate::index::vectors::PassageVectors;
 
 /// Adds to `b` the deletes of a document's records (its id entry and every part).
 fn delete_records(b: &mut Batch, cid: u32, doc: u32, external_id: &str) {
@@ -79,7 +80,7 @@ impl Index {
             })?;
         }
         self.commit_batch(b, vec![JournalOp::DropCollection { collection: c.id }])?;
-        self.remove_packs(c.id, numbers);
+        self.remove_files(c.id, numbers);
         self.bm25.drop_collection(c.id)?;
         self.commit()
     }
@@ -205,9 +206,20 @@ impl Index {
             .serialize_into(&mut fbytes)
             .map_err(|e| IndexError::io(&self.dir, e))?;
         b.put(rec::doc_key(DocPart::Features, c.id, number), fbytes);
-        // The pack goes to disk (synced) before the batch that makes it reachable.
+        let doc_passages = passages(doc.text, &encoded.offsets);
+        if let Some(v) = &encoded.vectors {
+            check_vectors_match(v, &doc_passages, &external_id)?;
+        }
+        // The pack and the vectors go to disk (synced) before the batch that makes them
+        // reachable.
         self.packs
             .write(c.id, number, &packs::encode(&encoded.postings)?)?;
+        if let Some(v) = &encoded.vectors {
+            if let Err(e) = self.vectors.write(c.id, number, v) {
+                self.remove_files(c.id, [number]);
+                return Err(e);
+            }
+        }
         let sealed = (|| {
             if sealed_after > sealed_before {
                 let super_before = codec::super_end(sealed_before);
@@ -236,7 +248,7 @@ impl Index {
         })();
         if let Err(e) = sealed {
             // Nothing refers to the pack yet.
-            self.remove_packs(c.id, [number]);
+            self.remove_files(c.id, [number]);
             return Err(e);
         }
         coarse.write(&mut b);
@@ -248,11 +260,10 @@ impl Index {
         // as an orphan; if it did, the document needs it.
         self.commit_batch(b, journal)?;
         if let Some(old) = old {
-            self.remove_packs(c.id, [old]);
+            self.remove_files(c.id, [old]);
             self.bm25.delete(c.id, old)?;
         }
-        self.bm25
-            .put(c.id, number, &passages(doc.text, &encoded.offsets))?;
+        self.bm25.put(c.id, number, &doc_passages)?;
         tracing::debug!(id = %external_id, tokens, seq, "document stored");
         Ok(Ingested {
             id: external_id,
@@ -325,7 +336,7 @@ impl Index {
                 doc: d.doc,
             }],
         )?;
-        self.remove_packs(c.id, [d.doc]);
+        self.remove_files(c.id, [d.doc]);
         self.bm25.delete(c.id, d.doc)?;
         self.commit()
     }
@@ -387,13 +398,45 @@ impl Index {
         Ok(())
     }
 
-    /// Removes the packs of documents deleted by a committed batch: a failure only leaves an
-    /// orphan, which the next open removes.
-    fn remove_packs(&self, cid: u32, docs: impl IntoIterator<Item = u32>) {
+    /// Removes the packs and vectors of documents deleted by a committed batch: a failure
+    /// only leaves an orphan, which the next open removes.
+    fn remove_files(&self, cid: u32, docs: impl IntoIterator<Item = u32>) {
         for doc in docs {
             if let Err(e) = self.packs.remove(cid, doc) {
                 tracing::warn!(cid, doc, error = %e, "could not remove a deleted document's pack");
             }
+            if let Err(e) = self.vectors.remove(cid, doc) {
+                tracing::warn!(cid, doc, error = %e, "could not remove a deleted document's vectors");
+            }
         }
+    }
+
+    /// Stores the passage vectors of a stored document (made after its ingest: the ingest
+    /// layer's backfill of documents without vectors, or with another model's); replaces the
+    /// ones it had. Durable when this returns.
+    pub fn put_vectors(&mut self, key: DocumentKey, vectors: &PassageVectors) -> Result<()> {
+        let record = self.record_of(key.cid, key.doc)?;
+        let passages = self.passages_of(key.cid, key.doc)?;
+        check_vectors_match(vectors, &passages, &record.external_id)?;
+        self.vectors.write(key.cid, key.doc, vectors)
+    }
+}
+
+/// Refuses vectors whose passages are not the document's BM25 passages, one row each.
+fn check_vectors_match(vectors: &PassageVectors, passages: &[Passage], id: &str) -> Result<()> {
+    vectors.check()?;
+    let same = vectors.passages.len() == passages.len()
+        && vectors
+            .passages
+            .iter()
+            .zip(passages)
+            .all(|(v, p)| *v == p.chars);
+    if same {
+        Ok(())
+    } else {
+        Err(IndexError::InvalidInput(format!(
+            "the passage vectors of document `{id}` do not match its {} passages",
+            passages.len()
+        )))
     }
 }
