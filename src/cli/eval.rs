@@ -459,7 +459,7 @@ fn calibrate(args: &CalibrateArgs) -> Result<()> {
         args.method,
         args.budget
     );
-    println!("| threshold | answered correctly | abstained | wrong | right but abstained | removed: abstained |");
+    println!("| threshold | answered correctly | abstained | wrong | abstained, evidence there | removed: abstained |");
     println!("|---:|---:|---:|---:|---:|---:|");
     for c in &rows {
         println!(
@@ -474,12 +474,12 @@ fn calibrate(args: &CalibrateArgs) -> Result<()> {
     }
     match eval::abstain::choose(&rows, args.max_wrongly) {
         Some(c) => println!(
-            "\nchosen: abstain below {:.3} ({:.1}% of removed abstained, {:.1}% right answers abstained on)",
+            "\nchosen: abstain below {:.3} ({:.1}% of removed abstained, {:.1}% of answerable abstained on with their evidence there)",
             c.threshold,
             100.0 * c.removed_abstained,
             100.0 * c.wrongly_abstained
         ),
-        None => println!("\nno threshold keeps right-but-abstained within {}", args.max_wrongly),
+        None => println!("\nno threshold keeps wrong abstentions within {}", args.max_wrongly),
     }
     Ok(())
 }

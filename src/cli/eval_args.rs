@@ -132,7 +132,8 @@ pub struct CalibrateArgs {
     /// The budget.
     #[arg(long, default_value_t = 1024)]
     pub budget: usize,
-    /// The most answerable questions answered right that may be abstained on (a share).
+    /// The share of answerable questions that may be abstained on although their gold evidence
+    /// was in the context.
     #[arg(long, default_value_t = 0.10)]
     pub max_wrongly: f64,
 }

@@ -140,10 +140,17 @@ pub struct Calibration {
     pub threshold: f32,
     /// Answerable questions: answered correctly, abstained, wrong.
     pub answerable: Outcomes,
-    /// Answerable questions the reader got right but abstained on.
+    /// Answerable questions abstained on although their gold evidence was in the context (or,
+    /// without gold spans, although the answer was right).
     pub wrongly_abstained: f64,
     /// Questions whose evidence was removed: the share abstained.
     pub removed_abstained: f64,
+}
+
+/// Whether the evidence supported an answer: the gold spans were in the context, or, for
+/// questions without gold spans, the answer was right.
+fn supported(r: &RunRecord) -> bool {
+    r.recalled.unwrap_or(r.f1 >= CORRECT_F1)
 }
 
 /// Runs with the abstention recorded under `threshold`.
@@ -180,7 +187,7 @@ pub fn calibrate(answerable: &[&RunRecord], removed: &[&RunRecord]) -> Result<Ve
             let refs: Vec<&RunRecord> = a.iter().collect();
             let right_but_abstained = a
                 .iter()
-                .filter(|r| r.abstained == Some(true) && r.f1 >= CORRECT_F1)
+                .filter(|r| r.abstained == Some(true) && supported(r))
                 .count();
             let gone = judged(removed, t);
             Calibration {
@@ -194,8 +201,9 @@ pub fn calibrate(answerable: &[&RunRecord], removed: &[&RunRecord]) -> Result<Ve
         .collect())
 }
 
-/// The threshold that abstains most on removed evidence while wrongly abstaining on at most
-/// `max_wrongly` of the answerable questions (ties: the lower threshold).
+/// The threshold that abstains most on removed evidence while wrongly abstaining (on questions
+/// whose evidence was there) on at most `max_wrongly` of the answerable ones (ties: the lower
+/// threshold).
 pub fn choose(rows: &[Calibration], max_wrongly: f64) -> Option<Calibration> {
     rows.iter()
         .filter(|c| c.wrongly_abstained <= max_wrongly)
