@@ -32,6 +32,6 @@ pub mod pb {
 }
 
 pub use config::{LimitSettings, Limits, QueueSettings, Queues, ServeConfig, ServeSettings};
-pub use engine::{Engine, Loaded};
+pub use engine::{Engine, Loaded, Reader};
 pub use error::{Result, ServiceError};
 pub use run::{shutdown_signal, start, Daemon, Loader, Stopper};
