@@ -145,8 +145,9 @@ pub struct QuickstartArgs {
         default_value = "How many days after receiving notice does a licensee have to cure a violation?"
     )]
     pub question: String,
-    /// The reader that answers (docs/eval.md "Readers and answer modes": the best reader
-    /// measured there within 15 s of `ask` on 2 cores).
+    /// The reader that answers (docs/eval.md "Readers and answer modes": Qwen2.5-Coder-0.5B
+    /// answered best on the dev questions; its `ask` latency on an idle 2-core CPU is still to
+    /// be measured against the 15 s aim).
     #[arg(long, default_value = "qwen2.5-coder-0.5b")]
     pub answer_model: String,
     /// How the reader answers: quote, free or auto.
