@@ -8,6 +8,8 @@
 //! [`convert`] maps proto messages to the index layer's types; [`error`] holds the one table
 //! from every layer's errors to gRPC codes; [`config`] the settings and limits.
 
+pub mod budget;
+pub mod codec;
 pub mod config;
 pub mod convert;
 pub mod engine;

@@ -14,6 +14,7 @@ use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Request, Status};
 use tonic_health::ServingStatus;
 
+use super::budget::ByteBudget;
 use super::config::ServeConfig;
 use super::engine::{Engine, Loaded};
 use super::error::{Result, ServiceError};
@@ -173,6 +174,7 @@ pub async fn start(config: ServeConfig, index: Index, loader: Loader) -> Result<
             q.query_workers,
             q.query_queue_depth,
         )?),
+        buffers: ByteBudget::new(limits.max_ingest_buffer_bytes),
     };
     let queues = [service.ingest.clone(), service.query.clone()];
 
