@@ -36,4 +36,4 @@ pub mod pb {
 pub use config::{LimitSettings, Limits, QueueSettings, Queues, ServeConfig, ServeSettings};
 pub use engine::{Engine, Loaded};
 pub use error::{Result, ServiceError};
-pub use run::{shutdown_signal, start, Daemon, Loader, Stopper};
+pub use run::{prepare, shutdown_signal, start, start_prepared, Daemon, Loader, Prepared, Stopper};

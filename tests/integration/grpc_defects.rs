@@ -523,3 +523,71 @@ async fn grpc_oversized_pieces_and_undecodable_requests_are_named() {
     assert!(s.message().contains("UTF-8"), "{}", s.message());
     daemon.shutdown().await.unwrap();
 }
+
+/// Names and ids with invisible or direction-changing characters, or whitespace at an end,
+/// are refused everywhere, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_names_refuse_invisible_characters_and_outer_whitespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, _, mut c) = serving_with_c(dir.path(), test_config()).await;
+    for name in [
+        " c1 ",
+        "   ",
+        "c\u{202E}1",
+        "\u{FEFF}c1",
+        "c\u{200B}1",
+        "c\u{2066}1",
+    ] {
+        refused(
+            c.create_collection(pb::CreateCollectionRequest { name: name.into() })
+                .await,
+            Code::InvalidArgument,
+            "name",
+        );
+    }
+    refused(
+        ingest(
+            &mut c,
+            vec![header("c", "\u{202E}fdp.txt"), text(b"A note.")],
+        )
+        .await,
+        Code::InvalidArgument,
+        "header.id",
+    );
+    refused(
+        c.retrieve(retrieve_request("c ", "Why?", 64)).await,
+        Code::InvalidArgument,
+        "collection",
+    );
+    daemon.shutdown().await.unwrap();
+}
+
+/// `serve` checks its token file and listening address before it creates the data dir.
+#[test]
+fn serve_checks_its_settings_before_creating_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = private_binary(dir.path());
+    let data = dir.path().join("data");
+    let blank = dir.path().join("token");
+    std::fs::write(&blank, "\n").unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    for (args, why) in [
+        (
+            vec!["--auth-token-file", blank.to_str().unwrap()],
+            "holds no token",
+        ),
+        (vec!["--listen", taken.as_str()], "cannot listen"),
+    ] {
+        let out = std::process::Command::new(&exe)
+            .args(["serve", "--data-dir"])
+            .arg(&data)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{err}");
+        assert!(!data.exists(), "{args:?} created the data dir");
+    }
+}
