@@ -1,14 +1,77 @@
-//! Answers: the model reads the assembled evidence and the question in its chat frame and
-//! answers greedily, streaming tokens. The only KV cache is that of this short prompt.
+//! Answers: a reader (the index model or another) reads the assembled evidence and the
+//! question in its chat frame, once, and answers greedily in one of three modes: `free` text
+//! whose sentences cite the evidence pieces they rest on, a `quote` copied verbatim from the
+//! evidence with its place in the document, or `auto`, which picks one by the question. When
+//! the reader's own evidence for any quote is weak it says "not in the evidence" instead.
+//! The only KV cache is that of this short prompt.
 
+pub mod cite;
 pub mod error;
+pub mod mode;
+pub mod quote;
 
 use std::collections::BTreeMap;
 
 pub use error::{AnswerError, Result};
+pub use mode::AnswerMode;
+pub use quote::{Passage, Quote, QuoteEnd};
 
-use crate::model::{GenerateConfig, Model, StopReason};
+use crate::model::{GenerateConfig, Model, Prefill, StopReason};
 use crate::retrieve::{frame, Evidence};
+
+/// What the reader says when its evidence does not support an answer.
+pub const NOT_IN_EVIDENCE: &str = "not in the evidence";
+
+/// The abstention thresholds calibrated per reader (its GGUF `general.name`): the
+/// log-probability of the quote's first token below which it says "not in the evidence"
+/// (docs/eval.md, "Not in the evidence").
+const CALIBRATED: [(&str, f32); 0] = [];
+
+/// When a reader abstains.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub enum Abstain {
+    /// Below the reader's calibrated threshold; never for a reader without one.
+    #[default]
+    Calibrated,
+    /// Never.
+    Never,
+    /// Below this log-probability of the quote's first token.
+    Below(f32),
+}
+
+impl Abstain {
+    /// Returns the threshold for `reader` (`None`: never abstain).
+    pub fn threshold(self, reader: &Model) -> Option<f32> {
+        match self {
+            Abstain::Calibrated => CALIBRATED
+                .iter()
+                .find(|(name, _)| *name == reader.config().name)
+                .map(|&(_, t)| t),
+            Abstain::Never => None,
+            Abstain::Below(t) => Some(t),
+        }
+    }
+}
+
+impl std::str::FromStr for Abstain {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "calibrated" => Ok(Abstain::Calibrated),
+            "never" => Ok(Abstain::Never),
+            other => match other.parse::<f32>() {
+                Ok(t) if t.is_finite() && t <= 0.0 => Ok(Abstain::Below(t)),
+                _ => Err(format!(
+                    "`{other}` is not calibrated, never or a log-probability (a number <= 0)"
+                )),
+            },
+        }
+    }
+}
+
+/// Prompt tokens per prefill step; bounds the attention matrix.
+const PREFILL_CHUNK: usize = 512;
 
 /// Settings of an answer.
 #[derive(Debug, Clone)]
@@ -17,6 +80,11 @@ pub struct AnswerConfig {
     pub max_new_tokens: usize,
     /// The most a caller may ask for.
     pub max_new_tokens_limit: usize,
+    /// How the reader answers.
+    pub mode: AnswerMode,
+    /// Abstain ("not in the evidence") when the log-probability of the quote's first token
+    /// is below this; `None` never abstains.
+    pub abstain_below: Option<f32>,
 }
 
 impl AnswerConfig {
@@ -38,6 +106,8 @@ impl Default for AnswerConfig {
         Self {
             max_new_tokens: 96,
             max_new_tokens_limit: 2048,
+            mode: AnswerMode::default(),
+            abstain_below: None,
         }
     }
 }
@@ -45,8 +115,23 @@ impl Default for AnswerConfig {
 /// A finished answer.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Answer {
-    /// The answer text.
+    /// The answer as delivered: the quote, the free text with its `[n]` citations, or
+    /// [`NOT_IN_EVIDENCE`].
     pub answer: String,
+    /// What the reader produced, without citations (empty when it abstained first).
+    pub generated: String,
+    /// The mode it answered in (`quote` or `free`; `auto` is resolved).
+    pub mode: AnswerMode,
+    /// The quote's provenance (quote mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quote: Option<Quote>,
+    /// Per sentence of a free answer, the `[n]` it rests on (0: none).
+    pub citations: Vec<usize>,
+    /// Whether the reader abstained: its evidence did not support an answer.
+    pub not_in_evidence: bool,
+    /// Log-probability of the quote's first token: how much the reader's answer rests on the
+    /// evidence (`None` without evidence).
+    pub confidence: Option<f32>,
     /// Tokens of the prompt (frame, evidence, question).
     pub prompt_tokens: usize,
     /// Tokens generated.
@@ -62,28 +147,42 @@ pub fn prompt(model: &Model, context: Option<&str>, question: &str) -> Result<Ve
     Ok(model.chat_prompt(Some(frame::SYSTEM), &frame::user_turn(context, question))?)
 }
 
-/// Answers from `evidence`, calling `on_text` with each new piece (`false` cancels).
-pub fn answer(
-    model: &Model,
-    evidence: &Evidence,
-    config: &AnswerConfig,
-    on_text: &mut dyn FnMut(&str) -> bool,
-) -> Result<Answer> {
-    let context = (!evidence.context.is_empty()).then_some(evidence.context.as_str());
-    answer_prompt(model, context, &evidence.question, config, on_text)
+/// Returns the evidence's pieces as passages a quote may come from, labelled `[n]`.
+pub fn passages(evidence: &Evidence) -> Vec<Passage> {
+    evidence
+        .spans
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Passage {
+            text: s.text.clone(),
+            doc_id: Some(s.doc_id.clone()),
+            char_start: s.char_start,
+            label: Some(i + 1),
+        })
+        .collect()
 }
 
-/// Answers `question` over `context` (closed-book when `None`).
-pub fn answer_prompt(
-    model: &Model,
+/// A prompt the reader has read: answered once or in several modes from one prefill.
+pub struct Reading<'a> {
+    reader: &'a Model,
+    prefill: Prefill,
+    passages: Vec<Passage>,
+    question: String,
+    confidence: Option<f32>,
+}
+
+/// Reads `question` over `context` (closed-book when `None`); quotes come from `passages`.
+/// The context is text: the reader tokenizes it with its own tokenizer.
+pub fn read<'a>(
+    reader: &'a Model,
     context: Option<&str>,
     question: &str,
+    passages: Vec<Passage>,
     config: &AnswerConfig,
-    on_text: &mut dyn FnMut(&str) -> bool,
-) -> Result<Answer> {
+) -> Result<Reading<'a>> {
     config.check()?;
-    let ids = prompt(model, context, question)?;
-    let window = model.config().context;
+    let ids = prompt(reader, context, question)?;
+    let window = reader.config().context;
     if ids.len() + config.max_new_tokens > window {
         return Err(AnswerError::TooLong {
             prompt_tokens: ids.len(),
@@ -91,22 +190,184 @@ pub fn answer_prompt(
             context: window,
         });
     }
-    let g = model.generate(
-        &ids,
-        &GenerateConfig {
-            max_new_tokens: config.max_new_tokens,
-            ..GenerateConfig::default()
-        },
-        on_text,
-    )?;
-    let mut timings_ms = BTreeMap::new();
-    timings_ms.insert("prefill".to_string(), g.prefill_ms);
-    timings_ms.insert("decode".to_string(), g.decode_ms);
-    Ok(Answer {
-        answer: g.text.trim().to_string(),
-        prompt_tokens: g.prompt_tokens,
-        new_tokens: g.tokens.len(),
-        stop: g.stop,
-        timings_ms,
+    let prefill = reader.prefill(&ids, PREFILL_CHUNK)?;
+    let logits = host_logits(&prefill.logits)?;
+    let confidence = quote::first_token(&logits, reader.tokenizer(), &passages).map(|t| t.1);
+    Ok(Reading {
+        reader,
+        prefill,
+        passages,
+        question: question.to_string(),
+        confidence,
     })
+}
+
+fn host_logits(logits: &candle_core::Tensor) -> Result<Vec<f32>> {
+    Ok(logits
+        .flatten_all()
+        .and_then(|l| l.to_vec1::<f32>())
+        .map_err(crate::model::ModelError::from)?)
+}
+
+impl Reading<'_> {
+    /// Returns the log-probability of the quote's first token (`None` without evidence).
+    pub fn confidence(&self) -> Option<f32> {
+        self.confidence
+    }
+
+    /// Whether `threshold` makes the reader abstain here.
+    pub fn abstains(&self, threshold: Option<f32>) -> bool {
+        threshold.is_some_and(|t| self.confidence.is_none_or(|c| c < t))
+    }
+
+    /// Answers in `config.mode` (auto resolved by the question), calling `on_text` with each
+    /// piece (`false` cancels); abstains first when `config.abstain_below` says so.
+    pub fn answer(
+        &self,
+        config: &AnswerConfig,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<Answer> {
+        let mode = config.mode.for_question(&self.question);
+        let mut timings_ms = BTreeMap::new();
+        timings_ms.insert("prefill".to_string(), self.prefill.ms);
+        let mut answer = Answer {
+            answer: String::new(),
+            generated: String::new(),
+            mode,
+            quote: None,
+            citations: Vec::new(),
+            not_in_evidence: false,
+            confidence: self.confidence,
+            prompt_tokens: self.prefill.prompt_tokens,
+            new_tokens: 0,
+            stop: StopReason::StopToken,
+            timings_ms,
+        };
+        let t = std::time::Instant::now();
+        if self.abstains(config.abstain_below) {
+            answer.not_in_evidence = true;
+            answer.answer = NOT_IN_EVIDENCE.to_string();
+            if !on_text(NOT_IN_EVIDENCE) {
+                answer.stop = StopReason::Cancelled;
+            }
+        } else if mode == AnswerMode::Quote {
+            self.quote(config, &mut answer, on_text)?;
+        } else {
+            self.free(config, &mut answer, on_text)?;
+        }
+        answer
+            .timings_ms
+            .insert("decode".to_string(), t.elapsed().as_secs_f64() * 1e3);
+        Ok(answer)
+    }
+
+    fn free(
+        &self,
+        config: &AnswerConfig,
+        answer: &mut Answer,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<()> {
+        let g = self.reader.generate_from(
+            self.prefill.clone(),
+            &GenerateConfig {
+                max_new_tokens: config.max_new_tokens,
+                prefill_chunk: PREFILL_CHUNK,
+                ..GenerateConfig::default()
+            },
+            on_text,
+        )?;
+        answer.generated = g.text.trim().to_string();
+        let cited = cite::cite(&answer.generated, &self.passages);
+        answer.answer = cited.text;
+        answer.citations = cited.citations;
+        answer.new_tokens = g.tokens.len();
+        answer.stop = g.stop;
+        Ok(())
+    }
+
+    fn quote(
+        &self,
+        config: &AnswerConfig,
+        answer: &mut Answer,
+        on_text: &mut dyn FnMut(&str) -> bool,
+    ) -> Result<()> {
+        let reader = self.reader;
+        let mut cache = self.prefill.cache.clone();
+        let window = reader.config().context;
+        let mut step = |id: u32| -> Result<Vec<f32>> {
+            if cache.len() + 1 > window {
+                return Err(AnswerError::TooLong {
+                    prompt_tokens: self.prefill.prompt_tokens,
+                    max_new_tokens: config.max_new_tokens,
+                    context: window,
+                });
+            }
+            host_logits(&reader.step(id, &mut cache)?)
+        };
+        let stops = reader.template().stop_tokens(reader.tokenizer());
+        let q = quote::decode(
+            host_logits(&self.prefill.logits)?,
+            &mut step,
+            reader.tokenizer(),
+            &stops,
+            &self.passages,
+            config.max_new_tokens,
+        )?;
+        answer.new_tokens = q.tokens.len();
+        answer.stop = match q.end {
+            QuoteEnd::MaxTokens => StopReason::MaxTokens,
+            QuoteEnd::StopToken | QuoteEnd::SentenceEnd | QuoteEnd::Diverged => {
+                StopReason::StopToken
+            }
+        };
+        if let Some(quote) = q.quote {
+            answer.generated = quote.text.clone();
+            answer.answer = quote.text.clone();
+            if !on_text(&quote.text) {
+                answer.stop = StopReason::Cancelled;
+            }
+            answer.quote = Some(quote);
+        }
+        Ok(())
+    }
+}
+
+/// Answers from `evidence` with `reader`, calling `on_text` with each new piece (`false`
+/// cancels).
+pub fn answer(
+    reader: &Model,
+    evidence: &Evidence,
+    config: &AnswerConfig,
+    on_text: &mut dyn FnMut(&str) -> bool,
+) -> Result<Answer> {
+    let context = (!evidence.context.is_empty()).then_some(evidence.context.as_str());
+    read(
+        reader,
+        context,
+        &evidence.question,
+        passages(evidence),
+        config,
+    )?
+    .answer(config, on_text)
+}
+
+/// Answers `question` over `context` (closed-book when `None`); quotes come from the context
+/// as one passage without a document.
+pub fn answer_prompt(
+    reader: &Model,
+    context: Option<&str>,
+    question: &str,
+    config: &AnswerConfig,
+    on_text: &mut dyn FnMut(&str) -> bool,
+) -> Result<Answer> {
+    let passages = context
+        .map(|c| Passage {
+            text: c.to_string(),
+            doc_id: None,
+            char_start: 0,
+            label: None,
+        })
+        .into_iter()
+        .collect();
+    read(reader, context, question, passages, config)?.answer(config, on_text)
 }

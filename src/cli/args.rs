@@ -99,3 +99,17 @@ pub struct ServerArgs {
     #[arg(long, env = "S3MEM_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
 }
+
+/// The reader: the model that answers from the evidence, apart from the model that indexes.
+#[derive(Debug, Args, Clone)]
+pub struct AnswerArgs {
+    /// The model that reads the evidence and answers: a known name (fetched if missing) or a
+    /// path to a GGUF file. Default: the index model (--model).
+    #[arg(long, env = "S3MEM_ANSWER_MODEL")]
+    pub answer_model: Option<String>,
+    /// When the reader says "not in the evidence": `calibrated` (below the reader's calibrated
+    /// threshold, never for a reader without one), `never`, or below a log-probability of the
+    /// quote's first token (a number <= 0).
+    #[arg(long, default_value = "calibrated", allow_hyphen_values = true)]
+    pub abstain_below: crate::answer::Abstain,
+}

@@ -7,8 +7,8 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::command_line::{AskArgs, RetrieveArgs};
-use super::load::{embed_missing, load, load_embedder, load_sae_set};
-use crate::answer::{self, AnswerConfig};
+use super::load::{embed_missing, load, load_embedder, load_reader, load_sae_set};
+use crate::answer::{self, AnswerConfig, Quote};
 use crate::embed::Embedder;
 use crate::index::Index;
 use crate::model::Model;
@@ -73,6 +73,29 @@ struct Answered {
     new_tokens: usize,
     stop: Value,
     timings_ms: std::collections::BTreeMap<String, f64>,
+    mode: String,
+    quote: Option<Quote>,
+    citations: Vec<usize>,
+    not_in_evidence: bool,
+    confidence: Option<f32>,
+}
+
+impl Answered {
+    /// Prints what follows the streamed answer: the cited text of a free answer, the place of
+    /// a quote.
+    fn print_provenance(&self) {
+        if let Some(q) = &self.quote {
+            let piece = q.label.map_or(String::new(), |n| format!(" [{n}]"));
+            println!(
+                "\nquoted from {} chars {}..{}{piece}",
+                q.doc_id.as_deref().unwrap_or("the evidence"),
+                q.char_start,
+                q.char_end
+            );
+        } else if !self.not_in_evidence && self.citations.iter().any(|&n| n > 0) {
+            println!("\ncited: {}", self.answer);
+        }
+    }
 }
 
 /// Prints the cited spans, readable.
@@ -132,31 +155,52 @@ pub fn ask(args: &AskArgs, models: &Path) -> Result<()> {
     };
     let (e, trace, ans) = match a.server.connect()? {
         Some(mut client) => {
-            let (e, trace, done) = client.ask(a, args.max_new_tokens, &mut on_text)?;
+            let (e, trace, done) = client.ask(args, &mut on_text)?;
             let ans = Answered {
+                quote: done.quote.map(|q| Quote {
+                    text: done.answer.clone(),
+                    doc_id: Some(q.doc_id),
+                    char_start: q.char_start as usize,
+                    char_end: q.char_end as usize,
+                    label: (q.evidence > 0).then_some(q.evidence as usize),
+                }),
                 answer: done.answer,
                 prompt_tokens: done.prompt_tokens as usize,
                 new_tokens: done.new_tokens as usize,
                 stop: json!(done.stop),
                 timings_ms: done.timings_ms.into_iter().collect(),
+                mode: done.mode,
+                citations: done.citations.into_iter().map(|n| n as usize).collect(),
+                not_in_evidence: done.not_in_evidence,
+                confidence: done.confidence,
             };
             (e, trace, ans)
         }
         None => {
             let l = load_all(a, models)?;
+            let reader = load_reader(&args.answer, &a.model, models)?;
             let r = l.retriever()?;
             let e = r.retrieve(&l.index, &query(a))?;
+            // The evidence is text: the reader tokenizes it with its own tokenizer.
+            let reader = reader.as_ref().unwrap_or(&l.model);
             let config = AnswerConfig {
                 max_new_tokens: args.max_new_tokens,
+                mode: args.answer_mode.unwrap_or_default(),
+                abstain_below: args.answer.abstain_below.threshold(reader),
                 ..AnswerConfig::default()
             };
-            let ans = answer::answer(&l.model, &e, &config, &mut on_text)?;
+            let ans = answer::answer(reader, &e, &config, &mut on_text)?;
             let ans = Answered {
                 answer: ans.answer,
                 prompt_tokens: ans.prompt_tokens,
                 new_tokens: ans.new_tokens,
                 stop: json!(ans.stop),
                 timings_ms: ans.timings_ms,
+                mode: ans.mode.to_string(),
+                quote: ans.quote,
+                citations: ans.citations,
+                not_in_evidence: ans.not_in_evidence,
+                confidence: ans.confidence,
             };
             (e, None, ans)
         }
@@ -164,6 +208,13 @@ pub fn ask(args: &AskArgs, models: &Path) -> Result<()> {
     if a.json {
         let mut v = evidence_json(&e, trace)?;
         v["answer"] = json!(ans.answer);
+        v["answer_mode"] = json!(ans.mode);
+        v["not_in_evidence"] = json!(ans.not_in_evidence);
+        v["citations"] = json!(ans.citations);
+        v["confidence"] = json!(ans.confidence);
+        if let Some(q) = &ans.quote {
+            v["quote"] = serde_json::to_value(q)?;
+        }
         v["usage"] = json!({
             "prompt_tokens": ans.prompt_tokens,
             "new_tokens": ans.new_tokens,
@@ -174,6 +225,7 @@ pub fn ask(args: &AskArgs, models: &Path) -> Result<()> {
         }
         println!("{}", serde_json::to_string(&v)?);
     } else {
+        ans.print_provenance();
         println!("\n");
         print_spans(&e);
     }

@@ -10,7 +10,8 @@ use tonic::service::Interceptor;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 
-use super::command_line::RetrieveArgs;
+use super::command_line::{AskArgs, RetrieveArgs};
+use crate::answer::AnswerMode;
 use crate::index::{CollectionInfo, DocumentInfo, Stats};
 use crate::retrieve::Evidence;
 use crate::service::convert::{evidence_from_pb, method_to_pb, stats_from_pb};
@@ -273,11 +274,10 @@ impl Client {
     /// its trace and the final message.
     pub fn ask(
         &mut self,
-        args: &RetrieveArgs,
-        max_new_tokens: usize,
+        ask: &AskArgs,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<(Evidence, Option<serde_json::Value>, pb::AskResult)> {
-        let r = retrieve_request(args);
+        let r = retrieve_request(&ask.retrieve);
         let req = pb::AskRequest {
             collection: r.collection,
             docs: r.docs,
@@ -285,7 +285,15 @@ impl Client {
             budget: r.budget,
             method: r.method,
             trace: r.trace,
-            max_new_tokens: u32::try_from(max_new_tokens).unwrap_or(u32::MAX),
+            max_new_tokens: u32::try_from(ask.max_new_tokens).unwrap_or(u32::MAX),
+            answer_model: ask.answer.answer_model.clone().unwrap_or_default(),
+            answer_mode: ask
+                .answer_mode
+                .map_or(pb::AnswerMode::Unspecified, |m| match m {
+                    AnswerMode::Free => pb::AnswerMode::Free,
+                    AnswerMode::Quote => pb::AnswerMode::Quote,
+                    AnswerMode::Auto => pb::AnswerMode::Auto,
+                }) as i32,
         };
         let api = &mut self.api;
         self.runtime.block_on(async {

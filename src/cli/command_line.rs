@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use super::args::{CorpusArgs, DataDirArgs, ModelArgs, ServerArgs, WindowArgs, SAMPLE_DOCUMENTS};
+use super::args::{
+    AnswerArgs, CorpusArgs, DataDirArgs, ModelArgs, ServerArgs, WindowArgs, SAMPLE_DOCUMENTS,
+};
 use super::bench_args::BenchCommand;
 use super::eval_args::EvalArgs;
 use super::serve::ServeArgs;
@@ -315,9 +317,16 @@ pub struct RetrieveArgs {
 pub struct AskArgs {
     #[command(flatten)]
     pub retrieve: RetrieveArgs,
+    #[command(flatten)]
+    pub answer: AnswerArgs,
     /// Most tokens of the answer.
     #[arg(long, default_value_t = 96)]
     pub max_new_tokens: usize,
+    /// quote (copied verbatim from the evidence, with its place in the document), free (the
+    /// reader's own words, each sentence citing [n]) or auto (quote, free for yes/no
+    /// questions). Default: free here, the daemon's default with --server.
+    #[arg(long)]
+    pub answer_mode: Option<crate::answer::AnswerMode>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,13 +8,14 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::eval_args::{
-    EvalArgs, EvalBuildCommand, EvalCommand, EvalRunArgs, EvalStoreArgs, HeadsArgs, PlotArgs,
-    RecallArgs,
+    CalibrateArgs, EvalArgs, EvalBuildCommand, EvalCommand, EvalRunArgs, EvalStoreArgs, HeadsArgs,
+    PlotArgs, RecallArgs,
 };
-use super::load::{embed_missing, load, load_embedder, load_sae_set};
+use super::load::{embed_missing, load, load_embedder, load_reader, load_sae_set};
 use crate::embed::Embedder;
 use crate::eval::heads::HeadTally;
 use crate::eval::recall::{self, RecallConfig};
+use crate::eval::report::RunRecord;
 use crate::eval::run::{Evaluation, Progress, Retrieval, RunConfig};
 use crate::eval::{self, build, contexts, EvalItem};
 use crate::index::{Index, IndexConfig};
@@ -114,6 +115,13 @@ pub fn run(args: EvalArgs, models: &Path) -> Result<()> {
             eprintln!("wrote {} questions to {}", items.len(), out.display());
             Ok(())
         }
+        EvalCommand::Build(EvalBuildCommand::Removed { input, out }) => {
+            let items = eval::abstain::without_gold(&eval::read_jsonl(&input)?)?;
+            eval::write_jsonl(&out, &items)?;
+            eprintln!("wrote {} questions to {}", items.len(), out.display());
+            Ok(())
+        }
+        EvalCommand::Calibrate(args) => calibrate(&args),
         EvalCommand::Heads(args) => heads(&args, models),
         EvalCommand::Recall(args) => recall(&args, models),
         EvalCommand::Plot(args) => plot(&args),
@@ -197,8 +205,11 @@ fn answer_quality(args: &EvalRunArgs, models: &Path) -> Result<()> {
         out: args.out.clone(),
         collection: args.store.collection.clone(),
         device: args.store.model.device.device.to_string(),
+        modes: args.answer_mode.clone(),
+        abstain_below: None,
     })?;
     let model = load(&args.store.model, models)?;
+    let reader = load_reader(&args.answer, &args.store.model, models)?;
     let mut ingest_seconds = 0.0;
     let mut setup = None;
     if evaluation.needs_retrieval() {
@@ -226,7 +237,9 @@ fn answer_quality(args: &EvalRunArgs, models: &Path) -> Result<()> {
         ProgressStyle::with_template("eval [{bar:30}] {pos}/{len} answers eta {eta} {msg}")?
             .progress_chars("=> "),
     );
-    let report = evaluation.run(&model, retrieval, ingest_seconds, &mut |p| match p {
+    let reader = reader.as_ref().unwrap_or(&model);
+    let evaluation = evaluation.abstaining_below(args.answer.abstain_below.threshold(reader));
+    let report = evaluation.run(reader, retrieval, ingest_seconds, &mut |p| match p {
         Progress::Answering { method, id } => bar.set_message(format!("{method} {id}")),
         Progress::Answered => bar.inc(1),
     })?;
@@ -269,7 +282,9 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
         rerank: args.heads.clone().map(|heads| RerankConfig {
             heads,
             pool_tokens: args.pool_tokens,
+            first_stage: args.rerank_first_stage,
         }),
+        hybrid_dense: args.hybrid_dense,
         ..defaults
     };
     // Settings first: a bad one stops the run before the model loads or anything is ingested.
@@ -417,6 +432,55 @@ fn heads(args: &HeadsArgs, models: &Path) -> Result<()> {
             100.0 * h.recall_at_10,
             h.questions
         );
+    }
+    Ok(())
+}
+
+/// Runs `s3mem eval calibrate`: the thresholds' outcomes on both sets, and the one chosen.
+fn calibrate(args: &CalibrateArgs) -> Result<()> {
+    let runs = |path: &Path| -> Result<Vec<RunRecord>> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        let runs: Vec<RunRecord> = serde_json::from_value(v["runs"].clone())
+            .with_context(|| format!("{}: no runs", path.display()))?;
+        Ok(runs
+            .into_iter()
+            .filter(|r| r.method == args.method && r.budget == args.budget)
+            .collect())
+    };
+    let (answerable, removed) = (runs(&args.answerable)?, runs(&args.removed)?);
+    let a: Vec<&RunRecord> = answerable.iter().collect();
+    let r: Vec<&RunRecord> = removed.iter().collect();
+    let rows = eval::abstain::calibrate(&a, &r)?;
+    println!(
+        "{} answerable, {} without evidence ({} @{})\n",
+        a.len(),
+        r.len(),
+        args.method,
+        args.budget
+    );
+    println!("| threshold | answered correctly | abstained | wrong | abstained, evidence there | removed: abstained |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for c in &rows {
+        println!(
+            "| {:.3} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |",
+            c.threshold,
+            100.0 * c.answerable.correct,
+            100.0 * c.answerable.abstained,
+            100.0 * c.answerable.wrong,
+            100.0 * c.wrongly_abstained,
+            100.0 * c.removed_abstained
+        );
+    }
+    match eval::abstain::choose(&rows, args.max_wrongly) {
+        Some(c) => println!(
+            "\nchosen: abstain below {:.3} ({:.1}% of removed abstained, {:.1}% of answerable abstained on with their evidence there)",
+            c.threshold,
+            100.0 * c.removed_abstained,
+            100.0 * c.wrongly_abstained
+        ),
+        None => println!("\nno threshold keeps wrong abstentions within {}", args.max_wrongly),
     }
     Ok(())
 }

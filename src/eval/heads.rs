@@ -10,7 +10,7 @@
 
 use std::ops::Range;
 
-use crate::retrieve::rerank::RetrievalHead;
+use crate::retrieve::rerank::{fuse_with_pool_order, RetrievalHead};
 use crate::retrieve::PoolScores;
 
 /// Tokens a piece of context costs besides its text (label and separator), as assembly counts.
@@ -56,6 +56,10 @@ struct Scored {
     /// `[head][sentence]`.
     scores: Vec<Vec<f32>>,
 }
+
+/// Weights of the pool's own order fused with the heads' order that the simulation tries
+/// (`rerank --rerank-first-stage`).
+const FIRST_STAGE_WEIGHTS: &[f32] = &[0.0, 0.5, 1.0];
 
 /// Accumulates per-head ranking quality over questions.
 #[derive(Debug, Default)]
@@ -251,22 +255,30 @@ impl HeadTally {
                         .position(|x| x.layer == h.layer && x.head == h.index)
                 })
                 .collect();
-            let combined = |q: &Scored| {
-                let n = q.golden.len();
-                let sum: Vec<f32> = (0..n)
-                    .map(|s| picked.iter().map(|&h| q.scores[h][s]).sum())
-                    .collect();
-                order_by(&sum)
-            };
-            out.push(SetRecall {
-                ranking: format!("top {k} heads"),
-                heads: ranking[..k]
-                    .iter()
-                    .map(|h| h.head.clone())
-                    .collect::<Vec<_>>()
-                    .join(","),
-                recall: recall_of(&combined),
-            });
+            let heads = ranking[..k]
+                .iter()
+                .map(|h| h.head.clone())
+                .collect::<Vec<_>>()
+                .join(",");
+            for &first_stage in FIRST_STAGE_WEIGHTS {
+                let combined = |q: &Scored| {
+                    let n = q.golden.len();
+                    let sum: Vec<f32> = (0..n)
+                        .map(|s| picked.iter().map(|&h| q.scores[h][s]).sum())
+                        .collect();
+                    order_by(&fuse_with_pool_order(&sum, first_stage))
+                };
+                let ranking = if first_stage > 0.0 {
+                    format!("top {k} heads, first stage {first_stage}")
+                } else {
+                    format!("top {k} heads")
+                };
+                out.push(SetRecall {
+                    ranking,
+                    heads: heads.clone(),
+                    recall: recall_of(&combined),
+                });
+            }
         }
         out
     }

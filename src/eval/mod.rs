@@ -1,6 +1,7 @@
 //! Evaluation: LongBench-format datasets, their builders, and the metrics that need no judge
 //! (evidence recall, SQuAD-style exact match and token F1).
 
+pub mod abstain;
 pub mod bootstrap;
 pub mod build;
 pub mod build_extra;

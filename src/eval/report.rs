@@ -48,6 +48,19 @@ pub struct RunRecord {
     /// bytes; `None` on the CPU.
     #[serde(default)]
     pub peak_gpu_bytes: Option<u64>,
+    /// How the reader was asked to answer: free, quote or auto (free in older reports).
+    #[serde(default = "free_mode")]
+    pub mode: String,
+    /// Log-probability of the first token of the best quote (the abstention signal).
+    #[serde(default)]
+    pub confidence: Option<f32>,
+    /// Whether the reader abstained under the run's threshold (`None`: no threshold).
+    #[serde(default)]
+    pub abstained: Option<bool>,
+}
+
+fn free_mode() -> String {
+    "free".into()
 }
 
 impl RunRecord {
@@ -86,6 +99,9 @@ pub struct SummaryRow {
     pub peak_rss_bytes: Option<u64>,
     /// Highest peak GPU memory allocated, in bytes (`None` on the CPU).
     pub peak_gpu_bytes: Option<u64>,
+    /// Answered correctly, abstained and answered wrongly, as shares (with a threshold).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outcomes: Option<super::abstain::Outcomes>,
 }
 
 fn mean(v: impl Iterator<Item = f64>) -> Option<f64> {
@@ -129,6 +145,7 @@ pub fn summarize(runs: &[RunRecord]) -> Vec<SummaryRow> {
                 mean_ms: mean(ms.iter().copied()).unwrap_or(0.0),
                 peak_rss_bytes: rs.iter().filter_map(|r| r.peak_rss_bytes).max(),
                 peak_gpu_bytes: rs.iter().filter_map(|r| r.peak_gpu_bytes).max(),
+                outcomes: super::abstain::Outcomes::of(&rs),
             }
         })
         .collect()
@@ -142,6 +159,15 @@ fn megabytes(x: Option<u64>) -> String {
     x.map_or("-".to_string(), |b| format!("{:.0}", b as f64 / 1e6))
 }
 
+/// Returns a budget as tables show it ("-" for methods without one).
+pub fn budget_label(budget: usize) -> String {
+    if budget == NO_BUDGET {
+        "-".to_string()
+    } else {
+        budget.to_string()
+    }
+}
+
 /// The rows as a Markdown table (scores in percent).
 pub fn markdown(rows: &[SummaryRow]) -> String {
     let mut s = String::from(
@@ -150,15 +176,10 @@ pub fn markdown(rows: &[SummaryRow]) -> String {
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
-        let budget = if r.budget == NO_BUDGET {
-            "-".to_string()
-        } else {
-            r.budget.to_string()
-        };
         s.push_str(&format!(
             "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {} |\n",
             r.method,
-            budget,
+            budget_label(r.budget),
             r.questions,
             pct(Some(r.em)),
             pct(Some(r.f1)),
@@ -171,6 +192,7 @@ pub fn markdown(rows: &[SummaryRow]) -> String {
             megabytes(r.peak_gpu_bytes),
         ));
     }
+    s.push_str(&super::abstain::markdown(rows));
     s
 }
 
@@ -338,6 +360,9 @@ mod tests {
             decode_ms: 0.0,
             peak_rss_bytes: Some(1_000_000 * budget as u64),
             peak_gpu_bytes: (method == "full").then_some(3_000_000_000),
+            mode: "free".into(),
+            confidence: None,
+            abstained: None,
         }
     }
 

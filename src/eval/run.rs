@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::report::{self, RunRecord, NO_BUDGET};
 use super::{EvalError, EvalItem, Result};
-use crate::answer::{self, AnswerConfig};
+use crate::answer::{self, AnswerConfig, AnswerMode, Passage};
 use crate::index::Index;
 use crate::model::{gpu_memory, reset_gpu_peak, Model, Tokenized};
 use crate::retrieve::{Method, Query, Retriever};
@@ -91,6 +91,9 @@ fn plans(methods: &[String], budgets: &[usize]) -> Result<Vec<Plan>> {
     Ok(out)
 }
 
+/// Char ranges of a document that a context holds.
+type CharRanges = Vec<(usize, usize)>;
+
 /// A document cut to some of its tokens: the text the model reads and the char ranges kept.
 struct Cut {
     text: String,
@@ -149,6 +152,11 @@ pub struct RunConfig {
     pub collection: String,
     /// The device the model runs on, as the report names it.
     pub device: String,
+    /// How the reader answers; each mode is one run from the same prefill (closed-book
+    /// answers free only).
+    pub modes: Vec<AnswerMode>,
+    /// Abstain below this log-probability of the quote's first token (`None`: never).
+    pub abstain_below: Option<f32>,
 }
 
 /// An index and a retriever over the dataset's contexts, for the retrieval methods.
@@ -198,6 +206,9 @@ impl Evaluation {
     /// Checks the settings and reads the questions; nothing is loaded or ingested yet.
     pub fn new(config: RunConfig) -> Result<Self> {
         let plans = plans(&config.methods, &config.budgets)?;
+        if config.modes.is_empty() {
+            return Err(EvalError::setting("answer-mode", "no answer mode given"));
+        }
         let mut items = super::read_jsonl(&config.dataset)?;
         if let Some(n) = config.limit {
             items.truncate(n);
@@ -223,6 +234,12 @@ impl Evaluation {
         })
     }
 
+    /// Returns the evaluation with abstention below `threshold` (known once the reader is).
+    pub fn abstaining_below(mut self, threshold: Option<f32>) -> Self {
+        self.config.abstain_below = threshold;
+        self
+    }
+
     /// Returns the questions.
     pub fn items(&self) -> &[EvalItem] {
         &self.items
@@ -239,16 +256,18 @@ impl Evaluation {
     }
 
     /// Answers every question with every plan, rewriting the report after each question, and
-    /// returns the finished report. `ingest_seconds` (the time spent ingesting the contexts
-    /// before) goes into its header.
+    /// returns the finished report. `reader` answers (the index model, or another: the
+    /// evidence is text, read with the reader's own tokenizer and window); `ingest_seconds`
+    /// (the time spent ingesting the contexts before) goes into its header.
     pub fn run(
         &self,
-        model: &Model,
+        reader: &Model,
         retrieval: Option<Retrieval<'_>>,
         ingest_seconds: f64,
         progress: &mut dyn FnMut(Progress<'_>),
     ) -> Result<Report> {
         let config = &self.config;
+        let model = reader;
         let device = model.transformer().device();
         let mut runs = Vec::new();
         for item in &self.items {
@@ -273,15 +292,18 @@ impl Evaluation {
                 });
                 reset_peak_rss();
                 reset_gpu_peak(device)?;
-                let mut record = self
+                let records = self
                     .run_one(model, item, &tok, room, *plan, retrieval)
                     .map_err(|e| EvalError::Question {
                         id: item.id.clone(),
                         method: method.clone(),
                         source: Box::new(e),
                     })?;
-                record.peak_gpu_bytes = peak_gpu_bytes(device)?;
-                runs.push(record);
+                let peak = peak_gpu_bytes(device)?;
+                for mut record in records {
+                    record.peak_gpu_bytes = peak;
+                    runs.push(record);
+                }
                 progress(Progress::Answered);
             }
             // The report so far, after each question: a long run stopped early keeps its results.
@@ -298,47 +320,60 @@ impl Evaluation {
         room: usize,
         plan: Plan,
         retrieval: Option<Retrieval<'_>>,
-    ) -> Result<RunRecord> {
+    ) -> Result<Vec<RunRecord>> {
         let t = Instant::now();
-        let (context, ranges): (Option<String>, Option<Vec<(usize, usize)>>) = match plan {
-            Plan::ClosedBook => (None, None),
-            Plan::Full => {
-                // LongBench: keep the first and last halves of what fits.
-                let c = cut(&item.context, tok, room / 2, room - room / 2);
-                (Some(c.text), Some(c.ranges))
-            }
-            Plan::Window(budget) => {
-                let keep = budget.min(room);
-                let sink = SINK_TOKENS.min(keep);
-                let c = cut(&item.context, tok, sink, keep - sink);
-                (Some(c.text), Some(c.ranges))
-            }
-            Plan::Retrieve(method, budget) => {
-                let r = retrieval.ok_or_else(|| {
-                    EvalError::Input("retrieval was not set up: no index given".into())
-                })?;
-                let e = r.retriever.retrieve(
-                    r.index,
-                    &Query {
-                        collection: self.config.collection.clone(),
-                        docs: vec![super::contexts::context_id(&item.context)],
-                        question: item.input.clone(),
-                        budget,
-                        method,
-                        trace: false,
-                    },
-                )?;
-                let spans = e.spans.iter().map(|s| (s.char_start, s.char_end)).collect();
-                ((!e.context.is_empty()).then_some(e.context), Some(spans))
-            }
+        // A cut document is one passage (quotes from it have no document range).
+        let whole = |text: &str| {
+            vec![Passage {
+                text: text.to_string(),
+                doc_id: None,
+                char_start: 0,
+                label: None,
+            }]
         };
+        let (context, ranges, passages): (Option<String>, Option<CharRanges>, Vec<Passage>) =
+            match plan {
+                Plan::ClosedBook => (None, None, Vec::new()),
+                Plan::Full => {
+                    // LongBench: keep the first and last halves of what fits.
+                    let c = cut(&item.context, tok, room / 2, room - room / 2);
+                    let p = whole(&c.text);
+                    (Some(c.text), Some(c.ranges), p)
+                }
+                Plan::Window(budget) => {
+                    let keep = budget.min(room);
+                    let sink = SINK_TOKENS.min(keep);
+                    let c = cut(&item.context, tok, sink, keep - sink);
+                    let p = whole(&c.text);
+                    (Some(c.text), Some(c.ranges), p)
+                }
+                Plan::Retrieve(method, budget) => {
+                    let r = retrieval.ok_or_else(|| {
+                        EvalError::Input("retrieval was not set up: no index given".into())
+                    })?;
+                    let e = r.retriever.retrieve(
+                        r.index,
+                        &Query {
+                            collection: self.config.collection.clone(),
+                            docs: vec![super::contexts::context_id(&item.context)],
+                            question: item.input.clone(),
+                            budget,
+                            method,
+                            trace: false,
+                        },
+                    )?;
+                    let spans = e.spans.iter().map(|s| (s.char_start, s.char_end)).collect();
+                    let p = answer::passages(&e);
+                    ((!e.context.is_empty()).then_some(e.context), Some(spans), p)
+                }
+            };
         let context_ms = t.elapsed().as_secs_f64() * 1e3;
-        let a = answer::answer_prompt(
+        let reading = answer::read(
             model,
             context.as_deref(),
             &asked(item, &self.config.instruction),
+            passages,
             &self.answer,
-            &mut |_| true,
         )?;
         let context_tokens = match &context {
             Some(c) => model.tokenizer().encode_ids(c)?.len(),
@@ -348,23 +383,48 @@ impl Evaluation {
             (Some(r), false) => Some(super::evidence_recalled(r, &item.gold_spans)),
             _ => None,
         };
-        Ok(RunRecord {
-            id: item.id.clone(),
-            method: plan.name(),
-            budget: plan.budget(),
-            doc_tokens: tok.ids.len(),
-            fits: tok.ids.len() <= room,
-            context_tokens,
-            em: super::exact_match(&a.answer, &item.answers),
-            f1: super::token_f1(&a.answer, &item.answers),
-            answer: a.answer,
-            recalled,
-            context_ms,
-            prefill_ms: a.timings_ms.get("prefill").copied().unwrap_or(0.0),
-            decode_ms: a.timings_ms.get("decode").copied().unwrap_or(0.0),
-            peak_rss_bytes: peak_rss_bytes(),
-            peak_gpu_bytes: None,
-        })
+        let modes = match plan {
+            Plan::ClosedBook => &[AnswerMode::Free][..],
+            _ => &self.config.modes[..],
+        };
+        let mut records = Vec::new();
+        for &mode in modes {
+            let config = AnswerConfig {
+                mode,
+                ..self.answer.clone()
+            };
+            let a = reading.answer(&config, &mut |_| true)?;
+            // What the reader said, without the `[n]` it was asked to cite: scores count words.
+            let said = strip_citations(&a.generated);
+            let method = match mode {
+                AnswerMode::Free => plan.name(),
+                other => format!("{}/{other}", plan.name()),
+            };
+            records.push(RunRecord {
+                id: item.id.clone(),
+                method,
+                budget: plan.budget(),
+                doc_tokens: tok.ids.len(),
+                fits: tok.ids.len() <= room,
+                context_tokens,
+                em: super::exact_match(&said, &item.answers),
+                f1: super::token_f1(&said, &item.answers),
+                answer: a.answer,
+                recalled,
+                context_ms,
+                prefill_ms: a.timings_ms.get("prefill").copied().unwrap_or(0.0),
+                decode_ms: a.timings_ms.get("decode").copied().unwrap_or(0.0),
+                peak_rss_bytes: peak_rss_bytes(),
+                peak_gpu_bytes: None,
+                mode: mode.to_string(),
+                confidence: a.confidence,
+                abstained: self
+                    .config
+                    .abstain_below
+                    .map(|_| reading.abstains(self.config.abstain_below)),
+            });
+        }
+        Ok(records)
     }
 
     fn write_report(
@@ -422,6 +482,32 @@ impl Evaluation {
     }
 }
 
+/// Returns `text` without `[n]` citation marks.
+fn strip_citations(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(open) = rest.find('[') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        match after.find(']') {
+            Some(close)
+                if !after[..close].is_empty()
+                    && after[..close]
+                        .chars()
+                        .all(|c| c.is_ascii_digit() || c == ',' || c == ' ') =>
+            {
+                rest = &after[close + 1..];
+            }
+            _ => {
+                out.push('[');
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The most GPU memory the process had allocated since [`reset_gpu_peak`] (the weights
 /// included), `None` on the CPU.
 fn peak_gpu_bytes(device: &candle_core::Device) -> Result<Option<u64>> {
@@ -477,6 +563,15 @@ mod tests {
             asked(&item, SHORT_ANSWER),
             format!("Who wrote it?\n{SHORT_ANSWER}")
         );
+    }
+
+    #[test]
+    fn citation_marks_are_not_scored() {
+        assert_eq!(
+            strip_citations("Paris [2]. It is [1, 3] old"),
+            "Paris . It is  old"
+        );
+        assert_eq!(strip_citations("a [b] [] c[4"), "a [b] [] c[4");
     }
 
     #[test]

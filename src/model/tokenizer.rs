@@ -235,7 +235,8 @@ impl TextTokenizer {
         }
     }
 
-    fn bytes_of(&self, id: u32) -> &[u8] {
+    /// Returns the bytes a token stands for (nothing for control tokens and unknown IDs).
+    pub fn bytes_of(&self, id: u32) -> &[u8] {
         self.token_bytes
             .get(id as usize)
             .map(Vec::as_slice)

@@ -218,6 +218,9 @@ pub struct RetrieveConfig {
     pub probe: question::Probe,
     /// Attention re-ranking (`Method::Rerank`); `None`: that method is refused.
     pub rerank: Option<rerank::RerankConfig>,
+    /// Whether hybrid's passages are RAG's (BM25 and dense fused) when the embedding model is
+    /// there, rather than BM25's alone.
+    pub hybrid_dense: bool,
 }
 
 /// The widest Gaussian smoothing, in tokens (its kernel spans 6 sigma).
@@ -246,6 +249,15 @@ impl RetrieveConfig {
         if self.snap_reach > MAX_SPAN_TOKENS {
             let n = self.snap_reach;
             return bad("snap_reach", format!("{n} is over {MAX_SPAN_TOKENS}"));
+        }
+        if let Some(r) = &self.rerank {
+            if !(r.first_stage.is_finite() && r.first_stage >= 0.0) {
+                let w = r.first_stage;
+                return bad(
+                    "rerank_first_stage",
+                    format!("{w} is not a finite number >= 0"),
+                );
+            }
         }
         let f = &self.fusion;
         if !(f.rrf_k.is_finite() && f.rrf_k >= 0.0) {
@@ -293,6 +305,7 @@ impl Default for RetrieveConfig {
             layers: None,
             probe: question::Probe::Keys,
             rerank: None,
+            hybrid_dense: false,
         }
     }
 }
@@ -578,6 +591,7 @@ impl<'a> Retriever<'a> {
         let embedder = match (q.method, self.embedder) {
             (Method::Dense | Method::Rag, None) => return Err(RetrieveError::NoEmbedder),
             (Method::Dense | Method::Rag | Method::Rerank, e) => e,
+            (Method::Hybrid, e) if cfg.hybrid_dense => e,
             _ => None,
         };
         let mut forward_ms = 0.0;
@@ -638,6 +652,9 @@ impl<'a> Retriever<'a> {
             }
             _ => Vec::new(),
         };
+        if q.method == Method::Hybrid && !dense.is_empty() {
+            bm25 = dense::reciprocal_rank_fusion(&[&bm25, &dense], cfg.fusion.rrf_k);
+        }
         if matches!(q.method, Method::Hybrid | Method::Rerank) && cfg.fusion.rerank > 0.0 {
             rerank_by_density(&mut bm25, &s3_out, &cfg.fusion);
         }
@@ -669,7 +686,7 @@ impl<'a> Retriever<'a> {
             };
             timings.insert("rerank_forward".to_string(), scores.forward_ms);
             timings.insert("rerank_pool_tokens".to_string(), scores.tokens as f64);
-            attention = rerank::ranked(&pool, &scores);
+            attention = rerank::ranked(&pool, &scores, r.first_stage);
             timings.insert("rerank".to_string(), t.elapsed().as_secs_f64() * 1e3);
         }
         checkpoint()?;

@@ -121,6 +121,10 @@ pub struct RerankConfig {
     pub heads: HeadSet,
     /// Most tokens of first-stage candidates read.
     pub pool_tokens: usize,
+    /// Weight of the first stage's own order in the final one (0: attention alone): a
+    /// sentence scores `1/(k + attention rank) + first_stage/(k + pool position)`, k
+    /// [`FUSION_K`].
+    pub first_stage: f32,
 }
 
 /// One sentence of the candidate pool.
@@ -294,9 +298,32 @@ pub fn head_scores(
     })
 }
 
-/// Returns the pool's sentences as candidates, best combined score first.
-pub fn ranked(pool: &[PoolSentence], scores: &HeadScores) -> Vec<Candidate> {
-    let combined = scores.combined();
+/// The reciprocal-rank constant of the attention order fused with the pool's own order.
+pub const FUSION_K: f32 = 60.0;
+
+/// Returns each sentence's score when its attention rank (by `attention`, best first) is fused
+/// with its pool position: `1/(k + rank) + first_stage/(k + position)`, ranks from 1; with
+/// `first_stage` 0, the attention scores as they are.
+pub fn fuse_with_pool_order(attention: &[f32], first_stage: f32) -> Vec<f32> {
+    if first_stage <= 0.0 {
+        return attention.to_vec();
+    }
+    let mut order: Vec<usize> = (0..attention.len()).collect();
+    order.sort_by(|&a, &b| attention[b].total_cmp(&attention[a]).then(a.cmp(&b)));
+    let mut fused = vec![0.0f32; attention.len()];
+    for (rank, &i) in order.iter().enumerate() {
+        fused[i] = 1.0 / (FUSION_K + rank as f32 + 1.0);
+    }
+    for (position, s) in fused.iter_mut().enumerate() {
+        *s += first_stage / (FUSION_K + position as f32 + 1.0);
+    }
+    fused
+}
+
+/// Returns the pool's sentences as candidates, best first: by the heads' combined score,
+/// fused with the pool's own order by `first_stage` (see [`RerankConfig::first_stage`]).
+pub fn ranked(pool: &[PoolSentence], scores: &HeadScores, first_stage: f32) -> Vec<Candidate> {
+    let combined = fuse_with_pool_order(&scores.combined(), first_stage);
     let mut order: Vec<usize> = (0..pool.len()).collect();
     order.sort_by(|&a, &b| combined[b].total_cmp(&combined[a]).then(a.cmp(&b)));
     order
@@ -325,5 +352,18 @@ mod tests {
             assert!(bad.parse::<HeadSet>().is_err(), "{bad}");
         }
         assert_eq!(HeadSet::all(2, 3).heads().len(), 6);
+    }
+
+    #[test]
+    fn fusion_with_the_pool_order_lifts_early_sentences() {
+        let attention = [0.1, 0.5, 0.3];
+        assert_eq!(fuse_with_pool_order(&attention, 0.0), attention.to_vec());
+        let fused = fuse_with_pool_order(&attention, 1.0);
+        // Sentence 0: attention rank 3, position 1; sentence 1: rank 1, position 2.
+        let k = FUSION_K;
+        assert!((fused[0] - (1.0 / (k + 3.0) + 1.0 / (k + 1.0))).abs() < 1e-7);
+        assert!((fused[1] - (1.0 / (k + 1.0) + 1.0 / (k + 2.0))).abs() < 1e-7);
+        // Ties with the pool order break towards attention's first choice.
+        assert!(fused[1] > fused[0] && fused[1] > fused[2]);
     }
 }

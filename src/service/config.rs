@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::{Result, ServiceError};
+use crate::answer::AnswerMode;
 
 /// Limits on what one call may ask for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -106,6 +107,13 @@ pub struct ServeConfig {
     pub tls_key: Option<PathBuf>,
     /// Seconds in-flight calls get to finish after SIGINT/SIGTERM.
     pub shutdown_grace_seconds: u64,
+    /// Readers loaded at start (known names or GGUF paths), the first the default; empty: the
+    /// index model answers.
+    #[serde(default)]
+    pub answer_model: Vec<String>,
+    /// How readers answer calls that name no mode: quote, free or auto.
+    #[serde(default)]
+    pub answer_mode: AnswerMode,
     /// Per-call limits.
     pub limits: Limits,
     /// Model work threads and queues.
@@ -120,6 +128,8 @@ impl Default for ServeConfig {
             tls_cert: None,
             tls_key: None,
             shutdown_grace_seconds: 10,
+            answer_model: Vec::new(),
+            answer_mode: AnswerMode::default(),
             limits: Limits::default(),
             queues: Queues::default(),
         }
@@ -147,6 +157,13 @@ pub struct ServeSettings {
     /// Seconds in-flight calls get after SIGINT/SIGTERM.
     #[arg(long, env = "S3MEM_SHUTDOWN_GRACE_SECONDS")]
     pub shutdown_grace_seconds: Option<u64>,
+    /// Readers to load at start, comma-separated (known names or GGUF paths); the first answers
+    /// calls that name none. Unset: the index model answers.
+    #[arg(long, env = "S3MEM_ANSWER_MODEL", value_delimiter = ',')]
+    pub answer_model: Option<Vec<String>>,
+    /// How readers answer calls that name no mode: quote, free or auto.
+    #[arg(long, env = "S3MEM_ANSWER_MODE")]
+    pub answer_mode: Option<AnswerMode>,
     #[command(flatten)]
     pub limits: LimitSettings,
     #[command(flatten)]
@@ -459,8 +476,10 @@ mod tests {
         for (i, (key, default)) in flat_defaults().into_iter().enumerate() {
             let value = match (key.as_str(), default) {
                 ("listen", _) => Value::from(format!("127.0.0.1:{}", 40000 + i)),
+                ("answer_mode", _) => Value::from("quote"),
                 (_, Value::Null) => Value::from(format!("/tmp/{key}")),
                 (_, Value::Number(n)) => Value::from(n.as_u64().unwrap() + 1 + i as u64),
+                (_, Value::Array(_)) => Value::from(vec![format!("/tmp/{key}.gguf"), "b".into()]),
                 (key, other) => panic!("no test value for {key} = {other}"),
             };
             out.insert(key, value);
@@ -522,7 +541,16 @@ mod tests {
         let args: Vec<String> = values
             .iter()
             .flat_map(|(k, v)| {
-                let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                let v = match v {
+                    Value::String(s) => s.clone(),
+                    // A list is one comma-separated flag.
+                    Value::Array(items) => items
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    other => other.to_string(),
+                };
                 [format!("--{}", k.replace('_', "-")), v]
             })
             .collect();
@@ -610,6 +638,19 @@ mod tests {
         let err =
             ServeConfig::merge(&flags(&["--tls-cert".into(), "c.pem".into()]), None).unwrap_err();
         assert!(err.to_string().contains("tls_key"), "{err}");
+    }
+
+    #[test]
+    fn readers_are_a_list_from_flags_or_the_file() {
+        let c = ServeConfig::merge(
+            &flags(&["--answer-model=a.gguf,qwen2.5-coder-0.5b".into()]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(c.answer_model, ["a.gguf", "qwen2.5-coder-0.5b"]);
+        let file: ServeSettings = toml::from_str("answer_model = [\"b.gguf\"]").unwrap();
+        assert_eq!(file.answer_model, Some(vec!["b.gguf".to_string()]));
+        assert!(ServeConfig::default().answer_model.is_empty());
     }
 
     #[test]

@@ -7,7 +7,7 @@ use super::config::Limits;
 use super::error::{Result, ServiceError};
 use super::pb;
 use super::queue::QueueState;
-use crate::answer::Answer;
+use crate::answer::{Answer, AnswerMode};
 use crate::index::{CollectionInfo, DocumentInfo, Ingested, Stats};
 use crate::retrieve::{Evidence, EvidenceSpan, Method, Query};
 
@@ -337,6 +337,30 @@ pub fn answer_to_pb(a: Answer) -> pb::AskResult {
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default(),
         timings_ms: a.timings_ms.into_iter().collect(),
+        mode: a.mode.to_string(),
+        quote: a.quote.map(|q| pb::Quote {
+            doc_id: q.doc_id.unwrap_or_default(),
+            char_start: q.char_start as u64,
+            char_end: q.char_end as u64,
+            evidence: q.label.map_or(0, |l| l as u32),
+        }),
+        citations: a.citations.into_iter().map(|n| n as u32).collect(),
+        not_in_evidence: a.not_in_evidence,
+        confidence: a.confidence,
+    }
+}
+
+/// Returns the answer mode a request asks for (`None`: the daemon's default).
+pub fn answer_mode(mode: i32) -> Result<Option<AnswerMode>> {
+    match pb::AnswerMode::try_from(mode) {
+        Ok(pb::AnswerMode::Unspecified) => Ok(None),
+        Ok(pb::AnswerMode::Free) => Ok(Some(AnswerMode::Free)),
+        Ok(pb::AnswerMode::Quote) => Ok(Some(AnswerMode::Quote)),
+        Ok(pb::AnswerMode::Auto) => Ok(Some(AnswerMode::Auto)),
+        Err(_) => Err(ServiceError::invalid(
+            "answer_mode",
+            format!("{mode} is not an AnswerMode"),
+        )),
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use super::config::Limits;
 use super::error::{Result, ServiceError};
-use crate::answer::{self, Answer, AnswerConfig};
+use crate::answer::{self, Answer, AnswerConfig, AnswerMode};
 use crate::embed::Embedder;
 use crate::index::{CollectionInfo, DocumentInfo, Index, IndexError, Ingested, NewDocument, Stats};
 use crate::ingest::{self, Encoder, IngestError};
@@ -32,9 +32,49 @@ pub struct Loaded {
     pub scan: ScanConfig,
     /// The embedding model of the dense methods, when the daemon has one.
     pub embedder: Option<Arc<Embedder>>,
+    /// The readers loaded at start (`answer_model`), the first the default; empty: the index
+    /// model answers.
+    pub readers: Vec<Reader>,
+    /// How readers answer calls that name no mode (`answer_mode`).
+    pub answer_mode: AnswerMode,
+}
+
+/// A model that answers from evidence, loaded once at start and named as the settings name it.
+pub struct Reader {
+    /// Its name in the settings and in `AskRequest.answer_model` (a known name or a path).
+    pub name: String,
+    /// The model.
+    pub model: Arc<Model>,
 }
 
 impl Loaded {
+    /// Returns the reader `name` names (empty: the default reader), or an invalid-argument
+    /// error listing the loaded ones.
+    pub fn reader(&self, name: &str) -> Result<Arc<Model>> {
+        if name.is_empty() {
+            return Ok(self
+                .readers
+                .first()
+                .map_or_else(|| self.model.clone(), |r| r.model.clone()));
+        }
+        if let Some(r) = self.readers.iter().find(|r| r.name == name) {
+            return Ok(r.model.clone());
+        }
+        let loaded: Vec<&str> = self.readers.iter().map(|r| r.name.as_str()).collect();
+        Err(ServiceError::invalid(
+            "answer_model",
+            format!(
+                "no reader `{name}` is loaded (loaded: {}; the daemon loads readers at start: \
+                 --answer-model)",
+                if loaded.is_empty() {
+                    "only the index model, as the default".to_string()
+                } else {
+                    loaded.join(", ")
+                }
+            ),
+        ))
+    }
+
     /// Returns the encoder of ingests.
     fn encoder(&self) -> Result<Encoder<'_>> {
         Ok(Encoder::new(&self.model, &self.saes, self.scan)?
@@ -289,20 +329,16 @@ impl Engine {
             })
     }
 
-    /// Answers from `evidence`, calling `on_text` with each piece (`false` stops); stops too
-    /// when the daemon does.
+    /// Answers from `evidence` with `reader` (see [`Loaded::reader`]), calling `on_text` with
+    /// each piece (`false` stops); stops too when the daemon does.
     pub fn answer(
         &self,
+        reader: &Model,
         evidence: &Evidence,
-        max_new_tokens: usize,
+        config: &AnswerConfig,
         on_text: &mut dyn FnMut(&str) -> bool,
     ) -> Result<Answer> {
-        let loaded = self.loaded()?;
-        let config = AnswerConfig {
-            max_new_tokens,
-            max_new_tokens_limit: self.limits.max_new_tokens,
-        };
-        let out = answer::answer(&loaded.model, evidence, &config, &mut |piece| {
+        let out = answer::answer(reader, evidence, config, &mut |piece| {
             on_text(piece) && !self.is_stopping()
         })?;
         if out.stop == crate::model::StopReason::Cancelled {

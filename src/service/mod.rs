@@ -34,6 +34,6 @@ pub mod pb {
 }
 
 pub use config::{LimitSettings, Limits, QueueSettings, Queues, ServeConfig, ServeSettings};
-pub use engine::{Engine, Loaded};
+pub use engine::{Engine, Loaded, Reader};
 pub use error::{Result, ServiceError};
 pub use run::{prepare, shutdown_signal, start, start_prepared, Daemon, Loader, Prepared, Stopper};

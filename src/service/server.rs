@@ -13,6 +13,7 @@ use super::engine::{CancelOnDrop, Engine, Upload};
 use super::error::{Result, ServiceError};
 use super::pb::{self, ingest_request::Part};
 use super::queue::{Slot, WorkQueue};
+use crate::answer::{Abstain, AnswerConfig};
 use crate::text::document_text;
 
 /// The service: the engine, its two work queues and the ingest buffers' budget.
@@ -307,6 +308,14 @@ impl pb::memory_server::Memory for MemoryService {
         let r = request.into_inner();
         let limits = self.engine.limits();
         let max_new_tokens = convert::max_new_tokens(r.max_new_tokens, limits)?;
+        let loaded = self.engine.loaded()?;
+        let reader = loaded.reader(&r.answer_model)?;
+        let config = AnswerConfig {
+            max_new_tokens,
+            max_new_tokens_limit: limits.max_new_tokens,
+            mode: convert::answer_mode(r.answer_mode)?.unwrap_or(loaded.answer_mode),
+            abstain_below: Abstain::Calibrated.threshold(&reader),
+        };
         let query = convert::query(
             convert::QueryFields {
                 collection: r.collection,
@@ -333,7 +342,7 @@ impl pb::memory_server::Memory for MemoryService {
                 if !send(pb::ask_response::Event::Evidence(first)) {
                     return Err(ServiceError::Cancelled);
                 }
-                let answer = engine.answer(&evidence, max_new_tokens, &mut |piece| {
+                let answer = engine.answer(&reader, &evidence, &config, &mut |piece| {
                     send(pb::ask_response::Event::Delta(piece.to_string()))
                 })?;
                 send(pb::ask_response::Event::Done(convert::answer_to_pb(answer)));

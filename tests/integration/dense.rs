@@ -184,6 +184,8 @@ async fn daemon_client(
             saes,
             scan: ScanConfig::default(),
             embedder: with_embedder.then_some(embedder),
+            readers: Vec::new(),
+            answer_mode: Default::default(),
         })
     });
     let config = ServeConfig {

@@ -50,6 +50,8 @@ pub(crate) fn loader(gate: Option<mpsc::Receiver<()>>) -> Loader {
             saes,
             scan: ScanConfig::default(),
             embedder: None,
+            readers: Vec::new(),
+            answer_mode: Default::default(),
         })
     })
 }
@@ -334,6 +336,7 @@ async fn grpc_health_collections_documents_and_bad_input() {
             method: pb::Method::Bm25 as i32,
             trace: false,
             max_new_tokens: 12,
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -354,9 +357,60 @@ async fn grpc_health_collections_documents_and_bad_input() {
             _ => None,
         })
         .collect();
-    assert_eq!(streamed.trim(), done.answer);
+    // The final answer adds a ` [n]` citation to each sentence of the streamed one.
+    let uncite = |text: &str| {
+        done.citations
+            .iter()
+            .fold(text.to_string(), |t, n| t.replace(&format!(" [{n}]"), ""))
+    };
+    assert_eq!(uncite(streamed.trim()), uncite(&done.answer), "{done:?}");
+    assert_eq!(done.mode, "free");
+    assert!(!done.citations.is_empty(), "{done:?}");
+    let Some(Event::Evidence(evidence)) = events.first() else {
+        unreachable!()
+    };
+    assert!(done
+        .citations
+        .iter()
+        .all(|&n| n as usize <= evidence.spans.len()));
     assert!(done.new_tokens >= 1 && done.new_tokens <= 12, "{done:?}");
     assert!(done.prompt_tokens > 0);
+
+    // A quote is the document's own text at the range it names.
+    let mut stream = c
+        .ask(pb::AskRequest {
+            collection: "town".into(),
+            docs: vec!["notes".into()],
+            question: question.into(),
+            budget: 96,
+            method: pb::Method::Bm25 as i32,
+            max_new_tokens: 12,
+            answer_mode: pb::AnswerMode::Quote as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(m) = stream.message().await.unwrap() {
+        last = m.event;
+    }
+    let Some(Event::Done(done)) = last else {
+        panic!("no final message");
+    };
+    assert_eq!(done.mode, "quote");
+    if done.not_in_evidence {
+        assert_eq!(done.answer, s3mem::answer::NOT_IN_EVIDENCE);
+    } else {
+        let q = done.quote.clone().expect("a quote with its provenance");
+        let at: String = chars[q.char_start as usize..q.char_end as usize]
+            .iter()
+            .collect();
+        assert_eq!(at, done.answer);
+        assert_eq!(q.doc_id, "notes");
+        assert!(q.evidence >= 1);
+        assert!(done.confidence.is_some_and(|c| c <= 0.0));
+    }
 
     // Bad questions, by field.
     refused(
@@ -393,10 +447,22 @@ async fn grpc_health_collections_documents_and_bad_input() {
             method: 0,
             trace: false,
             max_new_tokens: 1_000_000,
+            ..Default::default()
         })
         .await,
         Code::InvalidArgument,
         "max_new_tokens",
+    );
+    refused(
+        c.ask(pb::AskRequest {
+            collection: "town".into(),
+            question: question.into(),
+            answer_model: "no-such-reader".into(),
+            ..Default::default()
+        })
+        .await,
+        Code::InvalidArgument,
+        "answer_model",
     );
 
     let stats = c.stats(pb::StatsRequest {}).await.unwrap().into_inner();

@@ -81,6 +81,8 @@ fn a_cancelled_retrieval_stops_after_the_forward_pass() {
             saes,
             scan: s3mem::model::ScanConfig::default(),
             embedder: None,
+            readers: Vec::new(),
+            answer_mode: Default::default(),
         })
         .unwrap();
     engine.create_collection("c").unwrap();
