@@ -981,6 +981,17 @@ fn grpc_serve_binary_and_cli_client() {
     };
     assert_eq!(ingested["documents"][0]["id"], "town");
     let list_remote = remote(&["docs", "list", "--collection", "c", "--json"]);
+    let paged = [
+        "docs",
+        "list",
+        "--collection",
+        "c",
+        "--json",
+        "--page-size",
+        "1",
+    ];
+    let page_remote = remote(&paged);
+    assert_eq!(page_remote, list_remote);
     let get_remote = remote(&["docs", "get", "--collection", "c", "town"]);
     let stats_remote: serde_json::Value =
         serde_json::from_str(&remote(&["stats", "--json"])).unwrap();
@@ -1045,6 +1056,7 @@ fn grpc_serve_binary_and_cli_client() {
         local(&["docs", "list", "--collection", "c", "--json"]),
         list_remote
     );
+    assert_eq!(local(&paged), page_remote);
     assert_eq!(
         local(&["docs", "get", "--collection", "c", "town"]),
         get_remote
