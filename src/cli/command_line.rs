@@ -145,6 +145,13 @@ pub struct QuickstartArgs {
         default_value = "How many days after receiving notice does a licensee have to cure a violation?"
     )]
     pub question: String,
+    /// The reader that answers (docs/eval.md "Readers and answer modes": the best reader
+    /// measured there within 15 s of `ask` on 2 cores).
+    #[arg(long, default_value = "qwen2.5-coder-0.5b")]
+    pub answer_model: String,
+    /// How the reader answers: quote, free or auto.
+    #[arg(long, default_value = "auto")]
+    pub answer_mode: crate::answer::AnswerMode,
 }
 
 #[derive(Debug, Args)]

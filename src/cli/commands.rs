@@ -352,17 +352,30 @@ fn quickstart(args: &QuickstartArgs, models: &Path) -> Result<()> {
             trace: false,
         },
     )?;
-    let mut stdout = std::io::stdout();
-    crate::answer::answer(
-        &model,
-        &evidence,
-        &crate::answer::AnswerConfig::default(),
-        &mut |piece| {
-            let _ = write!(stdout, "{piece}");
-            let _ = stdout.flush();
-            true
+    let reader = super::load::load_reader(
+        &super::args::AnswerArgs {
+            answer_model: Some(args.answer_model.clone()),
+            abstain_below: crate::answer::Abstain::Calibrated,
         },
+        &args.model,
+        models,
     )?;
+    let reader = reader.as_ref().unwrap_or(&model);
+    let config = crate::answer::AnswerConfig {
+        mode: args.answer_mode,
+        abstain_below: crate::answer::Abstain::Calibrated.threshold(reader),
+        ..crate::answer::AnswerConfig::default()
+    };
+    eprintln!(
+        "    reader {} ({} mode)",
+        args.answer_model, args.answer_mode
+    );
+    let mut stdout = std::io::stdout();
+    crate::answer::answer(reader, &evidence, &config, &mut |piece| {
+        let _ = write!(stdout, "{piece}");
+        let _ = stdout.flush();
+        true
+    })?;
     println!("\n");
     super::ask::print_spans(&evidence);
     Ok(())

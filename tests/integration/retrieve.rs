@@ -322,12 +322,16 @@ fn bad_questions_and_ids_are_named_errors() {
     let _turn = turn();
     let f = fixture();
     let dir = f.dir.to_str().unwrap();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 6] = [
         (&["--collection", "nope", "q"], "nope"),
         (&["--collection", "lic", "--doc", "missing", "q"], "missing"),
         (&["--collection", "lic", "--budget", "0", "q"], "budget"),
         (&["--collection", "lic", "  "], "question"),
-        (&["--collection", "lic", "--method", "dense", "q"], "dense"),
+        (&["--collection", "lic", "--method", "sparse", "q"], "sparse"),
+        (
+            &["--collection", "lic", "--method", "dense", "--embedder", "none", "q"],
+            "model fetch minilm",
+        ),
     ];
     for (args, needle) in cases {
         let out = s3mem()

@@ -43,7 +43,10 @@ fn every_setting_is_reachable_by_its_variable() {
     for (key, default) in flat_defaults() {
         let value = match (key.as_str(), &default) {
             ("listen", _) => "0.0.0.0:7070".to_string(),
+            ("answer_mode", _) => "quote".to_string(),
             (_, serde_json::Value::Null) => format!("/etc/s3mem/{key}"),
+            // A list variable is comma-separated.
+            (_, serde_json::Value::Array(_)) => format!("/etc/s3mem/{key}.gguf,b"),
             // Twice each default stays valid (a default stays below its maximum).
             (_, n) => (n.as_u64().unwrap() * 2).to_string(),
         };
@@ -51,6 +54,7 @@ fn every_setting_is_reachable_by_its_variable() {
             key.clone(),
             match default {
                 serde_json::Value::Number(_) => value.parse::<u64>().unwrap().into(),
+                serde_json::Value::Array(_) => value.split(',').collect::<Vec<_>>().into(),
                 _ => value.clone().into(),
             },
         );
