@@ -11,6 +11,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?);
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     tonic_prost_build::configure()
+        // Requests that do not decode are INVALID_ARGUMENT (src/service/codec.rs).
+        .codec_path("crate::service::codec::Codec")
         .file_descriptor_set_path(out.join("s3mem_v1_descriptor.bin"))
         .compile_protos(&["proto/s3mem/v1/memory.proto"], &["proto"])?;
     println!("cargo:rerun-if-changed=proto");

@@ -53,8 +53,11 @@ pub fn serve(args: &ServeArgs, models: &Path) -> Result<()> {
         );
         return Ok(());
     }
+    // Everything that can be wrong with the settings fails here, before the data dir is
+    // created: the token file, the TLS files, the listening address (bound now).
+    let prepared = crate::service::prepare(config.clone())?;
     let dir = args.data.dir()?;
-    // Opened before listening: a data dir in use fails here, with the lock's path.
+    // Opened before serving: a data dir in use fails here, with the lock's path.
     let index = Index::open(
         dir,
         IndexConfig {
@@ -107,7 +110,7 @@ pub fn serve(args: &ServeArgs, models: &Path) -> Result<()> {
         .build()
         .context("starting the async runtime")?;
     let served = runtime.block_on(async {
-        let daemon = crate::service::start(config, index, loader).await?;
+        let daemon = crate::service::start_prepared(prepared, index, loader).await?;
         eprintln!("s3mem: listening on {}", daemon.local_addr());
         let stopper = daemon.stopper();
         tokio::spawn(async move {

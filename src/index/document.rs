@@ -56,10 +56,29 @@ pub enum NameProblem {
     /// It holds a control character (a newline, say).
     #[error("contains control characters")]
     ControlCharacters,
+    /// It holds a character that is invisible or turns the text's direction: two names
+    /// that look the same would differ, or one would look like another.
+    #[error("contains the invisible or direction-changing character U+{:04X}", u32::from(*.0))]
+    Invisible(char),
+    /// It is only whitespace, or starts or ends with whitespace (`' c1 '` would differ
+    /// from `c1`).
+    #[error("starts or ends with whitespace")]
+    Whitespace,
 }
 
-/// Checks a name: 1 to [`MAX_NAME_BYTES`] bytes, no control characters. Every layer that takes
-/// names (the index, the daemon's request checks) checks them here.
+/// Returns whether `c` is invisible or changes the direction of the text around it: the
+/// bidirectional embeddings, overrides and isolates (U+202A-202E, U+2066-2069), the marks
+/// (U+200E, U+200F), the zero-width characters (U+200B-200D, U+2060) and the BOM (U+FEFF).
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}'
+    )
+}
+
+/// Checks a name: 1 to [`MAX_NAME_BYTES`] bytes, no control, invisible or
+/// direction-changing characters, no whitespace at either end. Every layer that takes names
+/// (the index, the daemon's request checks) checks them here.
 pub fn check_name(name: &str) -> std::result::Result<(), NameProblem> {
     if name.is_empty() {
         Err(NameProblem::Empty)
@@ -67,6 +86,10 @@ pub fn check_name(name: &str) -> std::result::Result<(), NameProblem> {
         Err(NameProblem::TooLong { bytes: name.len() })
     } else if name.chars().any(char::is_control) {
         Err(NameProblem::ControlCharacters)
+    } else if let Some(c) = name.chars().find(|&c| is_invisible(c)) {
+        Err(NameProblem::Invisible(c))
+    } else if name.trim() != name {
+        Err(NameProblem::Whitespace)
     } else {
         Ok(())
     }
@@ -76,9 +99,13 @@ pub fn check_name(name: &str) -> std::result::Result<(), NameProblem> {
 /// [`check_name`] does, refusing it as invalid input that names the kind.
 pub(crate) fn check_named(kind: &str, name: &str) -> Result<()> {
     check_name(name).map_err(|problem| {
-        // A control character is invisible: the name is quoted escaped.
+        // What is wrong cannot be seen: the name is quoted escaped.
         let shown = match problem {
-            NameProblem::ControlCharacters => format!(" {name:?}"),
+            NameProblem::ControlCharacters
+            | NameProblem::Invisible(_)
+            | NameProblem::Whitespace => {
+                format!(" {name:?}")
+            }
             _ => String::new(),
         };
         IndexError::InvalidInput(format!("the {kind}{shown} {problem}"))
@@ -104,6 +131,21 @@ mod tests {
             e.to_string(),
             "invalid input: the collection name \"a\\nb\" contains control characters"
         );
+        for (name, c) in [
+            ("c\u{202E}1", '\u{202E}'),
+            ("\u{FEFF}c1", '\u{FEFF}'),
+            ("c\u{200B}1", '\u{200B}'),
+            ("c\u{2066}", '\u{2066}'),
+        ] {
+            assert_eq!(check_name(name), Err(NameProblem::Invisible(c)), "{name:?}");
+        }
+        for name in [" c1 ", "c1 ", "\u{3000}c1", "   "] {
+            assert_eq!(check_name(name), Err(NameProblem::Whitespace), "{name:?}");
+        }
+        assert_eq!(check_name("notes of 2024"), Ok(()));
+        assert_eq!(check_name("北京 notes"), Ok(()));
+        let e = check_named("collection name", "c\u{202E}1").unwrap_err();
+        assert!(e.to_string().ends_with("character U+202E"), "{e}");
         let e = check_named("document id", &"x".repeat(600)).unwrap_err();
         assert_eq!(
             e.to_string(),

@@ -23,6 +23,8 @@ pub struct Limits {
     pub max_message_bytes: usize,
     /// Largest document an ingest may stream, in bytes of UTF-8.
     pub max_document_bytes: usize,
+    /// Most bytes of text all open ingests may hold together.
+    pub max_ingest_buffer_bytes: usize,
     /// Longest question, in bytes of UTF-8.
     pub max_question_bytes: usize,
     /// Longest question, in tokens of the model's tokenizer (what its forward pass costs).
@@ -50,6 +52,7 @@ impl Default for Limits {
         Self {
             max_message_bytes: 4 << 20,
             max_document_bytes: 64 << 20,
+            max_ingest_buffer_bytes: 256 << 20,
             max_question_bytes: 4096,
             max_question_tokens: 256,
             max_budget: 8192,
@@ -177,6 +180,10 @@ pub struct LimitSettings {
     /// Largest document an ingest may stream, in bytes.
     #[arg(long, env = "S3MEM_MAX_DOCUMENT_BYTES")]
     pub max_document_bytes: Option<usize>,
+    /// Most bytes of text all open ingests may hold together; beyond it an ingest gets
+    /// RESOURCE_EXHAUSTED at once.
+    #[arg(long, env = "S3MEM_MAX_INGEST_BUFFER_BYTES")]
+    pub max_ingest_buffer_bytes: Option<usize>,
     /// Longest question, in bytes.
     #[arg(long, env = "S3MEM_MAX_QUESTION_BYTES")]
     pub max_question_bytes: Option<usize>,
@@ -300,7 +307,8 @@ impl ServeConfig {
     /// `file` over the defaults, checked together.
     ///
     /// A default budget or answer length that nothing sets follows a lower maximum down, so
-    /// `--max-budget 512` alone works; one that is set is checked as given.
+    /// `--max-budget 512` alone works, and an unset ingest buffer follows a larger
+    /// `max_document_bytes` up; one that is set is checked as given.
     pub fn merge(flags: &ServeSettings, file: Option<&Path>) -> Result<Self> {
         let file = match file {
             Some(path) => ServeSettings::from_file(path)?,
@@ -326,6 +334,13 @@ impl ServeConfig {
         {
             l.default_new_tokens = l.default_new_tokens.min(l.max_new_tokens);
         }
+        if set
+            .max_ingest_buffer_bytes
+            .or(from_file.max_ingest_buffer_bytes)
+            .is_none()
+        {
+            l.max_ingest_buffer_bytes = l.max_ingest_buffer_bytes.max(l.max_document_bytes);
+        }
         config.check()?;
         Ok(config)
     }
@@ -346,6 +361,15 @@ impl ServeConfig {
         }
         if l.max_document_bytes == 0 {
             return bad("max_document_bytes", "must be at least 1".into());
+        }
+        if l.max_ingest_buffer_bytes < l.max_document_bytes {
+            return bad(
+                "max_ingest_buffer_bytes",
+                format!(
+                    "{} is below max_document_bytes ({}): the largest document could never be ingested",
+                    l.max_ingest_buffer_bytes, l.max_document_bytes
+                ),
+            );
         }
         if l.max_question_bytes == 0 {
             return bad("max_question_bytes", "must be at least 1".into());

@@ -33,6 +33,20 @@ pub enum ServiceError {
         depth: usize,
     },
 
+    /// The open ingests hold all the buffer bytes they may: the caller should retry later.
+    #[error("the ingest buffers are full (max_ingest_buffer_bytes, {limit} bytes for all open ingests): retry later")]
+    BuffersFull {
+        /// `max_ingest_buffer_bytes`.
+        limit: usize,
+    },
+
+    /// A message of a stream is over the message limit.
+    #[error("a message is over the limit of {limit} bytes (max_message_bytes): send the text in smaller pieces")]
+    MessageTooLarge {
+        /// `max_message_bytes`.
+        limit: usize,
+    },
+
     /// The model and SAE set are still loading.
     #[error("the model is still loading: retry when grpc.health.v1 reports SERVING")]
     NotReady,
@@ -108,7 +122,8 @@ impl ServiceError {
     pub fn code(&self) -> Code {
         match self {
             Self::InvalidArgument { .. } => Code::InvalidArgument,
-            Self::QueueFull { .. } => Code::ResourceExhausted,
+            Self::QueueFull { .. } | Self::BuffersFull { .. } => Code::ResourceExhausted,
+            Self::MessageTooLarge { .. } => Code::OutOfRange,
             Self::NotReady | Self::ShuttingDown => Code::Unavailable,
             Self::Cancelled => Code::Cancelled,
             Self::Unauthenticated => Code::Unauthenticated,

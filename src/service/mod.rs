@@ -8,6 +8,8 @@
 //! [`convert`] maps proto messages to the index layer's types; [`error`] holds the one table
 //! from every layer's errors to gRPC codes; [`config`] the settings and limits.
 
+pub mod budget;
+pub mod codec;
 pub mod config;
 pub mod convert;
 pub mod engine;
@@ -34,4 +36,4 @@ pub mod pb {
 pub use config::{LimitSettings, Limits, QueueSettings, Queues, ServeConfig, ServeSettings};
 pub use engine::{Engine, Loaded, Reader};
 pub use error::{Result, ServiceError};
-pub use run::{shutdown_signal, start, Daemon, Loader, Stopper};
+pub use run::{prepare, shutdown_signal, start, start_prepared, Daemon, Loader, Prepared, Stopper};

@@ -14,6 +14,8 @@ type Job = Box<dyn FnOnce() + Send + 'static>;
 struct State {
     jobs: VecDeque<Job>,
     running: usize,
+    /// Places held by calls that will submit a job later ([`Slot`]).
+    reserved: usize,
     closed: bool,
 }
 
@@ -62,6 +64,7 @@ impl WorkQueue {
             state: Mutex::new(State {
                 jobs: VecDeque::new(),
                 running: 0,
+                reserved: 0,
                 closed: false,
             }),
             wake: Condvar::new(),
@@ -84,24 +87,31 @@ impl WorkQueue {
         })
     }
 
-    /// Queues `job`, or refuses with [`ServiceError::QueueFull`] when every worker is busy and
-    /// `depth` jobs wait already (or [`ServiceError::ShuttingDown`] after [`WorkQueue::close`]).
-    pub fn try_submit(&self, job: impl FnOnce() + Send + 'static) -> Result<()> {
+    /// Holds a place in the queue for a job to be submitted later (an ingest, while its text
+    /// arrives), or refuses with [`ServiceError::QueueFull`] when every worker is busy and
+    /// `depth` jobs wait (held places count as waiting), or [`ServiceError::ShuttingDown`]
+    /// after [`WorkQueue::close`]. Dropping the slot unused gives the place back.
+    pub fn try_reserve(&self) -> Result<Slot> {
         let mut s = self.shared.lock();
         if s.closed {
             return Err(ServiceError::ShuttingDown);
         }
-        if s.running + s.jobs.len() >= self.workers + self.depth {
+        if s.running + s.jobs.len() + s.reserved >= self.workers + self.depth {
             return Err(ServiceError::QueueFull {
                 queue: self.name,
                 workers: self.workers,
                 depth: self.depth,
             });
         }
-        s.jobs.push_back(Box::new(job));
-        drop(s);
-        self.shared.wake.notify_one();
-        Ok(())
+        s.reserved += 1;
+        Ok(Slot {
+            shared: Some(self.shared.clone()),
+        })
+    }
+
+    /// Queues `job`, or refuses as [`WorkQueue::try_reserve`] does.
+    pub fn try_submit(&self, job: impl FnOnce() + Send + 'static) -> Result<()> {
+        self.try_reserve()?.submit(job)
     }
 
     /// Returns what the queue is doing now.
@@ -111,7 +121,7 @@ impl WorkQueue {
             name: self.name,
             workers: self.workers,
             running: s.running,
-            waiting: s.jobs.len(),
+            waiting: s.jobs.len() + s.reserved,
             depth: self.depth,
         }
     }
@@ -135,6 +145,37 @@ impl WorkQueue {
             let _ = t.join();
         }
         true
+    }
+}
+
+/// A place held in a [`WorkQueue`] for one job.
+pub struct Slot {
+    /// `None` once the job is submitted.
+    shared: Option<Arc<Shared>>,
+}
+
+impl Slot {
+    /// Queues `job` in the held place; refuses with [`ServiceError::ShuttingDown`] when the
+    /// queue closed meanwhile.
+    pub fn submit(mut self, job: impl FnOnce() + Send + 'static) -> Result<()> {
+        let shared = self.shared.take().expect("a slot submits once");
+        let mut s = shared.lock();
+        s.reserved -= 1;
+        if s.closed {
+            return Err(ServiceError::ShuttingDown);
+        }
+        s.jobs.push_back(Box::new(job));
+        drop(s);
+        shared.wake.notify_one();
+        Ok(())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            shared.lock().reserved -= 1;
+        }
     }
 }
 
@@ -203,6 +244,29 @@ mod tests {
         q.close();
         assert!(matches!(
             q.try_submit(|| {}),
+            Err(ServiceError::ShuttingDown)
+        ));
+        assert!(q.join_until(Instant::now() + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn reserved_places_count_until_submitted_or_dropped() {
+        let q = WorkQueue::new("test", 1, 1).unwrap();
+        let first = q.try_reserve().unwrap();
+        let second = q.try_reserve().unwrap();
+        assert_eq!(q.state().waiting, 2);
+        assert!(matches!(
+            q.try_reserve(),
+            Err(ServiceError::QueueFull { .. })
+        ));
+        drop(second);
+        let (tx, rx) = mpsc::channel();
+        first.submit(move || tx.send(()).unwrap()).unwrap();
+        rx.recv().unwrap();
+        let third = q.try_reserve().unwrap();
+        q.close();
+        assert!(matches!(
+            third.submit(|| {}),
             Err(ServiceError::ShuttingDown)
         ));
         assert!(q.join_until(Instant::now() + Duration::from_secs(10)));

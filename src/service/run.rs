@@ -14,6 +14,7 @@ use tonic::transport::{Identity, ServerTlsConfig};
 use tonic::{Request, Status};
 use tonic_health::ServingStatus;
 
+use super::budget::ByteBudget;
 use super::config::ServeConfig;
 use super::engine::{Engine, Loaded};
 use super::error::{Result, ServiceError};
@@ -58,7 +59,8 @@ impl Interceptor for Auth {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .map(|t| <[u8; 32]>::from(Sha256::digest(t.trim().as_bytes())));
+            // Exactly the token: a token with spaces around it is another token.
+            .map(|t| <[u8; 32]>::from(Sha256::digest(t.as_bytes())));
         match given {
             Some(d) if same_digest(&d, expected) => Ok(request),
             _ => Err(ServiceError::Unauthenticated.into()),
@@ -139,9 +141,19 @@ fn read_file(setting: &'static str, path: &std::path::Path) -> Result<Vec<u8>> {
     })
 }
 
-/// Starts the daemon on an open index: listens at once (health NOT_SERVING), loads the model
-/// with `loader` in the background and reports SERVING when it is in place.
-pub async fn start(config: ServeConfig, index: Index, loader: Loader) -> Result<Daemon> {
+/// What a daemon needs besides its index, checked: the settings, the bearer token, the TLS
+/// identity and the bound listening socket.
+pub struct Prepared {
+    config: ServeConfig,
+    auth: Auth,
+    tls: Option<ServerTlsConfig>,
+    listener: std::net::TcpListener,
+}
+
+/// Checks everything `serve` is configured with before anything touches the disk: the
+/// settings, the token file, the TLS files (read and parsed) and the listening address (by
+/// binding it).
+pub fn prepare(config: ServeConfig) -> Result<Prepared> {
     config.check()?;
     let auth = Auth::new(config.auth_token()?.as_deref());
     let tls = match (&config.tls_cert, &config.tls_key) {
@@ -151,8 +163,41 @@ pub async fn start(config: ServeConfig, index: Index, loader: Loader) -> Result<
         ))),
         _ => None,
     };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
+    if let Some(tls) = &tls {
+        // Parses the certificate and key now rather than after the data dir is opened.
+        tonic::transport::Server::builder()
+            .tls_config(tls.clone())
+            .map_err(|e| ServiceError::Config {
+                setting: "tls_cert",
+                reason: e.to_string(),
+            })?;
+    }
+    let listener = std::net::TcpListener::bind(config.listen)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| ServiceError::Transport(format!("cannot listen on {}: {e}", config.listen)))?;
+    Ok(Prepared {
+        config,
+        auth,
+        tls,
+        listener,
+    })
+}
+
+/// Starts the daemon on an open index: listens at once (health NOT_SERVING), loads the model
+/// with `loader` in the background and reports SERVING when it is in place.
+pub async fn start(config: ServeConfig, index: Index, loader: Loader) -> Result<Daemon> {
+    start_prepared(prepare(config)?, index, loader).await
+}
+
+/// Starts the daemon as [`start`] does, with settings [`prepare`] checked already.
+pub async fn start_prepared(prepared: Prepared, index: Index, loader: Loader) -> Result<Daemon> {
+    let Prepared {
+        config,
+        auth,
+        tls,
+        listener,
+    } = prepared;
+    let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|e| ServiceError::Transport(format!("cannot listen on {}: {e}", config.listen)))?;
     let addr = listener
         .local_addr()
@@ -173,6 +218,7 @@ pub async fn start(config: ServeConfig, index: Index, loader: Loader) -> Result<
             q.query_workers,
             q.query_queue_depth,
         )?),
+        buffers: ByteBudget::new(limits.max_ingest_buffer_bytes),
     };
     let queues = [service.ingest.clone(), service.query.clone()];
 
@@ -383,6 +429,12 @@ mod tests {
             .metadata_mut()
             .insert("authorization", "Bearer s3creT".parse().unwrap());
         assert!(auth.call(wrong).is_err());
+        for padded in ["Bearer s3cret ", "Bearer  s3cret", "Bearer s3cret\t"] {
+            let mut r = Request::new(());
+            r.metadata_mut()
+                .insert("authorization", padded.parse().unwrap());
+            assert!(auth.call(r).is_err(), "{padded:?}");
+        }
         assert!(Auth::new(None).call(Request::new(())).is_ok());
     }
 }

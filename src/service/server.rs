@@ -7,20 +7,23 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::budget::{ByteBudget, Hold};
 use super::convert::{self, check_name};
 use super::engine::{CancelOnDrop, Engine, Upload};
 use super::error::{Result, ServiceError};
 use super::pb::{self, ingest_request::Part};
-use super::queue::WorkQueue;
+use super::queue::{Slot, WorkQueue};
 use crate::answer::{Abstain, AnswerConfig};
 use crate::text::document_text;
 
-/// The service: the engine and its two work queues.
+/// The service: the engine, its two work queues and the ingest buffers' budget.
 #[derive(Clone)]
 pub struct MemoryService {
     pub(super) engine: Arc<Engine>,
     pub(super) ingest: Arc<WorkQueue>,
     pub(super) query: Arc<WorkQueue>,
+    /// The bytes all open ingests may buffer.
+    pub(super) buffers: ByteBudget,
 }
 
 /// Runs a short index operation on the blocking pool (it touches the disk).
@@ -30,13 +33,13 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| ServiceError::Internal(format!("an index task failed: {e}")))?
 }
 
-/// Runs model work on `queue`'s threads; refuses at once when the queue is full.
+/// Runs model work in a place held in a queue (see [`WorkQueue::try_reserve`]).
 async fn queued<T: Send + 'static>(
-    queue: &WorkQueue,
+    slot: Slot,
     f: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
     let (tx, rx) = oneshot::channel();
-    queue.try_submit(move || {
+    slot.submit(move || {
         let _ = tx.send(f());
     })?;
     rx.await
@@ -48,13 +51,31 @@ impl MemoryService {
         self.engine.loaded().map(|_| ())
     }
 
-    /// Reads an ingest stream: the header, then text pieces up to the document limit.
-    async fn receive(&self, stream: &mut Streaming<pb::IngestRequest>) -> Result<Upload> {
+    /// Returns the error of a stream that failed: a message over the size limit is named as
+    /// such; one that does not decode is the caller's bad input; anything else is the client
+    /// breaking off, its cancel (nothing has been written).
+    fn stream_error(&self, s: &Status) -> ServiceError {
+        match s.code() {
+            tonic::Code::OutOfRange => ServiceError::MessageTooLarge {
+                limit: self.engine.limits().max_message_bytes,
+            },
+            tonic::Code::InvalidArgument => ServiceError::invalid("stream", s.message()),
+            _ => {
+                tracing::debug!(status = %s, "ingest stream broke off");
+                ServiceError::Cancelled
+            }
+        }
+    }
+
+    /// Reads an ingest stream: the header, then text pieces up to the document limit, each
+    /// taken from the ingest buffers' budget by `hold` before it is kept.
+    async fn receive(
+        &self,
+        stream: &mut Streaming<pb::IngestRequest>,
+        hold: &mut Hold,
+    ) -> Result<Upload> {
         let limit = self.engine.limits().max_document_bytes;
-        let first = stream
-            .message()
-            .await
-            .map_err(|s| ServiceError::invalid("header", format!("stream failed: {s}")))?;
+        let first = stream.message().await.map_err(|s| self.stream_error(&s))?;
         let header = match first.and_then(|m| m.part) {
             Some(Part::Header(h)) => h,
             Some(Part::Text(_)) => {
@@ -90,10 +111,7 @@ impl MemoryService {
             let msg = match stream.message().await {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
-                Err(s) => {
-                    tracing::debug!(status = %s, "ingest stream broke off");
-                    return Err(ServiceError::Cancelled);
-                }
+                Err(s) => return Err(self.stream_error(&s)),
             };
             match msg.part {
                 Some(Part::Text(piece)) => {
@@ -105,6 +123,7 @@ impl MemoryService {
                             ),
                         ));
                     }
+                    hold.grow(piece.len())?;
                     bytes.extend_from_slice(&piece);
                 }
                 Some(Part::Header(_)) => {
@@ -178,13 +197,19 @@ impl pb::memory_server::Memory for MemoryService {
         request: Request<Streaming<pb::IngestRequest>>,
     ) -> Result<Response<pb::IngestResponse>, Status> {
         self.ready()?;
+        // Admitted before its text is buffered: a full queue refuses at once, and at most
+        // workers + depth uploads are open.
+        let slot = self.ingest.try_reserve()?;
         let mut stream = request.into_inner();
-        let upload = self.receive(&mut stream).await?;
+        let mut hold = self.buffers.hold();
+        let upload = self.receive(&mut stream, &mut hold).await?;
         let guard = CancelOnDrop::default();
         let cancel = guard.token();
         let engine = self.engine.clone();
         let queued_at = Instant::now();
-        let (out, queue_seconds) = queued(&self.ingest, move || {
+        let (out, queue_seconds) = queued(slot, move || {
+            // The text's bytes stay taken until the ingest is done with them.
+            let _hold = hold;
             let queue_seconds = queued_at.elapsed().as_secs_f64();
             Ok((engine.ingest(&upload, &cancel)?, queue_seconds))
         })
@@ -265,7 +290,10 @@ impl pb::memory_server::Memory for MemoryService {
         let guard = CancelOnDrop::default();
         let cancel = guard.token();
         let engine = self.engine.clone();
-        let evidence = queued(&self.query, move || engine.retrieve(&query, &cancel)).await?;
+        let evidence = queued(self.query.try_reserve()?, move || {
+            engine.retrieve(&query, &cancel)
+        })
+        .await?;
         drop(guard);
         Ok(Response::new(convert::evidence_to_pb(evidence)?))
     }

@@ -981,6 +981,17 @@ fn grpc_serve_binary_and_cli_client() {
     };
     assert_eq!(ingested["documents"][0]["id"], "town");
     let list_remote = remote(&["docs", "list", "--collection", "c", "--json"]);
+    let paged = [
+        "docs",
+        "list",
+        "--collection",
+        "c",
+        "--json",
+        "--page-size",
+        "1",
+    ];
+    let page_remote = remote(&paged);
+    assert_eq!(page_remote, list_remote);
     let get_remote = remote(&["docs", "get", "--collection", "c", "town"]);
     let stats_remote: serde_json::Value =
         serde_json::from_str(&remote(&["stats", "--json"])).unwrap();
@@ -1045,6 +1056,7 @@ fn grpc_serve_binary_and_cli_client() {
         local(&["docs", "list", "--collection", "c", "--json"]),
         list_remote
     );
+    assert_eq!(local(&paged), page_remote);
     assert_eq!(
         local(&["docs", "get", "--collection", "c", "town"]),
         get_remote
@@ -1091,10 +1103,13 @@ pub(crate) fn rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// A bounded load run: 8 clients x 50 retrieves while one document is ingested. Reports
-/// latency percentiles and memory (never asserts on time); every call must succeed or get a
-/// deliberate RESOURCE_EXHAUSTED.
-/// `cargo test --test integration grpc_load -- --ignored --nocapture`
+/// The load run of issue 17: 8 clients x 50 retrieves while 2 ingests and 2 deletes are in
+/// flight, one adversarial question in every 10 calls of each client (over the token limit,
+/// over the byte limit, an unknown collection). Every ordinary call succeeds or gets a
+/// deliberate RESOURCE_EXHAUSTED, every adversarial one gets its refusal: 0 unexpected
+/// errors. Prints latency percentiles of the ordinary calls and memory (never asserts on
+/// time).
+/// `cargo test --release --test integration grpc_load -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "a measurement: minutes of CPU"]
 async fn grpc_load_report() {
@@ -1116,59 +1131,98 @@ async fn grpc_load_report() {
         .unwrap();
     }
     let rss_start = rss_bytes();
-    let mut ingester = c.clone();
-    let long = town_text(200);
-    let background = tokio::spawn(async move {
-        ingest(
-            &mut ingester,
-            vec![header("c", "long"), text(long.as_bytes())],
-        )
-        .await
-    });
+    let mut writers = Vec::new();
+    for i in 0..2 {
+        let mut ingester = c.clone();
+        let body = town_text(120 + i);
+        writers.push(tokio::spawn(async move {
+            ingest(
+                &mut ingester,
+                vec![header("c", &format!("new{i}")), text(body.as_bytes())],
+            )
+            .await
+            .map(|_| ())
+        }));
+        let mut deleter = c.clone();
+        writers.push(tokio::spawn(async move {
+            deleter
+                .delete_document(pb::DeleteDocumentRequest {
+                    collection: "c".into(),
+                    id: format!("d{i}"),
+                })
+                .await
+                .map(|_| ())
+        }));
+    }
+    let adversarial = [
+        ("c", "🎉".repeat(300), Code::InvalidArgument),
+        ("c", "why ".repeat(1200), Code::InvalidArgument),
+        ("nowhere", "Why?".to_string(), Code::NotFound),
+    ];
     let started = std::time::Instant::now();
     let mut clients = Vec::new();
     for k in 0..8 {
         let mut client = c.clone();
+        let adversarial = adversarial.clone();
         clients.push(tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut exhausted = 0;
+            let (mut latencies, mut exhausted, mut refused, mut unexpected) =
+                (Vec::new(), 0, 0, Vec::new());
             for i in 0..50 {
+                if i % 10 == 9 {
+                    let (collection, q, code) = &adversarial[(k + i / 10) % adversarial.len()];
+                    match client.retrieve(retrieve_request(collection, q, 256)).await {
+                        Err(s) if s.code() == *code => refused += 1,
+                        other => unexpected.push(format!("{other:?}")),
+                    }
+                    continue;
+                }
                 let year = 1800 + (k * 50 + i) % 44;
                 let q = format!("How many lanterns did Velmora count in {year}?");
                 let t0 = std::time::Instant::now();
                 match client.retrieve(retrieve_request("c", &q, 256)).await {
                     Ok(_) => latencies.push(t0.elapsed().as_secs_f64() * 1e3),
                     Err(s) if s.code() == Code::ResourceExhausted => exhausted += 1,
-                    Err(s) => panic!("retrieve failed: {s}"),
+                    Err(s) => unexpected.push(s.to_string()),
                 }
             }
-            (latencies, exhausted)
+            (latencies, exhausted, refused, unexpected)
         }));
     }
-    let mut all = Vec::new();
-    let mut exhausted = 0;
+    let (mut all, mut exhausted, mut refused, mut unexpected) = (Vec::new(), 0, 0, Vec::new());
     for c in clients {
-        let (l, e) = c.await.unwrap();
+        let (l, e, r, u) = c.await.unwrap();
         all.extend(l);
         exhausted += e;
+        refused += r;
+        unexpected.extend(u);
     }
     let wall = started.elapsed().as_secs_f64();
-    let ingested = background.await.unwrap().unwrap();
+    for w in writers {
+        if let Err(s) = w.await.unwrap() {
+            unexpected.push(format!("a write failed: {s}"));
+        }
+    }
     let rss_end = rss_bytes();
     all.sort_by(f64::total_cmp);
     let pct = |p: f64| all[((all.len() as f64 * p) as usize).min(all.len() - 1)];
     println!(
-        "load: {} retrieves ok, {exhausted} resource_exhausted, in {wall:.1} s; p50 {:.0} ms, \
-         p99 {:.0} ms, max {:.0} ms; ingest of {} tokens during the run; rss {:?} -> {:?} bytes",
+        "load: {} retrieves ok, {exhausted} resource_exhausted, {refused} adversarial refused, \
+         {} unexpected, in {wall:.1} s; p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; 2 ingests and \
+         2 deletes during the run; rss {:?} -> {:?} bytes",
         all.len(),
+        unexpected.len(),
         pct(0.5),
         pct(0.99),
         all.last().unwrap(),
-        ingested.tokens,
         rss_start,
         rss_end
     );
-    assert_eq!(all.len() + exhausted, 400);
+    assert!(unexpected.is_empty(), "unexpected outcomes: {unexpected:?}");
+    assert_eq!(refused, 8 * 5);
+    assert_eq!(all.len() + exhausted, 8 * 45);
+    let mut ids = doc_ids(&mut c, "c").await;
+    ids.sort();
+    assert_eq!(ids, ["d2", "d3", "new0", "new1"]);
     daemon.shutdown().await.unwrap();
 }
 

@@ -16,6 +16,25 @@ use crate::grpc::{
     serve_binary, start, test_config, text, town_collection, town_text, wait_serving,
 };
 
+/// Starts a daemon on `dir`, waits until it serves, and creates collection `c`.
+async fn serving_with_c(
+    dir: &std::path::Path,
+    config: s3mem::service::ServeConfig,
+) -> (
+    s3mem::service::Daemon,
+    tonic::transport::Channel,
+    MemoryClient<tonic::transport::Channel>,
+) {
+    let daemon = start(dir, config, None).await;
+    let ch = channel(&daemon).await;
+    wait_serving(&ch).await;
+    let mut c = MemoryClient::new(ch.clone());
+    c.create_collection(pb::CreateCollectionRequest { name: "c".into() })
+        .await
+        .unwrap();
+    (daemon, ch, c)
+}
+
 /// A question of `n` party emoji: a few bytes each, several tokens each.
 fn emoji_question(n: usize) -> String {
     "🎉".repeat(n)
@@ -283,13 +302,7 @@ fn list_request(collection: &str, page_size: u32, page_token: &str) -> pb::ListD
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_metadata_limits_and_document_pages() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = start(dir.path(), test_config(), None).await;
-    let ch = channel(&daemon).await;
-    wait_serving(&ch).await;
-    let mut c = MemoryClient::new(ch);
-    c.create_collection(pb::CreateCollectionRequest { name: "c".into() })
-        .await
-        .unwrap();
+    let (daemon, _, mut c) = serving_with_c(dir.path(), test_config()).await;
     let note = text(b"A short note about the harbour.");
     let entries = (0..65).map(|i| (format!("k{i}"), "v".into())).collect();
     for (meta, limit) in [
@@ -370,4 +383,213 @@ async fn grpc_metadata_limits_and_document_pages() {
         "page_size",
     );
     daemon.shutdown().await.unwrap();
+}
+
+/// Starts an ingest whose stream stays open: `messages` are sent, more may follow through
+/// the returned sender; dropping it ends the stream.
+async fn open_ingest(
+    c: &MemoryClient<tonic::transport::Channel>,
+    messages: Vec<pb::IngestRequest>,
+) -> (
+    tokio::sync::mpsc::Sender<pb::IngestRequest>,
+    tokio::task::JoinHandle<Result<pb::IngestResponse, tonic::Status>>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    for m in messages {
+        tx.send(m).await.unwrap();
+    }
+    let mut c = c.clone();
+    let call = tokio::spawn(async move {
+        c.ingest(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .map(tonic::Response::into_inner)
+    });
+    (tx, call)
+}
+
+/// Returns the ingest queue's state.
+async fn ingest_queue(c: &mut MemoryClient<tonic::transport::Channel>) -> pb::QueueState {
+    let s = c.stats(pb::StatsRequest {}).await.unwrap().into_inner();
+    s.queues.into_iter().find(|q| q.name == "ingest").unwrap()
+}
+
+/// Returns the outcome of an ingest call that must end without its stream ending.
+async fn ends_at_once(
+    call: tokio::task::JoinHandle<Result<pb::IngestResponse, tonic::Status>>,
+) -> Result<pb::IngestResponse, tonic::Status> {
+    tokio::time::timeout(Duration::from_secs(30), call)
+        .await
+        .expect("the call waited for its stream to end")
+        .unwrap()
+}
+
+/// An ingest takes its place in the queue before its text arrives, and all open ingests
+/// share one buffer limit: over either, RESOURCE_EXHAUSTED at once, while the stream is open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_ingests_are_admitted_before_their_text_and_share_one_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.queues.ingest_workers = 1;
+    config.queues.ingest_queue_depth = 2;
+    config.limits.max_document_bytes = 1 << 20;
+    config.limits.max_ingest_buffer_bytes = 3 << 19;
+    let (daemon, _, mut c) = serving_with_c(dir.path(), config).await;
+    let body = |n: usize| text(&"harbour ".repeat(n / 8).into_bytes());
+
+    let (a_tx, a) = open_ingest(&c, vec![header("c", "a"), body(900_000)]).await;
+    while ingest_queue(&mut c).await.waiting != 1 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Time for a's text to arrive on loopback.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // 900 kB + 700 kB is over the 1.5 MiB all open ingests may hold.
+    let (_b_tx, b) = open_ingest(&c, vec![header("c", "b"), body(700_000)]).await;
+    refused(
+        ends_at_once(b).await,
+        Code::ResourceExhausted,
+        "max_ingest_buffer_bytes",
+    );
+
+    // One worker and two waiting places: two more open uploads fill the queue.
+    let (c_tx, _c) = open_ingest(&c, vec![header("c", "c")]).await;
+    let (d_tx, _d) = open_ingest(&c, vec![header("c", "d")]).await;
+    while ingest_queue(&mut c).await.waiting != 3 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_e_tx, e) = open_ingest(&c, vec![header("c", "e")]).await;
+    refused(
+        ends_at_once(e).await,
+        Code::ResourceExhausted,
+        "ingest queue is full",
+    );
+    // Uploads that break off give their places and bytes back.
+    a.abort();
+    drop((a_tx, c_tx, d_tx));
+    loop {
+        let q = ingest_queue(&mut c).await;
+        if q.waiting == 0 && q.running == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // 700 kB fit again now that a's 900 kB are given back: refused only after buffering,
+    // for its last byte, which is not UTF-8 (a scan of it would take minutes).
+    let mut bad = "harbour ".repeat(700_000 / 8).into_bytes();
+    bad.push(0xff);
+    refused(
+        ingest(&mut c, vec![header("c", "after"), text(&bad)]).await,
+        Code::InvalidArgument,
+        "utf-8",
+    );
+    daemon.shutdown().await.unwrap();
+}
+
+/// A CreateCollectionRequest whose name is raw bytes, to send what a client in another
+/// language could: a string field that is not UTF-8.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RawNameRequest {
+    #[prost(bytes = "vec", tag = "1")]
+    name: Vec<u8>,
+}
+
+/// An ingest piece over the message limit is OUT_OF_RANGE naming the limit, and a request
+/// that does not decode (a string field that is not UTF-8) is INVALID_ARGUMENT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_oversized_pieces_and_undecodable_requests_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.limits.max_message_bytes = 64 << 10;
+    let (daemon, ch, mut c) = serving_with_c(dir.path(), config).await;
+    refused(
+        ingest(&mut c, vec![header("c", "big"), text(&[b'x'; 100_000])]).await,
+        Code::OutOfRange,
+        "max_message_bytes",
+    );
+
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready().await.unwrap();
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/s3mem.v1.Memory/CreateCollection");
+    let codec = tonic_prost::ProstCodec::<RawNameRequest, pb::CreateCollectionResponse>::default();
+    let r = grpc
+        .unary(
+            tonic::Request::new(RawNameRequest {
+                name: vec![b'c', 0xff, 0xfe],
+            }),
+            path,
+            codec,
+        )
+        .await;
+    let s = r.expect_err("a name that is not UTF-8 is refused");
+    assert_eq!(s.code(), Code::InvalidArgument, "{}", s.message());
+    assert!(s.message().contains("UTF-8"), "{}", s.message());
+    daemon.shutdown().await.unwrap();
+}
+
+/// Names and ids with invisible or direction-changing characters, or whitespace at an end,
+/// are refused everywhere, naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_names_refuse_invisible_characters_and_outer_whitespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, _, mut c) = serving_with_c(dir.path(), test_config()).await;
+    for name in [
+        " c1 ",
+        "   ",
+        "c\u{202E}1",
+        "\u{FEFF}c1",
+        "c\u{200B}1",
+        "c\u{2066}1",
+    ] {
+        refused(
+            c.create_collection(pb::CreateCollectionRequest { name: name.into() })
+                .await,
+            Code::InvalidArgument,
+            "name",
+        );
+    }
+    refused(
+        ingest(
+            &mut c,
+            vec![header("c", "\u{202E}fdp.txt"), text(b"A note.")],
+        )
+        .await,
+        Code::InvalidArgument,
+        "header.id",
+    );
+    refused(
+        c.retrieve(retrieve_request("c ", "Why?", 64)).await,
+        Code::InvalidArgument,
+        "collection",
+    );
+    daemon.shutdown().await.unwrap();
+}
+
+/// `serve` checks its token file and listening address before it creates the data dir.
+#[test]
+fn serve_checks_its_settings_before_creating_the_data_dir() {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = private_binary(dir.path());
+    let data = dir.path().join("data");
+    let blank = dir.path().join("token");
+    std::fs::write(&blank, "\n").unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = taken.local_addr().unwrap().to_string();
+    for (args, why) in [
+        (
+            vec!["--auth-token-file", blank.to_str().unwrap()],
+            "holds no token",
+        ),
+        (vec!["--listen", taken.as_str()], "cannot listen"),
+    ] {
+        let out = std::process::Command::new(&exe)
+            .args(["serve", "--data-dir"])
+            .arg(&data)
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(why), "{err}");
+        assert!(!data.exists(), "{args:?} created the data dir");
+    }
 }
