@@ -327,9 +327,20 @@ fn bad_questions_and_ids_are_named_errors() {
         (&["--collection", "lic", "--doc", "missing", "q"], "missing"),
         (&["--collection", "lic", "--budget", "0", "q"], "budget"),
         (&["--collection", "lic", "  "], "question"),
-        (&["--collection", "lic", "--method", "sparse", "q"], "sparse"),
         (
-            &["--collection", "lic", "--method", "dense", "--embedder", "none", "q"],
+            &["--collection", "lic", "--method", "sparse", "q"],
+            "sparse",
+        ),
+        (
+            &[
+                "--collection",
+                "lic",
+                "--method",
+                "dense",
+                "--embedder",
+                "none",
+                "q",
+            ],
             "model fetch minilm",
         ),
     ];
