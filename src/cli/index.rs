@@ -357,8 +357,8 @@ pub fn docs(cmd: DocsCommand) -> Result<()> {
                     let index = Index::open_existing(data.dir()?)?;
                     let page = crate::service::convert::document_page(size.unwrap_or(0), &token)?;
                     let size = size.map_or(usize::MAX, |_| page.size);
-                    let (docs, next) = index.documents_page(&collection, page.from, size)?;
-                    (docs, next.map(|n| n.to_string()))
+                    let found = index.documents_page(&collection, page.from, size)?;
+                    (found.documents, found.next.map(|n| n.to_string()))
                 }
             };
             if let Some(next) = next {

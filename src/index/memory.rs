@@ -43,7 +43,8 @@ use super::passages::{passages, CharIndex, Passage};
 use super::records::{self as rec, CollectionRecord, DocPart, DocumentRecord, StoreIdentity};
 use super::store::{KvStore, SledStore};
 use super::types::{
-    Bm25Hit, CollectionInfo, DocumentInfo, DocumentKey, IndexConfig, LayerFeature, NewDocument,
+    Bm25Hit, CollectionInfo, DocumentInfo, DocumentKey, DocumentPage, IndexConfig, LayerFeature,
+    NewDocument,
 };
 use super::vectors::{PassageVectors, VectorStore};
 
@@ -219,13 +220,13 @@ impl Index {
     }
 
     /// Lists at most `limit` documents of a collection in ingest order, from document number
-    /// `from` on; returns them and the number of the document after them, if any.
+    /// `from` on, with the number of the document after them, if any.
     pub fn documents_page(
         &self,
         collection: &str,
         from: u32,
         limit: usize,
-    ) -> Result<(Vec<DocumentInfo>, Option<u32>)> {
+    ) -> Result<DocumentPage> {
         let c = self.collection(collection)?;
         let mut out = Vec::new();
         let mut next = None;
@@ -245,7 +246,10 @@ impl Index {
                 out.push(DocumentInfo::from(&d));
                 Ok(true)
             })?;
-        Ok((out, next))
+        Ok(DocumentPage {
+            documents: out,
+            next,
+        })
     }
 
     /// Returns one document's table entry.

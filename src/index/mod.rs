@@ -32,7 +32,7 @@ pub use migrations::{STORE_FORMAT_OLDEST_SUPPORTED, STORE_FORMAT_VERSION};
 pub use records::StoreIdentity;
 pub use store::{Batch, KvStore, SledStore};
 pub use types::{
-    BlockCount, Bm25Hit, CollectionInfo, ComponentBytes, DocumentInfo, DocumentKey,
+    BlockCount, Bm25Hit, CollectionInfo, ComponentBytes, DocumentInfo, DocumentKey, DocumentPage,
     EncodedDocument, IndexConfig, Ingested, LayerFeature, NewDocument, Stats,
 };
 pub use vectors::{PassageVectors, VECTORS_FORMAT_VERSION};

@@ -102,6 +102,15 @@ pub struct EncodedDocument {
     pub vectors: Option<PassageVectors>,
 }
 
+/// One page of a collection's document list.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DocumentPage {
+    /// The documents, in ingest order.
+    pub documents: Vec<DocumentInfo>,
+    /// The number of the document after them, where the next page starts; `None` at the end.
+    pub next: Option<u32>,
+}
+
 /// A stored document by its internal numbers: collection id and document number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct DocumentKey {

@@ -16,7 +16,9 @@ use super::config::Limits;
 use super::error::{Result, ServiceError};
 use crate::answer::{self, Answer, AnswerConfig, AnswerMode};
 use crate::embed::Embedder;
-use crate::index::{CollectionInfo, DocumentInfo, Index, IndexError, Ingested, NewDocument, Stats};
+use crate::index::{
+    CollectionInfo, DocumentInfo, DocumentPage, Index, IndexError, Ingested, NewDocument, Stats,
+};
 use crate::ingest::{self, Encoder, IngestError};
 use crate::model::{Model, ModelError, ScanConfig};
 use crate::retrieve::{Evidence, Query, RetrieveConfig, RetrieveError, Retriever};
@@ -369,7 +371,7 @@ impl Engine {
         collection: &str,
         from: u32,
         limit: usize,
-    ) -> Result<(Vec<DocumentInfo>, Option<u32>)> {
+    ) -> Result<DocumentPage> {
         Ok(self.read().documents_page(collection, from, limit)?)
     }
 

@@ -226,7 +226,7 @@ impl pb::memory_server::Memory for MemoryService {
         check_name("collection", &r.collection)?;
         let page = convert::document_page(r.page_size, &r.page_token)?;
         let engine = self.engine.clone();
-        let (docs, next) =
+        let found =
             blocking(move || engine.documents_page(&r.collection, page.from, page.size)).await?;
         // Room for the framing besides the records.
         let room = self
@@ -234,7 +234,11 @@ impl pb::memory_server::Memory for MemoryService {
             .limits()
             .max_message_bytes
             .saturating_sub(64 * 1024);
-        Ok(Response::new(convert::documents_to_pb(docs, next, room)))
+        Ok(Response::new(convert::documents_to_pb(
+            found.documents,
+            found.next,
+            room,
+        )))
     }
 
     async fn get_document(
