@@ -386,12 +386,13 @@ impl Index {
         for c in self.collections()? {
             let cid = self.collection_id(&c.name)?;
             for d in self.document_records(cid)? {
+                // A damaged file counts as missing: embedding the document again replaces it.
                 let current = self
                     .vectors
-                    .read(cid, d.doc)
+                    .embedder_of(cid, d.doc)
                     .ok()
                     .flatten()
-                    .is_some_and(|v| v.embedder == embedder);
+                    .is_some_and(|name| name == embedder);
                 if !current {
                     out.push(DocumentKey { cid, doc: d.doc });
                 }

@@ -12,6 +12,7 @@
 //! everything before it (u32). Written and removed as every per-document file is
 //! ([`super::docfiles`]).
 
+use std::io::Read;
 use std::ops::Range;
 use std::path::Path;
 
@@ -112,36 +113,22 @@ impl PassageVectors {
     /// Decodes a file's bytes; `what` names the file in errors.
     pub fn decode(bytes: &[u8], what: &str) -> Result<Self> {
         let corrupt = |why: &str| IndexError::corrupt(what, why);
-        if bytes.len() < 4 + 1 + 2 + 4 + 4 + 4 || &bytes[..4] != MAGIC {
+        if bytes.len() < HEADER_BYTES + 4 + 4 + 4 {
             return Err(corrupt("not a passage vectors file"));
         }
-        let format = bytes[4];
-        if format > VECTORS_FORMAT_VERSION {
-            return Err(IndexError::IncompatibleFormat {
-                kind: FormatKind::Vectors,
-                found: u32::from(format),
-                supported: u32::from(VECTORS_FORMAT_VERSION),
-                path: what.into(),
-            });
-        }
-        if format != VECTORS_FORMAT_VERSION {
-            return Err(corrupt("unknown format byte"));
-        }
+        let embedder = embedder_name(bytes, what)?;
+        let name_len = embedder.len();
         let (body, sum) = bytes.split_at(bytes.len() - 4);
         if crc32fast::hash(body) != u32::from_le_bytes(sum.try_into().expect("4 bytes")) {
             return Err(corrupt("checksum mismatch"));
         }
-        let mut at = 5;
+        let mut at = HEADER_BYTES + name_len;
         let mut take = |n: usize| -> Result<&[u8]> {
             let piece = body.get(at..at + n).ok_or_else(|| corrupt("truncated"))?;
             at += n;
             Ok(piece)
         };
         let u32_at = |b: &[u8]| u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize;
-        let name_len = u16::from_le_bytes(take(2)?.try_into().expect("2 bytes")) as usize;
-        let embedder = std::str::from_utf8(take(name_len)?)
-            .map_err(|_| corrupt("the model name is not UTF-8"))?
-            .to_string();
         let dim = u32_at(take(4)?);
         let count = u32_at(take(4)?);
         if !(1..=MAX_DIM).contains(&dim) {
@@ -171,6 +158,37 @@ impl PassageVectors {
         v.check().map_err(|e| corrupt(&e.to_string()))?;
         Ok(v)
     }
+}
+
+/// Magic, format byte and the model name's length.
+const HEADER_BYTES: usize = 4 + 1 + 2;
+
+/// Returns the model name of a vectors file from its first bytes (the whole file or only its
+/// head), after checking the magic and the format byte; `what` names the file in errors.
+fn embedder_name(head: &[u8], what: &str) -> Result<String> {
+    let corrupt = |why: &str| IndexError::corrupt(what, why);
+    if head.len() < HEADER_BYTES || &head[..4] != MAGIC {
+        return Err(corrupt("not a passage vectors file"));
+    }
+    let format = head[4];
+    if format > VECTORS_FORMAT_VERSION {
+        return Err(IndexError::IncompatibleFormat {
+            kind: FormatKind::Vectors,
+            found: u32::from(format),
+            supported: u32::from(VECTORS_FORMAT_VERSION),
+            path: what.into(),
+        });
+    }
+    if format != VECTORS_FORMAT_VERSION {
+        return Err(corrupt("unknown format byte"));
+    }
+    let name_len = usize::from(u16::from_le_bytes([head[5], head[6]]));
+    let name = head
+        .get(HEADER_BYTES..HEADER_BYTES + name_len)
+        .ok_or_else(|| corrupt("truncated"))?;
+    std::str::from_utf8(name)
+        .map(str::to_string)
+        .map_err(|_| corrupt("the model name is not UTF-8"))
 }
 
 /// The passage vectors of every document, in `<data dir>/vectors`.
@@ -203,6 +221,23 @@ impl VectorStore {
         };
         let path = self.files.path(cid, doc);
         PassageVectors::decode(&bytes, &path.display().to_string()).map(Some)
+    }
+
+    /// Returns the name of the model that made document `doc`'s vectors (`None`: it has none)
+    /// from the file's head alone: what deciding whether a document needs embedding reads,
+    /// instead of every vector of the store.
+    pub fn embedder_of(&self, cid: u32, doc: u32) -> Result<Option<String>> {
+        let path = self.files.path(cid, doc);
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(IndexError::io(&path, e)),
+        };
+        let mut head = Vec::new();
+        file.take((HEADER_BYTES + usize::from(u16::MAX)) as u64)
+            .read_to_end(&mut head)
+            .map_err(|e| IndexError::io(&path, e))?;
+        embedder_name(&head, &path.display().to_string()).map(Some)
     }
 
     /// Removes the vectors of document `doc` if there are any.
@@ -248,6 +283,11 @@ mod tests {
         assert_eq!(s.read(1, 8).unwrap(), None);
         assert_eq!(s.list().unwrap(), vec![(1, 7)]);
         assert_eq!(s.read(1, 7).unwrap().unwrap().row(1), &[0.0, 0.6, 0.8]);
+        assert_eq!(
+            s.embedder_of(1, 7).unwrap().as_deref(),
+            Some("test-model@00ff")
+        );
+        assert_eq!(s.embedder_of(1, 8).unwrap(), None);
         s.remove(1, 7).unwrap();
         assert_eq!(s.read(1, 7).unwrap(), None);
     }

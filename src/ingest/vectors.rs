@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use super::error::Result;
 use crate::embed::{Embedder, DIM};
-use crate::index::passages::passages;
+use crate::index::passages::{passages, Passage};
 use crate::index::{DocumentKey, EncodedDocument, Index, PassageVectors};
 
 /// Returns the embedding of each passage of a document (its text and token char ranges).
@@ -15,7 +15,20 @@ pub fn embed_passages(
     text: &str,
     offsets: &[(usize, usize)],
 ) -> Result<PassageVectors> {
-    let pieces = passages(text, offsets);
+    embed_pieces(embedder, passages(text, offsets))
+}
+
+/// Returns the embedding of each passage of the stored document `key` (read once).
+pub fn embed_stored(
+    embedder: &Embedder,
+    index: &Index,
+    key: DocumentKey,
+) -> Result<PassageVectors> {
+    embed_pieces(embedder, index.passages_of(key.cid, key.doc)?)
+}
+
+/// Returns the embedding of each of a document's passages, in order.
+pub fn embed_pieces(embedder: &Embedder, pieces: Vec<Passage>) -> Result<PassageVectors> {
     let texts: Vec<&str> = pieces.iter().map(|p| p.text.as_str()).collect();
     let embeddings = embedder.embed(&texts)?;
     Ok(PassageVectors {
@@ -58,9 +71,7 @@ pub fn backfill(
         if !progress(i, todo.len()) {
             return Ok(i);
         }
-        let text = index.text_of(key.cid, key.doc)?;
-        let offsets = index.offsets_of(key.cid, key.doc)?;
-        let vectors = embed_passages(embedder, &text, &offsets)?;
+        let vectors = embed_stored(embedder, index, key)?;
         index.put_vectors(key, &vectors)?;
     }
     progress(todo.len(), todo.len());

@@ -192,16 +192,13 @@ impl Engine {
             if self.is_stopping() {
                 break;
             }
-            let stored = {
-                let index = self.read();
-                index
-                    .text_of(key.cid, key.doc)
-                    .and_then(|t| Ok((t, index.offsets_of(key.cid, key.doc)?)))
-            };
-            let Ok((text, offsets)) = stored else {
+            // Read under the lock, embedded outside it; a document deleted since the list was
+            // made has no text to read: skipped.
+            let passages = self.read().passages_of(key.cid, key.doc);
+            let Ok(passages) = passages else {
                 continue;
             };
-            let vectors = ingest::vectors::embed_passages(embedder, &text, &offsets)?;
+            let vectors = ingest::vectors::embed_pieces(embedder, passages)?;
             match self.write().put_vectors(key, &vectors) {
                 Ok(()) | Err(IndexError::InvalidInput(_)) => {}
                 Err(e) => return Err(e.into()),
