@@ -9,7 +9,9 @@ use candle_core::IndexOp;
 use super::error::{IngestError, Result};
 use crate::embed::Embedder;
 use crate::index::{EncodedDocument, LayerFeature, StoreIdentity};
-use crate::model::{LayerSet, LayerTap, Model, ModelError, ScanConfig, TapRequest, Tokenized};
+use crate::model::{
+    LayerSet, LayerTap, Model, ModelError, ScanConfig, TapPlace, TapRequest, Tokenized,
+};
 use crate::sae::{HeadMode, SaeError, SaeSet, SparseCodes};
 
 /// Per indexed layer: whether its SAE is shared by the KV heads, and its dictionary size.
@@ -233,35 +235,43 @@ impl<'a> Encoder<'a> {
         let ids: Vec<&[u32]> = docs.iter().map(|d| d.ids.as_slice()).collect();
         let stats = self
             .model
-            .scan_many(&ids, &taps, &self.scan, &mut |doc, chunk| {
-                let t0 = Instant::now();
-                for tap in &chunk.keys {
-                    let doc_postings = &mut postings[doc];
-                    let added = encode_layer(
-                        self.saes,
-                        &self.layers,
-                        tap,
-                        chunk.chunk.start,
-                        &mut |pos, f| {
-                            let list = doc_postings.entry(f).or_default();
-                            // KV heads of a layer share the posting space: one entry per token.
-                            if list.last() != Some(&pos) {
-                                list.push(pos);
-                            }
-                        },
-                    );
-                    if let Err(e) = added {
-                        failure = Some(e);
-                        return Err(ModelError::InvalidScan("sae encoding failed".into()));
+            // Keys stay where the model ran: on a GPU the SAEs encode them there and only the
+            // codes cross to the host.
+            .scan_many_to(
+                &ids,
+                &taps,
+                &self.scan,
+                TapPlace::Device,
+                &mut |doc, chunk| {
+                    let t0 = Instant::now();
+                    for tap in &chunk.keys {
+                        let doc_postings = &mut postings[doc];
+                        let added = encode_layer(
+                            self.saes,
+                            &self.layers,
+                            tap,
+                            chunk.chunk.start,
+                            &mut |pos, f| {
+                                let list = doc_postings.entry(f).or_default();
+                                // KV heads of a layer share the posting space: one entry per token.
+                                if list.last() != Some(&pos) {
+                                    list.push(pos);
+                                }
+                            },
+                        );
+                        if let Err(e) = added {
+                            failure = Some(e);
+                            return Err(ModelError::InvalidScan("sae encoding failed".into()));
+                        }
                     }
-                }
-                encode_seconds[doc] += t0.elapsed().as_secs_f64();
-                if progress(before[doc] + chunk.chunk.end) {
-                    Ok(())
-                } else {
-                    Err(ModelError::Aborted)
-                }
-            });
+                    encode_seconds[doc] += t0.elapsed().as_secs_f64();
+                    if progress(before[doc] + chunk.chunk.end) {
+                        Ok(())
+                    } else {
+                        Err(ModelError::Aborted)
+                    }
+                },
+            );
         if let Some(e) = failure {
             return Err(e);
         }
