@@ -224,6 +224,8 @@ pub fn ingest(args: &IngestArgs, models: &Path) -> Result<()> {
         Ok(()) | Err(IndexError::CollectionExists(_)) => {}
         Err(e) => return Err(e.into()),
     }
+    // The peak GPU memory reported is the ingest's own, not the model load's.
+    crate::model::reset_gpu_peak(model.transformer().device())?;
     let mut done = Vec::new();
     let (mut scan_s, mut encode_s, mut store_s) = (0.0, 0.0, 0.0);
     let sizes: Vec<usize> = inputs.iter().map(|i| i.text.len()).collect();
@@ -248,7 +250,8 @@ pub fn ingest(args: &IngestArgs, models: &Path) -> Result<()> {
     let t_commit = Instant::now();
     index.commit()?;
     store_s += t_commit.elapsed().as_secs_f64();
-    print_ingest_summary(args.json, &done, t0, [scan_s, encode_s, store_s])
+    let gpu = crate::model::gpu_memory(model.transformer().device())?;
+    print_ingest_summary(args.json, &done, t0, [scan_s, encode_s, store_s], gpu)
 }
 
 /// Streams the inputs to a daemon, one Ingest call each.
@@ -278,7 +281,7 @@ fn ingest_remote(
         note_ingested(args.json, &out);
         done.push(out);
     }
-    print_ingest_summary(args.json, &done, t0, [scan_s, encode_s, store_s])
+    print_ingest_summary(args.json, &done, t0, [scan_s, encode_s, store_s], None)
 }
 
 /// Notes one stored document on stderr (unless the output is JSON).
@@ -299,19 +302,22 @@ fn print_ingest_summary(
     done: &[crate::index::Ingested],
     t0: Instant,
     [scan_s, encode_s, store_s]: [f64; 3],
+    gpu: Option<crate::model::GpuMemory>,
 ) -> Result<()> {
     let seconds = t0.elapsed().as_secs_f64();
     if json {
-        println!(
-            "{}",
-            json!({
-                "documents": done.iter().map(|d| json!({"id": d.id, "tokens": d.tokens})).collect::<Vec<_>>(),
-                "seconds": seconds,
-                "scan_seconds": scan_s,
-                "encode_seconds": encode_s,
-                "store_seconds": store_s,
-            })
-        );
+        let mut report = json!({
+            "documents": done.iter().map(|d| json!({"id": d.id, "tokens": d.tokens})).collect::<Vec<_>>(),
+            "seconds": seconds,
+            "scan_seconds": scan_s,
+            "encode_seconds": encode_s,
+            "store_seconds": store_s,
+        });
+        // Only a GPU run has driver figures; a CPU run's report stays as it was.
+        if let Some(gpu) = gpu {
+            report["gpu_memory"] = serde_json::to_value(gpu)?;
+        }
+        println!("{report}");
     } else {
         let tokens: usize = done.iter().map(|d| d.tokens).sum();
         println!(
