@@ -7,7 +7,7 @@ use anyhow::Result;
 use serde_json::{json, Value};
 
 use super::command_line::{AskArgs, RetrieveArgs};
-use super::load::{embed_missing, load, load_embedder, load_reader, load_sae_set};
+use super::load::{embed_missing, load, load_embedder, load_reader, load_sae_set, load_second};
 use crate::answer::{self, AnswerConfig, Quote};
 use crate::embed::Embedder;
 use crate::index::Index;
@@ -15,35 +15,67 @@ use crate::model::Model;
 use crate::retrieve::{Evidence, Query, RetrieveConfig, Retriever};
 use crate::sae::SaeSet;
 
-/// The model, SAE set, embedding model and index a question needs.
+/// The model, SAE set, embedding model, re-ranking model and index a question needs.
 struct Loaded {
     model: Model,
     saes: SaeSet,
     embedder: Option<Embedder>,
+    reranker: Option<Model>,
+    rerank: Option<crate::retrieve::rerank::RerankConfig>,
     index: Index,
 }
 
 impl Loaded {
     fn retriever(&self) -> Result<Retriever<'_>> {
-        Ok(
-            Retriever::new(&self.model, &self.saes, RetrieveConfig::default())?
-                .with_embedder(self.embedder.as_ref()),
-        )
+        let config = RetrieveConfig {
+            rerank: self.rerank.clone(),
+            ..RetrieveConfig::default()
+        };
+        Ok(Retriever::new(&self.model, &self.saes, config)?
+            .with_embedder(self.embedder.as_ref())
+            .with_reranker(self.reranker.as_ref()))
     }
 }
 
 fn load_all(args: &RetrieveArgs, models: &Path) -> Result<Loaded> {
+    let rerank = args.attention.config();
+    if let Some(r) = &rerank {
+        RetrieveConfig {
+            rerank: Some(r.clone()),
+            ..RetrieveConfig::default()
+        }
+        .check()?;
+    }
     let mut index = Index::open_existing(args.data.dir()?)?;
     let model = load(&args.model, models)?;
     let saes = load_sae_set(&model, &args.sae, models)?;
     let embedder = load_embedder(&args.model, models)?;
     embed_missing(embedder.as_ref(), &mut index)?;
+    let reranker = load_second(
+        args.attention.reranker.rerank_model.as_deref(),
+        &args.model,
+        models,
+    )?;
     Ok(Loaded {
         model,
         saes,
         embedder,
+        reranker,
+        rerank,
         index,
     })
+}
+
+/// Refuses re-ranking flags in client mode: the daemon has no re-ranking settings.
+fn refuse_remote_rerank(args: &RetrieveArgs) -> Result<()> {
+    let flags = args.attention.heads.is_some() || args.attention.reranker.rerank_model.is_some();
+    if flags && args.server.server.is_some() {
+        anyhow::bail!(
+            "--heads and --rerank-model apply to a local data dir (--data-dir); \
+             a daemon (--server) does not re-rank by attention"
+        );
+    }
+    Ok(())
 }
 
 fn query(args: &RetrieveArgs) -> Query {
@@ -125,6 +157,7 @@ pub(super) fn print_spans(e: &Evidence) {
 
 /// Runs `s3mem retrieve`.
 pub fn retrieve(args: &RetrieveArgs, models: &Path) -> Result<()> {
+    refuse_remote_rerank(args)?;
     let (e, trace) = match args.server.connect()? {
         Some(mut client) => client.retrieve(args)?,
         None => {
@@ -153,6 +186,7 @@ pub fn ask(args: &AskArgs, models: &Path) -> Result<()> {
         }
         true
     };
+    refuse_remote_rerank(a)?;
     let (e, trace, ans) = match a.server.connect()? {
         Some(mut client) => {
             let (e, trace, done) = client.ask(args, &mut on_text)?;

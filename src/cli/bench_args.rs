@@ -95,7 +95,7 @@ pub struct BenchRetrieveArgs {
     #[arg(long, default_value = "hybrid")]
     pub method: crate::retrieve::Method,
     #[command(flatten)]
-    pub attention: super::eval_args::RerankArgs,
+    pub attention: super::args::RerankArgs,
 }
 
 #[derive(Debug, Args)]

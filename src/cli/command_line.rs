@@ -309,9 +309,11 @@ pub struct RetrieveArgs {
     /// Most tokens of evidence (counted with the model's tokenizer).
     #[arg(long, default_value_t = 1024)]
     pub budget: usize,
-    /// s3, bm25, hybrid or bias.
+    /// s3, bm25, hybrid, bias, dense, rag or rerank (rerank: with `--heads`, a local data dir).
     #[arg(long, default_value = "hybrid")]
     pub method: crate::retrieve::Method,
+    #[command(flatten)]
+    pub attention: super::args::RerankArgs,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,

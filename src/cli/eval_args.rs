@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use super::args::{AnswerArgs, DataDirArgs, ModelArgs};
+use super::args::{AnswerArgs, DataDirArgs, ModelArgs, RerankArgs, RerankerArgs};
 
 /// `s3mem eval DATASET ...` runs the answer-quality evaluation; `s3mem eval build|recall`
 /// the dataset builders and the evidence-recall measurement.
@@ -118,46 +118,6 @@ pub struct HeadsArgs {
     /// Write the ranking and simulated recall as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
-}
-
-/// The settings of the `rerank` method: the heads, the pool and the model that reads it.
-#[derive(Debug, Args)]
-pub struct RerankArgs {
-    /// Retrieval heads of `rerank`, `layer.head,...` (heads of the re-ranking model).
-    #[arg(long)]
-    pub heads: Option<crate::retrieve::rerank::HeadSet>,
-    /// Tokens of first-stage candidates `rerank` reads.
-    #[arg(long, default_value_t = 2048)]
-    pub pool_tokens: usize,
-    /// Weight of the first stage's own order fused with the attention order by `rerank` (0:
-    /// attention alone).
-    #[arg(long, default_value_t = 0.0)]
-    pub rerank_first_stage: f32,
-    #[command(flatten)]
-    pub reranker: RerankerArgs,
-}
-
-impl RerankArgs {
-    /// Returns the re-ranking settings, `None` without heads (then `rerank` is refused).
-    pub fn config(&self) -> Option<crate::retrieve::rerank::RerankConfig> {
-        self.heads
-            .clone()
-            .map(|heads| crate::retrieve::rerank::RerankConfig {
-                heads,
-                pool_tokens: self.pool_tokens,
-                first_stage: self.rerank_first_stage,
-            })
-    }
-}
-
-/// The model whose attention re-ranks the pool.
-#[derive(Debug, Args)]
-pub struct RerankerArgs {
-    /// The model whose attention re-ranks (its heads are the ones `--heads` names): a known
-    /// name or a GGUF path, loaded on the index model's device. Default: the index model. A
-    /// larger model can re-rank the pool of a small model's index: the pool is re-tokenized.
-    #[arg(long)]
-    pub rerank_model: Option<String>,
 }
 
 #[derive(Debug, Args)]
