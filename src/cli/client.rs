@@ -294,6 +294,7 @@ impl Client {
                     AnswerMode::Quote => pb::AnswerMode::Quote,
                     AnswerMode::Auto => pb::AnswerMode::Auto,
                 }) as i32,
+            filter: r.filter,
         };
         let api = &mut self.api;
         self.runtime.block_on(async {
@@ -338,6 +339,7 @@ fn retrieve_request(args: &RetrieveArgs) -> pb::RetrieveRequest {
         budget: u32::try_from(args.budget).unwrap_or(u32::MAX),
         method: method_to_pb(args.method) as i32,
         trace: args.trace,
+        filter: None,
     }
 }
 
