@@ -144,6 +144,7 @@ pub fn retrieve(
                     budget: bench.budget,
                     method: bench.method,
                     trace: false,
+                    filter: None,
                 },
             )?;
             lat.push(e.timings_ms.get("retrieve").copied().unwrap_or(0.0));

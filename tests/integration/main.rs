@@ -5,6 +5,7 @@ mod dense;
 mod embed;
 mod eval_cli;
 mod fetch;
+mod filters;
 mod golden;
 mod grpc;
 mod grpc_defects;
