@@ -10,6 +10,7 @@ mod golden;
 mod grpc;
 mod grpc_defects;
 mod index;
+mod metrics;
 mod model_cli;
 mod model_real;
 mod model_tiny;
