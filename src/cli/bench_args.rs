@@ -102,6 +102,8 @@ pub struct BenchRetrieveArgs {
     pub tokens: Vec<usize>,
     #[command(flatten)]
     pub asked: BenchQuestions,
+    #[command(flatten)]
+    pub attention: super::eval_args::RerankArgs,
 }
 
 #[derive(Debug, Args)]
