@@ -1,11 +1,13 @@
 //! Benchmarks that report numbers, never pass/fail: the scan against llama.cpp and full-context
 //! prefill (`scan`, `llamacpp`), models with random weights on a device (`random`), CPU-vs-device
 //! parity of SAE features (`parity`), retrieve latency against collection size (`retrieve`),
+//! what a metadata filter and the daemon's metrics cost (`filter`),
 //! SAE training speed and its hand-written gradients against autograd (`sae`), SAE encoding on
 //! the host against a device, speed and agreement (`sae_encode`), and what the
 //! store pays per record and per posting codec (`store`). Each returns its measurements; the
 //! CLI prints them (Markdown tables or JSON).
 
+pub mod filter;
 pub mod llamacpp;
 pub mod parity;
 pub mod random;

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::{BenchError, Log, Result};
-use crate::index::{Index, NewDocument};
+use crate::index::{EncodedDocument, Index, NewDocument};
 use crate::ingest::{encode_document, Encoder};
 use crate::retrieve::{Method, Query, Retriever};
 
@@ -73,6 +73,35 @@ impl RetrieveRow {
     }
 }
 
+/// A corpus document scanned once: its file name, text and encoding.
+pub(super) type ScannedDocument = (String, String, EncodedDocument);
+
+/// Scans each corpus file once (for `collection`), to be stored in copies.
+pub(super) fn scan_corpus(
+    encoder: &Encoder<'_>,
+    collection: &str,
+    paths: &[PathBuf],
+    log: Log<'_>,
+) -> Result<Vec<ScannedDocument>> {
+    let mut corpus = Vec::new();
+    for p in paths {
+        let text = super::read_text(p)?;
+        let name = p
+            .file_name()
+            .map_or("doc".into(), |n| n.to_string_lossy().to_string());
+        let doc = NewDocument {
+            collection,
+            id: None,
+            meta: Vec::new(),
+            text: &text,
+        };
+        log(&format!("scanning {name} once"));
+        let encoded = encode_document(encoder, &doc, &mut |_, _| true)?;
+        corpus.push((name, text, encoded));
+    }
+    Ok(corpus)
+}
+
 /// Grows the collection to each size in turn and times `runs` retrievals there; `on_row` gets
 /// each size's row as soon as it is measured and `log` the scans.
 pub fn retrieve(
@@ -91,22 +120,7 @@ pub fn retrieve(
     if index.collection_id(&bench.collection).is_err() {
         index.create_collection(&bench.collection)?;
     }
-    let mut corpus = Vec::new();
-    for p in &bench.corpus {
-        let text = super::read_text(p)?;
-        let name = p
-            .file_name()
-            .map_or("doc".into(), |n| n.to_string_lossy().to_string());
-        let doc = NewDocument {
-            collection: &bench.collection,
-            id: None,
-            meta: Vec::new(),
-            text: &text,
-        };
-        log(&format!("scanning {name} once"));
-        let encoded = encode_document(encoder, &doc, &mut |_, _| true)?;
-        corpus.push((name, text, encoded));
-    }
+    let corpus = scan_corpus(encoder, &bench.collection, &bench.corpus, log)?;
     let have = |index: &Index| -> Result<u64> {
         Ok(index
             .collections()?
@@ -149,6 +163,7 @@ pub fn retrieve(
                     budget: bench.budget,
                     method: bench.method,
                     trace: false,
+                    filter: None,
                 },
             )?;
             whole.push(asked.elapsed().as_secs_f64() * 1e3);

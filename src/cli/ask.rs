@@ -86,6 +86,7 @@ fn query(args: &RetrieveArgs) -> Query {
         budget: args.budget,
         method: args.method,
         trace: args.trace,
+        filter: args.filter.clone(),
     }
 }
 

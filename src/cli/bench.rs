@@ -7,8 +7,8 @@ use anyhow::{Context, Result};
 
 use super::args::ModelArgs;
 use super::bench_args::{
-    BenchCommand, BenchRetrieveArgs, BenchScanArgs, EmbedBenchArgs, ParityArgs, PostingsArgs,
-    SaeEncodeArgs, SaeStepArgs, SaeTrainBenchArgs, ScanChartArgs,
+    BenchCommand, BenchFilterArgs, BenchRetrieveArgs, BenchScanArgs, EmbedBenchArgs, ParityArgs,
+    PostingsArgs, SaeEncodeArgs, SaeStepArgs, SaeTrainBenchArgs, ScanChartArgs,
 };
 use super::device::DeviceArgs;
 use super::load::{embed_missing, load, load_embedder, load_sae_set, load_second};
@@ -27,6 +27,7 @@ pub fn run(cmd: BenchCommand, models: &Path) -> Result<()> {
         BenchCommand::SaeTrain(args) => sae_train(&args),
         BenchCommand::Parity(args) => parity_model(&args, models),
         BenchCommand::Retrieve(args) => retrieve_latency(&args, models),
+        BenchCommand::Filter(args) => filter_cost(&args, models),
         BenchCommand::SaeStep(args) => sae_step(&args),
         BenchCommand::SaeEncode(args) => sae_encode(&args, models),
         BenchCommand::Sled => sled(),
@@ -266,12 +267,12 @@ fn retrieve_latency(args: &BenchRetrieveArgs, models: &Path) -> Result<()> {
         .with_reranker(reranker.as_ref());
     let config = retrieve::RetrieveBench {
         collection: args.collection.clone(),
-        corpus: args.corpus.clone(),
+        corpus: args.asked.corpus.clone(),
         tokens: args.tokens.clone(),
-        questions: args.questions.clone(),
-        runs: args.runs,
-        budget: args.budget,
-        method: args.method,
+        questions: args.asked.questions.clone(),
+        runs: args.asked.runs,
+        budget: args.asked.budget,
+        method: args.asked.method,
     };
     print!("{}", retrieve::TABLE_HEADER);
     retrieve::retrieve(
@@ -282,6 +283,58 @@ fn retrieve_latency(args: &BenchRetrieveArgs, models: &Path) -> Result<()> {
         &mut log,
         &mut |row| println!("{}", row.markdown()),
     )?;
+    Ok(())
+}
+
+/// `bench filter`.
+fn filter_cost(args: &BenchFilterArgs, models: &Path) -> Result<()> {
+    let model = std::sync::Arc::new(load(&args.model, models)?);
+    let saes = std::sync::Arc::new(load_sae_set(&model, &args.sae, models)?);
+    let embedder = load_embedder(&args.model, models)?.map(std::sync::Arc::new);
+    let encoder = Encoder::new(&model, &saes, crate::model::ScanConfig::default())?
+        .with_embedder(embedder.as_deref());
+    let retriever = Retriever::new(&model, &saes, RetrieveConfig::default())?
+        .with_embedder(embedder.as_deref());
+    let config = bench::filter::FilterBench {
+        dir: args.dir.clone(),
+        corpus: args.asked.corpus.clone(),
+        tokens: args.tokens,
+        tenants: args.tenants,
+        questions: args.asked.questions.clone(),
+        runs: args.asked.runs,
+        budget: args.asked.budget,
+        method: args.asked.method,
+        metrics_rounds: args.metrics_rounds,
+    };
+    let row = bench::filter::filter(&encoder, &retriever, &config, &mut log)?;
+    println!(
+        "| collection tokens | documents | kept documents | kept tokens | filtered p50 ms | alone p50 ms | overhead |\n|---|---|---|---|---|---|---|\n| {} | {} | {} | {} | {:.1} | {:.1} | {:+.1}% |",
+        row.tokens,
+        row.documents,
+        row.kept_documents,
+        row.kept_tokens,
+        row.filtered_p50_ms,
+        row.alone_p50_ms,
+        row.overhead_percent()
+    );
+    if args.metrics_rounds > 0 {
+        let loaded = || crate::service::Loaded {
+            model: model.clone(),
+            saes: saes.clone(),
+            scan: crate::model::ScanConfig::default(),
+            embedder: embedder.clone(),
+            readers: Vec::new(),
+            answer_mode: Default::default(),
+        };
+        let m = bench::filter::metrics(&config, &loaded, &mut log)?;
+        println!(
+            "\n| Retrieve calls each way | metrics off p50 ms | metrics on p50 ms | overhead |\n|---|---|---|---|\n| {} | {:.2} | {:.2} | {:+.2}% |",
+            m.calls,
+            m.off_p50_ms,
+            m.on_p50_ms,
+            m.overhead_percent()
+        );
+    }
     Ok(())
 }
 

@@ -20,6 +20,10 @@ pub enum BenchCommand {
     /// Retrieve latency (p50/p99, without the question's forward pass) against collection
     /// size; the collection grows by copies of the corpus's encodings.
     Retrieve(BenchRetrieveArgs),
+    /// A question filtered to 1% of a collection's documents against the same question over a
+    /// data dir of those documents alone, and Retrieve calls to the daemon with metrics off
+    /// and on.
+    Filter(BenchFilterArgs),
     /// One SAE training step with the hand-written sparse gradients against the same forward
     /// and backward through autograd, and the encoder at a scan's shape (CPU).
     SaeStep(SaeStepArgs),
@@ -55,6 +59,34 @@ pub struct EmbedBenchArgs {
     pub device: DeviceArgs,
 }
 
+/// The corpus and questions of the retrieval benchmarks.
+#[derive(Debug, Args)]
+pub struct BenchQuestions {
+    /// Documents scanned once and stored in copies.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = SAMPLE_DOCUMENTS
+    )]
+    pub corpus: Vec<PathBuf>,
+    /// Questions asked in turn.
+    #[arg(
+        long,
+        value_delimiter = '|',
+        default_value = "How many days does a licensee have to cure a violation?|What does the patent license grant?|Who may distribute copies of the covered software?|What happens when the license terminates?|Is there any warranty for the program?"
+    )]
+    pub questions: Vec<String>,
+    /// Retrievals per measurement (at least 1).
+    #[arg(long, default_value_t = 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub runs: usize,
+    /// Evidence budget in tokens.
+    #[arg(long, default_value_t = 1024)]
+    pub budget: usize,
+    /// The method.
+    #[arg(long, default_value = "hybrid")]
+    pub method: crate::retrieve::Method,
+}
+
 #[derive(Debug, Args)]
 pub struct BenchRetrieveArgs {
     #[command(flatten)]
@@ -68,34 +100,36 @@ pub struct BenchRetrieveArgs {
     /// The benchmark collection.
     #[arg(long, default_value = "bench")]
     pub collection: String,
-    /// Documents scanned once and stored in copies.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = SAMPLE_DOCUMENTS
-    )]
-    pub corpus: Vec<PathBuf>,
     /// Collection sizes in tokens, ascending.
     #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
     pub tokens: Vec<usize>,
-    /// Questions asked in turn.
-    #[arg(
-        long,
-        value_delimiter = '|',
-        default_value = "How many days does a licensee have to cure a violation?|What does the patent license grant?|Who may distribute copies of the covered software?|What happens when the license terminates?|Is there any warranty for the program?"
-    )]
-    pub questions: Vec<String>,
-    /// Retrievals per size (at least 1).
-    #[arg(long, default_value_t = 20, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
-    pub runs: usize,
-    /// Evidence budget in tokens.
-    #[arg(long, default_value_t = 1024)]
-    pub budget: usize,
-    /// The method.
-    #[arg(long, default_value = "hybrid")]
-    pub method: crate::retrieve::Method,
+    #[command(flatten)]
+    pub asked: BenchQuestions,
     #[command(flatten)]
     pub attention: super::args::RerankArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchFilterArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The SAE set (`default`: the model's embedded set).
+    #[arg(long, default_value = "default")]
+    pub sae: String,
+    /// A folder for the two data dirs, `all/` and `tenant/` (reused by later runs).
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Tokens of the large collection.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub tokens: usize,
+    /// Tenants the documents are spread over; the filter keeps one.
+    #[arg(long, default_value_t = 100, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub tenants: usize,
+    #[command(flatten)]
+    pub asked: BenchQuestions,
+    /// Rounds of the metrics comparison, each the daemon without then with metrics (0: skip).
+    #[arg(long, default_value_t = 3)]
+    pub metrics_rounds: usize,
 }
 
 #[derive(Debug, Args)]

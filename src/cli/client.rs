@@ -14,7 +14,7 @@ use super::command_line::{AskArgs, RetrieveArgs};
 use crate::answer::AnswerMode;
 use crate::index::{CollectionInfo, DocumentInfo, Stats};
 use crate::retrieve::Evidence;
-use crate::service::convert::{evidence_from_pb, method_to_pb, stats_from_pb};
+use crate::service::convert::{evidence_from_pb, filter_to_pb, method_to_pb, stats_from_pb};
 use crate::service::pb::{self, memory_client::MemoryClient};
 
 /// Text bytes per ingest message: well under the daemon's default 4 MiB message limit.
@@ -294,6 +294,7 @@ impl Client {
                     AnswerMode::Quote => pb::AnswerMode::Quote,
                     AnswerMode::Auto => pb::AnswerMode::Auto,
                 }) as i32,
+            filter: r.filter,
         };
         let api = &mut self.api;
         self.runtime.block_on(async {
@@ -338,6 +339,7 @@ fn retrieve_request(args: &RetrieveArgs) -> pb::RetrieveRequest {
         budget: u32::try_from(args.budget).unwrap_or(u32::MAX),
         method: method_to_pb(args.method) as i32,
         trace: args.trace,
+        filter: args.filter.as_ref().map(filter_to_pb),
     }
 }
 

@@ -320,6 +320,10 @@ pub struct RetrieveArgs {
     /// Add a trace (features, positions, NMS, BM25 hits, fusion, timings) to the JSON.
     #[arg(long)]
     pub trace: bool,
+    /// Only the documents that pass this filter, e.g. `tenant=acme and year>=2020`,
+    /// `tenant in (a,b)`, `date<2024-01-01T00:00:00Z`, `not doc in (x,y)` (README: Filters).
+    #[arg(long, value_name = "EXPR")]
+    pub filter: Option<crate::retrieve::Filter>,
     /// The question.
     pub question: String,
 }

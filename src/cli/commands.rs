@@ -350,6 +350,7 @@ fn quickstart(args: &QuickstartArgs, models: &Path) -> Result<()> {
             budget: args.budget,
             method: Method::Hybrid,
             trace: false,
+            filter: None,
         },
     )?;
     let reader = super::load::load_reader(

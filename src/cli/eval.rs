@@ -383,6 +383,7 @@ fn heads(args: &HeadsArgs, models: &Path) -> Result<()> {
                 budget: 1024,
                 method: Method::Rerank,
                 trace: false,
+                filter: None,
             },
             &all,
             args.pool_tokens,

@@ -112,6 +112,9 @@ pub fn serve(args: &ServeArgs, models: &Path) -> Result<()> {
     let served = runtime.block_on(async {
         let daemon = crate::service::start_prepared(prepared, index, loader).await?;
         eprintln!("s3mem: listening on {}", daemon.local_addr());
+        if let Some(addr) = daemon.metrics_addr() {
+            eprintln!("s3mem: metrics at http://{addr}/metrics");
+        }
         let stopper = daemon.stopper();
         tokio::spawn(async move {
             crate::service::shutdown_signal().await;

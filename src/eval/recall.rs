@@ -150,6 +150,7 @@ pub fn measure(
                                 budget,
                                 method,
                                 trace: false,
+                                filter: None,
                             },
                         )?;
                         let s = e.spans.iter().map(|s| (s.char_start, s.char_end)).collect();

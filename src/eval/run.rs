@@ -360,6 +360,7 @@ impl Evaluation {
                             budget,
                             method,
                             trace: false,
+                            filter: None,
                         },
                     )?;
                     let spans = e.spans.iter().map(|s| (s.char_start, s.char_end)).collect();

@@ -112,6 +112,105 @@ pub(crate) fn check_named(kind: &str, name: &str) -> Result<()> {
     })
 }
 
+/// The type of a metadata key in a collection, fixed by the first value it is given there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetaType {
+    /// A finite decimal number (`2020`, `-1.5`, `3e2`).
+    Number,
+    /// An RFC 3339 date-time (`2024-01-31T12:00:00Z`) or full date (`2024-01-31`, midnight UTC).
+    Date,
+    /// Anything else.
+    String,
+}
+
+/// A metadata value read as its key's type; values of one type compare with each other.
+#[derive(Debug, Clone, PartialEq, PartialOrd)]
+pub enum MetaValue {
+    /// A number.
+    Number(f64),
+    /// A date, as nanoseconds since the Unix epoch (UTC).
+    Date(i128),
+    /// A string, compared byte for byte.
+    String(String),
+}
+
+impl MetaType {
+    /// Returns the type a value has on its own: a number if it parses as one, else a date if it
+    /// parses as one, else a string.
+    pub fn of(value: &str) -> Self {
+        if parse_number(value).is_some() {
+            Self::Number
+        } else if parse_date(value).is_some() {
+            Self::Date
+        } else {
+            Self::String
+        }
+    }
+
+    /// Returns `value` read as this type, or `None` when it does not parse as one.
+    pub fn read(self, value: &str) -> Option<MetaValue> {
+        match self {
+            Self::Number => parse_number(value).map(MetaValue::Number),
+            Self::Date => parse_date(value).map(MetaValue::Date),
+            Self::String => Some(MetaValue::String(value.to_string())),
+        }
+    }
+
+    /// Returns the one-byte code the store keeps.
+    pub(crate) fn code(self) -> u8 {
+        match self {
+            Self::Number => b'n',
+            Self::Date => b'd',
+            Self::String => b's',
+        }
+    }
+
+    /// Returns the type of a stored code.
+    pub(crate) fn from_code(code: u8) -> Option<Self> {
+        match code {
+            b'n' => Some(Self::Number),
+            b'd' => Some(Self::Date),
+            b's' => Some(Self::String),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for MetaType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Number => "number",
+            Self::Date => "date",
+            Self::String => "string",
+        })
+    }
+}
+
+/// Returns a finite number written in decimal (Rust's float grammar without `inf` and `nan`,
+/// which read as strings), with no whitespace around it.
+fn parse_number(value: &str) -> Option<f64> {
+    if value.trim() != value
+        || value
+            .chars()
+            .any(|c| c.is_ascii_alphabetic() && c != 'e' && c != 'E')
+    {
+        return None;
+    }
+    value.parse::<f64>().ok().filter(|v| v.is_finite())
+}
+
+/// Returns an RFC 3339 date-time, or a full date at midnight UTC, as Unix nanoseconds.
+pub(crate) fn parse_date(value: &str) -> Option<i128> {
+    use time::format_description::well_known::Rfc3339;
+    let at = if value.len() == 10 {
+        time::OffsetDateTime::parse(&format!("{value}T00:00:00Z"), &Rfc3339)
+    } else {
+        time::OffsetDateTime::parse(value, &Rfc3339)
+    };
+    at.ok().map(time::OffsetDateTime::unix_timestamp_nanos)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,5 +250,44 @@ mod tests {
             e.to_string(),
             "invalid input: the document id has 600 bytes, over the limit of 512"
         );
+    }
+    #[test]
+    fn metadata_values_are_typed_by_parsing() {
+        for v in ["2020", "-1.5", "3e2", "0.25"] {
+            assert_eq!(MetaType::of(v), MetaType::Number, "{v}");
+        }
+        for v in [
+            "2024-01-31",
+            "2024-01-31T12:00:00Z",
+            "2024-01-31T12:00:00.5+02:00",
+        ] {
+            assert_eq!(MetaType::of(v), MetaType::Date, "{v}");
+        }
+        for v in [
+            "acme",
+            "inf",
+            "NaN",
+            " 12",
+            "12 ",
+            "2024-13-01",
+            "2024-01-31 12:00",
+            "",
+        ] {
+            assert_eq!(MetaType::of(v), MetaType::String, "{v:?}");
+        }
+        assert_eq!(
+            MetaType::Number.read("2020.0"),
+            MetaType::Number.read("2020")
+        );
+        assert_eq!(MetaType::Number.read("acme"), None);
+        // The same instant in two offsets is one date.
+        assert_eq!(
+            MetaType::Date.read("2024-01-01T02:00:00+02:00"),
+            MetaType::Date.read("2024-01-01")
+        );
+        assert!(MetaType::Date.read("2023-12-31") < MetaType::Date.read("2024-01-01"));
+        for t in [MetaType::Number, MetaType::Date, MetaType::String] {
+            assert_eq!(MetaType::from_code(t.code()), Some(t));
+        }
     }
 }

@@ -73,6 +73,21 @@ pub enum IndexError {
         id: String,
     },
 
+    /// A metadata value does not parse as the type its key has in the collection.
+    #[error("metadata key `{key}` holds {stored} values in collection `{collection}`; `{value}` is a {given}")]
+    MetaTypeMismatch {
+        /// The collection.
+        collection: String,
+        /// The key.
+        key: String,
+        /// The key's type, fixed by its first value.
+        stored: super::document::MetaType,
+        /// The type of the value given.
+        given: super::document::MetaType,
+        /// The value given.
+        value: String,
+    },
+
     /// The caller passed something the index cannot take (empty text, bad name, too large).
     #[error("invalid input: {0}")]
     InvalidInput(String),

@@ -17,6 +17,7 @@
 //! rebuild), `maintain` (stats, compact, verify) and `reader` ([`PostingReader`]).
 
 mod maintain;
+mod meta;
 mod open;
 mod reader;
 #[cfg(test)]
@@ -138,11 +139,13 @@ impl Index {
         Ok(())
     }
 
-    /// Checks a document before it is encoded: its collection, size, id and metadata, and
-    /// that `identity` (the encoding's) is what the index was built with.
+    /// Checks a document before it is encoded: its collection, size, id and metadata (each
+    /// value against its key's type in the collection), and that `identity` (the encoding's)
+    /// is what the index was built with.
     pub fn check_document(&self, doc: &NewDocument<'_>, identity: &StoreIdentity) -> Result<()> {
-        self.collection(doc.collection)?;
+        let c = self.collection(doc.collection)?;
         check_document_fields(doc, self.config.max_document_bytes)?;
+        self.new_meta_types(&c, &doc.meta)?;
         self.check_identity(identity)
     }
 

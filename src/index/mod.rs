@@ -25,7 +25,9 @@ pub mod types;
 pub mod vectors;
 
 pub use bm25::PassageHit;
-pub use document::{check_document_fields, check_name, NameProblem, MAX_NAME_BYTES};
+pub use document::{
+    check_document_fields, check_name, MetaType, MetaValue, NameProblem, MAX_NAME_BYTES,
+};
 pub use error::{FormatKind, IndexError, Result};
 pub use memory::{Index, PostingReader};
 pub use migrations::{STORE_FORMAT_OLDEST_SUPPORTED, STORE_FORMAT_VERSION};

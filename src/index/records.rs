@@ -20,6 +20,9 @@
 //! - `p/{cid}{layer u16}{feature u32}{doc}`: one posting, in formats 1 and 2 only; format 3
 //!   keeps a document's postings in its pack file ([`super::packs`])
 //! - `j/{seq u64}`: [`JournalOp`] not yet applied to the BM25 index
+//! - `k/{cid}{metadata key}`: the key's type in the collection, one byte
+//!   ([`super::document::MetaType`]), written with the first document that carries the key;
+//!   stores from before it have none and get them as keys are next seen (no format change)
 
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
@@ -230,6 +233,16 @@ pub fn doc_prefix(part: DocPart, cid: u32) -> Vec<u8> {
 /// Key mapping an external id to its document number.
 pub fn external_key(cid: u32, external_id: &str) -> Vec<u8> {
     key(b"e/", &[&cid.to_be_bytes(), external_id.as_bytes()])
+}
+
+/// Key of a metadata key's type in a collection.
+pub fn meta_type_key(cid: u32, meta_key: &str) -> Vec<u8> {
+    key(b"k/", &[&cid.to_be_bytes(), meta_key.as_bytes()])
+}
+
+/// Prefix of the metadata key types of a collection.
+pub fn meta_type_prefix(cid: u32) -> Vec<u8> {
+    key(b"k/", &[&cid.to_be_bytes()])
 }
 
 /// Prefix of the external ids of a collection.

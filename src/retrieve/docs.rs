@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 
 use super::error::{Result, RetrieveError};
+use super::filter::{Filter, FilterReport};
 use crate::index::{DocumentInfo, Index};
 
 /// One document in scope.
@@ -39,34 +40,61 @@ pub struct Scope {
     pub docs: Vec<ScopeDoc>,
     /// Whether the scope is the whole collection.
     pub whole: bool,
+    /// What the filter did, when there was one.
+    pub filter: Option<FilterReport>,
 }
 
 impl Scope {
-    /// Returns the scope of `ids` in `collection` (every document when `ids` is empty).
-    pub fn new(index: &Index, collection: &str, ids: &[String]) -> Result<Self> {
+    /// Returns the scope of `ids` in `collection` (every document when `ids` is empty),
+    /// narrowed to the documents that pass `filter`: the one place a question's documents are
+    /// chosen, so every method scores only these. A filter may leave the scope empty; without
+    /// one, an empty collection is refused.
+    pub fn new(
+        index: &Index,
+        collection: &str,
+        ids: &[String],
+        filter: Option<&Filter>,
+    ) -> Result<Self> {
         let cid = index.collection_id(collection)?;
         let all = index.documents(collection)?;
-        let whole = ids.is_empty();
-        let mut docs: Vec<ScopeDoc> = if whole {
-            all.into_iter().map(ScopeDoc::from).collect()
+        let collection_docs = all.len();
+        let mut picked: Vec<DocumentInfo> = if ids.is_empty() {
+            all
         } else {
-            let mut picked = Vec::new();
+            let mut picked: Vec<DocumentInfo> = Vec::new();
             for id in ids {
                 let d = index.document(collection, id)?;
-                if !picked.iter().any(|p: &ScopeDoc| p.number == d.number) {
-                    picked.push(ScopeDoc::from(d));
+                if !picked.iter().any(|p| p.number == d.number) {
+                    picked.push(d);
                 }
             }
             picked
         };
-        if docs.is_empty() {
+        let report = match filter {
+            Some(f) => {
+                let (keep, report) = f.select(&picked, &index.meta_types(collection)?)?;
+                let mut keep = keep.into_iter();
+                picked.retain(|_| keep.next().unwrap_or(false));
+                Some(report)
+            }
+            None => None,
+        };
+        if picked.is_empty() && filter.is_none() {
             return Err(RetrieveError::invalid(
                 "collection",
                 format!("collection `{collection}` holds no documents"),
             ));
         }
+        // A filter that keeps every document leaves the collection-wide statistics exact.
+        let whole = ids.is_empty() && picked.len() == collection_docs;
+        let mut docs: Vec<ScopeDoc> = picked.into_iter().map(ScopeDoc::from).collect();
         docs.sort_by_key(|d| d.first);
-        Ok(Self { cid, docs, whole })
+        Ok(Self {
+            cid,
+            docs,
+            whole,
+            filter: report,
+        })
     }
 
     /// Returns the tokens in scope.
@@ -258,6 +286,7 @@ mod tests {
                 },
             ],
             whole: false,
+            filter: None,
         };
         assert_eq!(scope.locate(90..310), vec![(0, 90..100), (1, 0..10)]);
         assert_eq!(scope.locate(100..300), vec![]);

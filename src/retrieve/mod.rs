@@ -10,6 +10,7 @@ pub mod assemble;
 pub mod dense;
 pub mod docs;
 pub mod error;
+pub mod filter;
 pub mod frame;
 pub mod question;
 pub mod rerank;
@@ -22,6 +23,7 @@ use std::str::FromStr;
 use std::time::Instant;
 
 pub use error::{Result, RetrieveError};
+pub use filter::{Filter, FilterReport};
 
 use self::docs::{DocCache, Scope};
 use crate::embed::Embedder;
@@ -325,6 +327,8 @@ pub struct Query {
     pub method: Method,
     /// Whether to include a trace.
     pub trace: bool,
+    /// Only the documents that pass it (`None`: no filter).
+    pub filter: Option<Filter>,
 }
 
 /// One span of evidence. `text == document[char_start..char_end]` (chars, end exclusive).
@@ -362,8 +366,11 @@ pub struct TraceSpan {
 }
 
 /// What retrieval did, step by step.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Trace {
+    /// What the filter kept, and conditions that could pass nothing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<FilterReport>,
     /// Question tokens encoded.
     pub question_tokens: usize,
     /// Question features with df, idf and weight, strongest first (at most 64).
@@ -450,7 +457,7 @@ pub struct Retriever<'a> {
 
 /// What a re-ranking pool depends on besides the index (which a caller does not change while
 /// it holds one retriever).
-type RerankKey = (String, Vec<String>, String);
+type RerankKey = (String, Vec<String>, Option<String>, String);
 
 impl<'a> Retriever<'a> {
     /// Returns a retriever; the SAE set must belong to the model.
@@ -585,7 +592,7 @@ impl<'a> Retriever<'a> {
             ..self.config.clone()
         };
         let mut timings = BTreeMap::new();
-        let scope = Scope::new(index, &q.collection, &q.docs)?;
+        let scope = Scope::new(index, &q.collection, &q.docs, q.filter.as_ref())?;
         let mut docs = DocCache::new(index, &scope);
         let rerank_cfg = match (q.method, &cfg.rerank) {
             (Method::Rerank, None) => {
@@ -609,6 +616,25 @@ impl<'a> Retriever<'a> {
             (Method::Hybrid, e) if cfg.hybrid_dense => e,
             _ => None,
         };
+        if scope.docs.is_empty() {
+            // A filter passed no document: nothing to read, an empty context.
+            let total = t_all.elapsed().as_secs_f64() * 1e3;
+            timings.insert("retrieve".to_string(), total);
+            timings.insert("total".to_string(), total);
+            return Ok(Evidence {
+                question: q.question.clone(),
+                method: q.method,
+                budget: q.budget,
+                context: String::new(),
+                context_tokens: 0,
+                spans: Vec::new(),
+                timings_ms: timings,
+                trace: q.trace.then(|| Trace {
+                    filter: scope.filter.clone(),
+                    ..Trace::default()
+                }),
+            });
+        }
         let mut forward_ms = 0.0;
         let mut s3_out = s3::S3Outcome::default();
         let mut question_tokens = 0;
@@ -676,7 +702,12 @@ impl<'a> Retriever<'a> {
         let mut attention = Vec::new();
         if let Some(r) = &rerank_cfg {
             let t = Instant::now();
-            let key: RerankKey = (q.collection.clone(), q.docs.clone(), q.question.clone());
+            let key: RerankKey = (
+                q.collection.clone(),
+                q.docs.clone(),
+                q.filter.as_ref().map(Filter::to_string),
+                q.question.clone(),
+            );
             let cached = self
                 .last_rerank
                 .lock()
@@ -740,6 +771,7 @@ impl<'a> Retriever<'a> {
                 score: c.score,
             };
             Trace {
+                filter: scope.filter.clone(),
                 question_tokens,
                 features_kept: s3_out.features.len(),
                 query_features: s3_out.features.iter().take(64).cloned().collect(),
@@ -778,7 +810,7 @@ impl<'a> Retriever<'a> {
     ) -> Result<PoolScores> {
         self.check_query(q)?;
         self.check_index(index)?;
-        let scope = Scope::new(index, &q.collection, &q.docs)?;
+        let scope = Scope::new(index, &q.collection, &q.docs, q.filter.as_ref())?;
         let mut docs = DocCache::new(index, &scope);
         let qf = question::question_features(
             self.model,

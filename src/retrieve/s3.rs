@@ -139,6 +139,19 @@ fn merge_regions(mut r: Vec<(usize, Range<usize>)>) -> Vec<(usize, Range<usize>)
     out
 }
 
+/// Returns the postings of `feature` in each document of the scope, in scope order.
+fn scope_postings(
+    reader: &mut crate::index::PostingReader<'_>,
+    scope: &Scope,
+    feature: LayerFeature,
+) -> Result<Vec<Vec<u32>>> {
+    Ok(scope
+        .docs
+        .iter()
+        .map(|d| reader.posting(d.number, feature))
+        .collect::<crate::index::Result<Vec<_>>>()?)
+}
+
 /// Runs S3 over `scope` for the question features `activation`, producing spans until about
 /// `want_tokens` tokens are covered.
 pub fn retrieve(
@@ -167,8 +180,20 @@ pub fn retrieve(
     let mut dfs: Vec<u64> = Vec::with_capacity(activation.len());
     let mut blocks: Vec<Option<Vec<BlockCount>>> = Vec::new();
     let mut reader = index.posting_reader(scope.cid)?;
-    for &feature in activation.keys() {
-        if scope.whole {
+    // A filter's small scope counts from its own documents' postings: exact, and what the
+    // same documents alone in a data dir would count, at their cost rather than the
+    // collection's (the coarse records span the whole collection). The postings are kept
+    // for the token pass.
+    let own_postings = scope.filter.is_some() && !coarse;
+    let mut prefetched: HashMap<usize, Vec<Vec<u32>>> = HashMap::new();
+    for (i, &feature) in activation.keys().enumerate() {
+        if own_postings {
+            let per_doc = scope_postings(&mut reader, scope, feature)?;
+            out.postings_read += per_doc.len();
+            dfs.push(per_doc.iter().map(|p| p.len() as u64).sum());
+            blocks.push(None);
+            prefetched.insert(i, per_doc);
+        } else if scope.whole {
             dfs.push(reader.token_count(feature)?);
             blocks.push(None);
         } else {
@@ -212,12 +237,14 @@ pub fn retrieve(
     let mut postings: HashMap<usize, Vec<Vec<u32>>> = HashMap::new();
     if !coarse {
         for (i, w) in weighted.iter().take(cfg.token_features) {
-            let per_doc = scope
-                .docs
-                .iter()
-                .map(|d| reader.posting(d.number, w.feature))
-                .collect::<crate::index::Result<Vec<_>>>()?;
-            out.postings_read += per_doc.len();
+            let per_doc = match prefetched.remove(i) {
+                Some(p) => p,
+                None => {
+                    let p = scope_postings(&mut reader, scope, w.feature)?;
+                    out.postings_read += p.len();
+                    p
+                }
+            };
             postings.insert(*i, per_doc);
         }
     }

@@ -107,6 +107,9 @@ pub struct ServeConfig {
     pub tls_key: Option<PathBuf>,
     /// Seconds in-flight calls get to finish after SIGINT/SIGTERM.
     pub shutdown_grace_seconds: u64,
+    /// Address serving Prometheus metrics at `/metrics` (HTTP, no token); unset: none.
+    #[serde(default)]
+    pub metrics_listen: Option<SocketAddr>,
     /// Readers loaded at start (known names or GGUF paths), the first the default; empty: the
     /// index model answers.
     #[serde(default)]
@@ -128,6 +131,7 @@ impl Default for ServeConfig {
             tls_cert: None,
             tls_key: None,
             shutdown_grace_seconds: 10,
+            metrics_listen: None,
             answer_model: Vec::new(),
             answer_mode: AnswerMode::default(),
             limits: Limits::default(),
@@ -157,6 +161,10 @@ pub struct ServeSettings {
     /// Seconds in-flight calls get after SIGINT/SIGTERM.
     #[arg(long, env = "S3MEM_SHUTDOWN_GRACE_SECONDS")]
     pub shutdown_grace_seconds: Option<u64>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (no token: keep it on loopback or a
+    /// private network). Unset: no metrics.
+    #[arg(long, env = "S3MEM_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Readers to load at start, comma-separated (known names or GGUF paths); the first answers
     /// calls that name none. Unset: the index model answers.
     #[arg(long, env = "S3MEM_ANSWER_MODEL", value_delimiter = ',')]
@@ -475,7 +483,7 @@ mod tests {
         let mut out = serde_json::Map::new();
         for (i, (key, default)) in flat_defaults().into_iter().enumerate() {
             let value = match (key.as_str(), default) {
-                ("listen", _) => Value::from(format!("127.0.0.1:{}", 40000 + i)),
+                ("listen" | "metrics_listen", _) => Value::from(format!("127.0.0.1:{}", 40000 + i)),
                 ("answer_mode", _) => Value::from("quote"),
                 (_, Value::Null) => Value::from(format!("/tmp/{key}")),
                 (_, Value::Number(n)) => Value::from(n.as_u64().unwrap() + 1 + i as u64),

@@ -8,8 +8,10 @@ use super::error::{Result, ServiceError};
 use super::pb;
 use super::queue::QueueState;
 use crate::answer::{Answer, AnswerMode};
+use crate::index::MetaType;
 use crate::index::{CollectionInfo, DocumentInfo, Ingested, Stats};
-use crate::retrieve::{Evidence, EvidenceSpan, Method, Query};
+use crate::retrieve::filter::{Bound, Cmp, MAX_FILTER_CONDITIONS};
+use crate::retrieve::{Evidence, EvidenceSpan, Filter, Method, Query};
 
 /// Checks a name-like field (collection, id, metadata key) with the index's one check of names
 /// ([`crate::index::check_name`]), naming the field when it refuses.
@@ -153,6 +155,8 @@ pub struct QueryFields {
     pub method: i32,
     /// Whether to trace.
     pub trace: bool,
+    /// The filter as sent.
+    pub filter: Option<pb::Filter>,
 }
 
 impl From<pb::RetrieveRequest> for QueryFields {
@@ -164,7 +168,164 @@ impl From<pb::RetrieveRequest> for QueryFields {
             budget: r.budget,
             method: r.method,
             trace: r.trace,
+            filter: r.filter,
         }
+    }
+}
+
+/// Returns the filter a request sent, refusing one without a condition or with more
+/// conditions than [`MAX_FILTER_CONDITIONS`], or a key or id that is not a name.
+pub fn filter_from_pb(f: pb::Filter) -> Result<Filter> {
+    fn walk(f: pb::Filter, seen: &mut usize) -> Result<Filter> {
+        use pb::filter::Condition;
+        *seen += 1;
+        if *seen > MAX_FILTER_CONDITIONS {
+            return Err(ServiceError::invalid(
+                "filter",
+                format!("more than {MAX_FILTER_CONDITIONS} conditions"),
+            ));
+        }
+        let key = |k: &str| check_name("filter.key", k);
+        let list = |fs: Vec<pb::Filter>, seen: &mut usize| {
+            fs.into_iter()
+                .map(|f| walk(f, seen))
+                .collect::<Result<Vec<_>>>()
+        };
+        Ok(match f.condition {
+            None => {
+                return Err(ServiceError::invalid(
+                    "filter",
+                    "a Filter without a condition",
+                ))
+            }
+            Some(Condition::Equals(e)) => {
+                key(&e.key)?;
+                Filter::OneOf {
+                    key: e.key,
+                    values: vec![e.value],
+                }
+            }
+            Some(Condition::OneOf(o)) => {
+                key(&o.key)?;
+                Filter::OneOf {
+                    key: o.key,
+                    values: o.values,
+                }
+            }
+            Some(Condition::NumberRange(r)) => {
+                key(&r.key)?;
+                let bounds = set_bounds([r.gt, r.gte, r.lt, r.lte])
+                    .map(|(op, v)| {
+                        if v.is_finite() {
+                            Ok(Bound {
+                                op,
+                                value: v.to_string(),
+                            })
+                        } else {
+                            Err(ServiceError::invalid(
+                                "filter.number_range",
+                                format!("bound {v} of `{}` is not a finite number", r.key),
+                            ))
+                        }
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Filter::Range {
+                    key: r.key,
+                    expect: Some(MetaType::Number),
+                    bounds,
+                }
+            }
+            Some(Condition::DateRange(r)) => {
+                key(&r.key)?;
+                let bounds = set_bounds([r.gt, r.gte, r.lt, r.lte])
+                    .map(|(op, value)| Bound { op, value })
+                    .collect();
+                Filter::Range {
+                    key: r.key,
+                    expect: Some(MetaType::Date),
+                    bounds,
+                }
+            }
+            Some(Condition::AllOf(l)) => Filter::All(list(l.filters, seen)?),
+            Some(Condition::AnyOf(l)) => Filter::Any(list(l.filters, seen)?),
+            Some(Condition::Negate(inner)) => Filter::Not(Box::new(walk(*inner, seen)?)),
+            Some(Condition::DocIds(d)) => {
+                for id in &d.ids {
+                    check_name("filter.doc_ids", id)?;
+                }
+                Filter::Docs(d.ids)
+            }
+        })
+    }
+    walk(f, &mut 0)
+}
+
+/// Returns the bounds a range message sets, from its `gt`, `gte`, `lt` and `lte` in that
+/// order.
+fn set_bounds<T>(bounds: [Option<T>; 4]) -> impl Iterator<Item = (Cmp, T)> {
+    [Cmp::Gt, Cmp::Ge, Cmp::Lt, Cmp::Le]
+        .into_iter()
+        .zip(bounds)
+        .filter_map(|(op, v)| v.map(|v| (op, v)))
+}
+
+/// Returns the proto message of a filter (the CLI's `--filter` sent to a daemon).
+pub fn filter_to_pb(f: &Filter) -> pb::Filter {
+    use pb::filter::Condition;
+    let condition = match f {
+        Filter::OneOf { key, values } if values.len() == 1 => Condition::Equals(pb::MetaEquals {
+            key: key.clone(),
+            value: values[0].clone(),
+        }),
+        Filter::OneOf { key, values } => Condition::OneOf(pb::MetaOneOf {
+            key: key.clone(),
+            values: values.clone(),
+        }),
+        Filter::Range {
+            key,
+            expect,
+            bounds,
+        } => {
+            // The expression does not say which type it means: the daemon reads the bounds
+            // as the key's type, so a bound that is no number is sent as a date range.
+            let numbers: Option<Vec<f64>> = bounds
+                .iter()
+                .map(|b| MetaType::Number.read(&b.value).and(b.value.parse().ok()))
+                .collect();
+            let pick = |op: Cmp| bounds.iter().position(|b| b.op == op);
+            match (expect, numbers) {
+                (Some(MetaType::Number) | None, Some(n)) => {
+                    Condition::NumberRange(pb::NumberRange {
+                        key: key.clone(),
+                        gt: pick(Cmp::Gt).map(|i| n[i]),
+                        gte: pick(Cmp::Ge).map(|i| n[i]),
+                        lt: pick(Cmp::Lt).map(|i| n[i]),
+                        lte: pick(Cmp::Le).map(|i| n[i]),
+                    })
+                }
+                _ => {
+                    let v = |op: Cmp| pick(op).map(|i| bounds[i].value.clone());
+                    Condition::DateRange(pb::DateRange {
+                        key: key.clone(),
+                        gt: v(Cmp::Gt),
+                        gte: v(Cmp::Ge),
+                        lt: v(Cmp::Lt),
+                        lte: v(Cmp::Le),
+                    })
+                }
+            }
+        }
+        Filter::All(fs) => Condition::AllOf(pb::FilterList {
+            filters: fs.iter().map(filter_to_pb).collect(),
+        }),
+        Filter::Any(fs) => Condition::AnyOf(pb::FilterList {
+            filters: fs.iter().map(filter_to_pb).collect(),
+        }),
+        Filter::Not(x) => Condition::Negate(Box::new(filter_to_pb(x))),
+        Filter::Docs(ids) => Condition::DocIds(pb::DocIds { ids: ids.clone() }),
+    };
+    pb::Filter {
+        condition: Some(condition),
     }
 }
 
@@ -215,6 +376,7 @@ pub fn query(r: QueryFields, limits: &Limits) -> Result<Query> {
             ))
         }
     };
+    let filter = r.filter.map(filter_from_pb).transpose()?;
     Ok(Query {
         collection: r.collection,
         docs: r.docs,
@@ -222,6 +384,7 @@ pub fn query(r: QueryFields, limits: &Limits) -> Result<Query> {
         budget,
         method,
         trace: r.trace,
+        filter,
     })
 }
 
@@ -525,6 +688,7 @@ mod tests {
             budget,
             method,
             trace: false,
+            filter: None,
         };
         let q = query(fields(0, 0, "why?"), &limits).unwrap();
         assert_eq!(q.budget, limits.default_budget);
@@ -554,5 +718,61 @@ mod tests {
             meta: vec![("k".into(), "v".into())],
         };
         assert_eq!(DocumentInfo::from(pb::DocumentInfo::from(d.clone())), d);
+    }
+
+    #[test]
+    fn filters_go_to_the_daemon_and_back() {
+        for expr in [
+            "tenant=acme",
+            "tenant in (a, b) and not doc in (x)",
+            "year>=2020 or date<2024-01-01T00:00:00Z",
+            "(a=1 or b=2) and c!=3",
+        ] {
+            let f: Filter = expr.parse().unwrap();
+            // The proto says which type a range means; the expression leaves it to the key.
+            let back = filter_from_pb(filter_to_pb(&f)).unwrap();
+            assert_eq!(back.to_string(), f.to_string(), "{expr}");
+        }
+        // A number range is sent typed; a date range too.
+        let f: Filter = "year>=2020".parse().unwrap();
+        assert!(matches!(
+            filter_to_pb(&f).condition,
+            Some(pb::filter::Condition::NumberRange(pb::NumberRange { gte: Some(v), .. })) if v == 2020.0
+        ));
+        let f: Filter = "d<2024-01-01".parse().unwrap();
+        assert!(matches!(
+            filter_to_pb(&f).condition,
+            Some(pb::filter::Condition::DateRange(_))
+        ));
+        let e = filter_from_pb(pb::Filter { condition: None }).unwrap_err();
+        assert!(e.to_string().starts_with("filter: "), "{e}");
+        let bad_key = pb::Filter {
+            condition: Some(pb::filter::Condition::Equals(pb::MetaEquals {
+                key: "a\nb".into(),
+                value: "x".into(),
+            })),
+        };
+        let e = filter_from_pb(bad_key).unwrap_err();
+        assert!(e.to_string().starts_with("filter.key: "), "{e}");
+        let nan = pb::Filter {
+            condition: Some(pb::filter::Condition::NumberRange(pb::NumberRange {
+                key: "year".into(),
+                gt: Some(f64::NAN),
+                ..Default::default()
+            })),
+        };
+        assert!(filter_from_pb(nan).is_err());
+        let mut wide = pb::Filter {
+            condition: Some(pb::filter::Condition::DocIds(pb::DocIds {
+                ids: vec!["x".into()],
+            })),
+        };
+        for _ in 0..MAX_FILTER_CONDITIONS {
+            wide = pb::Filter {
+                condition: Some(pb::filter::Condition::Negate(Box::new(wide))),
+            };
+        }
+        let e = filter_from_pb(wide).unwrap_err();
+        assert!(e.to_string().contains("conditions"), "{e}");
     }
 }

@@ -8,7 +8,7 @@
 //! takes it only to write the finished document, so questions are answered during a scan.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
@@ -143,6 +143,54 @@ pub struct Engine {
     loaded: OnceLock<Loaded>,
     limits: Limits,
     stopping: AtomicBool,
+    ingested: IngestTally,
+}
+
+/// What the daemon has ingested since it started (read by the metrics).
+#[derive(Debug, Default)]
+pub struct IngestTally {
+    documents: AtomicU64,
+    tokens: AtomicU64,
+    /// Microseconds of scanning (the model's part of an ingest).
+    scan_micros: AtomicU64,
+    /// Tokens per second of the last ingest's scan, as f64 bits.
+    last_rate: AtomicU64,
+}
+
+/// A reading of [`IngestTally`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct IngestCounts {
+    /// Documents ingested.
+    pub documents: u64,
+    /// Their tokens.
+    pub tokens: u64,
+    /// Seconds their scans took.
+    pub scan_seconds: f64,
+    /// Tokens per second of the last scan (0 before the first).
+    pub last_tokens_per_second: f64,
+}
+
+impl IngestTally {
+    fn add(&self, tokens: u64, scan_seconds: f64) {
+        self.documents.fetch_add(1, Ordering::Relaxed);
+        self.tokens.fetch_add(tokens, Ordering::Relaxed);
+        self.scan_micros
+            .fetch_add((scan_seconds * 1e6) as u64, Ordering::Relaxed);
+        if scan_seconds > 0.0 {
+            let rate = tokens as f64 / scan_seconds;
+            self.last_rate.store(rate.to_bits(), Ordering::Relaxed);
+        }
+    }
+
+    /// Returns the counts so far.
+    pub fn read(&self) -> IngestCounts {
+        IngestCounts {
+            documents: self.documents.load(Ordering::Relaxed),
+            tokens: self.tokens.load(Ordering::Relaxed),
+            scan_seconds: self.scan_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            last_tokens_per_second: f64::from_bits(self.last_rate.load(Ordering::Relaxed)),
+        }
+    }
 }
 
 impl Engine {
@@ -153,12 +201,18 @@ impl Engine {
             loaded: OnceLock::new(),
             limits,
             stopping: AtomicBool::new(false),
+            ingested: IngestTally::default(),
         }
     }
 
     /// Returns the per-call limits.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Returns what the daemon has ingested since it started.
+    pub fn ingested(&self) -> IngestCounts {
+        self.ingested.read()
     }
 
     /// Installs the model and SAE set, refusing them if the index was built with others;
@@ -286,6 +340,7 @@ impl Engine {
         // The commit makes the passages searchable: part of storing, as the caller sees it.
         out.store_seconds = t0.elapsed().as_secs_f64();
         tracing::info!(id = %out.id, tokens = out.tokens, collection = %upload.collection, "document ingested");
+        self.ingested.add(out.tokens as u64, out.scan_seconds);
         Ok(out)
     }
 

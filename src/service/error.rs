@@ -173,9 +173,10 @@ fn index_code(e: &IndexError) -> Code {
         | IndexError::UnknownCollection(_)
         | IndexError::UnknownDocument { .. } => Code::NotFound,
         IndexError::CollectionExists(_) => Code::AlreadyExists,
-        IndexError::InvalidInput(_) | IndexError::TooLarge { .. } | IndexError::NotUtf8(_) => {
-            Code::InvalidArgument
-        }
+        IndexError::InvalidInput(_)
+        | IndexError::TooLarge { .. }
+        | IndexError::NotUtf8(_)
+        | IndexError::MetaTypeMismatch { .. } => Code::InvalidArgument,
         IndexError::PositionsExhausted { .. } => Code::FailedPrecondition,
         IndexError::Store(_) | IndexError::Bm25(_) | IndexError::Io { .. } => Code::Internal,
     }

@@ -5,7 +5,8 @@
 //! [`server`] checks requests and hands the work on; [`engine`] is what the daemon does,
 //! without gRPC: one open [`Index`](crate::index::Index) shared by readers, one writer at a
 //! time, and the model; [`queue`] runs model work on its own threads behind bounded queues;
-//! [`convert`] maps proto messages to the index layer's types; [`error`] holds the one table
+//! [`convert`] maps proto messages to the index layer's types; [`metrics`] records calls and
+//! serves Prometheus text; [`error`] holds the one table
 //! from every layer's errors to gRPC codes; [`config`] the settings and limits.
 
 pub mod budget;
@@ -14,6 +15,7 @@ pub mod config;
 pub mod convert;
 pub mod engine;
 pub mod error;
+pub mod metrics;
 pub mod queue;
 pub mod run;
 pub mod server;

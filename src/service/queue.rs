@@ -17,6 +17,8 @@ struct State {
     /// Places held by calls that will submit a job later ([`Slot`]).
     reserved: usize,
     closed: bool,
+    /// Calls refused because the queue was full, since the start.
+    refused: u64,
 }
 
 struct Shared {
@@ -45,6 +47,8 @@ pub struct QueueState {
     pub waiting: usize,
     /// Most jobs that may wait.
     pub depth: usize,
+    /// Calls refused because the queue was full, since the start.
+    pub refused: u64,
 }
 
 /// A fixed set of worker threads fed by a bounded queue.
@@ -66,6 +70,7 @@ impl WorkQueue {
                 running: 0,
                 reserved: 0,
                 closed: false,
+                refused: 0,
             }),
             wake: Condvar::new(),
         });
@@ -97,6 +102,7 @@ impl WorkQueue {
             return Err(ServiceError::ShuttingDown);
         }
         if s.running + s.jobs.len() + s.reserved >= self.workers + self.depth {
+            s.refused += 1;
             return Err(ServiceError::QueueFull {
                 queue: self.name,
                 workers: self.workers,
@@ -123,6 +129,7 @@ impl WorkQueue {
             running: s.running,
             waiting: s.jobs.len() + s.reserved,
             depth: self.depth,
+            refused: s.refused,
         }
     }
 

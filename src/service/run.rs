@@ -18,6 +18,7 @@ use super::budget::ByteBudget;
 use super::config::ServeConfig;
 use super::engine::{Engine, Loaded};
 use super::error::{Result, ServiceError};
+use super::metrics::{self, Metrics, MetricsLayer};
 use super::pb;
 use super::queue::WorkQueue;
 use super::server::MemoryService;
@@ -71,6 +72,7 @@ impl Interceptor for Auth {
 /// A running daemon.
 pub struct Daemon {
     addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<()>>,
 }
@@ -90,6 +92,11 @@ impl Daemon {
     /// Returns the address the daemon listens on (the real port when asked for port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Returns the address serving `/metrics`, when metrics are on.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// Returns a handle that starts the shutdown.
@@ -148,6 +155,7 @@ pub struct Prepared {
     auth: Auth,
     tls: Option<ServerTlsConfig>,
     listener: std::net::TcpListener,
+    metrics_listener: Option<std::net::TcpListener>,
 }
 
 /// Checks everything `serve` is configured with before anything touches the disk: the
@@ -175,11 +183,13 @@ pub fn prepare(config: ServeConfig) -> Result<Prepared> {
     let listener = std::net::TcpListener::bind(config.listen)
         .and_then(|l| l.set_nonblocking(true).map(|()| l))
         .map_err(|e| ServiceError::Transport(format!("cannot listen on {}: {e}", config.listen)))?;
+    let metrics_listener = config.metrics_listen.map(metrics::bind).transpose()?;
     Ok(Prepared {
         config,
         auth,
         tls,
         listener,
+        metrics_listener,
     })
 }
 
@@ -196,6 +206,7 @@ pub async fn start_prepared(prepared: Prepared, index: Index, loader: Loader) ->
         auth,
         tls,
         listener,
+        metrics_listener,
     } = prepared;
     let listener = tokio::net::TcpListener::from_std(listener)
         .map_err(|e| ServiceError::Transport(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -238,9 +249,18 @@ pub async fn start_prepared(prepared: Prepared, index: Index, loader: Loader) ->
         .max_decoding_message_size(limits.max_message_bytes)
         .max_encoding_message_size(limits.max_message_bytes);
 
+    let metrics = match metrics_listener {
+        Some(l) => {
+            let l = tokio::net::TcpListener::from_std(l)
+                .map_err(|e| ServiceError::Transport(format!("metrics listener: {e}")))?;
+            Some((Arc::new(Metrics::new()?), l))
+        }
+        None => None,
+    };
     let mut builder = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)));
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .layer(MetricsLayer::new(metrics.as_ref().map(|m| m.0.clone())));
     if let Some(tls) = tls {
         builder = builder.tls_config(tls).map_err(|e| ServiceError::Config {
             setting: "tls_cert",
@@ -254,6 +274,26 @@ pub async fn start_prepared(prepared: Prepared, index: Index, loader: Loader) ->
         .add_service(InterceptedService::new(reflection_v1alpha, auth));
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics_addr = match metrics {
+        Some((m, listener)) => {
+            let addr = listener
+                .local_addr()
+                .map_err(|e| ServiceError::Transport(e.to_string()))?;
+            let mut stopped = stop_rx.clone();
+            let stop = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            let (engine, queues) = (engine.clone(), queues.to_vec());
+            tokio::spawn(async move {
+                if let Err(e) = metrics::serve(listener, m, engine, queues, stop).await {
+                    tracing::error!(error = %e, "the metrics server stopped");
+                }
+            });
+            tracing::info!(%addr, "serving metrics at /metrics");
+            Some(addr)
+        }
+        None => None,
+    };
     let load_failure: Arc<Mutex<Option<String>>> = Arc::default();
     spawn_loader(
         loader,
@@ -353,6 +393,7 @@ pub async fn start_prepared(prepared: Prepared, index: Index, loader: Loader) ->
     tracing::info!(%addr, "listening");
     Ok(Daemon {
         addr,
+        metrics_addr,
         stop: stop_tx,
         task,
     })

@@ -328,6 +328,7 @@ impl pb::memory_server::Memory for MemoryService {
                 budget: r.budget,
                 method: r.method,
                 trace: r.trace,
+                filter: r.filter,
             },
             limits,
         )?;

@@ -26,7 +26,7 @@ const QUESTION: &str = "Who tends the coastal beacon during storms?";
 
 /// Returns the verified MiniLM folder's models dir, fetched through `model fetch`'s own code
 /// on a machine that lacks it.
-fn models_with_minilm() -> &'static Path {
+pub(crate) fn models_with_minilm() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let models = fetch::models_dir(None);
@@ -156,7 +156,7 @@ fn dense_and_rag_through_the_cli_with_backfill_and_delete() {
 }
 
 /// The real model, default SAE set and MiniLM, loaded once.
-fn model_side() -> (Arc<Model>, Arc<SaeSet>, Arc<Embedder>) {
+pub(crate) fn model_side() -> (Arc<Model>, Arc<SaeSet>, Arc<Embedder>) {
     static M: OnceLock<(Arc<Model>, Arc<SaeSet>, Arc<Embedder>)> = OnceLock::new();
     M.get_or_init(|| {
         let path = real_model_path();
@@ -173,7 +173,7 @@ fn model_side() -> (Arc<Model>, Arc<SaeSet>, Arc<Embedder>) {
     .clone()
 }
 
-async fn daemon_client(
+pub(crate) async fn daemon_client(
     dir: &Path,
     with_embedder: bool,
 ) -> (s3mem::service::Daemon, MemoryClient<Channel>) {

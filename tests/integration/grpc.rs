@@ -182,6 +182,7 @@ pub(crate) fn retrieve_request(
         budget,
         method: pb::Method::Hybrid as i32,
         trace: false,
+        filter: None,
     }
 }
 

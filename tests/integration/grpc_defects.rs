@@ -102,6 +102,7 @@ fn a_cancelled_retrieval_stops_after_the_forward_pass() {
         budget: 64,
         method: Method::Hybrid,
         trace: false,
+        filter: None,
     };
     let guard = CancelOnDrop::default();
     let cancel = guard.token();

@@ -220,6 +220,7 @@ fn budgets_are_exact_and_never_exceeded() {
                         budget,
                         method,
                         trace: false,
+                        filter: None,
                     },
                 )
                 .unwrap();
@@ -261,6 +262,7 @@ fn the_coarse_pass_finds_what_token_level_scoring_finds_when_it_covers_everythin
         budget: 400,
         method: Method::S3,
         trace: true,
+        filter: None,
     };
     let token = Retriever::new(model, &saes, RetrieveConfig::default())
         .unwrap()

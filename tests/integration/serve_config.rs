@@ -43,6 +43,7 @@ fn every_setting_is_reachable_by_its_variable() {
     for (key, default) in flat_defaults() {
         let value = match (key.as_str(), &default) {
             ("listen", _) => "0.0.0.0:7070".to_string(),
+            ("metrics_listen", _) => "127.0.0.1:9099".to_string(),
             ("answer_mode", _) => "quote".to_string(),
             (_, serde_json::Value::Null) => format!("/etc/s3mem/{key}"),
             // A list variable is comma-separated.

@@ -74,6 +74,7 @@ impl Index {
         prefixes.push(rec::coarse_prefix(c.id));
         prefixes.push(rec::super_prefix(c.id));
         prefixes.push(rec::total_prefix(c.id));
+        prefixes.push(rec::meta_type_prefix(c.id));
         let numbers: Vec<u32> = self.document_records(c.id)?.iter().map(|d| d.doc).collect();
         for p in prefixes {
             self.store.scan_prefix(&p, &mut |k, _| {
@@ -176,6 +177,7 @@ impl Index {
             seq,
             ingested_unix: now_unix(),
         };
+        self.put_meta_types(&c, &doc.meta, &mut b)?;
         b.put(rec::collection_key(&c.name), rec::encode(&c)?);
         b.put(
             rec::doc_key(DocPart::Record, c.id, number),
