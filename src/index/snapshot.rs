@@ -8,7 +8,7 @@
 //! Consistency is the caller's: from [`Index::quiesce`] until [`write_snapshot`] returns, no
 //! write may reach the index (the daemon holds its write admission; the CLI holds the lock).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Component, Path, PathBuf};
@@ -45,6 +45,9 @@ pub struct Manifest {
     pub written_by: String,
     /// Seconds since the Unix epoch when it was written.
     pub created_unix: u64,
+    /// Every folder, `/`-separated, in archive order (an empty one too, so a restore is the
+    /// data dir's whole tree).
+    pub folders: Vec<String>,
     /// Every file, in archive order.
     pub files: Vec<SnapshotFile>,
 }
@@ -101,10 +104,18 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Returns the files of the data dir `dir` a snapshot copies, as (path inside, full path), in
-/// a stable order.
-fn data_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
-    let mut files = Vec::new();
+/// One entry of a data dir a snapshot copies: its `/`-separated path inside, its full path,
+/// and whether it is a folder.
+struct DataEntry {
+    name: String,
+    path: PathBuf,
+    folder: bool,
+}
+
+/// Returns the folders and files of the data dir `dir` a snapshot copies, each folder before
+/// what it holds, in a stable order.
+fn data_entries(dir: &Path) -> Result<Vec<DataEntry>> {
+    let mut entries = Vec::new();
     let walk = walkdir::WalkDir::new(dir)
         .min_depth(1)
         .sort_by_file_name()
@@ -115,9 +126,6 @@ fn data_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
             let path = e.path().unwrap_or(dir).to_path_buf();
             IndexError::io(path, e.into())
         })?;
-        if entry.file_type().is_dir() {
-            continue;
-        }
         let inside = entry.path().strip_prefix(dir).expect("walked under dir");
         let name = inside
             .components()
@@ -130,15 +138,20 @@ fn data_files(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
                 ))
             })?
             .join("/");
-        if !entry.file_type().is_file() {
+        let folder = entry.file_type().is_dir();
+        if !folder && !entry.file_type().is_file() {
             return Err(IndexError::InvalidInput(format!(
                 "{} is not a regular file: a data dir holds only files and folders",
                 entry.path().display()
             )));
         }
-        files.push((name, entry.path().to_path_buf()));
+        entries.push(DataEntry {
+            name,
+            path: entry.path().to_path_buf(),
+            folder,
+        });
     }
-    Ok(files)
+    Ok(entries)
 }
 
 impl Index {
@@ -152,9 +165,20 @@ impl Index {
             IndexError::corrupt(dir.display().to_string(), "the store records no format")
         })?;
         let mut archive = tar::Builder::new(out);
-        let mut files = Vec::new();
-        for (name, path) in data_files(dir)? {
+        let (mut folders, mut files) = (Vec::new(), Vec::new());
+        for DataEntry { name, path, folder } in data_entries(dir)? {
             let io = |e| IndexError::io(&path, e);
+            if folder {
+                let mut header = tar::Header::new_gnu();
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_size(0);
+                header.set_mode(0o755);
+                archive
+                    .append_data(&mut header, &name, io::empty())
+                    .map_err(io)?;
+                folders.push(name);
+                continue;
+            }
             let file = File::open(&path).map_err(io)?;
             let meta = file.metadata().map_err(io)?;
             let mut header = tar::Header::new_gnu();
@@ -194,6 +218,7 @@ impl Index {
             created_unix: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
+            folders,
             files,
         };
         let json = serde_json::to_vec_pretty(&manifest)
@@ -234,12 +259,28 @@ pub fn snapshot_data_dir(dir: &Path, out: &Path) -> Result<Manifest> {
     }
 }
 
-/// Reads a snapshot, handing each file's path and contents to `each` (which must read them to
-/// the end), and checks every file against the manifest: returns the manifest when all match,
-/// else what is wrong, by file.
+/// An entry of a snapshot as [`read_snapshot`] hands it on.
+enum Entry<'a> {
+    /// A folder.
+    Folder,
+    /// A file's contents.
+    File(&'a mut dyn Read),
+}
+
+/// What a snapshot's entries held, checked against its manifest at the end.
+#[derive(Default)]
+struct Seen {
+    folders: BTreeSet<String>,
+    /// Each file's size and sha256.
+    files: BTreeMap<String, (u64, String)>,
+}
+
+/// Reads a snapshot, handing each entry's path and contents to `each` (which may read a file
+/// to the end), and checks every folder and file against the manifest: returns the manifest
+/// when all match, else what is wrong, by file.
 fn read_snapshot(
     snapshot: &Path,
-    each: &mut dyn FnMut(&str, &mut dyn Read) -> Result<()>,
+    each: &mut dyn FnMut(&str, Entry<'_>) -> Result<()>,
 ) -> Result<Manifest> {
     let damaged = |problem: String| IndexError::DamagedSnapshot {
         snapshot: snapshot.into(),
@@ -252,7 +293,7 @@ fn read_snapshot(
             "the archive is truncated or not a tar archive ({e})"
         ))
     };
-    let mut seen: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    let mut seen = Seen::default();
     let mut manifest: Option<Manifest> = None;
     for entry in archive.entries().map_err(malformed)? {
         let entry = entry.map_err(malformed)?;
@@ -281,11 +322,16 @@ fn read_snapshot(
             );
             continue;
         }
-        if seen.contains_key(&name) {
+        if seen.files.contains_key(&name) || seen.folders.contains(&name) {
             return Err(damaged(format!("`{name}` appears twice")));
         }
+        if entry.header().entry_type() == tar::EntryType::Directory {
+            each(&name, Entry::Folder)?;
+            seen.folders.insert(name);
+            continue;
+        }
         let mut reader = Hashing::new(entry);
-        each(&name, &mut reader)?;
+        each(&name, Entry::File(&mut reader))?;
         // A reader that stopped early would hash a prefix: read what is left.
         io::copy(&mut reader, &mut io::sink()).map_err(malformed)?;
         let (size, sha256) = reader.digest();
@@ -294,7 +340,7 @@ fn read_snapshot(
                 "`{name}` is cut short, {size} of {declared} bytes: the archive is truncated"
             )));
         }
-        seen.insert(name, (size, sha256));
+        seen.files.insert(name, (size, sha256));
     }
     let manifest = manifest.ok_or_else(|| {
         damaged(format!(
@@ -305,22 +351,28 @@ fn read_snapshot(
     Ok(manifest)
 }
 
-/// Returns the path of an archive entry, refusing anything but a regular file at a plain
-/// relative path.
+/// Returns the `/`-separated path of an archive entry, refusing anything but a folder or a
+/// regular file at a plain relative path.
 fn entry_name<R: Read>(entry: &tar::Entry<'_, R>) -> std::result::Result<String, String> {
     let path = entry
         .path()
         .map_err(|e| format!("an entry's path is not readable ({e})"))?;
-    if entry.header().entry_type() != tar::EntryType::Regular {
+    let kind = entry.header().entry_type();
+    if kind != tar::EntryType::Regular && kind != tar::EntryType::Directory {
         return Err(format!(
-            "`{}` is not a regular file ({:?})",
-            path.display(),
-            entry.header().entry_type()
+            "`{}` is neither a file nor a folder ({kind:?})",
+            path.display()
         ));
     }
-    let plain = path.components().all(|c| matches!(c, Component::Normal(_)));
-    match path.to_str() {
-        Some(name) if plain && !name.is_empty() => Ok(name.to_string()),
+    let parts: Option<Vec<&str>> = path
+        .components()
+        .map(|c| match c {
+            Component::Normal(part) => part.to_str(),
+            _ => None,
+        })
+        .collect();
+    match parts {
+        Some(parts) if !parts.is_empty() => Ok(parts.join("/")),
         _ => Err(format!(
             "`{}` is not a plain relative path inside a data dir",
             path.display()
@@ -330,10 +382,7 @@ fn entry_name<R: Read>(entry: &tar::Entry<'_, R>) -> std::result::Result<String,
 
 /// Checks the files read against the manifest: formats, then every file's presence, size and
 /// digest.
-fn check_manifest(
-    manifest: &Manifest,
-    seen: &BTreeMap<String, (u64, String)>,
-) -> std::result::Result<(), String> {
+fn check_manifest(manifest: &Manifest, seen: &Seen) -> std::result::Result<(), String> {
     if manifest.snapshot_format != SNAPSHOT_FORMAT_VERSION {
         return Err(format!(
             "unknown snapshot format version {} (this build reads {SNAPSHOT_FORMAT_VERSION})",
@@ -352,7 +401,7 @@ fn check_manifest(
         if listed.insert(f.path.as_str(), f).is_some() {
             return Err(format!("the manifest lists `{}` twice", f.path));
         }
-        let Some((size, sha256)) = seen.get(&f.path) else {
+        let Some((size, sha256)) = seen.files.get(&f.path) else {
             return Err(format!(
                 "`{}` is listed in the manifest but missing from the archive",
                 f.path
@@ -371,9 +420,20 @@ fn check_manifest(
             ));
         }
     }
-    if let Some(extra) = seen.keys().find(|k| !listed.contains_key(k.as_str())) {
+    if let Some(extra) = seen.files.keys().find(|k| !listed.contains_key(k.as_str())) {
         return Err(format!(
             "`{extra}` is in the archive but not in the manifest"
+        ));
+    }
+    let folders: BTreeSet<String> = manifest.folders.iter().cloned().collect();
+    if let Some(missing) = folders.difference(&seen.folders).next() {
+        return Err(format!(
+            "folder `{missing}` is listed in the manifest but missing from the archive"
+        ));
+    }
+    if let Some(extra) = seen.folders.difference(&folders).next() {
+        return Err(format!(
+            "folder `{extra}` is in the archive but not in the manifest"
         ));
     }
     Ok(())
@@ -381,11 +441,7 @@ fn check_manifest(
 
 /// Checks a snapshot without writing anything: every file against the manifest.
 pub fn verify_snapshot(snapshot: &Path) -> Result<Manifest> {
-    read_snapshot(snapshot, &mut |_, contents| {
-        io::copy(contents, &mut io::sink())
-            .map(drop)
-            .map_err(|e| IndexError::io(snapshot, e))
-    })
+    read_snapshot(snapshot, &mut |_, _| Ok(()))
 }
 
 /// Restores a snapshot into the data dir `dir`, which must not exist or be empty.
@@ -434,16 +490,28 @@ pub fn restore_snapshot(snapshot: &Path, dir: &Path) -> Result<Manifest> {
 fn restore_into(snapshot: &Path, staging: &Path) -> Result<Manifest> {
     std::fs::create_dir_all(staging).map_err(|e| IndexError::io(staging, e))?;
     let mut folders = vec![staging.to_path_buf()];
-    let manifest = read_snapshot(snapshot, &mut |name, contents| {
+    let manifest = read_snapshot(snapshot, &mut |name, entry| {
         let path = staging.join(name);
         let io = |e| IndexError::io(&path, e);
+        // Folders come before their files; a hand-made archive may leave them out.
         if let Some(parent) = path.parent().filter(|p| !p.exists()) {
             std::fs::create_dir_all(parent).map_err(io)?;
             folders.push(parent.to_path_buf());
         }
-        let mut file = File::create_new(&path).map_err(io)?;
-        io::copy(contents, &mut file).map_err(io)?;
-        file.sync_all().map_err(io)
+        match entry {
+            Entry::Folder => {
+                if !path.is_dir() {
+                    std::fs::create_dir(&path).map_err(io)?;
+                }
+                folders.push(path.clone());
+                Ok(())
+            }
+            Entry::File(contents) => {
+                let mut file = File::create_new(&path).map_err(io)?;
+                io::copy(contents, &mut file).map_err(io)?;
+                file.sync_all().map_err(io)
+            }
+        }
     })?;
     for folder in folders {
         durable::sync_dir(&folder).map_err(|e| IndexError::io(&folder, e))?;
@@ -461,6 +529,7 @@ mod tests {
             store_format: STORE_FORMAT_VERSION,
             written_by: "test".into(),
             created_unix: 0,
+            folders: vec!["f".into()],
             files,
         }
     }
@@ -475,8 +544,10 @@ mod tests {
 
     #[test]
     fn the_manifest_check_names_each_kind_of_damage() {
-        let seen: BTreeMap<String, (u64, String)> =
-            [("a".to_string(), (3, "aa".to_string()))].into();
+        let seen = Seen {
+            folders: ["f".to_string()].into(),
+            files: [("a".to_string(), (3, "aa".to_string()))].into(),
+        };
         assert_eq!(
             check_manifest(&manifest(vec![file("a", 3, "aa")]), &seen),
             Ok(())
@@ -487,6 +558,12 @@ mod tests {
         assert!(err(manifest(vec![file("a", 3, "aa"), file("b", 1, "bb")]))
             .contains("`b` is listed in the manifest but missing"));
         assert!(err(manifest(vec![])).contains("`a` is in the archive but not in the manifest"));
+        let mut more = manifest(vec![file("a", 3, "aa")]);
+        more.folders.push("g".into());
+        assert!(err(more).contains("folder `g` is listed in the manifest but missing"));
+        let mut fewer = manifest(vec![file("a", 3, "aa")]);
+        fewer.folders.clear();
+        assert!(err(fewer).contains("folder `f` is in the archive but not in the manifest"));
         let mut newer = manifest(vec![file("a", 3, "aa")]);
         newer.snapshot_format = SNAPSHOT_FORMAT_VERSION + 1;
         assert!(err(newer).contains("unknown snapshot format version"));
