@@ -11,7 +11,7 @@ use super::bench_args::{
     SaeStepArgs, SaeTrainBenchArgs, ScanChartArgs,
 };
 use super::device::DeviceArgs;
-use super::load::{embed_missing, load, load_embedder, load_sae_set};
+use super::load::{embed_missing, load, load_embedder, load_sae_set, load_second};
 use crate::bench::{self, parity, random, retrieve, sae, scan, store};
 use crate::index::{Index, IndexConfig};
 use crate::ingest::Encoder;
@@ -204,8 +204,19 @@ fn retrieve_latency(args: &BenchRetrieveArgs, models: &Path) -> Result<()> {
         .with_embedder(embedder.as_ref());
     let mut index = Index::open(&args.data_dir, IndexConfig::default())?;
     embed_missing(embedder.as_ref(), &mut index)?;
-    let retriever =
-        Retriever::new(&model, &saes, RetrieveConfig::default())?.with_embedder(embedder.as_ref());
+    let reranker = load_second(
+        args.attention.reranker.rerank_model.as_deref(),
+        &args.model,
+        models,
+    )?;
+    let retrieve_config = RetrieveConfig {
+        rerank: args.attention.config(),
+        ..RetrieveConfig::default()
+    };
+    retrieve_config.check()?;
+    let retriever = Retriever::new(&model, &saes, retrieve_config)?
+        .with_embedder(embedder.as_ref())
+        .with_reranker(reranker.as_ref());
     let config = retrieve::RetrieveBench {
         collection: args.collection.clone(),
         corpus: args.corpus.clone(),

@@ -91,6 +91,8 @@ pub struct BenchRetrieveArgs {
     /// The method.
     #[arg(long, default_value = "hybrid")]
     pub method: crate::retrieve::Method,
+    #[command(flatten)]
+    pub attention: super::eval_args::RerankArgs,
 }
 
 #[derive(Debug, Args)]

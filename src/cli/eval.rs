@@ -11,7 +11,7 @@ use super::eval_args::{
     CalibrateArgs, EvalArgs, EvalBuildCommand, EvalCommand, EvalRunArgs, EvalStoreArgs, HeadsArgs,
     PlotArgs, RecallArgs,
 };
-use super::load::{embed_missing, load, load_embedder, load_reader, load_sae_set};
+use super::load::{embed_missing, load, load_embedder, load_reader, load_sae_set, load_second};
 use crate::embed::Embedder;
 use crate::eval::heads::HeadTally;
 use crate::eval::recall::{self, RecallConfig};
@@ -21,7 +21,7 @@ use crate::eval::{self, build, contexts, EvalItem};
 use crate::index::{Index, IndexConfig};
 use crate::ingest::Encoder;
 use crate::model::Model;
-use crate::retrieve::rerank::{HeadSet, RerankConfig};
+use crate::retrieve::rerank::HeadSet;
 use crate::retrieve::{Fusion, Method, Query, RetrieveConfig, Retriever};
 use crate::sae::SaeSet;
 use serde_json::json;
@@ -279,11 +279,7 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
             rrf_k: args.rrf_k.unwrap_or(defaults.fusion.rrf_k),
             rerank: args.rerank.unwrap_or(defaults.fusion.rerank),
         },
-        rerank: args.heads.clone().map(|heads| RerankConfig {
-            heads,
-            pool_tokens: args.pool_tokens,
-            first_stage: args.rerank_first_stage,
-        }),
+        rerank: args.attention.config(),
         hybrid_dense: args.hybrid_dense,
         ..defaults
     };
@@ -293,9 +289,16 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
         recall::RecallMethod::parse(m)?;
     }
     let model = load(&args.store.model, models)?;
+    let reranker = load_second(
+        args.attention.reranker.rerank_model.as_deref(),
+        &args.store.model,
+        models,
+    )?;
     let store = EvalStore::open(&args.store, &model, models, &items)?;
     let index = &store.index;
-    let retriever = store.retriever(&model, config)?;
+    let retriever = store
+        .retriever(&model, config)?
+        .with_reranker(reranker.as_ref());
     let bar = ProgressBar::new(items.len() as u64).with_style(
         ProgressStyle::with_template("recall [{bar:30}] {pos}/{len} questions eta {eta}")?
             .progress_chars("=> "),
@@ -349,13 +352,21 @@ fn plot(args: &PlotArgs) -> Result<()> {
 fn heads(args: &HeadsArgs, models: &Path) -> Result<()> {
     let items = recall::with_gold_spans(eval::read_jsonl(&args.dataset)?, args.limit)?;
     let model = load(&args.store.model, models)?;
+    let reranker = load_second(
+        args.reranker.rerank_model.as_deref(),
+        &args.store.model,
+        models,
+    )?;
     let store = EvalStore::open(&args.store, &model, models, &items)?;
     let index = &store.index;
-    let retriever = store.retriever(&model, RetrieveConfig::default())?;
-    let layers = args.max_layer.map_or(model.config().layers, |l| {
-        (l + 1).min(model.config().layers)
-    });
-    let all = HeadSet::all(layers, model.config().heads);
+    let retriever = store
+        .retriever(&model, RetrieveConfig::default())?
+        .with_reranker(reranker.as_ref());
+    let scorer = retriever.reranker().config();
+    let layers = args
+        .max_layer
+        .map_or(scorer.layers, |l| (l + 1).min(scorer.layers));
+    let all = HeadSet::all(layers, scorer.heads);
     let bar = ProgressBar::new(items.len() as u64).with_style(
         ProgressStyle::with_template("heads [{bar:30}] {pos}/{len} questions eta {eta}")?
             .progress_chars("=> "),

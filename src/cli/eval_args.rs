@@ -110,12 +110,54 @@ pub struct HeadsArgs {
     /// Score only heads of layers up to this one (the model runs no deeper).
     #[arg(long)]
     pub max_layer: Option<usize>,
+    #[command(flatten)]
+    pub reranker: RerankerArgs,
     /// Budgets of the simulated recall, in tokens.
     #[arg(long, value_delimiter = ',', default_value = "512,1024,2048")]
     pub budgets: Vec<usize>,
     /// Write the ranking and simulated recall as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+/// The settings of the `rerank` method: the heads, the pool and the model that reads it.
+#[derive(Debug, Args)]
+pub struct RerankArgs {
+    /// Retrieval heads of `rerank`, `layer.head,...` (heads of the re-ranking model).
+    #[arg(long)]
+    pub heads: Option<crate::retrieve::rerank::HeadSet>,
+    /// Tokens of first-stage candidates `rerank` reads.
+    #[arg(long, default_value_t = 2048)]
+    pub pool_tokens: usize,
+    /// Weight of the first stage's own order fused with the attention order by `rerank` (0:
+    /// attention alone).
+    #[arg(long, default_value_t = 0.0)]
+    pub rerank_first_stage: f32,
+    #[command(flatten)]
+    pub reranker: RerankerArgs,
+}
+
+impl RerankArgs {
+    /// Returns the re-ranking settings, `None` without heads (then `rerank` is refused).
+    pub fn config(&self) -> Option<crate::retrieve::rerank::RerankConfig> {
+        self.heads
+            .clone()
+            .map(|heads| crate::retrieve::rerank::RerankConfig {
+                heads,
+                pool_tokens: self.pool_tokens,
+                first_stage: self.rerank_first_stage,
+            })
+    }
+}
+
+/// The model whose attention re-ranks the pool.
+#[derive(Debug, Args)]
+pub struct RerankerArgs {
+    /// The model whose attention re-ranks (its heads are the ones `--heads` names): a known
+    /// name or a GGUF path, loaded on the index model's device. Default: the index model. A
+    /// larger model can re-rank the pool of a small model's index: the pool is re-tokenized.
+    #[arg(long)]
+    pub rerank_model: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -307,19 +349,11 @@ pub struct RecallArgs {
     /// Budget shares filled first, s3,bm25,bias.
     #[arg(long, value_parser = parse_triple)]
     pub fusion_shares: Option<[f32; 3]>,
-    /// Retrieval heads of `rerank`, `layer.head,...`.
-    #[arg(long)]
-    pub heads: Option<crate::retrieve::rerank::HeadSet>,
-    /// Tokens of first-stage candidates `rerank` reads.
-    #[arg(long, default_value_t = 2048)]
-    pub pool_tokens: usize,
+    #[command(flatten)]
+    pub attention: RerankArgs,
     /// Hybrid draws on RAG's passages (BM25 and dense fused) instead of BM25's alone.
     #[arg(long)]
     pub hybrid_dense: bool,
-    /// Weight of the first stage's own order fused with the attention order by `rerank` (0:
-    /// attention alone).
-    #[arg(long, default_value_t = 0.0)]
-    pub rerank_first_stage: f32,
     /// Write one JSON line per question, method and budget (`{"id","method","budget","hit"}`).
     #[arg(long)]
     pub per_question: Option<PathBuf>,

@@ -50,10 +50,16 @@ pub fn load_sae_set(model: &Model, spec: &str, models: &Path) -> Result<SaeSet> 
 /// Loads the reader `answer` names on the index model's device and weight format, or `None`
 /// when it is the index model itself (which then answers).
 pub fn load_reader(answer: &AnswerArgs, index: &ModelArgs, models: &Path) -> Result<Option<Model>> {
-    match &answer.answer_model {
-        Some(spec) if *spec != index.model => {
+    load_second(answer.answer_model.as_deref(), index, models)
+}
+
+/// Loads a second model (`spec`: a known name or a GGUF path) on the index model's device and
+/// weight format, or `None` when there is none or it is the index model itself.
+pub fn load_second(spec: Option<&str>, index: &ModelArgs, models: &Path) -> Result<Option<Model>> {
+    match spec {
+        Some(spec) if spec != index.model => {
             let args = ModelArgs {
-                model: spec.clone(),
+                model: spec.to_string(),
                 ..index.clone()
             };
             load(&args, models).map(Some)

@@ -439,6 +439,9 @@ pub struct Retriever<'a> {
     codes: Vec<LayerCode>,
     config: RetrieveConfig,
     embedder: Option<&'a Embedder>,
+    /// The model whose attention re-ranks (`None`: the index model): a larger model can read
+    /// the pool of a small one's index, since the pool is re-tokenized from its text.
+    reranker: Option<&'a Model>,
     /// The last re-ranked question's pool and scores: the same question asked again at another
     /// budget (as evaluations do) reads the same pool, so its forward pass is not repeated.
     last_rerank:
@@ -481,6 +484,7 @@ impl<'a> Retriever<'a> {
             codes,
             config,
             embedder: None,
+            reranker: None,
             last_rerank: std::sync::Mutex::new(None),
         })
     }
@@ -489,6 +493,17 @@ impl<'a> Retriever<'a> {
     /// refused with [`RetrieveError::NoEmbedder`]).
     pub fn with_embedder(self, embedder: Option<&'a Embedder>) -> Self {
         Self { embedder, ..self }
+    }
+
+    /// Returns this retriever with `reranker` reading the re-ranking pool instead of the index
+    /// model (`None`: the index model); its own heads are what `RerankConfig::heads` names.
+    pub fn with_reranker(self, reranker: Option<&'a Model>) -> Self {
+        Self { reranker, ..self }
+    }
+
+    /// Returns the model whose attention re-ranks.
+    pub fn reranker(&self) -> &Model {
+        self.reranker.unwrap_or(self.model)
     }
 
     /// Returns the settings.
@@ -676,8 +691,13 @@ impl<'a> Retriever<'a> {
                         r.pool_tokens,
                     )?;
                     checkpoint()?;
-                    let scores =
-                        rerank::head_scores(self.model, &mut docs, &pool, &q.question, &r.heads)?;
+                    let scores = rerank::head_scores(
+                        self.reranker(),
+                        &mut docs,
+                        &pool,
+                        &q.question,
+                        &r.heads,
+                    )?;
                     if let Ok(mut last) = self.last_rerank.lock() {
                         *last = Some((key, pool.clone(), scores.clone()));
                     }
@@ -793,7 +813,7 @@ impl<'a> Retriever<'a> {
         };
         let pool =
             rerank::build_pool(&[&bm25, &dense, &s3_out.candidates], &mut docs, pool_tokens)?;
-        let scores = rerank::head_scores(self.model, &mut docs, &pool, &q.question, heads)?;
+        let scores = rerank::head_scores(self.reranker(), &mut docs, &pool, &q.question, heads)?;
         let mut sentences = Vec::with_capacity(pool.len());
         for p in &pool {
             let chars = docs.get(p.doc)?.token_chars(p.tokens.clone());
