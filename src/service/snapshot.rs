@@ -74,3 +74,91 @@ pub fn create(engine: Arc<Engine>) -> SnapshotStream {
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use super::super::config::Limits;
+    use super::super::engine::Engine;
+    use crate::index::{Index, IndexConfig};
+
+    /// Holds the snapshot at its first write until released.
+    struct Paused {
+        started: mpsc::Sender<()>,
+        release: mpsc::Receiver<()>,
+        waited: bool,
+        bytes: Vec<u8>,
+    }
+
+    impl Write for Paused {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            if !self.waited {
+                self.waited = true;
+                self.started.send(()).unwrap();
+                self.release.recv().unwrap();
+            }
+            self.bytes.extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn writes_wait_for_a_snapshot_and_reads_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path(), IndexConfig::default()).unwrap();
+        let engine = std::sync::Arc::new(Engine::new(index, Limits::default()));
+        engine.create_collection("before").unwrap();
+        let (started_tx, started) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel();
+        let snapshot = {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                let mut out = Paused {
+                    started: started_tx,
+                    release: release_rx,
+                    waited: false,
+                    bytes: Vec::new(),
+                };
+                engine.snapshot(&mut out).unwrap()
+            })
+        };
+        started.recv().unwrap();
+        // Mid-copy: a write waits...
+        let (wrote_tx, wrote) = mpsc::channel();
+        let writer = {
+            let engine = engine.clone();
+            std::thread::spawn(move || {
+                engine.create_collection("during").unwrap();
+                wrote_tx.send(()).unwrap();
+            })
+        };
+        assert!(wrote.recv_timeout(Duration::from_millis(300)).is_err());
+        // ...and reads go on, a writer waiting or not.
+        let (read_tx, read) = mpsc::channel();
+        let reader = {
+            let engine = engine.clone();
+            std::thread::spawn(move || read_tx.send(engine.collections().unwrap()).unwrap())
+        };
+        let names: Vec<String> = read
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a read waited for the snapshot")
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(names, ["before"]);
+        release.send(()).unwrap();
+        let manifest = snapshot.join().unwrap();
+        wrote.recv_timeout(Duration::from_secs(10)).unwrap();
+        writer.join().unwrap();
+        reader.join().unwrap();
+        assert!(manifest.files.iter().any(|f| f.path.starts_with("store/")));
+        assert_eq!(engine.collections().unwrap().len(), 2);
+    }
+}
