@@ -100,6 +100,31 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// The archive's destination, remembering whether a write to it failed: an error while an
+/// entry is appended is then the destination's (a full disk, a client gone), not the source
+/// file's.
+struct Output<'a> {
+    inner: &'a mut dyn Write,
+    failed: bool,
+}
+
+impl Write for Output<'_> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(bytes);
+        self.failed |= n.is_err();
+        n
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let r = self.inner.flush();
+        self.failed |= r.is_err();
+        r
+    }
+}
+
+/// The path an error of the snapshot's destination is reported against.
+const OUTPUT: &str = "the snapshot's destination";
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -164,18 +189,29 @@ impl Index {
         let store_format = migrations::stored_version(self.store())?.ok_or_else(|| {
             IndexError::corrupt(dir.display().to_string(), "the store records no format")
         })?;
-        let mut archive = tar::Builder::new(out);
+        let mut archive = tar::Builder::new(Output {
+            inner: out,
+            failed: false,
+        });
         let (mut folders, mut files) = (Vec::new(), Vec::new());
         for DataEntry { name, path, folder } in data_entries(dir)? {
             let io = |e| IndexError::io(&path, e);
+            let appended = |archive: &tar::Builder<Output<'_>>, e| {
+                let to = if archive.get_ref().failed {
+                    OUTPUT.as_ref()
+                } else {
+                    path.as_path()
+                };
+                IndexError::io(to, e)
+            };
             if folder {
                 let mut header = tar::Header::new_gnu();
                 header.set_entry_type(tar::EntryType::Directory);
                 header.set_size(0);
                 header.set_mode(0o755);
-                archive
-                    .append_data(&mut header, &name, io::empty())
-                    .map_err(io)?;
+                if let Err(e) = archive.append_data(&mut header, &name, io::empty()) {
+                    return Err(appended(&archive, e));
+                }
                 folders.push(name);
                 continue;
             }
@@ -191,9 +227,9 @@ impl Index {
                     .map_or(0, |d| d.as_secs()),
             );
             let mut reader = Hashing::new(file.take(meta.len()));
-            archive
-                .append_data(&mut header, &name, &mut reader)
-                .map_err(io)?;
+            if let Err(e) = archive.append_data(&mut header, &name, &mut reader) {
+                return Err(appended(&archive, e));
+            }
             let (size, sha256) = reader.digest();
             if size != meta.len() {
                 // The archive now holds a short entry: the caller must not keep it.
@@ -227,7 +263,7 @@ impl Index {
         header.set_size(json.len() as u64);
         header.set_mode(0o644);
         header.set_mtime(manifest.created_unix);
-        let io = |e| IndexError::io(MANIFEST_NAME, e);
+        let io = |e| IndexError::io(OUTPUT, e);
         archive
             .append_data(&mut header, MANIFEST_NAME, json.as_slice())
             .map_err(io)?;
