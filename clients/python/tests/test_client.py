@@ -8,7 +8,7 @@ import uuid
 import grpc
 import pytest
 
-from s3mem import Answer, Evidence, Memory, S3memError
+from s3mem import Answer, Evidence, Memory, S3memError, pb
 
 TOWN = "".join(
     f"In the year {1800 + i}, the harbour of Velmora counted {3 + i * 7 % 23} fishing boats "
@@ -63,6 +63,22 @@ def test_retrieve(memory, collection):
     assert e.value.code == grpc.StatusCode.INVALID_ARGUMENT and "question" in e.value.details
     with pytest.raises(ValueError):
         memory.retrieve(collection, "boats", 64, "nearest")
+
+
+@pytest.mark.skipif(not hasattr(pb, "Filter"), reason="built from a proto without filters")
+def test_filters_narrow_retrieve_and_ask(memory, collection):
+    log = pb.Filter(equals=pb.MetaEquals(key="source", value="log"))
+    evidence = memory.retrieve(collection, "How many storms or boats?", 128, "hybrid", filter=log)
+    assert evidence.spans and {s.doc_id for s in evidence.spans} == {"orsk"}
+    either = pb.Filter(any_of=pb.FilterList(filters=[log, pb.Filter(doc_ids=pb.DocIds(ids=["town"]))]))
+    both = memory.retrieve(collection, "How many storms or boats?", 256, "bm25", filter=either)
+    assert {s.doc_id for s in both.spans} <= {"orsk", "town"} and both.spans
+    nobody = pb.Filter(equals=pb.MetaEquals(key="source", value="nobody"))
+    empty = memory.retrieve(collection, "How many storms?", 128, filter=nobody)
+    assert empty.spans == () and empty.context_tokens == 0
+    first = next(iter(memory.ask(collection, "How many storms?", 128, filter=log,
+                                 max_new_tokens=4)))
+    assert isinstance(first, Evidence) and {s.doc_id for s in first.spans} == {"orsk"}
 
 
 def test_ask_yields_evidence_then_text_then_the_answer(memory, collection):

@@ -9,7 +9,9 @@
         for event in memory.ask("notes", "How many boats?"):
             ...  # Evidence, then str pieces of the answer, then the Answer
 
-Every failed call raises :class:`S3memError`, which carries the gRPC status code.
+Every failed call raises :class:`S3memError`, which carries the gRPC status code. `pb` is the
+generated messages module: filters are built from it (`pb.Filter(equals=pb.MetaEquals(key=
+"tenant", value="a"))`, with `all_of`, `any_of`, `negate`, ranges and document ids).
 """
 
 from .client import (
@@ -22,6 +24,7 @@ from .client import (
     S3memError,
     Span,
 )
+from .v1 import memory_pb2 as pb
 
 __all__ = [
     "Answer",
@@ -32,4 +35,5 @@ __all__ = [
     "Memory",
     "S3memError",
     "Span",
+    "pb",
 ]
