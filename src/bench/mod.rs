@@ -1,7 +1,8 @@
 //! Benchmarks that report numbers, never pass/fail: the scan against llama.cpp and full-context
 //! prefill (`scan`, `llamacpp`), models with random weights on a device (`random`), CPU-vs-device
 //! parity of SAE features (`parity`), retrieve latency against collection size (`retrieve`),
-//! SAE training speed and its hand-written gradients against autograd (`sae`), and what the
+//! SAE training speed and its hand-written gradients against autograd (`sae`), SAE encoding on
+//! the host against a device, speed and agreement (`sae_encode`), and what the
 //! store pays per record and per posting codec (`store`). Each returns its measurements; the
 //! CLI prints them (Markdown tables or JSON).
 
@@ -10,6 +11,7 @@ pub mod parity;
 pub mod random;
 pub mod retrieve;
 pub mod sae;
+pub mod sae_encode;
 pub mod scan;
 pub mod store;
 

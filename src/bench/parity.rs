@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::{BenchError, Log, Result};
 use crate::model::{
-    random_tokens, scan_documents, LayerSet, Model, RandomShape, ScanConfig, TapRequest,
+    random_tokens, scan_documents, LayerSet, Model, RandomShape, ScanConfig, TapPlace, TapRequest,
     Transformer, WeightFormat,
 };
 use crate::sae::{SaeSet, TopKSae};
@@ -54,35 +54,43 @@ fn encode_scan(
     let mut keys: Vec<Vec<f32>> = vec![Vec::new(); n];
     let mut failed = None;
     let cfg = ScanConfig::default();
-    let scanned = scan_documents(model, batch, &[doc], &taps, &cfg, &mut |_, chunk| {
-        for (i, tap) in chunk.keys.iter().enumerate() {
-            let heads = tap.values.dim(1)?;
-            for h in 0..heads {
-                let rows = tap.values.i((.., h, ..))?.contiguous()?;
-                let encoded = sae_for(tap.layer, h).and_then(|sae| Ok(sae.encode(&rows)?));
-                let c = match encoded {
-                    Ok(c) => c,
-                    Err(e) => {
-                        failed = Some(e);
-                        return Err(crate::model::ModelError::Aborted);
+    let scanned = scan_documents(
+        model,
+        batch,
+        &[doc],
+        &taps,
+        &cfg,
+        TapPlace::Host,
+        &mut |_, chunk| {
+            for (i, tap) in chunk.keys.iter().enumerate() {
+                let heads = tap.values.dim(1)?;
+                for h in 0..heads {
+                    let rows = tap.values.i((.., h, ..))?.contiguous()?;
+                    let encoded = sae_for(tap.layer, h).and_then(|sae| Ok(sae.encode(&rows)?));
+                    let c = match encoded {
+                        Ok(c) => c,
+                        Err(e) => {
+                            failed = Some(e);
+                            return Err(crate::model::ModelError::Aborted);
+                        }
+                    };
+                    for r in 0..c.rows() {
+                        let (ids, acts) = c.row(r).unwrap_or((&[], &[]));
+                        let mut fired: Vec<u32> = ids
+                            .iter()
+                            .zip(acts)
+                            .filter(|(_, &a)| a > 0.0)
+                            .map(|(&id, _)| id)
+                            .collect();
+                        fired.sort_unstable();
+                        codes[i].push(fired);
                     }
-                };
-                for r in 0..c.rows() {
-                    let (ids, acts) = c.row(r).unwrap_or((&[], &[]));
-                    let mut fired: Vec<u32> = ids
-                        .iter()
-                        .zip(acts)
-                        .filter(|(_, &a)| a > 0.0)
-                        .map(|(&id, _)| id)
-                        .collect();
-                    fired.sort_unstable();
-                    codes[i].push(fired);
+                    keys[i].extend(rows.flatten_all()?.to_vec1::<f32>()?);
                 }
-                keys[i].extend(rows.flatten_all()?.to_vec1::<f32>()?);
             }
-        }
-        Ok(())
-    });
+            Ok(())
+        },
+    );
     if let Some(e) = failed {
         return Err(e);
     }

@@ -12,7 +12,7 @@ use super::parity::{parity_random, ParityRow};
 use super::{BenchError, Log, Result};
 use crate::model::{
     device_name, gpu_memory, random_tokens, reset_gpu_peak, scan_documents, GpuMemory, KvCache,
-    LayerSet, Logits, RandomShape, ScanConfig, TapRequest, Transformer, WeightFormat,
+    LayerSet, Logits, RandomShape, ScanConfig, TapPlace, TapRequest, Transformer, WeightFormat,
 };
 
 /// What `bench scan --random-shape NAME` measures.
@@ -255,14 +255,22 @@ fn run_scan(
     };
     let t0 = Instant::now();
     let mut rows = 0usize;
-    let stats = scan_documents(model, batch, &[doc], &taps, cfg, &mut |_, chunk| {
-        rows += chunk
-            .keys
-            .iter()
-            .map(|t| t.values.dim(0).unwrap_or(0))
-            .sum::<usize>();
-        Ok(())
-    })?;
+    let stats = scan_documents(
+        model,
+        batch,
+        &[doc],
+        &taps,
+        cfg,
+        TapPlace::Host,
+        &mut |_, chunk| {
+            rows += chunk
+                .keys
+                .iter()
+                .map(|t| t.values.dim(0).unwrap_or(0))
+                .sum::<usize>();
+            Ok(())
+        },
+    )?;
     let seconds = t0.elapsed().as_secs_f64();
     tracing::debug!(rows, "scan done");
     Ok((stats, seconds))

@@ -8,11 +8,11 @@ use anyhow::{Context, Result};
 use super::args::ModelArgs;
 use super::bench_args::{
     BenchCommand, BenchRetrieveArgs, BenchScanArgs, EmbedBenchArgs, ParityArgs, PostingsArgs,
-    SaeStepArgs, SaeTrainBenchArgs, ScanChartArgs,
+    SaeEncodeArgs, SaeStepArgs, SaeTrainBenchArgs, ScanChartArgs,
 };
 use super::device::DeviceArgs;
 use super::load::{embed_missing, load, load_embedder, load_sae_set, load_second};
-use crate::bench::{self, parity, random, retrieve, sae, scan, store};
+use crate::bench::{self, parity, random, retrieve, sae, sae_encode, scan, store};
 use crate::index::{Index, IndexConfig};
 use crate::ingest::Encoder;
 use crate::model::{fetch, WeightFormat};
@@ -28,6 +28,7 @@ pub fn run(cmd: BenchCommand, models: &Path) -> Result<()> {
         BenchCommand::Parity(args) => parity_model(&args, models),
         BenchCommand::Retrieve(args) => retrieve_latency(&args, models),
         BenchCommand::SaeStep(args) => sae_step(&args),
+        BenchCommand::SaeEncode(args) => sae_encode(&args, models),
         BenchCommand::Sled => sled(),
         BenchCommand::Postings(args) => postings(&args),
         BenchCommand::ScanChart(args) => scan_chart(&args),
@@ -168,9 +169,9 @@ fn sae_train(args: &SaeTrainBenchArgs) -> Result<()> {
     let device = args.device.open()?;
     let config = sae::TrainBench {
         samples: args.samples,
-        d_in: args.d_in,
-        dict: args.dict,
-        k: args.k,
+        d_in: args.shape.d_in,
+        dict: args.shape.dict,
+        k: args.shape.k,
         epochs: args.epochs,
         batch_size: args.batch_size,
         seed: args.seed,
@@ -182,9 +183,9 @@ fn sae_train(args: &SaeTrainBenchArgs) -> Result<()> {
 /// `bench sae-step`.
 fn sae_step(args: &SaeStepArgs) -> Result<()> {
     let report = sae::step_speed(&sae::StepBench {
-        d_in: args.d_in,
-        dict: args.dict,
-        k: args.k,
+        d_in: args.shape.d_in,
+        dict: args.shape.dict,
+        k: args.shape.k,
         batch: args.batch_size,
         steps: args.steps,
         autograd_steps: args.autograd_steps,
@@ -192,6 +193,52 @@ fn sae_step(args: &SaeStepArgs) -> Result<()> {
         seed: args.seed,
     })?;
     print!("{}", report.table());
+    Ok(())
+}
+
+/// `bench sae-encode`.
+fn sae_encode(args: &SaeEncodeArgs, models: &Path) -> Result<()> {
+    if args.rows == 0 {
+        anyhow::bail!("--rows must be at least 1");
+    }
+    let report = match &args.model {
+        None => sae_encode::random_keys(
+            &sae_encode::RandomEncode {
+                rows: args.rows,
+                d_in: args.shape.d_in,
+                dict: args.shape.dict,
+                k: args.shape.k,
+                seed: args.seed,
+            },
+            &args.device.open()?,
+            &mut log,
+        )?,
+        Some(name) => {
+            let model = load(
+                &ModelArgs {
+                    model: name.clone(),
+                    weights: None,
+                    device: args.device.clone(),
+                    embedder: "none".into(),
+                },
+                models,
+            )?;
+            let set = load_sae_set(&model, &args.sae, models)?;
+            let text = match &args.corpus {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?,
+                ),
+                None => None,
+            };
+            sae_encode::model_keys(&model, &set, text.as_deref(), args.rows, &mut log)?
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
     Ok(())
 }
 

@@ -23,6 +23,9 @@ pub enum BenchCommand {
     /// One SAE training step with the hand-written sparse gradients against the same forward
     /// and backward through autograd, and the encoder at a scan's shape (CPU).
     SaeStep(SaeStepArgs),
+    /// SAE encoding on the host cores against encoding on the device: rows/s of each and the
+    /// rate of rows whose top-k sets agree, on random keys or a model's scan.
+    SaeEncode(SaeEncodeArgs),
     /// What sled 0.34 keeps on disk per record, for records of several sizes.
     Sled,
     /// Bytes per token of a data dir's postings under each codec choice.
@@ -191,14 +194,9 @@ pub struct ParityArgs {
     pub file: PathBuf,
 }
 
-/// Flags of `bench sae-train`.
+/// The shape of a synthetic SAE (`bench sae-train`, `sae-step`, `sae-encode`).
 #[derive(Debug, Args)]
-pub struct SaeTrainBenchArgs {
-    #[command(flatten)]
-    pub device: DeviceArgs,
-    /// Training vectors (the default set trained on 1.67M per SAE).
-    #[arg(long, default_value_t = 1_670_000)]
-    pub samples: usize,
+pub struct SaeShapeArgs {
     /// Input dimension (SmolLM2's head dim).
     #[arg(long, default_value_t = 64)]
     pub d_in: usize,
@@ -208,6 +206,18 @@ pub struct SaeTrainBenchArgs {
     /// Features kept per vector.
     #[arg(long, default_value_t = 16)]
     pub k: usize,
+}
+
+/// Flags of `bench sae-train`.
+#[derive(Debug, Args)]
+pub struct SaeTrainBenchArgs {
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// Training vectors (the default set trained on 1.67M per SAE).
+    #[arg(long, default_value_t = 1_670_000)]
+    pub samples: usize,
+    #[command(flatten)]
+    pub shape: SaeShapeArgs,
     /// Passes over the vectors.
     #[arg(long, default_value_t = 1)]
     pub epochs: u32,
@@ -222,15 +232,8 @@ pub struct SaeTrainBenchArgs {
 /// Flags of `bench sae-step`.
 #[derive(Debug, Args)]
 pub struct SaeStepArgs {
-    /// Input dimension (SmolLM2's head dim).
-    #[arg(long, default_value_t = 64)]
-    pub d_in: usize,
-    /// Dictionary size.
-    #[arg(long, default_value_t = 2048)]
-    pub dict: usize,
-    /// Features kept per vector.
-    #[arg(long, default_value_t = 16)]
-    pub k: usize,
+    #[command(flatten)]
+    pub shape: SaeShapeArgs,
     /// Vectors per step.
     #[arg(long, default_value_t = 4096)]
     pub batch_size: usize,
@@ -246,6 +249,35 @@ pub struct SaeStepArgs {
     /// Seed of the data and the training.
     #[arg(long, default_value_t = 9)]
     pub seed: u64,
+}
+
+/// Flags of `bench sae-encode`.
+#[derive(Debug, Args)]
+pub struct SaeEncodeArgs {
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// A model whose scan gives the keys (a known name or a GGUF path); without it, a random
+    /// SAE and random keys of the shape below.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// The SAE set with `--model`: a folder, or `default` for the model's embedded set.
+    #[arg(long, default_value = "default")]
+    pub sae: String,
+    /// Text the model scans (repeated as needed); random tokens without it.
+    #[arg(long, requires = "model")]
+    pub corpus: Option<PathBuf>,
+    /// Key vectors per SAE (with `--model`: tokens scanned).
+    #[arg(long, default_value_t = 65536)]
+    pub rows: usize,
+    /// The random SAE's shape.
+    #[command(flatten)]
+    pub shape: SaeShapeArgs,
+    /// Seed of the random SAE and keys.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Flags of `bench postings`.

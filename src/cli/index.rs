@@ -78,6 +78,16 @@ pub(super) fn ingest_group_with_progress(
     encoder: &Encoder<'_>,
     docs: Vec<NewDocument<'_>>,
 ) -> Result<Vec<crate::index::Ingested>> {
+    Ok(ingest_group_timed(index, encoder, docs)?.documents)
+}
+
+/// Ingests a group like [`ingest_group_with_progress`], also returning how much of the storing
+/// overlapped the scan.
+fn ingest_group_timed(
+    index: &mut Index,
+    encoder: &Encoder<'_>,
+    docs: Vec<NewDocument<'_>>,
+) -> Result<ingest::GroupIngested> {
     let style = ProgressStyle::with_template(
         "{spinner} {msg} [{bar:30}] {pos}/{len} tokens  {per_sec}  eta {eta}",
     )
@@ -224,8 +234,10 @@ pub fn ingest(args: &IngestArgs, models: &Path) -> Result<()> {
         Ok(()) | Err(IndexError::CollectionExists(_)) => {}
         Err(e) => return Err(e.into()),
     }
+    // The peak GPU memory reported is the ingest's own, not the model load's.
+    crate::model::reset_gpu_peak(model.transformer().device())?;
     let mut done = Vec::new();
-    let (mut scan_s, mut encode_s, mut store_s) = (0.0, 0.0, 0.0);
+    let (mut scan_s, mut encode_s, mut store_s, mut overlapped_s) = (0.0, 0.0, 0.0, 0.0);
     let sizes: Vec<usize> = inputs.iter().map(|i| i.text.len()).collect();
     for group in groups(&sizes) {
         let docs = inputs[group]
@@ -237,7 +249,9 @@ pub fn ingest(args: &IngestArgs, models: &Path) -> Result<()> {
                 text: &input.text,
             })
             .collect();
-        for out in ingest_group_with_progress(&mut index, &encoder, docs)? {
+        let group = ingest_group_timed(&mut index, &encoder, docs)?;
+        overlapped_s += group.store_overlapped_seconds;
+        for out in group.documents {
             scan_s += out.scan_seconds;
             encode_s += out.encode_seconds;
             store_s += out.store_seconds;
@@ -248,7 +262,9 @@ pub fn ingest(args: &IngestArgs, models: &Path) -> Result<()> {
     let t_commit = Instant::now();
     index.commit()?;
     store_s += t_commit.elapsed().as_secs_f64();
-    print_ingest_summary(args.json, &done, t0, [scan_s, encode_s, store_s])
+    let gpu = crate::model::gpu_memory(model.transformer().device())?;
+    let times = [scan_s, encode_s, store_s];
+    print_ingest_summary(args.json, &done, t0, times, Some(overlapped_s), gpu)
 }
 
 /// Streams the inputs to a daemon, one Ingest call each.
@@ -278,7 +294,15 @@ fn ingest_remote(
         note_ingested(args.json, &out);
         done.push(out);
     }
-    print_ingest_summary(args.json, &done, t0, [scan_s, encode_s, store_s])
+    // A daemon stores on its own schedule: no overlap to report.
+    print_ingest_summary(
+        args.json,
+        &done,
+        t0,
+        [scan_s, encode_s, store_s],
+        None,
+        None,
+    )
 }
 
 /// Notes one stored document on stderr (unless the output is JSON).
@@ -299,24 +323,32 @@ fn print_ingest_summary(
     done: &[crate::index::Ingested],
     t0: Instant,
     [scan_s, encode_s, store_s]: [f64; 3],
+    overlapped_s: Option<f64>,
+    gpu: Option<crate::model::GpuMemory>,
 ) -> Result<()> {
     let seconds = t0.elapsed().as_secs_f64();
     if json {
-        println!(
-            "{}",
-            json!({
-                "documents": done.iter().map(|d| json!({"id": d.id, "tokens": d.tokens})).collect::<Vec<_>>(),
-                "seconds": seconds,
-                "scan_seconds": scan_s,
-                "encode_seconds": encode_s,
-                "store_seconds": store_s,
-            })
-        );
+        let mut report = json!({
+            "documents": done.iter().map(|d| json!({"id": d.id, "tokens": d.tokens})).collect::<Vec<_>>(),
+            "seconds": seconds,
+            "scan_seconds": scan_s,
+            "encode_seconds": encode_s,
+            "store_seconds": store_s,
+        });
+        if let Some(s) = overlapped_s {
+            report["store_overlapped_seconds"] = s.into();
+        }
+        // Only a GPU run has driver figures; a CPU run's report stays as it was.
+        if let Some(gpu) = gpu {
+            report["gpu_memory"] = serde_json::to_value(gpu)?;
+        }
+        println!("{report}");
     } else {
         let tokens: usize = done.iter().map(|d| d.tokens).sum();
         println!(
-            "{} documents, {tokens} tokens in {seconds:.1} s (scan {scan_s:.1} s, encode {encode_s:.1} s, store {store_s:.2} s)",
-            done.len()
+            "{} documents, {tokens} tokens in {seconds:.1} s (scan {scan_s:.1} s, encode {encode_s:.1} s, store {store_s:.2} s{})",
+            done.len(),
+            overlapped_s.map_or(String::new(), |s| format!(", {s:.2} s of it during the scan"))
         );
     }
     Ok(())

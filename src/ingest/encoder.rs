@@ -9,7 +9,9 @@ use candle_core::IndexOp;
 use super::error::{IngestError, Result};
 use crate::embed::Embedder;
 use crate::index::{EncodedDocument, LayerFeature, StoreIdentity};
-use crate::model::{LayerSet, LayerTap, Model, ModelError, ScanConfig, TapRequest, Tokenized};
+use crate::model::{
+    LayerSet, LayerTap, Model, ModelError, ScanConfig, TapPlace, TapRequest, Tokenized,
+};
 use crate::sae::{HeadMode, SaeError, SaeSet, SparseCodes};
 
 /// Per indexed layer: whether its SAE is shared by the KV heads, and its dictionary size.
@@ -212,31 +214,65 @@ impl<'a> Encoder<'a> {
         docs: Vec<Tokenized>,
         progress: &mut dyn FnMut(usize) -> bool,
     ) -> Result<Vec<EncodedDocument>> {
+        let tokens: Vec<usize> = docs.iter().map(|d| d.ids.len()).collect();
+        let mut out = Vec::with_capacity(docs.len());
+        let model_seconds = self.encode_each(docs, progress, &mut |_, e| {
+            out.push(e);
+            Ok(())
+        })?;
+        for (d, share) in out.iter_mut().zip(scan_shares(&tokens, model_seconds)) {
+            d.scan_seconds = share;
+        }
+        Ok(out)
+    }
+
+    /// Scans and encodes documents like [`Encoder::encode_many`], handing each to `done(index,
+    /// document)` in order as soon as its last window is encoded, while the scan goes on with
+    /// the next ones; an error from `done` stops the scan and is returned. Returns the model's
+    /// seconds over all documents (a handed document's `scan_seconds` is 0: its share is only
+    /// known at the end, see [`scan_shares`]).
+    pub fn encode_each(
+        &self,
+        docs: Vec<Tokenized>,
+        progress: &mut dyn FnMut(usize) -> bool,
+        done: &mut dyn FnMut(usize, EncodedDocument) -> Result<()>,
+    ) -> Result<f64> {
         let taps = TapRequest {
             keys: Some(LayerSet::new(
                 self.layers.iter().map(|l| l.layer).collect(),
             )?),
             queries: None,
         };
-        let mut postings: Vec<BTreeMap<LayerFeature, Vec<u32>>> = vec![BTreeMap::new(); docs.len()];
-        let mut encode_seconds = vec![0.0; docs.len()];
+        let (ids, offsets): (Vec<Vec<u32>>, Vec<_>) =
+            docs.into_iter().map(|d| (d.ids, d.offsets)).unzip();
+        let mut pending = Pending {
+            postings: vec![BTreeMap::new(); ids.len()],
+            encode_seconds: vec![0.0; ids.len()],
+            offsets,
+            next: 0,
+        };
         // Tokens of the documents before each one, for progress over all of them.
-        let before: Vec<usize> = docs
+        let before: Vec<usize> = ids
             .iter()
             .scan(0, |sum, d| {
                 let b = *sum;
-                *sum += d.ids.len();
+                *sum += d.len();
                 Some(b)
             })
             .collect();
         let mut failure: Option<IngestError> = None;
-        let ids: Vec<&[u32]> = docs.iter().map(|d| d.ids.as_slice()).collect();
-        let stats = self
-            .model
-            .scan_many(&ids, &taps, &self.scan, &mut |doc, chunk| {
+        let slices: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
+        let stats = self.model.scan_many_to(
+            &slices,
+            &taps,
+            &self.scan,
+            // Keys stay where the model ran: on a GPU the SAEs encode them there and only the
+            // codes cross to the host.
+            TapPlace::Device,
+            &mut |doc, chunk| {
                 let t0 = Instant::now();
                 for tap in &chunk.keys {
-                    let doc_postings = &mut postings[doc];
+                    let doc_postings = &mut pending.postings[doc];
                     let added = encode_layer(
                         self.saes,
                         &self.layers,
@@ -255,31 +291,69 @@ impl<'a> Encoder<'a> {
                         return Err(ModelError::InvalidScan("sae encoding failed".into()));
                     }
                 }
-                encode_seconds[doc] += t0.elapsed().as_secs_f64();
+                pending.encode_seconds[doc] += t0.elapsed().as_secs_f64();
+                if chunk.chunk.end == slices[doc].len() {
+                    if let Err(e) = pending.hand_over(doc + 1, done) {
+                        failure = Some(e);
+                        return Err(ModelError::Aborted);
+                    }
+                }
                 if progress(before[doc] + chunk.chunk.end) {
                     Ok(())
                 } else {
                     Err(ModelError::Aborted)
                 }
-            });
+            },
+        );
         if let Some(e) = failure {
             return Err(e);
         }
         let stats = stats?;
-        let total: usize = ids.iter().map(|d| d.len()).sum::<usize>().max(1);
-        Ok(docs
-            .into_iter()
-            .zip(postings)
-            .zip(encode_seconds)
-            .map(|((d, postings), encode_seconds)| EncodedDocument {
-                // The model's time, shared out by tokens.
-                scan_seconds: stats.model_seconds * d.ids.len() as f64 / total as f64,
-                offsets: d.offsets,
-                postings,
-                tokenize_seconds: 0.0,
-                encode_seconds,
-                vectors: None,
-            })
-            .collect())
+        // Documents without windows (no tokens) are handed over at the end.
+        pending.hand_over(slices.len(), done)?;
+        Ok(stats.model_seconds)
     }
+}
+
+/// Encoded documents not yet handed over, and where the next one starts.
+struct Pending {
+    postings: Vec<BTreeMap<LayerFeature, Vec<u32>>>,
+    encode_seconds: Vec<f64>,
+    offsets: Vec<Vec<(usize, usize)>>,
+    next: usize,
+}
+
+impl Pending {
+    /// Hands documents `next..upto` to `done`, in order.
+    fn hand_over(
+        &mut self,
+        upto: usize,
+        done: &mut dyn FnMut(usize, EncodedDocument) -> Result<()>,
+    ) -> Result<()> {
+        while self.next < upto {
+            let d = self.next;
+            self.next += 1;
+            done(
+                d,
+                EncodedDocument {
+                    offsets: std::mem::take(&mut self.offsets[d]),
+                    postings: std::mem::take(&mut self.postings[d]),
+                    tokenize_seconds: 0.0,
+                    scan_seconds: 0.0,
+                    encode_seconds: self.encode_seconds[d],
+                    vectors: None,
+                },
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Returns each document's share of the model's seconds of one scan, by its `tokens`.
+pub fn scan_shares(tokens: &[usize], model_seconds: f64) -> Vec<f64> {
+    let total = tokens.iter().sum::<usize>().max(1) as f64;
+    tokens
+        .iter()
+        .map(|&n| model_seconds * n as f64 / total)
+        .collect()
 }

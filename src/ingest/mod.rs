@@ -10,9 +10,10 @@ mod encoder;
 pub mod error;
 pub mod vectors;
 
+use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
-pub use encoder::{encode_layer, layer_codes, Encoder, LayerCode};
+pub use encoder::{encode_layer, layer_codes, scan_shares, Encoder, LayerCode};
 pub use error::{IngestError, Result};
 
 use crate::index::{EncodedDocument, Index, Ingested, NewDocument};
@@ -64,19 +65,36 @@ pub fn ingest(
     doc: NewDocument<'_>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Ingested> {
-    Ok(ingest_many(encoder, index, vec![doc], progress)?.remove(0))
+    Ok(ingest_many(encoder, index, vec![doc], progress)?
+        .documents
+        .remove(0))
+}
+
+/// Encoded documents waiting for the storing thread: the scan runs at most this many ahead of
+/// the store, so host memory stays bounded by them whatever the number of documents.
+const STORE_QUEUE: usize = 2;
+
+/// What [`ingest_many`] stored, and how much of the storing overlapped the scan.
+#[derive(Debug, Clone, Default)]
+pub struct GroupIngested {
+    /// The documents, in the order given.
+    pub documents: Vec<Ingested>,
+    /// Seconds of storing (embedding passages included) done while the scan still ran.
+    pub store_overlapped_seconds: f64,
 }
 
 /// Ingests several documents through one scan, so that their windows share the model's
-/// batches (`--scan-batch`); each is then stored atomically on its own, in order. Every
-/// document is checked and tokenized before the scan: a bad one stops the call before
-/// anything is written. `progress` gets (tokens done, tokens in all).
+/// batches (`--scan-batch`); each is stored atomically on its own, in order, by a storing
+/// thread as soon as its last window is encoded, while the scan goes on with the next ones.
+/// Every document is checked and tokenized before the scan: a bad one stops the call before
+/// anything is written. A failure during the scan or the store stops the call; the documents
+/// stored before it stay (each whole). `progress` gets (tokens done, tokens in all).
 pub fn ingest_many(
     encoder: &Encoder<'_>,
     index: &mut Index,
     docs: Vec<NewDocument<'_>>,
     progress: &mut dyn FnMut(usize, usize),
-) -> Result<Vec<Ingested>> {
+) -> Result<GroupIngested> {
     for doc in &docs {
         check_document(encoder, index, doc)?;
     }
@@ -86,17 +104,56 @@ pub fn ingest_many(
         .map(|doc| tokenize_document(encoder, doc))
         .collect::<Result<Vec<_>>>()?;
     let tokenize_seconds = t0.elapsed().as_secs_f64();
-    let total: usize = tokens.iter().map(|t| t.ids.len()).sum();
-    let encoded = encoder.encode_many(tokens, &mut |done| {
-        progress(done, total);
-        true
+    let counts: Vec<usize> = tokens.iter().map(|t| t.ids.len()).collect();
+    let total: usize = counts.iter().sum();
+    let identity = encoder.identity().clone();
+    let embedder = encoder.embedder();
+    // When each document's storing started and ended, to tell how much overlapped the scan.
+    let mut spans: Vec<(Instant, Instant)> = Vec::with_capacity(counts.len());
+    let spans_out = &mut spans;
+    let (documents, scan_end) = std::thread::scope(|scope| -> Result<_> {
+        let (tx, rx) = sync_channel::<EncodedDocument>(STORE_QUEUE);
+        let storer = scope.spawn(move || -> Result<Vec<Ingested>> {
+            let mut stored = Vec::new();
+            for (doc, mut e) in docs.into_iter().zip(rx) {
+                let start = Instant::now();
+                e.tokenize_seconds = tokenize_seconds * e.tokens() as f64 / total as f64;
+                vectors::attach(embedder, doc.text, &mut e)?;
+                stored.push(index.store_encoded(doc, &e, &identity)?);
+                spans_out.push((start, Instant::now()));
+            }
+            Ok(stored)
+        });
+        let scanned = encoder.encode_each(
+            tokens,
+            &mut |done| {
+                progress(done, total);
+                true
+            },
+            &mut |_, e| {
+                tx.send(e)
+                    .map_err(|_| IngestError::InvalidInput("the storing thread stopped".into()))
+            },
+        );
+        let scan_end = Instant::now();
+        drop(tx);
+        let stored = match storer.join() {
+            Ok(stored) => stored,
+            Err(panic) => std::panic::resume_unwind(panic),
+        };
+        // The storing thread's own error explains a failed hand-over better than the send.
+        let mut documents = stored?;
+        for (d, share) in documents.iter_mut().zip(scan_shares(&counts, scanned?)) {
+            d.scan_seconds = share;
+        }
+        Ok((documents, scan_end))
     })?;
-    docs.into_iter()
-        .zip(encoded)
-        .map(|(doc, mut e)| {
-            e.tokenize_seconds = tokenize_seconds * e.tokens() as f64 / total as f64;
-            vectors::attach(encoder.embedder(), doc.text, &mut e)?;
-            Ok(index.store_encoded(doc, &e, encoder.identity())?)
-        })
-        .collect()
+    let store_overlapped_seconds = spans
+        .iter()
+        .map(|&(a, b)| b.min(scan_end).saturating_duration_since(a).as_secs_f64())
+        .sum();
+    Ok(GroupIngested {
+        documents,
+        store_overlapped_seconds,
+    })
 }

@@ -30,7 +30,7 @@ pub use device::{device_name, gpu_memory, reset_gpu_peak, DeviceSpec, GpuMemory}
 pub use error::{ModelError, Result};
 pub use generate::{GenerateConfig, Generation, Prefill, StopReason};
 pub use random::{random_tokens, RandomShape};
-pub use scan::{scan_documents, ChunkTaps, ScanConfig, ScanStats, WindowPlan};
+pub use scan::{scan_documents, ChunkTaps, ScanConfig, ScanStats, TapPlace, WindowPlan};
 pub use tokenizer::{StreamDecoder, TextTokenizer, Tokenized, ENCODE_PIECE_BYTES};
 pub use transformer::{
     argmax_rows, ForwardOutput, KvCache, LayerSet, LayerTap, Logits, TapRequest, Transformer,

@@ -140,6 +140,17 @@ pub struct ScanStats {
     pub model_seconds: f64,
 }
 
+/// Where a scan leaves the taps it hands to its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TapPlace {
+    /// On the host, f32 (what every caller that reads values gets).
+    #[default]
+    Host,
+    /// On the model's device, f32, for callers that compute there (SAE encoding on a GPU);
+    /// the same as `Host` for a model on the CPU.
+    Device,
+}
+
 /// One window of one document, waiting for its batch.
 struct Job {
     doc: usize,
@@ -171,12 +182,25 @@ impl Model {
         config: &ScanConfig,
         on_chunk: &mut dyn FnMut(usize, ChunkTaps) -> Result<()>,
     ) -> Result<ScanStats> {
+        self.scan_many_to(docs, taps, config, TapPlace::Host, on_chunk)
+    }
+
+    /// Scans several documents like [`Model::scan_many`], leaving the taps at `place`.
+    pub fn scan_many_to(
+        &self,
+        docs: &[&[u32]],
+        taps: &TapRequest,
+        config: &ScanConfig,
+        place: TapPlace,
+        on_chunk: &mut dyn FnMut(usize, ChunkTaps) -> Result<()>,
+    ) -> Result<ScanStats> {
         scan_documents(
             self.transformer(),
             self.scan_batch(),
             docs,
             taps,
             config,
+            place,
             on_chunk,
         )
     }
@@ -186,13 +210,14 @@ impl Model {
 /// each chunk in order. Windows go through the model `batch` at a time, consecutive windows of
 /// one document and of the next sharing a batch, so device memory is bounded by the batch,
 /// never by the documents. The model runs on a thread of its own while the caller's `on_chunk`
-/// (SAE encoding, postings) handles the previous batch.
+/// (SAE encoding, postings) handles the previous batch. The taps are left at `place`.
 pub fn scan_documents(
     transformer: &Transformer,
     batch: usize,
     docs: &[&[u32]],
     taps: &TapRequest,
     config: &ScanConfig,
+    place: TapPlace,
     on_chunk: &mut dyn FnMut(usize, ChunkTaps) -> Result<()>,
 ) -> Result<ScanStats> {
     config.check(transformer.config().context)?;
@@ -211,7 +236,7 @@ pub fn scan_documents(
                 if group.is_empty() {
                     return Ok(stats);
                 }
-                let chunks = scan_batch(transformer, docs, &group, taps, &mut stats)?;
+                let chunks = scan_batch(transformer, docs, &group, taps, place, &mut stats)?;
                 if tx.send(chunks).is_err() {
                     // The caller stopped (its `on_chunk` failed): stop too.
                     return Ok(stats);
@@ -244,12 +269,16 @@ fn scan_batch(
     docs: &[&[u32]],
     group: &[Job],
     taps: &TapRequest,
+    place: TapPlace,
     stats: &mut ScanStats,
 ) -> Result<Vec<(usize, ChunkTaps)>> {
     let t0 = Instant::now();
     let windows: Vec<Vec<u32>> = group.iter().map(|j| j.plan.tokens(docs[j.doc])).collect();
     let slices: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
-    let out = transformer.forward_windows(&slices, taps)?;
+    let out = match place {
+        TapPlace::Host => transformer.forward_windows(&slices, taps)?,
+        TapPlace::Device => transformer.forward_windows_on_device(&slices, taps)?,
+    };
     let longest = slices.iter().map(|w| w.len()).max().unwrap_or(0);
     let mut chunks = Vec::with_capacity(group.len());
     for (i, job) in group.iter().enumerate() {
@@ -272,6 +301,11 @@ fn scan_batch(
         stats.window_tokens += windows[i].len();
         stats.padding_tokens += longest - windows[i].len();
         stats.tokens += len;
+    }
+    if place == TapPlace::Device {
+        // Device work is queued, not done: wait for it so that the model's seconds are its own
+        // and not charged to the caller's first read of the taps.
+        transformer.device().synchronize()?;
     }
     stats.batches += 1;
     stats.model_seconds += t0.elapsed().as_secs_f64();

@@ -538,6 +538,20 @@ impl Transformer {
     /// Taps come back on the host as f32, `[windows, longest window, heads, head_dim]` (rows
     /// past a window's length are padding). Layers past the deepest tap do not run.
     pub fn forward_windows(&self, windows: &[&[u32]], taps: &TapRequest) -> Result<ForwardOutput> {
+        let mut out = self.forward_windows_on_device(windows, taps)?;
+        for tap in out.keys.iter_mut().chain(out.queries.iter_mut()) {
+            tap.values = tap.values.to_device(&Device::Cpu)?;
+        }
+        Ok(out)
+    }
+
+    /// Runs windows like [`Transformer::forward_windows`] but leaves the taps (f32) on the
+    /// model's device, for consumers that work there (SAE encoding on a GPU).
+    pub fn forward_windows_on_device(
+        &self,
+        windows: &[&[u32]],
+        taps: &TapRequest,
+    ) -> Result<ForwardOutput> {
         let seq = windows.iter().map(|w| w.len()).max().unwrap_or(0);
         for w in windows {
             self.check_window(w, 0, taps)?;
@@ -550,7 +564,7 @@ impl Transformer {
         let ids = Tensor::from_vec(ids, (windows.len(), seq), &self.device)?;
         let mut out = self.run(&ids, 0, None, taps, Logits::None, None)?;
         for tap in out.keys.iter_mut().chain(out.queries.iter_mut()) {
-            tap.values = to_host_f32(&tap.values)?;
+            tap.values = tap.values.to_dtype(DType::F32)?;
         }
         Ok(out)
     }

@@ -1,6 +1,8 @@
 //! The Top-k sparse autoencoder: encoding key and query vectors into sparse feature IDs.
 
-use candle_core::{CpuStorage, DType, Device, Storage, StorageRef, Tensor};
+use std::sync::{Arc, Mutex};
+
+use candle_core::{CpuStorage, DType, Device, Storage, StorageRef, Tensor, D};
 
 use rayon::prelude::*;
 
@@ -10,6 +12,10 @@ use super::error::{Result, SaeError};
 /// cache and their allocation is reused instead of page-faulted in; measured 25 ms against 36 ms
 /// with 4096-row blocks for 1536 rows at m 2048, k 16.
 const ENCODE_CHUNK_ROWS: usize = 256;
+
+/// Rows encoded per pass of [`TopKSae::encode_on_device`]: bounds the `[rows, dict_size]`
+/// pre-activations and their masks on the device (64 MiB of f32 at m 2048) whatever the batch.
+const DEVICE_CHUNK_ROWS: usize = 8192;
 
 /// Holds the top-k features of each encoded row.
 ///
@@ -65,6 +71,17 @@ pub struct TopKSae {
     b_enc_flat: Vec<f32>,
     w_dec_flat: Vec<f32>,
     b_dec_flat: Vec<f32>,
+    // The encoder's weights copied to the last accelerator it ran on (clones share the copy).
+    on_device: Arc<Mutex<Option<EncoderWeights>>>,
+}
+
+/// The tensors encoding needs, on one device.
+#[derive(Debug, Clone)]
+struct EncoderWeights {
+    device: Device,
+    w_enc: Tensor,
+    b_enc: Tensor,
+    b_dec: Tensor,
 }
 
 impl TopKSae {
@@ -163,6 +180,7 @@ impl TopKSae {
             b_enc_flat: b_enc,
             w_dec_flat: w_dec,
             b_dec_flat: b_dec,
+            on_device: Arc::default(),
         })
     }
 
@@ -212,7 +230,19 @@ impl TopKSae {
     }
 
     /// Encodes `x` (`[n, d_in]`) keeping `k` features per row instead of the trained `k`.
+    ///
+    /// Keys on the CPU are encoded by [`TopKSae::encode_on_host`] (faster there); keys on an
+    /// accelerator by [`TopKSae::encode_on_device`], so that only the codes cross to the host.
     pub fn encode_with_k(&self, x: &Tensor, k: usize) -> Result<SparseCodes> {
+        if x.device().is_cpu() {
+            self.encode_on_host(x, k)
+        } else {
+            self.encode_on_device(x, k)
+        }
+    }
+
+    /// Encodes `x` on the host cores: one matmul per block of rows, then a per-row top-k.
+    pub fn encode_on_host(&self, x: &Tensor, k: usize) -> Result<SparseCodes> {
         check_k(k, self.dict_size)?;
         let x = self.check_input(x)?;
         let n = x.dim(0)?;
@@ -262,6 +292,94 @@ impl TopKSae {
         Ok(SparseCodes { k, ids, acts })
     }
 
+    /// Encodes `x` with tensor operations on `x`'s own device; only the `[n, k]` feature ids and
+    /// activations come back to the host.
+    ///
+    /// The codes are those of [`TopKSae::encode_on_host`]: the same centring, matmul and bias,
+    /// then `k` rounds of (row maximum; the lowest feature holding it, which is the host's tie
+    /// rule; that feature masked with `-inf`), then the ReLU. Maxima and minima are exact, so
+    /// on one device the selection is identical; across devices only the matmul's rounding
+    /// differs (`s3mem bench sae-encode` reports the rate).
+    pub fn encode_on_device(&self, x: &Tensor, k: usize) -> Result<SparseCodes> {
+        check_k(k, self.dict_size)?;
+        self.check_shape(x)?;
+        let n = x.dim(0)?;
+        let weights = self.weights_on(x.device())?;
+        let w_enc_t = weights.w_enc.t()?;
+        let dev = x.device();
+        let m = self.dict_size;
+        let mut ids = Vec::with_capacity(n * k);
+        let mut acts = Vec::with_capacity(n * k);
+        // Feature ids as f32 are exact: dictionaries stay below 2^24 features.
+        let iota = Tensor::arange(0u32, m as u32, dev)?
+            .to_dtype(DType::F32)?
+            .reshape((1, m))?;
+        for start in (0..n).step_by(DEVICE_CHUNK_ROWS) {
+            let rows = DEVICE_CHUNK_ROWS.min(n - start);
+            let shape = (rows, m);
+            let iota = iota.broadcast_as(shape)?;
+            let past_end = Tensor::new(m as f32, dev)?.broadcast_as(shape)?;
+            let masked = Tensor::new(f32::NEG_INFINITY, dev)?.broadcast_as(shape)?;
+            let centred = x
+                .narrow(0, start, rows)?
+                .to_dtype(DType::F32)?
+                .affine(f64::from(self.input_scale), 0.0)?
+                .broadcast_sub(&weights.b_dec)?;
+            let mut pre = centred.matmul(&w_enc_t)?.broadcast_add(&weights.b_enc)?;
+            // Zero for a row of finite values; inf * 0 and NaN make it NaN.
+            let poison = pre.affine(0.0, 0.0)?.sum(D::Minus1)?;
+            let mut tops = Vec::with_capacity(k);
+            let mut top_ids = Vec::with_capacity(k);
+            for _ in 0..k {
+                let top = pre.max_keepdim(D::Minus1)?;
+                let id = pre
+                    .broadcast_eq(&top)?
+                    .where_cond(&iota, &past_end)?
+                    .min_keepdim(D::Minus1)?;
+                pre = iota.broadcast_eq(&id)?.where_cond(&masked, &pre)?;
+                tops.push(top);
+                top_ids.push(id);
+            }
+            let poison = poison.to_vec1::<f32>()?;
+            if let Some(r) = poison.iter().position(|&p| p != 0.0) {
+                return Err(SaeError::NonFinite {
+                    what: "input",
+                    row: start + r,
+                });
+            }
+            let chunk_ids = Tensor::cat(&top_ids, 1)?.to_dtype(DType::U32)?;
+            ids.extend(chunk_ids.flatten_all()?.to_vec1::<u32>()?);
+            let chunk_acts = Tensor::cat(&tops, 1)?.relu()?;
+            acts.extend(chunk_acts.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(SparseCodes { k, ids, acts })
+    }
+
+    /// Returns the encoder's weights on `device`, copying them there on first use.
+    fn weights_on(&self, device: &Device) -> Result<EncoderWeights> {
+        if device.is_cpu() {
+            return Ok(EncoderWeights {
+                device: device.clone(),
+                w_enc: self.w_enc.clone(),
+                b_enc: self.b_enc.clone(),
+                b_dec: self.b_dec.clone(),
+            });
+        }
+        // A poisoned lock only means another thread failed mid-copy: copy again.
+        let mut cached = self.on_device.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = cached.as_ref().filter(|w| w.device.same_device(device)) {
+            return Ok(w.clone());
+        }
+        let w = EncoderWeights {
+            device: device.clone(),
+            w_enc: self.w_enc.to_device(device)?,
+            b_enc: self.b_enc.to_device(device)?,
+            b_dec: self.b_dec.to_device(device)?,
+        };
+        *cached = Some(w.clone());
+        Ok(w)
+    }
+
     /// Decodes sparse codes back to vectors `[rows, d_in]` in the caller's (unscaled) units.
     pub fn decode(&self, codes: &SparseCodes) -> Result<Tensor> {
         let rows = self.check_codes(codes)?;
@@ -299,6 +417,12 @@ impl TopKSae {
 
     /// Checks that `x` is `[n, d_in]` and returns it as a CPU f32 tensor.
     pub(crate) fn check_input(&self, x: &Tensor) -> Result<Tensor> {
+        self.check_shape(x)?;
+        Ok(x.to_device(&Device::Cpu)?.to_dtype(DType::F32)?)
+    }
+
+    /// Checks that `x` is `[n, d_in]`.
+    fn check_shape(&self, x: &Tensor) -> Result<()> {
         match x.dims() {
             &[_, d] if d == self.d_in => {}
             other => {
@@ -309,7 +433,7 @@ impl TopKSae {
                 })
             }
         }
-        Ok(x.to_device(&Device::Cpu)?.to_dtype(DType::F32)?)
+        Ok(())
     }
 
     /// Checks that `codes` fit this SAE and returns their row count.
@@ -522,6 +646,102 @@ mod tests {
             let want: Vec<f32> = order[..k].iter().map(|&i| vals[i as usize]).collect();
             assert_eq!(got, want);
         }
+    }
+
+    /// Returns an SAE of random weights and `n` random keys; with `coarse`, weights, biases and
+    /// keys are small integers, so that many pre-activations tie exactly.
+    fn random_case(seed: u64, n: usize, coarse: bool) -> (TopKSae, Tensor) {
+        let mut rng = super::super::rng::SplitMix64::new(seed);
+        let d = 2 + rng.below(12) as usize;
+        let m = 4 + rng.below(300) as usize;
+        let k = 1 + rng.below(m.min(24) as u64) as usize;
+        let mut draw = |len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|_| match coarse {
+                    true => rng.below(5) as f32 - 2.0,
+                    false => rng.normal() as f32,
+                })
+                .collect()
+        };
+        let (w_enc, b_enc, w_dec, b_dec, x) =
+            (draw(m * d), draw(m), draw(m * d), draw(d), draw(n * d));
+        let sae = TopKSae::from_vecs(d, m, w_enc, b_enc, w_dec, b_dec, k, 1.0).unwrap();
+        (sae, Tensor::from_vec(x, (n, d), &Device::Cpu).unwrap())
+    }
+
+    #[test]
+    fn device_encoding_selects_what_the_host_selects() {
+        let mut ties = 0;
+        for seed in 0..40 {
+            let coarse = seed % 2 == 0;
+            let (sae, x) = random_case(seed, 1 + (seed as usize * 53) % 700, coarse);
+            let host = sae.encode_on_host(&x, sae.k()).unwrap();
+            let device = sae.encode_on_device(&x, sae.k()).unwrap();
+            assert_eq!(host, device, "seed {seed}");
+            // The cases must exercise ties and rows the ReLU zeroes, or they prove little.
+            ties += host
+                .acts
+                .chunks(sae.k())
+                .filter(|r| r.windows(2).any(|w| w[0] == w[1]))
+                .count();
+            assert_eq!(
+                sae.encode(&x).unwrap(),
+                host,
+                "the CPU default is the host path"
+            );
+        }
+        assert!(ties > 100, "only {ties} rows with tied activations");
+    }
+
+    #[test]
+    fn device_encoding_spans_several_passes_and_keeps_zeroed_slots() {
+        let (sae, x) = random_case(7, DEVICE_CHUNK_ROWS + 37, false);
+        let host = sae.encode_on_host(&x, sae.k()).unwrap();
+        assert_eq!(sae.encode_on_device(&x, sae.k()).unwrap(), host);
+        assert!(host.acts.contains(&0.0), "some slot should not fire");
+        // Another k than the trained one selects the same way.
+        let k = sae.dict_size().min(3);
+        assert_eq!(
+            sae.encode_on_device(&x, k).unwrap(),
+            sae.encode_on_host(&x, k).unwrap()
+        );
+    }
+
+    #[test]
+    fn device_encoding_refuses_what_the_host_refuses() {
+        let sae = axes_sae();
+        let nan = Tensor::new(
+            &[
+                [0.0f32, 0.0, 0.0],
+                [1.0, 0.0, 0.0],
+                [0.0, f32::INFINITY, 0.0],
+            ],
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert!(matches!(
+            sae.encode_on_device(&nan, 2),
+            Err(SaeError::NonFinite { row: 2, .. })
+        ));
+        let wrong = Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();
+        assert!(matches!(
+            sae.encode_on_device(&wrong, 2),
+            Err(SaeError::Shape { .. })
+        ));
+        let one = Tensor::zeros((1, 3), DType::F32, &Device::Cpu).unwrap();
+        assert!(matches!(
+            sae.encode_on_device(&one, 5),
+            Err(SaeError::InvalidConfig(_))
+        ));
+        // bf16 keys (a bf16 scan's taps) are encoded in f32, as on the host.
+        let half = Tensor::new(&[[2.0f32, 0.5, 0.0]], &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::BF16)
+            .unwrap();
+        assert_eq!(
+            sae.encode_on_device(&half, 2).unwrap(),
+            sae.encode_on_host(&half, 2).unwrap()
+        );
     }
 
     #[test]

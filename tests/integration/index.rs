@@ -790,9 +790,15 @@ fn batched_ingest_of_several_documents_matches_one_by_one() {
         .collect();
     let out = ingest::ingest_many(&batched, &mut a, docs, &mut |_, _| {}).unwrap();
     assert_eq!(
-        out.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(),
+        out.documents
+            .iter()
+            .map(|o| o.id.as_str())
+            .collect::<Vec<_>>(),
         ["d0", "d1", "d2"]
     );
+    // Storing overlaps the scan by at most the time spent storing.
+    let stored: f64 = out.documents.iter().map(|o| o.store_seconds).sum();
+    assert!((0.0..=stored + 1.0).contains(&out.store_overlapped_seconds));
     let dir_b = tempfile::tempdir().unwrap();
     let mut b = Index::open(dir_b.path(), IndexConfig::default()).unwrap();
     b.create_collection("c").unwrap();

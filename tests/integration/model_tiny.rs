@@ -368,7 +368,7 @@ fn bf16_weights_scan_close_to_f32() {
 
 #[test]
 fn random_models_are_seeded_and_batch_like_loaded_ones() {
-    use s3mem::model::{scan_documents, RandomShape, Transformer};
+    use s3mem::model::{scan_documents, RandomShape, TapPlace, Transformer};
     let shape = RandomShape::named("tiny").unwrap();
     let dev = Device::Cpu;
     let m = Transformer::random(&shape, WeightFormat::F32, 3, &dev).unwrap();
@@ -383,16 +383,19 @@ fn random_models_are_seeded_and_batch_like_loaded_ones() {
         sinks: 4,
         overlap: 16,
     };
-    let run = |t: &Transformer, batch: usize| {
+    let run_at = |t: &Transformer, batch: usize, place: TapPlace| {
         let mut rows = Vec::new();
-        scan_documents(t, batch, &[&doc], &taps, &cfg, &mut |_, c| {
+        scan_documents(t, batch, &[&doc], &taps, &cfg, place, &mut |_, c| {
             rows.push(c.keys[1].values.clone());
             Ok(())
         })
         .unwrap();
         Tensor::cat(&rows, 0).unwrap()
     };
+    let run = |t: &Transformer, batch: usize| run_at(t, batch, TapPlace::Host);
     let base = run(&m, 1);
+    // On the CPU the model's device is the host: taps left there are the same values.
+    assert_eq!(max_abs_diff(&base, &run_at(&m, 1, TapPlace::Device)), 0.0);
     assert_eq!(base.dims(), &[300, 2, 16]);
     assert_eq!(max_abs_diff(&base, &run(&again, 1)), 0.0);
     assert!(max_abs_diff(&base, &run(&m, 4)) < 1e-5);
