@@ -184,6 +184,28 @@ impl Client {
         Ok(reply.map_err(status_error)?.into_inner())
     }
 
+    /// Streams a snapshot of the daemon's data dir into the file `out`, through a temporary
+    /// file beside it: `out` appears only when the daemon ended the stream with OK.
+    pub fn snapshot(&mut self, out: &std::path::Path) -> Result<()> {
+        let mut stream = self
+            .runtime
+            .block_on(self.api.create_snapshot(pb::CreateSnapshotRequest {}))
+            .map_err(status_error)?
+            .into_inner();
+        let runtime = &self.runtime;
+        crate::durable::write_atomic_with(out, |file| {
+            use std::io::Write;
+            while let Some(chunk) = runtime
+                .block_on(stream.message())
+                .map_err(|s| std::io::Error::other(status_error(s)))?
+            {
+                file.write_all(&chunk.data)?;
+            }
+            Ok(())
+        })
+        .with_context(|| format!("writing the snapshot to {}", out.display()))
+    }
+
     /// Lists a collection's documents, page after page.
     pub fn documents(&mut self, collection: &str) -> Result<Vec<DocumentInfo>> {
         let mut all = Vec::new();

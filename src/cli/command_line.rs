@@ -11,6 +11,7 @@ use super::args::{
 use super::bench_args::BenchCommand;
 use super::eval_args::EvalArgs;
 use super::serve::ServeArgs;
+use super::snapshot::SnapshotCommand;
 use crate::model::LayerSet;
 
 /// s3mem: a persistent document memory that answers questions from evidence it can cite.
@@ -56,6 +57,11 @@ pub enum Command {
     Stats(StatsArgs),
     /// Reclaim the space of deleted documents.
     Compact(DataDirArgs),
+    /// Check every invariant of a data dir (store, packs, vectors and BM25 agree).
+    Verify(DataDirArgs),
+    /// Snapshots of a data dir: create one (from a running daemon or a data dir) or restore.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
     /// Find evidence for a question: S3, BM25, bias or hybrid spans under a token budget.
     Retrieve(RetrieveArgs),
     /// Answer a question from the evidence retrieved for it, citing the spans.

@@ -68,6 +68,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Collections(cmd) => super::index::collections(cmd),
         Command::Stats(args) => super::index::stats(&args),
         Command::Compact(args) => super::index::compact(&args),
+        Command::Verify(args) => super::snapshot::verify(&args),
+        Command::Snapshot(cmd) => super::snapshot::run(cmd),
         Command::Retrieve(args) => super::ask::retrieve(&args, &models),
         Command::Ask(args) => super::ask::ask(&args, &models),
         Command::Eval(args) => super::eval::run(*args, &models),

@@ -19,6 +19,7 @@ mod index;
 mod load;
 mod sae;
 mod serve;
+mod snapshot;
 
 pub use args::{DataDirArgs, ModelArgs, ServerArgs, WindowArgs};
 pub use command_line::{Cli, Command};

@@ -151,6 +151,20 @@ impl CollectionPassages {
     }
 }
 
+/// The writers taken out of [`Bm25`] with the merges they still run in the background.
+#[must_use = "the merges run on until waited for"]
+pub struct Merges(Vec<IndexWriter>);
+
+impl Merges {
+    /// Waits until every merge has finished and its files are in place.
+    pub fn wait(self) -> Result<()> {
+        for writer in self.0 {
+            writer.wait_merging_threads()?;
+        }
+        Ok(())
+    }
+}
+
 /// The passage indexes in `<data dir>/bm25`, one per collection.
 pub struct Bm25 {
     dir: PathBuf,
@@ -295,6 +309,18 @@ impl Bm25 {
             c.commit(seq)?;
         }
         Ok(())
+    }
+
+    /// Closes every collection's writer (all are committed: the caller committed first) and
+    /// returns them: waiting on [`Merges`] ends the segment merges they still run, after which
+    /// no file under `bm25/` changes until the next write.
+    pub fn take_writers(&mut self) -> Merges {
+        Merges(
+            self.collections
+                .values_mut()
+                .filter_map(|c| c.writer.take())
+                .collect(),
+        )
     }
 
     /// Purges deleted passages and merges each collection's segments into one.

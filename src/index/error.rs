@@ -57,6 +57,15 @@ pub enum IndexError {
     },
 
     /// The named collection does not exist.
+    /// A snapshot archive that does not match its manifest, lacks one, or is not whole.
+    #[error("snapshot {} is damaged: {problem}", snapshot.display())]
+    DamagedSnapshot {
+        /// The archive.
+        snapshot: PathBuf,
+        /// What is wrong, naming the file.
+        problem: String,
+    },
+
     #[error("unknown collection `{0}`")]
     UnknownCollection(String),
 

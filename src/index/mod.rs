@@ -6,7 +6,7 @@
 //! the checks of names and documents; [`store`] is the key-value trait retrieval reads through;
 //! [`records`] and [`codec`] are the on-disk formats; [`migrations`] upgrades old stores;
 //! [`packs`] holds each document's postings in one file; [`bm25`] and [`passages`] are the
-//! tantivy side; [`coarse`] keeps the per-block feature counts that collection-wide retrieval
+//! tantivy side; [`snapshot`] copies a data dir into one checked archive and back; [`coarse`] keeps the per-block feature counts that collection-wide retrieval
 //! ranks first.
 
 pub mod bm25;
@@ -20,6 +20,7 @@ pub mod migrations;
 pub mod packs;
 pub mod passages;
 pub mod records;
+pub mod snapshot;
 pub mod store;
 pub mod types;
 pub mod vectors;

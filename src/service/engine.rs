@@ -6,10 +6,18 @@
 //! listings, stats) take the `RwLock` shared; writes take it alone, and only for the store
 //! step. An ingest scans without the lock (the slow part, minutes for a long document) and
 //! takes it only to write the finished document, so questions are answered during a scan.
+//!
+//! Every write first takes the write admission, a mutex in front of the lock: a snapshot holds
+//! the admission while it copies the files, and reads the index shared meanwhile, so writes
+//! wait and questions do not (a writer waiting on the `RwLock` itself would hold new readers
+//! back).
 
+use std::io::Write;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{
+    Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
 use std::time::{Duration, Instant};
 
 use super::config::Limits;
@@ -17,7 +25,8 @@ use super::error::{Result, ServiceError};
 use crate::answer::{self, Answer, AnswerConfig, AnswerMode};
 use crate::embed::Embedder;
 use crate::index::{
-    CollectionInfo, DocumentInfo, DocumentPage, Index, IndexError, Ingested, NewDocument, Stats,
+    snapshot::Manifest, CollectionInfo, DocumentInfo, DocumentPage, Index, IndexError, Ingested,
+    NewDocument, Stats,
 };
 use crate::ingest::{self, Encoder, IngestError};
 use crate::model::{Model, ModelError, ScanConfig};
@@ -137,9 +146,31 @@ impl Upload {
     }
 }
 
+/// The index taken alone for a write, behind the write admission.
+pub struct Writing<'a> {
+    index: RwLockWriteGuard<'a, Index>,
+    _admission: MutexGuard<'a, ()>,
+}
+
+impl std::ops::Deref for Writing<'_> {
+    type Target = Index;
+
+    fn deref(&self) -> &Index {
+        &self.index
+    }
+}
+
+impl std::ops::DerefMut for Writing<'_> {
+    fn deref_mut(&mut self) -> &mut Index {
+        &mut self.index
+    }
+}
+
 /// The daemon's state: index, model, limits, and whether it is stopping.
 pub struct Engine {
     index: RwLock<Index>,
+    /// Taken by every write before the index's write lock, and by a snapshot for its copy.
+    admission: Mutex<()>,
     loaded: OnceLock<Loaded>,
     limits: Limits,
     stopping: AtomicBool,
@@ -198,6 +229,7 @@ impl Engine {
     pub fn new(index: Index, limits: Limits) -> Self {
         Self {
             index: RwLock::new(index),
+            admission: Mutex::new(()),
             loaded: OnceLock::new(),
             limits,
             stopping: AtomicBool::new(false),
@@ -290,8 +322,40 @@ impl Engine {
         self.index.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Index> {
-        self.index.write().unwrap_or_else(PoisonError::into_inner)
+    /// Returns the index alone for a write, once no snapshot is being copied.
+    fn write(&self) -> Writing<'_> {
+        let admission = self.admit();
+        Writing {
+            index: self.index.write().unwrap_or_else(PoisonError::into_inner),
+            _admission: admission,
+        }
+    }
+
+    fn admit(&self) -> MutexGuard<'_, ()> {
+        self.admission
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes a snapshot of the data dir to `out` (see [`crate::index::snapshot`]): writes wait
+    /// from the start until the last file is copied; questions are answered meanwhile, held
+    /// back only for the commit and flush before the copy.
+    pub fn snapshot(&self, out: &mut dyn Write) -> Result<Manifest> {
+        let _admission = self.admit();
+        let merges = self
+            .index
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .quiesce()?;
+        // Outside the index lock: a merge can take a moment, and only writes must wait.
+        merges.wait()?;
+        let manifest = self.read().write_snapshot(out)?;
+        tracing::info!(
+            files = manifest.files.len(),
+            bytes = manifest.bytes(),
+            "snapshot written"
+        );
+        Ok(manifest)
     }
 
     /// Fails when the daemon stops or the caller went away.

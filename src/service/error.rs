@@ -168,7 +168,7 @@ fn index_code(e: &IndexError) -> Code {
         IndexError::Locked { .. } => Code::FailedPrecondition,
         IndexError::IncompatibleFormat { .. } => Code::FailedPrecondition,
         IndexError::IdentityMismatch { .. } => Code::FailedPrecondition,
-        IndexError::Corrupt { .. } => Code::DataLoss,
+        IndexError::Corrupt { .. } | IndexError::DamagedSnapshot { .. } => Code::DataLoss,
         IndexError::NoIndex { .. }
         | IndexError::UnknownCollection(_)
         | IndexError::UnknownDocument { .. } => Code::NotFound,

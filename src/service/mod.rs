@@ -6,8 +6,8 @@
 //! without gRPC: one open [`Index`](crate::index::Index) shared by readers, one writer at a
 //! time, and the model; [`queue`] runs model work on its own threads behind bounded queues;
 //! [`convert`] maps proto messages to the index layer's types; [`metrics`] records calls and
-//! serves Prometheus text; [`error`] holds the one table
-//! from every layer's errors to gRPC codes; [`config`] the settings and limits.
+//! serves Prometheus text; [`error`] holds the one table from every layer's errors to gRPC
+//! codes; [`config`] the settings and limits; [`snapshot`] streams a snapshot of the data dir.
 
 pub mod budget;
 pub mod codec;
@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod queue;
 pub mod run;
 pub mod server;
+pub mod snapshot;
 
 /// The code generated from `proto/s3mem/v1/memory.proto`.
 #[allow(

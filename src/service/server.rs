@@ -362,6 +362,18 @@ impl pb::memory_server::Memory for MemoryService {
         )))
     }
 
+    type CreateSnapshotStream = super::snapshot::SnapshotStream;
+
+    async fn create_snapshot(
+        &self,
+        _request: Request<pb::CreateSnapshotRequest>,
+    ) -> Result<Response<Self::CreateSnapshotStream>, Status> {
+        if self.engine.is_stopping() {
+            return Err(ServiceError::ShuttingDown.into());
+        }
+        Ok(Response::new(super::snapshot::create(self.engine.clone())))
+    }
+
     async fn stats(
         &self,
         _request: Request<pb::StatsRequest>,

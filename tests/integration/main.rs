@@ -17,3 +17,4 @@ mod model_tiny;
 mod retrieve;
 mod sae_cli;
 mod serve_config;
+mod snapshot;

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::open::{finish_compaction, lock_dir};
 use super::Index;
+use crate::index::bm25::Merges;
 use crate::index::coarse;
 use crate::index::error::{IndexError, Result};
 use crate::index::passages::passages;
@@ -30,6 +31,15 @@ fn dir_bytes(dir: &Path) -> u64 {
 }
 
 impl Index {
+    /// Commits BM25, flushes the store and closes BM25's writers, so that no file of the data
+    /// dir changes until the next write once the returned merges are waited for (outside any
+    /// lock readers need: merges can take a moment). Snapshots copy the files after this.
+    pub fn quiesce(&mut self) -> Result<Merges> {
+        self.commit()?;
+        self.store.flush()?;
+        Ok(self.bm25.take_writers())
+    }
+
     /// Returns the bytes on disk of the store, the packs, the passage vectors and BM25
     /// (without reading them).
     pub fn disk_bytes(&self) -> u64 {
