@@ -142,6 +142,30 @@ pub struct Answer {
     pub timings_ms: BTreeMap<String, f64>,
 }
 
+impl Answer {
+    /// Returns "not in the evidence" for a question that has none, streamed through `on_text`.
+    fn without_evidence(mode: AnswerMode, on_text: &mut dyn FnMut(&str) -> bool) -> Self {
+        let stop = if on_text(NOT_IN_EVIDENCE) {
+            StopReason::StopToken
+        } else {
+            StopReason::Cancelled
+        };
+        Answer {
+            answer: NOT_IN_EVIDENCE.to_string(),
+            generated: String::new(),
+            mode,
+            quote: None,
+            citations: Vec::new(),
+            not_in_evidence: true,
+            confidence: None,
+            prompt_tokens: 0,
+            new_tokens: 0,
+            stop,
+            timings_ms: BTreeMap::new(),
+        }
+    }
+}
+
 /// Returns the prompt that asks `question` over `context` (or closed-book without one).
 pub fn prompt(model: &Model, context: Option<&str>, question: &str) -> Result<Vec<u32>> {
     Ok(model.chat_prompt(Some(frame::SYSTEM), &frame::user_turn(context, question))?)
@@ -340,10 +364,18 @@ pub fn answer(
     config: &AnswerConfig,
     on_text: &mut dyn FnMut(&str) -> bool,
 ) -> Result<Answer> {
-    let context = (!evidence.context.is_empty()).then_some(evidence.context.as_str());
+    if evidence.context.is_empty() {
+        // Nothing was retrieved (a filter passed no document, an empty scope): no answer can
+        // rest on evidence, and the reader, asked anyway, would answer closed-book and cite
+        // nothing. It is not asked.
+        return Ok(Answer::without_evidence(
+            config.mode.for_question(&evidence.question),
+            on_text,
+        ));
+    }
     read(
         reader,
-        context,
+        Some(evidence.context.as_str()),
         &evidence.question,
         passages(evidence),
         config,

@@ -177,6 +177,32 @@ async fn filters_scope_every_method_to_a_tenant() {
         .into_inner();
     assert!(none.spans.is_empty() && none.context.is_empty());
     assert_eq!(none.context_tokens, 0);
+    // Asked with such a filter, the reader is not asked to answer from nothing: "not in the
+    // evidence", no tokens generated.
+    let mut stream = client
+        .ask(pb::AskRequest {
+            collection: "c".into(),
+            question: QUESTION.into(),
+            budget: 128,
+            max_new_tokens: 8,
+            filter: Some(s3mem::service::convert::filter_to_pb(
+                &"tenant=nobody".parse().unwrap(),
+            )),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut last = None;
+    while let Some(m) = stream.message().await.unwrap() {
+        last = m.event;
+    }
+    let Some(pb::ask_response::Event::Done(done)) = last else {
+        panic!("no final message");
+    };
+    assert!(done.not_in_evidence);
+    assert_eq!(done.answer, s3mem::answer::NOT_IN_EVIDENCE);
+    assert_eq!(done.new_tokens, 0);
     let trace: serde_json::Value = serde_json::from_str(&none.trace_json).unwrap();
     assert_eq!(trace["filter"]["documents"], 0);
     assert_eq!(trace["filter"]["of"], 4);
