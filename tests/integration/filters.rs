@@ -11,11 +11,13 @@ use s3mem::index::Index;
 use s3mem::retrieve::rerank::RerankConfig;
 use s3mem::retrieve::{Filter, Method, Query, RetrieveConfig, Retriever};
 use s3mem::service::pb;
+use s3mem::service::pb::memory_client::MemoryClient;
+use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::common::{run_json, s3mem};
 use crate::dense::{daemon_client, model_side, models_with_minilm};
-use crate::grpc::{doc_ids, ingest, refused, text};
+use crate::grpc::{ask_events, doc_ids, ingest, refused, text};
 
 const QUESTION: &str = "How many fishing boats did the harbour count?";
 
@@ -40,6 +42,24 @@ fn harbour(town: &str, seed: usize) -> String {
             )
         })
         .collect()
+}
+
+/// Asks [`QUESTION`] of collection `c` through `filter` and returns the answer stream's events.
+async fn ask_filtered(
+    client: &mut MemoryClient<Channel>,
+    filter: &str,
+) -> Vec<pb::ask_response::Event> {
+    let request = pb::AskRequest {
+        collection: "c".into(),
+        question: QUESTION.into(),
+        budget: 128,
+        max_new_tokens: 8,
+        filter: Some(s3mem::service::convert::filter_to_pb(
+            &filter.parse().unwrap(),
+        )),
+        ..Default::default()
+    };
+    ask_events(client, request).await
 }
 
 fn document(id: &str, meta: &[(&str, &str)], body: String) -> Vec<pb::IngestRequest> {
@@ -145,26 +165,11 @@ async fn filters_scope_every_method_to_a_tenant() {
     }
 
     // Ask: the evidence it answers from is the tenant's.
-    let mut stream = client
-        .ask(pb::AskRequest {
-            collection: "c".into(),
-            question: QUESTION.into(),
-            budget: 128,
-            max_new_tokens: 4,
-            filter: Some(s3mem::service::convert::filter_to_pb(
-                &"tenant=beta".parse().unwrap(),
-            )),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut evidence = None;
-    while let Some(msg) = stream.message().await.unwrap() {
-        if let Some(pb::ask_response::Event::Evidence(e)) = msg.event {
-            evidence = Some(e);
-        }
-    }
+    let events = ask_filtered(&mut client, "tenant=beta").await;
+    let evidence = events.iter().find_map(|e| match e {
+        pb::ask_response::Event::Evidence(e) => Some(e.clone()),
+        _ => None,
+    });
     let evidence = evidence.expect("ask sends its evidence");
     assert!(ids(&evidence.spans).is_subset(&set(&["beta-1", "beta-2"])));
     assert!(!evidence.spans.is_empty());
@@ -179,24 +184,7 @@ async fn filters_scope_every_method_to_a_tenant() {
     assert_eq!(none.context_tokens, 0);
     // Asked with such a filter, the reader is not asked to answer from nothing: "not in the
     // evidence", no tokens generated.
-    let mut stream = client
-        .ask(pb::AskRequest {
-            collection: "c".into(),
-            question: QUESTION.into(),
-            budget: 128,
-            max_new_tokens: 8,
-            filter: Some(s3mem::service::convert::filter_to_pb(
-                &"tenant=nobody".parse().unwrap(),
-            )),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut last = None;
-    while let Some(m) = stream.message().await.unwrap() {
-        last = m.event;
-    }
+    let last = ask_filtered(&mut client, "tenant=nobody").await.pop();
     let Some(pb::ask_response::Event::Done(done)) = last else {
         panic!("no final message");
     };

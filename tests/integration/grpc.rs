@@ -328,8 +328,9 @@ async fn grpc_health_collections_documents_and_bad_input() {
     }
 
     // Ask streams the evidence, then pieces of the answer, then the final message.
-    let mut stream = c
-        .ask(pb::AskRequest {
+    let events = ask_events(
+        &mut c,
+        pb::AskRequest {
             collection: "town".into(),
             docs: vec!["notes".into()],
             question: question.into(),
@@ -338,14 +339,9 @@ async fn grpc_health_collections_documents_and_bad_input() {
             trace: false,
             max_new_tokens: 12,
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut events = Vec::new();
-    while let Some(m) = stream.message().await.unwrap() {
-        events.push(m.event.unwrap());
-    }
+        },
+    )
+    .await;
     use pb::ask_response::Event;
     assert!(matches!(events.first(), Some(Event::Evidence(e)) if !e.spans.is_empty()));
     let Some(Event::Done(done)) = events.last() else {
@@ -1402,4 +1398,17 @@ pub(crate) async fn town_collection(
     )
     .await
     .unwrap();
+}
+
+/// Sends `request` to `Ask` and returns every event of its stream, in order.
+pub(crate) async fn ask_events(
+    client: &mut MemoryClient<Channel>,
+    request: pb::AskRequest,
+) -> Vec<pb::ask_response::Event> {
+    let mut stream = client.ask(request).await.unwrap().into_inner();
+    let mut events = Vec::new();
+    while let Some(m) = stream.message().await.unwrap() {
+        events.push(m.event.expect("every Ask message carries an event"));
+    }
+    events
 }
