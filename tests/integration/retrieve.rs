@@ -347,14 +347,71 @@ fn bad_questions_and_ids_are_named_errors() {
         ),
     ];
     for (args, needle) in cases {
-        let out = s3mem()
-            .args(["retrieve", "--data-dir", dir])
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{args:?} succeeded");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(needle), "{args:?}: {err}");
-        assert!(!err.contains("panicked"), "{err}");
+        assert_refused(&[&["retrieve", "--data-dir", dir], args].concat(), needle);
+    }
+}
+
+/// Runs `s3mem ARGS` and checks it fails with an error naming `needle`, without a panic.
+fn assert_refused(args: &[&str], needle: &str) {
+    let out = s3mem().args(args).output().unwrap();
+    assert!(!out.status.success(), "{args:?} succeeded");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(needle), "{args:?}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn rerank_reads_the_pool_with_the_index_model_or_another_and_is_local_only() {
+    let _turn = turn();
+    let f = fixture();
+    let dir = f.dir.to_str().unwrap();
+    // SmolLM2's own heads, then Qwen2.5-Coder-0.5B reading the same pool re-tokenized.
+    for extra in [
+        &["--heads", "8.1,12.3", "--rerank-first-stage", "1"][..],
+        &[
+            "--heads",
+            "10.1,12.3",
+            "--rerank-model",
+            "qwen2.5-coder-0.5b",
+            "--pool-tokens",
+            "512",
+        ][..],
+    ] {
+        let v = retrieve_cli("rerank", 128, extra);
+        assert_eq!(v["method"], "rerank", "{extra:?}");
+        let spans = v["spans"].as_array().unwrap();
+        assert!(!spans.is_empty(), "{extra:?}: no spans");
+        assert!(v["context_tokens"].as_u64().unwrap() <= 128);
+        assert!(
+            v["timings_ms"]["rerank_forward"].as_f64().unwrap() > 0.0,
+            "{extra:?}: {}",
+            v["timings_ms"]
+        );
+        for s in spans {
+            let text = &f
+                .docs
+                .iter()
+                .find(|(id, _)| id == s["doc_id"].as_str().unwrap());
+            let text = &text.unwrap().1;
+            let (a, b) = (
+                s["char_start"].as_u64().unwrap() as usize,
+                s["char_end"].as_u64().unwrap() as usize,
+            );
+            let slice: String = text.chars().skip(a).take(b - a).collect();
+            assert_eq!(s["text"].as_str().unwrap(), slice);
+        }
+    }
+    // Named errors: no heads; a head the model lacks; re-ranking flags with a daemon.
+    let cases: [(&[&str], &str); 3] = [
+        (&["--method", "rerank"], "heads"),
+        (&["--method", "rerank", "--heads", "99.0"], "99.0"),
+        (
+            &["--server", "http://127.0.0.1:9", "--heads", "8.1"],
+            "local data dir",
+        ),
+    ];
+    for (args, needle) in cases {
+        let head = ["retrieve", "--data-dir", dir, "--collection", "lic"];
+        assert_refused(&[&head[..], args, &[QUESTION]].concat(), needle);
     }
 }
