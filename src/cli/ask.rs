@@ -21,31 +21,27 @@ struct Loaded {
     saes: SaeSet,
     embedder: Option<Embedder>,
     reranker: Option<Model>,
-    rerank: Option<crate::retrieve::rerank::RerankConfig>,
+    config: RetrieveConfig,
     index: Index,
 }
 
 impl Loaded {
     fn retriever(&self) -> Result<Retriever<'_>> {
-        let config = RetrieveConfig {
-            rerank: self.rerank.clone(),
-            ..RetrieveConfig::default()
-        };
-        Ok(Retriever::new(&self.model, &self.saes, config)?
-            .with_embedder(self.embedder.as_ref())
-            .with_reranker(self.reranker.as_ref()))
+        Ok(
+            Retriever::new(&self.model, &self.saes, self.config.clone())?
+                .with_embedder(self.embedder.as_ref())
+                .with_reranker(self.reranker.as_ref()),
+        )
     }
 }
 
 fn load_all(args: &RetrieveArgs, models: &Path) -> Result<Loaded> {
-    let rerank = args.attention.config();
-    if let Some(r) = &rerank {
-        RetrieveConfig {
-            rerank: Some(r.clone()),
-            ..RetrieveConfig::default()
-        }
-        .check()?;
-    }
+    // Settings first: a bad one stops the command before any model loads.
+    let config = RetrieveConfig {
+        rerank: args.attention.config(),
+        ..RetrieveConfig::default()
+    };
+    config.check()?;
     let mut index = Index::open_existing(args.data.dir()?)?;
     let model = load(&args.model, models)?;
     let saes = load_sae_set(&model, &args.sae, models)?;
@@ -61,7 +57,7 @@ fn load_all(args: &RetrieveArgs, models: &Path) -> Result<Loaded> {
         saes,
         embedder,
         reranker,
-        rerank,
+        config,
         index,
     })
 }

@@ -245,6 +245,12 @@ fn sae_encode(args: &SaeEncodeArgs, models: &Path) -> Result<()> {
 
 /// `bench retrieve`.
 fn retrieve_latency(args: &BenchRetrieveArgs, models: &Path) -> Result<()> {
+    // Settings first: a bad one stops the benchmark before any model loads.
+    let retrieve_config = RetrieveConfig {
+        rerank: args.attention.config(),
+        ..RetrieveConfig::default()
+    };
+    retrieve_config.check()?;
     let model = load(&args.model, models)?;
     let saes = load_sae_set(&model, &args.sae, models)?;
     let embedder = load_embedder(&args.model, models)?;
@@ -257,11 +263,6 @@ fn retrieve_latency(args: &BenchRetrieveArgs, models: &Path) -> Result<()> {
         &args.model,
         models,
     )?;
-    let retrieve_config = RetrieveConfig {
-        rerank: args.attention.config(),
-        ..RetrieveConfig::default()
-    };
-    retrieve_config.check()?;
     let retriever = Retriever::new(&model, &saes, retrieve_config)?
         .with_embedder(embedder.as_ref())
         .with_reranker(reranker.as_ref());
