@@ -4,6 +4,7 @@
 //! encodings under new ids (real postings, real coarse records, real BM25 passages), so a
 //! million-token collection costs one scan of the corpus, not a million tokens of scanning.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -32,7 +33,7 @@ pub struct RetrieveBench {
 }
 
 /// The measurements at one collection size.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct RetrieveRow {
     /// Tokens in the collection.
     pub tokens: u64,
@@ -51,6 +52,9 @@ pub struct RetrieveRow {
     /// Median milliseconds of the whole call (forward pass, re-ranking and assembly included):
     /// the question's latency.
     pub question_p50_ms: f64,
+    /// Median milliseconds of each stage the retriever timed (`Evidence::timings_ms`: s3, bm25,
+    /// dense, rerank_forward, rerank, assemble, ...), so a latency can be split.
+    pub stages_p50_ms: BTreeMap<String, f64>,
 }
 
 /// The header of the Markdown table [`RetrieveRow::markdown`] rows belong to.
@@ -69,6 +73,20 @@ impl RetrieveRow {
             self.retrieve_p99_ms,
             self.question_forward_p50_ms,
             self.question_p50_ms
+        )
+    }
+
+    /// Returns the stage medians as one line (`stages p50 ms at N tokens: s3 1.0, ...`).
+    pub fn stages_line(&self) -> String {
+        let parts: Vec<String> = self
+            .stages_p50_ms
+            .iter()
+            .map(|(k, v)| format!("{k} {v:.1}"))
+            .collect();
+        format!(
+            "stages p50 ms at {} tokens: {}",
+            self.tokens,
+            parts.join(", ")
         )
     }
 }
@@ -151,6 +169,7 @@ pub fn retrieve(
         let store_seconds = stored_from.elapsed().as_secs_f64();
         let documents = index.documents(&bench.collection)?.len();
         let (mut lat, mut fwd, mut whole) = (Vec::new(), Vec::new(), Vec::new());
+        let mut stages: BTreeMap<String, Vec<f64>> = BTreeMap::new();
         for run in 0..bench.runs {
             let question = &bench.questions[run % bench.questions.len()];
             let asked = Instant::now();
@@ -169,6 +188,9 @@ pub fn retrieve(
             whole.push(asked.elapsed().as_secs_f64() * 1e3);
             lat.push(e.timings_ms.get("retrieve").copied().unwrap_or(0.0));
             fwd.push(e.timings_ms.get("question_forward").copied().unwrap_or(0.0));
+            for (k, v) in &e.timings_ms {
+                stages.entry(k.clone()).or_default().push(*v);
+            }
         }
         let tokens = have(index)?;
         let row = RetrieveRow {
@@ -180,6 +202,10 @@ pub fn retrieve(
             retrieve_p99_ms: super::quantile(&mut lat, 0.99).unwrap_or(0.0),
             question_forward_p50_ms: super::quantile(&mut fwd, 0.5).unwrap_or(0.0),
             question_p50_ms: super::quantile(&mut whole, 0.5).unwrap_or(0.0),
+            stages_p50_ms: stages
+                .into_iter()
+                .filter_map(|(k, mut v)| Some((k, super::quantile(&mut v, 0.5)?)))
+                .collect(),
         };
         on_row(&row);
         rows.push(row);
@@ -202,6 +228,7 @@ mod tests {
             retrieve_p99_ms: 21.0,
             question_forward_p50_ms: 170.0,
             question_p50_ms: 190.04,
+            stages_p50_ms: [("s3".to_string(), 12.04), ("bm25".to_string(), 3.0)].into(),
         };
         assert_eq!(
             row.markdown(),
@@ -210,6 +237,10 @@ mod tests {
         assert_eq!(
             TABLE_HEADER.lines().next().unwrap().matches('|').count(),
             row.markdown().matches('|').count()
+        );
+        assert_eq!(
+            row.stages_line(),
+            "stages p50 ms at 13523 tokens: bm25 3.0, s3 12.0"
         );
     }
 }

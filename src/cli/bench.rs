@@ -276,7 +276,7 @@ fn retrieve_latency(args: &BenchRetrieveArgs, models: &Path) -> Result<()> {
         method: args.asked.method,
     };
     print!("{}", retrieve::TABLE_HEADER);
-    retrieve::retrieve(
+    let rows = retrieve::retrieve(
         &mut index,
         &encoder,
         &retriever,
@@ -284,6 +284,10 @@ fn retrieve_latency(args: &BenchRetrieveArgs, models: &Path) -> Result<()> {
         &mut log,
         &mut |row| println!("{}", row.markdown()),
     )?;
+    println!();
+    for row in &rows {
+        println!("{}", row.stages_line());
+    }
     Ok(())
 }
 

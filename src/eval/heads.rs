@@ -310,6 +310,8 @@ mod tests {
                 scores: vec![vec![0.3, 0.1, 0.2], vec![0.0, 0.5, 0.1]],
                 tokens: 0,
                 forward_ms: 0.0,
+                prefix_ms: 0.0,
+                tokenize_ms: 0.0,
             },
         }
     }

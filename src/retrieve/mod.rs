@@ -736,6 +736,8 @@ impl<'a> Retriever<'a> {
                 }
             };
             timings.insert("rerank_forward".to_string(), scores.forward_ms);
+            timings.insert("rerank_prefix".to_string(), scores.prefix_ms);
+            timings.insert("rerank_tokenize".to_string(), scores.tokenize_ms);
             timings.insert("rerank_pool_tokens".to_string(), scores.tokens as f64);
             attention = rerank::ranked(&pool, &scores, r.first_stage);
             timings.insert("rerank".to_string(), t.elapsed().as_secs_f64() * 1e3);

@@ -196,6 +196,11 @@ pub struct HeadScores {
     pub tokens: usize,
     /// Milliseconds of the forward passes.
     pub forward_ms: f64,
+    /// Milliseconds of the evidence pass alone (the rest of `forward_ms` is the question and
+    /// the null question continuing it).
+    pub prefix_ms: f64,
+    /// Milliseconds turning the pool's text into the model's tokens.
+    pub tokenize_ms: f64,
 }
 
 impl HeadScores {
@@ -223,6 +228,7 @@ pub fn head_scores(
     let cfg = model.config();
     heads.check(cfg.layers, cfg.heads)?;
     let tok = model.tokenizer();
+    let t_tokens = Instant::now();
     // The chat frame's opening: what the prompt of an empty user turn shares with one of text.
     let empty = model.chat_prompt(Some(frame::SYSTEM), "")?;
     let probe = model.chat_prompt(Some(frame::SYSTEM), "x")?;
@@ -257,6 +263,7 @@ pub fn head_scores(
             ),
         ));
     }
+    let tokenize_ms = t_tokens.elapsed().as_secs_f64() * 1e3;
     let t0 = Instant::now();
     let layers = LayerSet::new(heads.layers())?;
     let deepest = LayerSet::new(vec![layers.deepest()])?;
@@ -264,6 +271,7 @@ pub fn head_scores(
     model
         .transformer()
         .attention_rows(&ids, Some(&mut prefix), &deepest, 1)?;
+    let prefix_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut per_question = Vec::with_capacity(2);
     for cont in [&asked, &null] {
         let mut cache = prefix.clone();
@@ -295,6 +303,8 @@ pub fn head_scores(
         scores,
         tokens: total,
         forward_ms,
+        prefix_ms,
+        tokenize_ms,
     })
 }
 
