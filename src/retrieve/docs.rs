@@ -231,6 +231,13 @@ impl<'a> DocCache<'a> {
         }
         Ok(&self.loaded[&i])
     }
+
+    /// Keeps the documents `other` loaded (over the same scope) that this cache lacks.
+    pub fn absorb(&mut self, other: DocCache<'_>) {
+        for (i, doc) in other.loaded {
+            self.loaded.entry(i).or_insert(doc);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -457,6 +457,15 @@ pub struct Retriever<'a> {
 
 /// What a re-ranking pool depends on besides the index (which a caller does not change while
 /// it holds one retriever).
+/// What the S3 stage hands back from its thread: the question's features, the scoring's
+/// outcome and milliseconds, and the documents it loaded (kept for assembly).
+struct S3Stage<'a> {
+    question: question::QuestionFeatures,
+    scoring_ms: f64,
+    out: s3::S3Outcome,
+    docs: DocCache<'a>,
+}
+
 type RerankKey = (String, Vec<String>, Option<String>, String);
 
 impl<'a> Retriever<'a> {
@@ -635,47 +644,73 @@ impl<'a> Retriever<'a> {
                 }),
             });
         }
+        // The S3 stage (the question's forward pass and scoring over the postings) and the
+        // text stages (BM25, dense) need nothing of each other: they run side by side, so a
+        // question waits for the slower of the two, not their sum.
+        let s3_budget = rerank_cfg
+            .as_ref()
+            .map_or(q.budget, |r| r.pool_tokens.max(q.budget));
+        let (s3_stage, text_stage) = std::thread::scope(|s| {
+            let s3_job = want_s3.then(|| {
+                s.spawn(|| -> Result<S3Stage<'_>> {
+                    let mut s3_docs = DocCache::new(index, &scope);
+                    let qf = question::question_features(
+                        self.model,
+                        self.saes,
+                        &self.codes,
+                        &q.question,
+                        cfg.query_k,
+                        cfg.probe,
+                    )?;
+                    let t = Instant::now();
+                    let out =
+                        s3::retrieve(index, &scope, &mut s3_docs, &qf.activation, &cfg, s3_budget)?;
+                    Ok(S3Stage {
+                        scoring_ms: t.elapsed().as_secs_f64() * 1e3,
+                        question: qf,
+                        out,
+                        docs: s3_docs,
+                    })
+                })
+            });
+            let text = (|| -> Result<(Vec<Candidate>, Vec<Candidate>)> {
+                let mut bm25 = Vec::new();
+                if want_bm25 {
+                    let t = Instant::now();
+                    bm25 = self.bm25(index, &q.collection, &scope, &mut docs, &q.question)?;
+                    timings.insert("bm25".to_string(), t.elapsed().as_secs_f64() * 1e3);
+                }
+                let mut dense = Vec::new();
+                if let Some(e) = embedder {
+                    let t = Instant::now();
+                    dense = dense::dense(e, index, &scope, &mut docs, &q.question, cfg.bm25_limit)?;
+                    timings.insert("dense".to_string(), t.elapsed().as_secs_f64() * 1e3);
+                }
+                Ok((bm25, dense))
+            })();
+            let s3 = s3_job
+                // A panic there is the caller's, as it was when the stages ran in turn.
+                .map(|job| job.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .transpose();
+            (s3, text)
+        });
         let mut forward_ms = 0.0;
         let mut s3_out = s3::S3Outcome::default();
         let mut question_tokens = 0;
-        if want_s3 {
-            let qf = question::question_features(
-                self.model,
-                self.saes,
-                &self.codes,
-                &q.question,
-                cfg.query_k,
-                cfg.probe,
-            )?;
-            checkpoint()?;
-            forward_ms = qf.forward_ms;
-            question_tokens = qf.tokens;
-            timings.insert("question_forward".to_string(), qf.forward_ms);
-            timings.insert("question_encode".to_string(), qf.encode_ms);
-            let t = Instant::now();
-            // Re-ranking reads a pool of candidates larger than the budget.
-            let s3_budget = rerank_cfg
-                .as_ref()
-                .map_or(q.budget, |r| r.pool_tokens.max(q.budget));
-            s3_out = s3::retrieve(index, &scope, &mut docs, &qf.activation, &cfg, s3_budget)?;
-            checkpoint()?;
-            timings.insert("s3".to_string(), t.elapsed().as_secs_f64() * 1e3);
-            for (k, v) in &s3_out.timings_ms {
+        if let Some(stage) = s3_stage? {
+            forward_ms = stage.question.forward_ms;
+            question_tokens = stage.question.tokens;
+            timings.insert("question_forward".to_string(), stage.question.forward_ms);
+            timings.insert("question_encode".to_string(), stage.question.encode_ms);
+            timings.insert("s3".to_string(), stage.scoring_ms);
+            for (k, v) in &stage.out.timings_ms {
                 timings.insert(format!("s3_{k}"), *v);
             }
+            s3_out = stage.out;
+            docs.absorb(stage.docs);
         }
-        let mut bm25 = Vec::new();
-        if want_bm25 {
-            let t = Instant::now();
-            bm25 = self.bm25(index, &q.collection, &scope, &mut docs, &q.question)?;
-            timings.insert("bm25".to_string(), t.elapsed().as_secs_f64() * 1e3);
-        }
-        let mut dense = Vec::new();
-        if let Some(e) = embedder {
-            let t = Instant::now();
-            dense = dense::dense(e, index, &scope, &mut docs, &q.question, cfg.bm25_limit)?;
-            timings.insert("dense".to_string(), t.elapsed().as_secs_f64() * 1e3);
-        }
+        let (mut bm25, dense) = text_stage?;
+        checkpoint()?;
         let bias = match q.method {
             Method::Bias => self.bias(&scope, &mut docs, (0..scope.docs.len()).collect())?,
             Method::Hybrid => {
