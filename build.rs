@@ -1,7 +1,7 @@
 //! Compiles the gRPC API (`proto/s3mem/v1/memory.proto`) into Rust, with the file descriptor
-//! set that server reflection serves; with the `cuda` feature, also s3mem's own CUDA kernels to
-//! PTX with nvcc (the CUDA compiler the candle kernels are built with; ../shared/gpu/build-gpu.sh
-//! puts it on PATH).
+//! set that server reflection serves; with the `cuda` feature, also s3mem's own CUDA kernels
+//! (attention's softmax, the SAE top-k) to PTX with nvcc (the CUDA compiler the candle kernels
+//! are built with; ../shared/gpu/build-gpu.sh puts it on PATH).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -20,21 +20,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn cuda_kernels(out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
-    let src = "src/model/kernels/attention.cu";
-    println!("cargo:rerun-if-changed={src}");
+    // (source, PTX file the Rust side includes)
+    const KERNELS: [(&str, &str); 2] = [
+        ("src/model/kernels/attention.cu", "attention.ptx"),
+        ("src/sae/kernels/topk.cu", "topk.ptx"),
+    ];
+    for (src, _) in KERNELS {
+        println!("cargo:rerun-if-changed={src}");
+    }
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     if std::env::var_os("CARGO_FEATURE_CUDA").is_none() {
         return Ok(());
     }
     let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
-    let status = Command::new("nvcc")
-        .args(["--ptx", "-O3", &format!("-arch=compute_{cap}"), "-o"])
-        .arg(out.join("attention.ptx"))
-        .arg(src)
-        .status()
-        .map_err(|e| format!("the cuda feature needs nvcc (the CUDA compiler) on PATH: {e}"))?;
-    if !status.success() {
-        return Err(format!("nvcc failed on {src}").into());
+    for (src, ptx) in KERNELS {
+        let status = Command::new("nvcc")
+            .args(["--ptx", "-O3", &format!("-arch=compute_{cap}"), "-o"])
+            .arg(out.join(ptx))
+            .arg(src)
+            .status()
+            .map_err(|e| format!("the cuda feature needs nvcc (the CUDA compiler) on PATH: {e}"))?;
+        if !status.success() {
+            return Err(format!("nvcc failed on {src}").into());
+        }
     }
     Ok(())
 }

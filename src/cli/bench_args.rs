@@ -27,8 +27,10 @@ pub enum BenchCommand {
     /// One SAE training step with the hand-written sparse gradients against the same forward
     /// and backward through autograd, and the encoder at a scan's shape (CPU).
     SaeStep(SaeStepArgs),
-    /// SAE encoding on the host cores against encoding on the device: rows/s of each and the
-    /// rate of rows whose top-k sets agree, on random keys or a model's scan.
+    /// SAE encoding on the host cores against encoding on the device, the top k there by
+    /// tensor ops (`device_path`) and by the fused kernel (`kernel_path`, k up to 64): rows/s of
+    /// each and the rate of rows whose top-k sets agree with the host's, on random keys or a
+    /// model's scan.
     SaeEncode(SaeEncodeArgs),
     /// What sled 0.34 keeps on disk per record, for records of several sizes.
     Sled,

@@ -94,6 +94,17 @@ pub enum SaeError {
         dict_size: usize,
     },
 
+    /// The fused top-k kernel cannot select `k` features of a dictionary of `dict_size`.
+    #[error("the fused top-k kernel cannot take dict_size {dict_size}, k {k}: {reason}")]
+    UnsupportedKernelShape {
+        /// The SAE's dictionary size.
+        dict_size: usize,
+        /// Features asked for per row.
+        k: usize,
+        /// The limit that was passed.
+        reason: String,
+    },
+
     /// An SAE set holds no SAE for the requested layer and KV head.
     #[error("no sae for layer {layer}, kv head {kv_head}")]
     NotFound {

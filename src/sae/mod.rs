@@ -12,6 +12,7 @@ pub mod defaults;
 pub mod error;
 pub mod eval;
 pub mod file;
+mod fused;
 pub(crate) mod rng;
 pub mod sample;
 pub mod topk;
@@ -24,5 +25,5 @@ pub use file::{
     load_sae, save_sae, HeadMode, SaeExpectation, SaeMeta, SaeSet, TrainedOn, SAE_FORMAT_VERSION,
 };
 pub use sample::Reservoir;
-pub use topk::{SparseCodes, TopKSae};
+pub use topk::{DeviceTopK, SparseCodes, TopKSae};
 pub use train::{train, TrainConfig, TrainLength, TrainProgress, TrainReport};

@@ -84,6 +84,84 @@ struct EncoderWeights {
     b_dec: Tensor,
 }
 
+/// How an encoding on a device selects each row's top k.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceTopK {
+    /// `k` rounds of tensor operations (row maximum; the lowest feature holding it; that
+    /// feature masked), each a few passes over the `[rows, dict_size]` pre-activations.
+    Ops,
+    /// One fused kernel that reads the pre-activations once (`src/sae/kernels/topk.cu`); it
+    /// takes `k` up to 64 on CUDA and on the CPU (where the same op runs the host's selection).
+    Kernel,
+}
+
+impl DeviceTopK {
+    /// Returns the kernel where it runs and takes `dict_size` and `k`, else the tensor
+    /// operations.
+    pub fn for_shape(device: &Device, dict_size: usize, k: usize) -> Self {
+        let runs_here = device.is_cuda() || device.is_cpu();
+        match super::fused::kernel_width(dict_size, k) {
+            Ok(_) if runs_here => Self::Kernel,
+            Ok(_) => Self::Ops,
+            Err(e) => {
+                tracing::debug!(dict_size, k, reason = %e, "sae top-k by tensor ops");
+                Self::Ops
+            }
+        }
+    }
+}
+
+/// The constant tensors of the tensor-op top k on one device, for one dictionary size.
+struct OpsTopK {
+    /// `[1, m]`: each feature's id as f32, exact because dictionaries stay below 2^24.
+    iota: Tensor,
+    m: usize,
+}
+
+impl OpsTopK {
+    fn new(device: &Device, m: usize) -> Result<Self> {
+        let iota = Tensor::arange(0u32, m as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((1, m))?;
+        Ok(Self { iota, m })
+    }
+
+    /// Appends the top `out.k` of `pre + bias` per row to `out` (after the ReLU) by `k` rounds
+    /// of (row maximum; the lowest feature holding it, the host's tie rule; that feature masked
+    /// with `-inf`); returns the first row holding a non-finite value, if any.
+    fn top_k(&self, pre: &Tensor, bias: &Tensor, out: &mut SparseCodes) -> Result<Option<usize>> {
+        let (dev, k) = (pre.device(), out.k);
+        let shape = (pre.dim(0)?, self.m);
+        let iota = self.iota.broadcast_as(shape)?;
+        let past_end = Tensor::new(self.m as f32, dev)?.broadcast_as(shape)?;
+        let masked = Tensor::new(f32::NEG_INFINITY, dev)?.broadcast_as(shape)?;
+        let mut pre = pre.broadcast_add(bias)?;
+        // Zero for a row of finite values; inf * 0 and NaN make it NaN.
+        let poison = pre.affine(0.0, 0.0)?.sum(D::Minus1)?;
+        let mut tops = Vec::with_capacity(k);
+        let mut top_ids = Vec::with_capacity(k);
+        for _ in 0..k {
+            let top = pre.max_keepdim(D::Minus1)?;
+            let id = pre
+                .broadcast_eq(&top)?
+                .where_cond(&iota, &past_end)?
+                .min_keepdim(D::Minus1)?;
+            pre = iota.broadcast_eq(&id)?.where_cond(&masked, &pre)?;
+            tops.push(top);
+            top_ids.push(id);
+        }
+        let poison = poison.to_vec1::<f32>()?;
+        if let Some(r) = poison.iter().position(|&p| p != 0.0) {
+            return Ok(Some(r));
+        }
+        let chunk_ids = Tensor::cat(&top_ids, 1)?.to_dtype(DType::U32)?;
+        out.ids.extend(chunk_ids.flatten_all()?.to_vec1::<u32>()?);
+        let chunk_acts = Tensor::cat(&tops, 1)?.relu()?;
+        out.acts.extend(chunk_acts.flatten_all()?.to_vec1::<f32>()?);
+        Ok(None)
+    }
+}
+
 impl TopKSae {
     /// Builds an SAE from its four weight tensors: `w_enc` `[m, d_in]`, `b_enc` `[m]`, `w_dec`
     /// `[m, d_in]`, `b_dec` `[d_in]`.
@@ -292,67 +370,71 @@ impl TopKSae {
         Ok(SparseCodes { k, ids, acts })
     }
 
-    /// Encodes `x` with tensor operations on `x`'s own device; only the `[n, k]` feature ids and
-    /// activations come back to the host.
+    /// Encodes `x` on `x`'s own device; only the `[n, k]` feature ids and activations come back
+    /// to the host.
     ///
-    /// The codes are those of [`TopKSae::encode_on_host`]: the same centring, matmul and bias,
-    /// then `k` rounds of (row maximum; the lowest feature holding it, which is the host's tie
-    /// rule; that feature masked with `-inf`), then the ReLU. Maxima and minima are exact, so
-    /// on one device the selection is identical; across devices only the matmul's rounding
-    /// differs (`s3mem bench sae-encode` reports the rate).
+    /// The top k are selected by the fused kernel ([`DeviceTopK::Kernel`]) when it takes this
+    /// dictionary size and `k`, else by tensor operations ([`DeviceTopK::Ops`]); both give the
+    /// codes of [`TopKSae::encode_on_host`].
     pub fn encode_on_device(&self, x: &Tensor, k: usize) -> Result<SparseCodes> {
+        let top_k = DeviceTopK::for_shape(x.device(), self.dict_size, k);
+        self.encode_on_device_with(x, k, top_k)
+    }
+
+    /// Encodes `x` on `x`'s own device, selecting the top k as `top_k` says.
+    ///
+    /// The codes are those of [`TopKSae::encode_on_host`]: the same centring, matmul and bias
+    /// (added in f32 as there), the same selection (the largest first, ties to the lower
+    /// feature), then the ReLU. Maxima and comparisons are exact, so on one device both ways
+    /// select identically; across devices only the matmul's rounding differs (`s3mem bench
+    /// sae-encode` reports the rate). [`DeviceTopK::Kernel`] refuses a shape it does not take
+    /// with [`SaeError::UnsupportedKernelShape`].
+    pub fn encode_on_device_with(
+        &self,
+        x: &Tensor,
+        k: usize,
+        top_k: DeviceTopK,
+    ) -> Result<SparseCodes> {
         check_k(k, self.dict_size)?;
         self.check_shape(x)?;
+        if top_k == DeviceTopK::Kernel {
+            super::fused::kernel_width(self.dict_size, k)?;
+        }
         let n = x.dim(0)?;
         let weights = self.weights_on(x.device())?;
         let w_enc_t = weights.w_enc.t()?;
-        let dev = x.device();
-        let m = self.dict_size;
-        let mut ids = Vec::with_capacity(n * k);
-        let mut acts = Vec::with_capacity(n * k);
-        // Feature ids as f32 are exact: dictionaries stay below 2^24 features.
-        let iota = Tensor::arange(0u32, m as u32, dev)?
-            .to_dtype(DType::F32)?
-            .reshape((1, m))?;
+        let mut codes = SparseCodes {
+            k,
+            ids: Vec::with_capacity(n * k),
+            acts: Vec::with_capacity(n * k),
+        };
+        let mut ops = None;
         for start in (0..n).step_by(DEVICE_CHUNK_ROWS) {
             let rows = DEVICE_CHUNK_ROWS.min(n - start);
-            let shape = (rows, m);
-            let iota = iota.broadcast_as(shape)?;
-            let past_end = Tensor::new(m as f32, dev)?.broadcast_as(shape)?;
-            let masked = Tensor::new(f32::NEG_INFINITY, dev)?.broadcast_as(shape)?;
             let centred = x
                 .narrow(0, start, rows)?
                 .to_dtype(DType::F32)?
                 .affine(f64::from(self.input_scale), 0.0)?
                 .broadcast_sub(&weights.b_dec)?;
-            let mut pre = centred.matmul(&w_enc_t)?.broadcast_add(&weights.b_enc)?;
-            // Zero for a row of finite values; inf * 0 and NaN make it NaN.
-            let poison = pre.affine(0.0, 0.0)?.sum(D::Minus1)?;
-            let mut tops = Vec::with_capacity(k);
-            let mut top_ids = Vec::with_capacity(k);
-            for _ in 0..k {
-                let top = pre.max_keepdim(D::Minus1)?;
-                let id = pre
-                    .broadcast_eq(&top)?
-                    .where_cond(&iota, &past_end)?
-                    .min_keepdim(D::Minus1)?;
-                pre = iota.broadcast_eq(&id)?.where_cond(&masked, &pre)?;
-                tops.push(top);
-                top_ids.push(id);
-            }
-            let poison = poison.to_vec1::<f32>()?;
-            if let Some(r) = poison.iter().position(|&p| p != 0.0) {
+            let pre = centred.matmul(&w_enc_t)?;
+            let poisoned = match top_k {
+                DeviceTopK::Kernel => super::fused::top_k(&pre, &weights.b_enc, &mut codes)?,
+                DeviceTopK::Ops => {
+                    let ops = match &mut ops {
+                        Some(ops) => ops,
+                        None => ops.insert(OpsTopK::new(x.device(), self.dict_size)?),
+                    };
+                    ops.top_k(&pre, &weights.b_enc, &mut codes)?
+                }
+            };
+            if let Some(r) = poisoned {
                 return Err(SaeError::NonFinite {
                     what: "input",
                     row: start + r,
                 });
             }
-            let chunk_ids = Tensor::cat(&top_ids, 1)?.to_dtype(DType::U32)?;
-            ids.extend(chunk_ids.flatten_all()?.to_vec1::<u32>()?);
-            let chunk_acts = Tensor::cat(&tops, 1)?.relu()?;
-            acts.extend(chunk_acts.flatten_all()?.to_vec1::<f32>()?);
         }
-        Ok(SparseCodes { k, ids, acts })
+        Ok(codes)
     }
 
     /// Returns the encoder's weights on `device`, copying them there on first use.
@@ -669,6 +751,8 @@ mod tests {
         (sae, Tensor::from_vec(x, (n, d), &Device::Cpu).unwrap())
     }
 
+    const BOTH: [DeviceTopK; 2] = [DeviceTopK::Ops, DeviceTopK::Kernel];
+
     #[test]
     fn device_encoding_selects_what_the_host_selects() {
         let mut ties = 0;
@@ -676,8 +760,11 @@ mod tests {
             let coarse = seed % 2 == 0;
             let (sae, x) = random_case(seed, 1 + (seed as usize * 53) % 700, coarse);
             let host = sae.encode_on_host(&x, sae.k()).unwrap();
-            let device = sae.encode_on_device(&x, sae.k()).unwrap();
-            assert_eq!(host, device, "seed {seed}");
+            for top_k in BOTH {
+                let device = sae.encode_on_device_with(&x, sae.k(), top_k).unwrap();
+                assert_eq!(host, device, "seed {seed}, {top_k:?}");
+            }
+            assert_eq!(sae.encode_on_device(&x, sae.k()).unwrap(), host);
             // The cases must exercise ties and rows the ReLU zeroes, or they prove little.
             ties += host
                 .acts
@@ -697,14 +784,52 @@ mod tests {
     fn device_encoding_spans_several_passes_and_keeps_zeroed_slots() {
         let (sae, x) = random_case(7, DEVICE_CHUNK_ROWS + 37, false);
         let host = sae.encode_on_host(&x, sae.k()).unwrap();
-        assert_eq!(sae.encode_on_device(&x, sae.k()).unwrap(), host);
         assert!(host.acts.contains(&0.0), "some slot should not fire");
         // Another k than the trained one selects the same way.
         let k = sae.dict_size().min(3);
-        assert_eq!(
-            sae.encode_on_device(&x, k).unwrap(),
-            sae.encode_on_host(&x, k).unwrap()
+        let host_k = sae.encode_on_host(&x, k).unwrap();
+        for top_k in BOTH {
+            assert_eq!(sae.encode_on_device_with(&x, sae.k(), top_k).unwrap(), host);
+            assert_eq!(sae.encode_on_device_with(&x, k, top_k).unwrap(), host_k);
+        }
+    }
+
+    #[test]
+    fn the_kernel_is_chosen_where_it_fits_and_tensor_ops_elsewhere() {
+        let cpu = &Device::Cpu;
+        assert_eq!(DeviceTopK::for_shape(cpu, 2048, 16), DeviceTopK::Kernel);
+        assert_eq!(DeviceTopK::for_shape(cpu, 4096, 64), DeviceTopK::Kernel);
+        assert_eq!(DeviceTopK::for_shape(cpu, 4096, 65), DeviceTopK::Ops);
+        // k above the kernel's widest list (and above 32, a warp): the default falls back to
+        // tensor ops, the kernel asked for by name refuses with the reason.
+        let mut rng = super::super::rng::SplitMix64::new(11);
+        let (d, m, n) = (6, 200, 300);
+        let mut draw =
+            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.below(7) as f32 - 3.0).collect() };
+        let (w, b, x) = (draw(m * d), draw(m), draw(n * d));
+        let sae = TopKSae::from_vecs(d, m, w.clone(), b, w, vec![0.0; d], 70, 1.0).unwrap();
+        let x = Tensor::from_vec(x, (n, d), cpu).unwrap();
+        let host = sae.encode_on_host(&x, 70).unwrap();
+        assert_eq!(sae.encode_on_device(&x, 70).unwrap(), host);
+        let refused = sae.encode_on_device_with(&x, 70, DeviceTopK::Kernel);
+        assert!(
+            matches!(
+                refused,
+                Err(SaeError::UnsupportedKernelShape {
+                    dict_size: 200,
+                    k: 70,
+                    ..
+                })
+            ),
+            "{refused:?}"
         );
+        // k above a warp's 32 lanes, up to the widest list, is the kernel's too.
+        for k in [33, 48, 64] {
+            let kernel = sae
+                .encode_on_device_with(&x, k, DeviceTopK::Kernel)
+                .unwrap();
+            assert_eq!(kernel, sae.encode_on_host(&x, k).unwrap(), "k {k}");
+        }
     }
 
     #[test]
@@ -719,29 +844,42 @@ mod tests {
             &Device::Cpu,
         )
         .unwrap();
-        assert!(matches!(
-            sae.encode_on_device(&nan, 2),
-            Err(SaeError::NonFinite { row: 2, .. })
-        ));
         let wrong = Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();
-        assert!(matches!(
-            sae.encode_on_device(&wrong, 2),
-            Err(SaeError::Shape { .. })
-        ));
         let one = Tensor::zeros((1, 3), DType::F32, &Device::Cpu).unwrap();
-        assert!(matches!(
-            sae.encode_on_device(&one, 5),
-            Err(SaeError::InvalidConfig(_))
-        ));
         // bf16 keys (a bf16 scan's taps) are encoded in f32, as on the host.
         let half = Tensor::new(&[[2.0f32, 0.5, 0.0]], &Device::Cpu)
             .unwrap()
             .to_dtype(DType::BF16)
             .unwrap();
-        assert_eq!(
-            sae.encode_on_device(&half, 2).unwrap(),
-            sae.encode_on_host(&half, 2).unwrap()
-        );
+        for top_k in BOTH {
+            assert!(matches!(
+                sae.encode_on_device_with(&nan, 2, top_k),
+                Err(SaeError::NonFinite { row: 2, .. })
+            ));
+            assert!(matches!(
+                sae.encode_on_device_with(&wrong, 2, top_k),
+                Err(SaeError::Shape { .. })
+            ));
+            assert!(matches!(
+                sae.encode_on_device_with(&one, 5, top_k),
+                Err(SaeError::InvalidConfig(_))
+            ));
+            assert_eq!(
+                sae.encode_on_device_with(&half, 2, top_k).unwrap(),
+                sae.encode_on_host(&half, 2).unwrap()
+            );
+        }
+        // A non-finite row in a later pass is reported by its row in the whole batch.
+        let mut rows = vec![0f32; (DEVICE_CHUNK_ROWS + 5) * 3];
+        rows[(DEVICE_CHUNK_ROWS + 3) * 3 + 1] = f32::NAN;
+        let late = Tensor::from_vec(rows, (DEVICE_CHUNK_ROWS + 5, 3), &Device::Cpu).unwrap();
+        for top_k in BOTH {
+            let e = sae.encode_on_device_with(&late, 2, top_k).unwrap_err();
+            assert!(
+                matches!(e, SaeError::NonFinite { row, .. } if row == DEVICE_CHUNK_ROWS + 3),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -203,7 +203,8 @@ fn sae_code(e: &SaeError) -> Code {
         | SaeError::Corpus { .. }
         | SaeError::InvalidConfig(_)
         | SaeError::DegenerateSamples { .. }
-        | SaeError::FeatureOutOfRange { .. } => Code::Internal,
+        | SaeError::FeatureOutOfRange { .. }
+        | SaeError::UnsupportedKernelShape { .. } => Code::Internal,
     }
 }
 
