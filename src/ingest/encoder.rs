@@ -66,6 +66,65 @@ pub fn layer_codes(saes: &SaeSet, kv_heads: usize) -> Result<Vec<LayerCode>> {
     Ok(layers)
 }
 
+/// Where a document's postings are gathered while it is encoded: one list per (layer, posting
+/// feature), laid out layer after layer, found by index. A sorted map cost a tree search per
+/// fired feature (about 100 million of them for 727k tokens of SmolLM2, most of a GPU ingest's
+/// host time once the top-k ran on the device); the map the store takes is built once per
+/// document from the lists that are not empty.
+struct PostingSlots {
+    /// Per model layer (below 256): its first slot and how many features it has (0: not
+    /// indexed).
+    by_layer: Vec<(u32, u32)>,
+    /// (layer, first slot, features) of each indexed layer, in layer order.
+    layers: Vec<(u16, u32, u32)>,
+    /// Slots in all.
+    total: usize,
+}
+
+impl PostingSlots {
+    fn new(codes: &[LayerCode], kv_heads: usize) -> Self {
+        let mut by_layer = vec![(0, 0); 256];
+        let mut layers = Vec::with_capacity(codes.len());
+        let mut total = 0usize;
+        for c in codes {
+            let span = if c.shared {
+                c.dict_size
+            } else {
+                c.dict_size * kv_heads
+            };
+            // layer_codes refused layers past 255 and spans past 2^24.
+            by_layer[c.layer] = (total as u32, span as u32);
+            layers.push((c.layer as u16, total as u32, span as u32));
+            total += span;
+        }
+        Self {
+            by_layer,
+            layers,
+            total,
+        }
+    }
+
+    /// Returns the slot of `f`, or `None` for a feature outside every indexed layer's span.
+    fn slot(&self, f: LayerFeature) -> Option<usize> {
+        let &(first, span) = self.by_layer.get(usize::from(f.layer))?;
+        (f.feature < span).then_some((first + f.feature) as usize)
+    }
+
+    /// Returns the non-empty lists as the store's map.
+    fn into_postings(&self, lists: Vec<Vec<u32>>) -> BTreeMap<LayerFeature, Vec<u32>> {
+        let mut lists = lists.into_iter();
+        let mut out = BTreeMap::new();
+        for &(layer, _, span) in &self.layers {
+            for (f, list) in (0..span).zip(lists.by_ref()) {
+                if !list.is_empty() {
+                    out.insert(LayerFeature::new(layer, f), list);
+                }
+            }
+        }
+        out
+    }
+}
+
 /// Encodes one tapped layer's keys (`[tokens, kv_heads, d]`, the chunk's first token at
 /// document position `first`) with the SAE of each KV head, and calls `fired(position,
 /// (layer, posting feature))` for every activation that fired, token by token, then head by
@@ -246,7 +305,8 @@ impl<'a> Encoder<'a> {
         let (ids, offsets): (Vec<Vec<u32>>, Vec<_>) =
             docs.into_iter().map(|d| (d.ids, d.offsets)).unzip();
         let mut pending = Pending {
-            postings: vec![BTreeMap::new(); ids.len()],
+            postings: vec![None; ids.len()],
+            slots: PostingSlots::new(&self.layers, self.model.config().kv_heads),
             encode_seconds: vec![0.0; ids.len()],
             offsets,
             next: 0,
@@ -271,21 +331,35 @@ impl<'a> Encoder<'a> {
             TapPlace::Device,
             &mut |doc, chunk| {
                 let t0 = Instant::now();
+                let slots = &pending.slots;
+                let lists =
+                    pending.postings[doc].get_or_insert_with(|| vec![Vec::new(); slots.total]);
                 for tap in &chunk.keys {
-                    let doc_postings = &mut pending.postings[doc];
+                    let mut outside = None;
                     let added = encode_layer(
                         self.saes,
                         &self.layers,
                         tap,
                         chunk.chunk.start,
-                        &mut |pos, f| {
-                            let list = doc_postings.entry(f).or_default();
-                            // KV heads of a layer share the posting space: one entry per token.
-                            if list.last() != Some(&pos) {
-                                list.push(pos);
+                        &mut |pos, f| match slots.slot(f) {
+                            Some(i) => {
+                                let list = &mut lists[i];
+                                // KV heads of a layer share the posting space: one entry per
+                                // token.
+                                if list.last() != Some(&pos) {
+                                    list.push(pos);
+                                }
                             }
+                            None => outside = Some(f),
                         },
-                    );
+                    )
+                    .and_then(|()| match outside {
+                        Some(f) => Err(IngestError::InvalidInput(format!(
+                            "feature {} of layer {} is outside the SAE set's dictionary",
+                            f.feature, f.layer
+                        ))),
+                        None => Ok(()),
+                    });
                     if let Err(e) = added {
                         failure = Some(e);
                         return Err(ModelError::InvalidScan("sae encoding failed".into()));
@@ -317,7 +391,9 @@ impl<'a> Encoder<'a> {
 
 /// Encoded documents not yet handed over, and where the next one starts.
 struct Pending {
-    postings: Vec<BTreeMap<LayerFeature, Vec<u32>>>,
+    /// Each document's lists by slot, made when its first window is encoded.
+    postings: Vec<Option<Vec<Vec<u32>>>>,
+    slots: PostingSlots,
     encode_seconds: Vec<f64>,
     offsets: Vec<Vec<(usize, usize)>>,
     next: usize,
@@ -337,7 +413,10 @@ impl Pending {
                 d,
                 EncodedDocument {
                     offsets: std::mem::take(&mut self.offsets[d]),
-                    postings: std::mem::take(&mut self.postings[d]),
+                    postings: self.postings[d]
+                        .take()
+                        .map(|lists| self.slots.into_postings(lists))
+                        .unwrap_or_default(),
                     tokenize_seconds: 0.0,
                     scan_seconds: 0.0,
                     encode_seconds: self.encode_seconds[d],

@@ -271,10 +271,15 @@ pub fn head_scores(
     let layers = LayerSet::new(heads.layers())?;
     let deepest = LayerSet::new(vec![layers.deepest()])?;
     let mut prefix = KvCache::default();
-    // In pieces, as the scan reads: a 2,048-token pass in one piece materialises [heads,
-    // 2048, 2048] scores per layer and ran 3x slower per token on the CPU than pieces of 512
-    // (docs/retrieval.md, "Latency"); the cache makes the result the same pass.
-    for piece in ids.chunks(PREFIX_CHUNK) {
+    // On the CPU in pieces, as the scan reads: a 2,048-token pass in one piece materialises
+    // [heads, 2048, 2048] scores per layer and ran 3x slower per token there than pieces of
+    // 512; the cache makes the result the same pass. A GPU takes the pool in one piece (four
+    // pieces cost it 12 ms more; docs/retrieval.md, "Latency").
+    let piece = match model.transformer().device().is_cuda() {
+        true => ids.len(),
+        false => PREFIX_CHUNK,
+    };
+    for piece in ids.chunks(piece) {
         model
             .transformer()
             .attention_rows(piece, Some(&mut prefix), &deepest, 1)?;
