@@ -111,7 +111,7 @@ impl PostingSlots {
     }
 
     /// Returns the non-empty lists as the store's map.
-    fn into_postings(&self, lists: Vec<Vec<u32>>) -> BTreeMap<LayerFeature, Vec<u32>> {
+    fn postings_of(&self, lists: Vec<Vec<u32>>) -> BTreeMap<LayerFeature, Vec<u32>> {
         let mut lists = lists.into_iter();
         let mut out = BTreeMap::new();
         for &(layer, _, span) in &self.layers {
@@ -415,7 +415,7 @@ impl Pending {
                     offsets: std::mem::take(&mut self.offsets[d]),
                     postings: self.postings[d]
                         .take()
-                        .map(|lists| self.slots.into_postings(lists))
+                        .map(|lists| self.slots.postings_of(lists))
                         .unwrap_or_default(),
                     tokenize_seconds: 0.0,
                     scan_seconds: 0.0,
