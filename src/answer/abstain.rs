@@ -31,10 +31,11 @@ impl AbstainSignal {
     }
 
     /// Refuses a threshold the signal cannot be below in a useful way: a log-probability of
-    /// the quote's first token is never above 0, so a positive one would abstain on everything.
+    /// the quote's first token is never above 0, so a positive one would abstain on everything
+    /// (`-inf`, never abstaining, is a threshold calibration may choose).
     pub fn check(self, threshold: f32) -> Result<(), String> {
         match self {
-            _ if !threshold.is_finite() => Err(format!("{threshold} is not a finite number")),
+            _ if threshold.is_nan() => Err("NaN is not a threshold".to_string()),
             AbstainSignal::Quote if threshold > 0.0 => Err(format!(
                 "{threshold} is above 0: the quote signal is a log-probability (a number <= 0)"
             )),
@@ -160,5 +161,7 @@ mod tests {
         assert!(err.contains("above 0") && err.contains("quote"), "{err}");
         assert_eq!(Abstain::Below(-0.5).check(AbstainSignal::Quote), Ok(()));
         assert_eq!(Abstain::Calibrated.check(AbstainSignal::Quote), Ok(()));
+        assert_eq!(AbstainSignal::Quote.check(f32::NEG_INFINITY), Ok(()));
+        assert!(AbstainSignal::Support.check(f32::NAN).is_err());
     }
 }

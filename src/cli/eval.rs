@@ -576,6 +576,8 @@ mod tests {
             calibrate_with(&a, &r, &["--signal", signal]).unwrap();
         }
         calibrate_with(&a, &r, &["--signal", "support", "--threshold", "0.5"]).unwrap();
+        // A calibration may choose never to abstain; applied, that is a threshold of -inf.
+        calibrate_with(&a, &r, &["--threshold", "-inf"]).unwrap();
         // A positive log-probability is refused for the quote signal, naming the flag.
         let err = calibrate_with(&a, &r, &["--threshold", "0.5"])
             .unwrap_err()
