@@ -20,6 +20,22 @@ pub enum AnswerError {
         /// The model's window.
         context: usize,
     },
+    /// The support signal's turn would not fit the reader's window after the prompt.
+    #[error(
+        "the prompt ({prompt_tokens} tokens) plus the support signal's turn ({turn_tokens}) \
+         exceeds the reader's window of {context}; lower the budget or abstain by the quote signal"
+    )]
+    NoRoomToVerify {
+        /// Tokens of the prompt with its evidence.
+        prompt_tokens: usize,
+        /// Tokens of the verification turn.
+        turn_tokens: usize,
+        /// The reader's window.
+        context: usize,
+    },
+    /// The reader's vocabulary spells neither yes nor no as one token.
+    #[error("the reader's vocabulary has no single token for yes or for no: the support signal needs both")]
+    NoYesNo,
     /// `max_new_tokens` is zero or over the limit.
     #[error("invalid max_new_tokens: {0}")]
     MaxNewTokens(String),

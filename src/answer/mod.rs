@@ -2,73 +2,30 @@
 //! question in its chat frame, once, and answers greedily in one of three modes: `free` text
 //! whose sentences cite the evidence pieces they rest on, a `quote` copied verbatim from the
 //! evidence with its place in the document, or `auto`, which picks one by the question. When
-//! the reader's own evidence for any quote is weak it says "not in the evidence" instead.
+//! a signal of the reader's own (its best quote's first token, or its yes to "does the
+//! evidence state the answer?") is below a threshold it says "not in the evidence" instead.
 //! The only KV cache is that of this short prompt.
 
+pub mod abstain;
 pub mod cite;
 pub mod error;
 pub mod mode;
 pub mod quote;
+pub mod support;
 
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
 
+pub use abstain::{Abstain, AbstainSignal, Threshold};
 pub use error::{AnswerError, Result};
 pub use mode::AnswerMode;
 pub use quote::{Passage, Quote, QuoteEnd};
 
-use crate::model::{GenerateConfig, Model, Prefill, StopReason};
+use crate::model::{GenerateConfig, Logits, Model, Prefill, StopReason, TapRequest};
 use crate::retrieve::{frame, Evidence};
 
 /// What the reader says when its evidence does not support an answer.
 pub const NOT_IN_EVIDENCE: &str = "not in the evidence";
-
-/// The abstention thresholds calibrated per reader (its GGUF `general.name`): the
-/// log-probability of the quote's first token below which it says "not in the evidence"
-/// (docs/eval.md, "Not in the evidence").
-const CALIBRATED: [(&str, f32); 0] = [];
-
-/// When a reader abstains.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
-pub enum Abstain {
-    /// Below the reader's calibrated threshold; never for a reader without one.
-    #[default]
-    Calibrated,
-    /// Never.
-    Never,
-    /// Below this log-probability of the quote's first token.
-    Below(f32),
-}
-
-impl Abstain {
-    /// Returns the threshold for `reader` (`None`: never abstain).
-    pub fn threshold(self, reader: &Model) -> Option<f32> {
-        match self {
-            Abstain::Calibrated => CALIBRATED
-                .iter()
-                .find(|(name, _)| *name == reader.config().name)
-                .map(|&(_, t)| t),
-            Abstain::Never => None,
-            Abstain::Below(t) => Some(t),
-        }
-    }
-}
-
-impl std::str::FromStr for Abstain {
-    type Err = String;
-
-    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
-        match s {
-            "calibrated" => Ok(Abstain::Calibrated),
-            "never" => Ok(Abstain::Never),
-            other => match other.parse::<f32>() {
-                Ok(t) if t.is_finite() && t <= 0.0 => Ok(Abstain::Below(t)),
-                _ => Err(format!(
-                    "`{other}` is not calibrated, never or a log-probability (a number <= 0)"
-                )),
-            },
-        }
-    }
-}
 
 /// Prompt tokens per prefill step; bounds the attention matrix.
 const PREFILL_CHUNK: usize = 512;
@@ -82,9 +39,9 @@ pub struct AnswerConfig {
     pub max_new_tokens_limit: usize,
     /// How the reader answers.
     pub mode: AnswerMode,
-    /// Abstain ("not in the evidence") when the log-probability of the quote's first token
-    /// is below this; `None` never abstains.
-    pub abstain_below: Option<f32>,
+    /// Abstain ("not in the evidence") when the rule's signal is below its threshold; `None`
+    /// never abstains.
+    pub abstain: Option<Threshold>,
 }
 
 impl AnswerConfig {
@@ -107,7 +64,7 @@ impl Default for AnswerConfig {
             max_new_tokens: 96,
             max_new_tokens_limit: 2048,
             mode: AnswerMode::default(),
-            abstain_below: None,
+            abstain: None,
         }
     }
 }
@@ -132,6 +89,9 @@ pub struct Answer {
     /// Log-probability of the quote's first token: how much the reader's answer rests on the
     /// evidence (`None` without evidence).
     pub confidence: Option<f32>,
+    /// The reader's log-odds of yes against no that the evidence states the answer (`None`
+    /// without evidence, or when the support signal was not asked for).
+    pub support: Option<f32>,
     /// Tokens of the prompt (frame, evidence, question).
     pub prompt_tokens: usize,
     /// Tokens generated.
@@ -158,6 +118,7 @@ impl Answer {
             citations: Vec::new(),
             not_in_evidence: true,
             confidence: None,
+            support: None,
             prompt_tokens: 0,
             new_tokens: 0,
             stop,
@@ -193,6 +154,8 @@ pub struct Reading<'a> {
     passages: Vec<Passage>,
     question: String,
     confidence: Option<f32>,
+    /// The support signal and the milliseconds it took, once asked for.
+    support: OnceCell<(Option<f32>, f64)>,
 }
 
 /// Reads `question` over `context` (closed-book when `None`); quotes come from `passages`.
@@ -223,6 +186,7 @@ pub fn read<'a>(
         passages,
         question: question.to_string(),
         confidence,
+        support: OnceCell::new(),
     })
 }
 
@@ -239,13 +203,69 @@ impl Reading<'_> {
         self.confidence
     }
 
-    /// Whether `threshold` makes the reader abstain here.
-    pub fn abstains(&self, threshold: Option<f32>) -> bool {
-        threshold.is_some_and(|t| self.confidence.is_none_or(|c| c < t))
+    /// Returns the support signal: after the prefill, the reader is asked in one more turn
+    /// whether the evidence states the answer, and its log-odds of yes against no come back
+    /// (`None` without evidence). Computed once, continuing a clone of the prefill's cache.
+    pub fn support(&self) -> Result<Option<f32>> {
+        if let Some(&(score, _)) = self.support.get() {
+            return Ok(score);
+        }
+        let t = std::time::Instant::now();
+        let score = if self.passages.is_empty() {
+            None
+        } else {
+            Some(self.verify()?)
+        };
+        let _ = self.support.set((score, t.elapsed().as_secs_f64() * 1e3));
+        Ok(score)
+    }
+
+    /// Returns the milliseconds the support signal took (`None` until asked for).
+    pub fn support_ms(&self) -> Option<f64> {
+        self.support.get().map(|&(_, ms)| ms)
+    }
+
+    fn verify(&self) -> Result<f32> {
+        let reader = self.reader;
+        let turn = support::turn(reader)?;
+        let mut cache = self.prefill.cache.clone();
+        let window = reader.config().context;
+        if cache.len() + turn.len() > window {
+            return Err(AnswerError::NoRoomToVerify {
+                prompt_tokens: self.prefill.prompt_tokens,
+                turn_tokens: turn.len(),
+                context: window,
+            });
+        }
+        let out = reader.transformer().forward(
+            &turn,
+            Some(&mut cache),
+            &TapRequest::default(),
+            Logits::Last,
+        )?;
+        let logits = out
+            .logits
+            .ok_or_else(|| crate::model::ModelError::Tokenizer("no logits".into()))?;
+        let tok = reader.tokenizer();
+        let spellings = support::Spellings::find(tok, tok.vocab_size())?;
+        Ok(support::score(&host_logits(&logits)?, &spellings))
+    }
+
+    /// Whether `rule` makes the reader abstain here (computing the support signal when the
+    /// rule compares it).
+    pub fn abstains(&self, rule: Option<Threshold>) -> Result<bool> {
+        let Some(rule) = rule else {
+            return Ok(false);
+        };
+        let value = match rule.signal {
+            AbstainSignal::Quote => self.confidence,
+            AbstainSignal::Support => self.support()?,
+        };
+        Ok(rule.abstains(value))
     }
 
     /// Answers in `config.mode` (auto resolved by the question), calling `on_text` with each
-    /// piece (`false` cancels); abstains first when `config.abstain_below` says so.
+    /// piece (`false` cancels); abstains first when `config.abstain` says so.
     pub fn answer(
         &self,
         config: &AnswerConfig,
@@ -262,13 +282,19 @@ impl Reading<'_> {
             citations: Vec::new(),
             not_in_evidence: false,
             confidence: self.confidence,
+            support: None,
             prompt_tokens: self.prefill.prompt_tokens,
             new_tokens: 0,
             stop: StopReason::StopToken,
             timings_ms,
         };
+        let abstains = self.abstains(config.abstain)?;
+        answer.support = self.support.get().and_then(|&(score, _)| score);
+        if let Some(ms) = self.support_ms() {
+            answer.timings_ms.insert("support".to_string(), ms);
+        }
         let t = std::time::Instant::now();
-        if self.abstains(config.abstain_below) {
+        if abstains {
             answer.not_in_evidence = true;
             answer.answer = NOT_IN_EVIDENCE.to_string();
             if !on_text(NOT_IN_EVIDENCE) {

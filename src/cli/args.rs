@@ -108,10 +108,32 @@ pub struct AnswerArgs {
     #[arg(long, env = "S3MEM_ANSWER_MODEL")]
     pub answer_model: Option<String>,
     /// When the reader says "not in the evidence": `calibrated` (below the reader's calibrated
-    /// threshold, never for a reader without one), `never`, or below a log-probability of the
-    /// quote's first token (a number <= 0).
+    /// threshold of --abstain-signal, never for a reader without one), `never`, or below this
+    /// value of the signal (quote: a log-probability, a number <= 0; support: log-odds).
     #[arg(long, default_value = "calibrated", allow_hyphen_values = true)]
     pub abstain_below: crate::answer::Abstain,
+    /// The reader's signal --abstain-below compares: `quote` (the log-probability of the best
+    /// quote's first token, read from the prefill) or `support` (the log-odds that the reader,
+    /// asked after the evidence whether it states the answer, says yes: ~30 tokens more).
+    #[arg(long, default_value = "quote")]
+    pub abstain_signal: crate::answer::AbstainSignal,
+}
+
+impl AnswerArgs {
+    /// Refuses a threshold the chosen signal cannot use, before any model is loaded.
+    pub fn check(&self) -> anyhow::Result<()> {
+        self.abstain_below.check(self.abstain_signal).map_err(|e| {
+            anyhow::anyhow!(
+                "--abstain-below for --abstain-signal {}: {e}",
+                self.abstain_signal
+            )
+        })
+    }
+
+    /// Returns the rule of abstention for `reader` (`None`: never abstain).
+    pub fn threshold(&self, reader: &crate::model::Model) -> Option<crate::answer::Threshold> {
+        self.abstain_below.threshold(reader, self.abstain_signal)
+    }
 }
 
 /// The settings of the `rerank` method: the heads, the pool and the model that reads it.
@@ -152,4 +174,59 @@ pub struct RerankerArgs {
     /// larger model can re-rank the pool of a small model's index: the pool is re-tokenized.
     #[arg(long)]
     pub rerank_model: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::AnswerArgs;
+    use crate::answer::{Abstain, AbstainSignal};
+
+    #[derive(Debug, Parser)]
+    struct Flags {
+        #[command(flatten)]
+        answer: AnswerArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<AnswerArgs, String> {
+        Flags::try_parse_from(std::iter::once("t").chain(args.iter().copied()))
+            .map(|f| f.answer)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_abstention_flags_parse_and_refuse_by_name() {
+        let default = parse(&[]).unwrap();
+        assert_eq!(default.abstain_signal, AbstainSignal::Quote);
+        assert_eq!(default.abstain_below, Abstain::Calibrated);
+        assert!(default.check().is_ok());
+        let support = parse(&["--abstain-signal", "support", "--abstain-below", "0.5"]).unwrap();
+        assert_eq!(support.abstain_signal, AbstainSignal::Support);
+        assert_eq!(support.abstain_below, Abstain::Below(0.5));
+        assert!(support.check().is_ok());
+        let negative = parse(&["--abstain-below", "-1.25"]).unwrap();
+        assert_eq!(negative.abstain_below, Abstain::Below(-1.25));
+        // Log-odds may be positive, a log-probability may not: refused before any model loads.
+        let err = parse(&["--abstain-below", "0.5"])
+            .unwrap()
+            .check()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--abstain-below") && err.contains("--abstain-signal quote"),
+            "{err}"
+        );
+        let err = parse(&["--abstain-signal", "attention"]).unwrap_err();
+        assert!(
+            err.contains("--abstain-signal")
+                && err.contains("unknown abstention signal `attention`"),
+            "{err}"
+        );
+        let err = parse(&["--abstain-below", "sometimes"]).unwrap_err();
+        assert!(
+            err.contains("--abstain-below") && err.contains("`sometimes`"),
+            "{err}"
+        );
+    }
 }

@@ -107,6 +107,8 @@ struct Answered {
     citations: Vec<usize>,
     not_in_evidence: bool,
     confidence: Option<f32>,
+    /// The support signal, when it was computed (a daemon does not send it).
+    support: Option<f32>,
 }
 
 impl Answered {
@@ -184,6 +186,7 @@ pub fn ask(args: &AskArgs, models: &Path) -> Result<()> {
         true
     };
     refuse_remote_rerank(a)?;
+    args.answer.check()?;
     let (e, trace, ans) = match a.server.connect()? {
         Some(mut client) => {
             let (e, trace, done) = client.ask(args, &mut on_text)?;
@@ -204,6 +207,7 @@ pub fn ask(args: &AskArgs, models: &Path) -> Result<()> {
                 citations: done.citations.into_iter().map(|n| n as usize).collect(),
                 not_in_evidence: done.not_in_evidence,
                 confidence: done.confidence,
+                support: None,
             };
             (e, trace, ans)
         }
@@ -217,7 +221,7 @@ pub fn ask(args: &AskArgs, models: &Path) -> Result<()> {
             let config = AnswerConfig {
                 max_new_tokens: args.max_new_tokens,
                 mode: args.answer_mode.unwrap_or_default(),
-                abstain_below: args.answer.abstain_below.threshold(reader),
+                abstain: args.answer.threshold(reader),
                 ..AnswerConfig::default()
             };
             let ans = answer::answer(reader, &e, &config, &mut on_text)?;
@@ -232,6 +236,7 @@ pub fn ask(args: &AskArgs, models: &Path) -> Result<()> {
                 citations: ans.citations,
                 not_in_evidence: ans.not_in_evidence,
                 confidence: ans.confidence,
+                support: ans.support,
             };
             (e, None, ans)
         }
@@ -243,6 +248,9 @@ pub fn ask(args: &AskArgs, models: &Path) -> Result<()> {
         v["not_in_evidence"] = json!(ans.not_in_evidence);
         v["citations"] = json!(ans.citations);
         v["confidence"] = json!(ans.confidence);
+        if let Some(s) = ans.support {
+            v["support"] = json!(s);
+        }
         if let Some(q) = &ans.quote {
             v["quote"] = serde_json::to_value(q)?;
         }

@@ -359,6 +359,7 @@ fn quickstart(args: &QuickstartArgs, models: &Path) -> Result<()> {
         &super::args::AnswerArgs {
             answer_model: Some(args.answer_model.clone()),
             abstain_below: crate::answer::Abstain::Calibrated,
+            abstain_signal: crate::answer::AbstainSignal::default(),
         },
         &args.model,
         models,
@@ -366,7 +367,8 @@ fn quickstart(args: &QuickstartArgs, models: &Path) -> Result<()> {
     let reader = reader.as_ref().unwrap_or(&model);
     let config = crate::answer::AnswerConfig {
         mode: args.answer_mode,
-        abstain_below: crate::answer::Abstain::Calibrated.threshold(reader),
+        abstain: crate::answer::Abstain::Calibrated
+            .threshold(reader, crate::answer::AbstainSignal::default()),
         ..crate::answer::AnswerConfig::default()
     };
     eprintln!(

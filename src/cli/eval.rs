@@ -195,6 +195,7 @@ fn answer_quality(args: &EvalRunArgs, models: &Path) -> Result<()> {
         .dataset
         .clone()
         .context("give the JSONL dataset: s3mem eval DATASET (or a subcommand)")?;
+    args.answer.check()?;
     let evaluation = Evaluation::new(RunConfig {
         dataset,
         methods: args.methods.clone(),
@@ -206,7 +207,7 @@ fn answer_quality(args: &EvalRunArgs, models: &Path) -> Result<()> {
         collection: args.store.collection.clone(),
         device: args.store.model.device.device.to_string(),
         modes: args.answer_mode.clone(),
-        abstain_below: None,
+        abstain: None,
     })?;
     let model = load(&args.store.model, models)?;
     let reader = load_reader(&args.answer, &args.store.model, models)?;
@@ -238,7 +239,7 @@ fn answer_quality(args: &EvalRunArgs, models: &Path) -> Result<()> {
             .progress_chars("=> "),
     );
     let reader = reader.as_ref().unwrap_or(&model);
-    let evaluation = evaluation.abstaining_below(args.answer.abstain_below.threshold(reader));
+    let evaluation = evaluation.abstaining_below(args.answer.threshold(reader));
     let report = evaluation.run(reader, retrieval, ingest_seconds, &mut |p| match p {
         Progress::Answering { method, id } => bar.set_message(format!("{method} {id}")),
         Progress::Answered => bar.inc(1),
@@ -464,9 +465,18 @@ fn calibrate(args: &CalibrateArgs) -> Result<()> {
     let (answerable, removed) = (runs(&args.answerable)?, runs(&args.removed)?);
     let a: Vec<&RunRecord> = answerable.iter().collect();
     let r: Vec<&RunRecord> = removed.iter().collect();
-    let rows = eval::abstain::calibrate(&a, &r)?;
+    let signal = args.signal;
+    if let Some(t) = args.threshold {
+        signal
+            .check(t)
+            .map_err(|e| anyhow::anyhow!("--threshold for --signal {signal}: {e}"))?;
+    }
+    let rows = match args.threshold {
+        Some(t) => vec![eval::abstain::at(&a, &r, signal, t)?],
+        None => eval::abstain::calibrate(&a, &r, signal)?,
+    };
     println!(
-        "{} answerable, {} without evidence ({} @{})\n",
+        "{} answerable, {} without evidence ({} @{}, {signal} signal)\n",
         a.len(),
         r.len(),
         args.method,
@@ -485,9 +495,13 @@ fn calibrate(args: &CalibrateArgs) -> Result<()> {
             100.0 * c.removed_abstained
         );
     }
+    if let Some(t) = args.threshold {
+        println!("\napplied: abstain below {t:.4} (given, not chosen on these runs)");
+        return Ok(());
+    }
     match eval::abstain::choose(&rows, args.max_wrongly) {
         Some(c) => println!(
-            "\nchosen: abstain below {:.3} ({:.1}% of removed abstained, {:.1}% of answerable abstained on with their evidence there)",
+            "\nchosen: abstain below {:.4} ({:.1}% of removed abstained, {:.1}% of answerable abstained on with their evidence there)",
             c.threshold,
             100.0 * c.removed_abstained,
             100.0 * c.wrongly_abstained
@@ -495,4 +509,96 @@ fn calibrate(args: &CalibrateArgs) -> Result<()> {
         None => println!("\nno threshold keeps wrong abstentions within {}", args.max_wrongly),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::command_line::{Cli, Command};
+
+    /// A report.json of runs `(id, f1, quote signal, support signal)` of bm25 at 1024.
+    fn report(dir: &Path, name: &str, runs: &[(&str, f64, f32, Option<f32>)]) -> String {
+        let runs: Vec<serde_json::Value> = runs
+            .iter()
+            .map(|&(id, f1, confidence, support)| {
+                json!({
+                    "id": id, "method": "bm25", "budget": 1024, "doc_tokens": 9000,
+                    "fits": false, "context_tokens": 1024, "answer": "a", "em": 0.0, "f1": f1,
+                    "recalled": null, "context_ms": 1.0, "prefill_ms": 1.0, "decode_ms": 1.0,
+                    "peak_rss_bytes": null, "confidence": confidence, "support": support,
+                })
+            })
+            .collect();
+        let path = dir.join(name);
+        std::fs::write(&path, json!({ "runs": runs }).to_string()).unwrap();
+        path.display().to_string()
+    }
+
+    /// Runs `eval calibrate` on the two reports with `flags`.
+    fn calibrate_with(answerable: &str, removed: &str, flags: &[&str]) -> Result<()> {
+        let sets = [
+            "--answerable",
+            answerable,
+            "--removed",
+            removed,
+            "--method",
+            "bm25",
+        ];
+        let args = ["s3mem", "eval", "calibrate"]
+            .into_iter()
+            .chain(sets)
+            .chain(flags.iter().copied());
+        let Command::Eval(eval) = Cli::try_parse_from(args)?.command else {
+            panic!("not eval: {flags:?}");
+        };
+        let Some(EvalCommand::Calibrate(c)) = eval.command else {
+            panic!("not eval calibrate: {flags:?}");
+        };
+        calibrate(&c)
+    }
+
+    #[test]
+    fn calibrate_takes_a_signal_and_applies_a_given_threshold() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = report(
+            dir.path(),
+            "a.json",
+            &[("1", 1.0, -0.5, Some(2.0)), ("2", 1.0, -2.0, Some(1.0))],
+        );
+        let r = report(
+            dir.path(),
+            "r.json",
+            &[("1-removed", 0.0, -0.4, Some(-1.0))],
+        );
+        for signal in ["quote", "support"] {
+            calibrate_with(&a, &r, &["--signal", signal]).unwrap();
+        }
+        calibrate_with(&a, &r, &["--signal", "support", "--threshold", "0.5"]).unwrap();
+        // A calibration may choose never to abstain; applied, that is a threshold of -inf.
+        calibrate_with(&a, &r, &["--threshold", "-inf"]).unwrap();
+        // A positive log-probability is refused for the quote signal, naming the flag.
+        let err = calibrate_with(&a, &r, &["--threshold", "0.5"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--threshold") && err.contains("quote"),
+            "{err}"
+        );
+        let err = calibrate_with(&a, &r, &["--signal", "attention"])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--signal") && err.contains("`attention`"),
+            "{err}"
+        );
+        // Reports written before the support signal was recorded are refused for it.
+        let old = report(dir.path(), "old.json", &[("1", 1.0, -0.5, None)]);
+        let err = calibrate_with(&old, &r, &["--signal", "support"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("records the support signal"), "{err}");
+        calibrate_with(&old, &r, &[]).unwrap();
+    }
 }

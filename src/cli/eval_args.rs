@@ -86,8 +86,9 @@ pub enum EvalCommand {
     Recall(Box<RecallArgs>),
     /// Draws a finished report's charts again (score.png, memory.png, gpu-memory.png).
     Plot(PlotArgs),
-    /// Calibrates the abstention threshold from two reports: answerable questions and the same
-    /// questions with their gold evidence removed (`eval build removed`).
+    /// Calibrates the abstention threshold of a signal from two reports: answerable questions
+    /// and the same questions with their gold evidence removed (`eval build removed`); or, with
+    /// --threshold, applies one chosen on other questions.
     Calibrate(CalibrateArgs),
     /// Rank every attention head by how well its attention ranks gold evidence sentences in
     /// the re-ranking pool (retrieval-head selection on development questions).
@@ -138,6 +139,13 @@ pub struct CalibrateArgs {
     /// was in the context.
     #[arg(long, default_value_t = 0.10)]
     pub max_wrongly: f64,
+    /// The signal calibrated: quote (the best quote's first token) or support (the reader's
+    /// yes that the evidence states the answer); `eval` records both.
+    #[arg(long, default_value = "quote")]
+    pub signal: crate::answer::AbstainSignal,
+    /// Only apply this threshold (one chosen on other questions) and print its rates.
+    #[arg(long, allow_hyphen_values = true)]
+    pub threshold: Option<f32>,
 }
 
 #[derive(Debug, Args)]

@@ -73,6 +73,7 @@ pub fn serve(args: &ServeArgs, models: &Path) -> Result<()> {
     let models = models.to_path_buf();
     let reader_names = config.answer_model.clone();
     let answer_mode = config.answer_mode;
+    let abstain_signal = config.abstain_signal;
     let loader: crate::service::Loader = Box::new(move || {
         let inner = || -> Result<Loaded> {
             let model = Arc::new(load(&model_args, &models)?);
@@ -98,6 +99,7 @@ pub fn serve(args: &ServeArgs, models: &Path) -> Result<()> {
                 scan,
                 readers,
                 answer_mode,
+                abstain_signal,
                 embedder: embedder.map(Arc::new),
             })
         };

@@ -1,11 +1,12 @@
 //! "Not in the evidence": questions whose gold evidence was removed from the haystack, the
 //! rates of answered-correctly / abstained / wrong, and the calibration of the abstention
-//! threshold on development questions.
+//! threshold of each signal on development questions.
 
 use std::collections::BTreeMap;
 
 use super::report::{budget_label, RunRecord, SummaryRow};
 use super::{EvalError, EvalItem, Result};
+use crate::answer::{AbstainSignal, Threshold};
 
 /// An answer counts as correct at this token F1 or above.
 pub const CORRECT_F1: f64 = 0.5;
@@ -136,7 +137,7 @@ fn remove_chars(text: &str, mut ranges: Vec<(usize, usize)>) -> String {
 /// One candidate threshold and what it does on both sets.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
 pub struct Calibration {
-    /// Abstain below this log-probability of the quote's first token.
+    /// Abstain below this value of the signal.
     pub threshold: f32,
     /// Answerable questions: answered correctly, abstained, wrong.
     pub answerable: Outcomes,
@@ -153,52 +154,88 @@ fn supported(r: &RunRecord) -> bool {
     r.recalled.unwrap_or(r.f1 >= CORRECT_F1)
 }
 
-/// Runs with the abstention recorded under `threshold`.
-fn judged(runs: &[&RunRecord], threshold: f32) -> Vec<RunRecord> {
+/// Runs with the abstention recorded under `rule`.
+fn judged(runs: &[&RunRecord], rule: Threshold) -> Vec<RunRecord> {
     runs.iter()
         .map(|r| RunRecord {
-            abstained: Some(r.confidence.is_none_or(|c| c < threshold)),
+            abstained: Some(rule.abstains(r.signal(rule.signal))),
             ..(*r).clone()
         })
         .collect()
 }
 
-/// Returns what each threshold (every confidence seen, and no abstention) does on the
-/// answerable runs and the runs without their evidence, by threshold.
-pub fn calibrate(answerable: &[&RunRecord], removed: &[&RunRecord]) -> Result<Vec<Calibration>> {
+/// Refuses sets that cannot be calibrated on `signal`: either empty, or no run recording it.
+fn check_sets(
+    answerable: &[&RunRecord],
+    removed: &[&RunRecord],
+    signal: AbstainSignal,
+) -> Result<()> {
     if answerable.is_empty() || removed.is_empty() {
         return Err(EvalError::Input(
             "calibration needs runs of both sets with the method and budget given".into(),
         ));
     }
+    for (set, runs) in [("answerable", answerable), ("removed", removed)] {
+        if runs.iter().all(|r| r.signal(signal).is_none()) {
+            return Err(EvalError::Input(format!(
+                "no run of the {set} set records the {signal} signal (reports of runs without \
+                 evidence, or written before the signal was recorded)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Returns what abstaining below `threshold` of `signal` does on the answerable runs and the
+/// runs without their evidence (a threshold chosen on other questions, applied to these).
+pub fn at(
+    answerable: &[&RunRecord],
+    removed: &[&RunRecord],
+    signal: AbstainSignal,
+    threshold: f32,
+) -> Result<Calibration> {
+    check_sets(answerable, removed, signal)?;
+    let rule = Threshold {
+        signal,
+        below: threshold,
+    };
+    let a = judged(answerable, rule);
+    let refs: Vec<&RunRecord> = a.iter().collect();
+    let right_but_abstained = a
+        .iter()
+        .filter(|r| r.abstained == Some(true) && supported(r))
+        .count();
+    let gone = judged(removed, rule);
+    Ok(Calibration {
+        threshold,
+        answerable: Outcomes::of(&refs).expect("every run was judged"),
+        wrongly_abstained: right_but_abstained as f64 / a.len() as f64,
+        removed_abstained: gone.iter().filter(|r| r.abstained == Some(true)).count() as f64
+            / gone.len() as f64,
+    })
+}
+
+/// Returns what each threshold of `signal` (just above every value seen, and no abstention)
+/// does on the answerable runs and the runs without their evidence, by threshold.
+pub fn calibrate(
+    answerable: &[&RunRecord],
+    removed: &[&RunRecord],
+    signal: AbstainSignal,
+) -> Result<Vec<Calibration>> {
+    check_sets(answerable, removed, signal)?;
     let mut thresholds: Vec<f32> = answerable
         .iter()
         .chain(removed)
-        .filter_map(|r| r.confidence)
+        .filter_map(|r| r.signal(signal))
         .map(|c| c + 1e-4)
         .collect();
     thresholds.push(f32::NEG_INFINITY);
     thresholds.sort_by(f32::total_cmp);
     thresholds.dedup();
-    Ok(thresholds
+    thresholds
         .into_iter()
-        .map(|t| {
-            let a = judged(answerable, t);
-            let refs: Vec<&RunRecord> = a.iter().collect();
-            let right_but_abstained = a
-                .iter()
-                .filter(|r| r.abstained == Some(true) && supported(r))
-                .count();
-            let gone = judged(removed, t);
-            Calibration {
-                threshold: t,
-                answerable: Outcomes::of(&refs).expect("every run was judged"),
-                wrongly_abstained: right_but_abstained as f64 / a.len() as f64,
-                removed_abstained: gone.iter().filter(|r| r.abstained == Some(true)).count() as f64
-                    / gone.len() as f64,
-            }
-        })
-        .collect())
+        .map(|t| at(answerable, removed, signal, t))
+        .collect()
 }
 
 /// The threshold that abstains most on removed evidence while wrongly abstaining (on questions
@@ -268,6 +305,16 @@ mod tests {
             mode: "quote".into(),
             confidence: Some(confidence),
             abstained: None,
+            support: None,
+            support_ms: None,
+        }
+    }
+
+    /// A run with both signals: the quote's first token and the support log-odds.
+    fn signalled(f1: f64, confidence: f32, support: f32) -> RunRecord {
+        RunRecord {
+            support: Some(support),
+            ..judged_run(f1, confidence)
         }
     }
 
@@ -286,7 +333,7 @@ mod tests {
         ];
         let a: Vec<&RunRecord> = answerable.iter().collect();
         let r: Vec<&RunRecord> = removed.iter().collect();
-        let rows = calibrate(&a, &r).unwrap();
+        let rows = calibrate(&a, &r, AbstainSignal::Quote).unwrap();
         assert_eq!(rows[0].threshold, f32::NEG_INFINITY);
         assert_eq!(rows[0].removed_abstained, 0.0);
         let best = choose(&rows, 0.0).unwrap();
@@ -300,6 +347,57 @@ mod tests {
         assert!((best.answerable.abstained - 0.25).abs() < 1e-9);
         let loose = choose(&rows, 0.25).unwrap();
         assert_eq!(loose.removed_abstained, 1.0);
-        assert!(calibrate(&a, &[]).is_err());
+        assert!(calibrate(&a, &[], AbstainSignal::Quote).is_err());
+    }
+
+    #[test]
+    fn each_signal_is_calibrated_on_its_own_values_and_applied_to_held_out_runs() {
+        // The quote signal cannot tell the sets apart here; support can.
+        let answerable = [
+            signalled(1.0, -0.5, 3.0),
+            signalled(1.0, -2.0, 2.0),
+            signalled(1.0, -1.0, 1.5),
+            signalled(0.0, -0.7, -0.5),
+        ];
+        let removed = [
+            signalled(0.0, -0.4, -2.0),
+            signalled(0.0, -1.5, -1.0),
+            signalled(0.0, -0.6, 0.5),
+        ];
+        let a: Vec<&RunRecord> = answerable.iter().collect();
+        let r: Vec<&RunRecord> = removed.iter().collect();
+        let quote = choose(&calibrate(&a, &r, AbstainSignal::Quote).unwrap(), 0.0).unwrap();
+        let support = choose(&calibrate(&a, &r, AbstainSignal::Support).unwrap(), 0.0).unwrap();
+        // Quote: above -2.0 the right answer at -2.0 is lost, so nothing is caught at 0%.
+        assert_eq!(quote.removed_abstained, 0.0, "{quote:?}");
+        // Support: below 1.5 catches all three removed and the one wrong answer alone.
+        assert_eq!(support.removed_abstained, 1.0, "{support:?}");
+        assert_eq!(support.wrongly_abstained, 0.0);
+        assert!(
+            (support.threshold - (0.5 + 1e-4)).abs() < 1e-6,
+            "{support:?}"
+        );
+        assert!((support.answerable.correct - 0.75).abs() < 1e-9);
+        assert!((support.answerable.abstained - 0.25).abs() < 1e-9);
+        // The dev threshold on held-out runs: what it does there, not what is best there.
+        let held_a = [signalled(1.0, -0.5, 0.2), signalled(1.0, -0.5, 2.0)];
+        let held_r = [signalled(0.0, -0.5, 0.9), signalled(0.0, -0.5, -3.0)];
+        let ha: Vec<&RunRecord> = held_a.iter().collect();
+        let hr: Vec<&RunRecord> = held_r.iter().collect();
+        let held = at(&ha, &hr, AbstainSignal::Support, support.threshold).unwrap();
+        assert_eq!(held.wrongly_abstained, 0.5);
+        assert_eq!(held.removed_abstained, 0.5);
+        assert_eq!(held.threshold, support.threshold);
+        // Reports without the support signal are refused by name, not calibrated as all-abstain.
+        let old = [judged_run(1.0, -0.5)];
+        let o: Vec<&RunRecord> = old.iter().collect();
+        let err = calibrate(&o, &r, AbstainSignal::Support)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("answerable") && err.contains("support"),
+            "{err}"
+        );
+        assert!(calibrate(&o, &r, AbstainSignal::Quote).is_ok());
     }
 }

@@ -57,6 +57,13 @@ pub struct RunRecord {
     /// Whether the reader abstained under the run's threshold (`None`: no threshold).
     #[serde(default)]
     pub abstained: Option<bool>,
+    /// The reader's log-odds of yes against no that the evidence states the answer (the
+    /// support signal; `None` without evidence, and in older reports).
+    #[serde(default)]
+    pub support: Option<f32>,
+    /// Milliseconds the support signal took (its turn after the prefill).
+    #[serde(default)]
+    pub support_ms: Option<f64>,
 }
 
 fn free_mode() -> String {
@@ -64,6 +71,14 @@ fn free_mode() -> String {
 }
 
 impl RunRecord {
+    /// Returns the value of an abstention signal this run recorded.
+    pub fn signal(&self, signal: crate::answer::AbstainSignal) -> Option<f32> {
+        match signal {
+            crate::answer::AbstainSignal::Quote => self.confidence,
+            crate::answer::AbstainSignal::Support => self.support,
+        }
+    }
+
     /// End-to-end milliseconds: context, prefill and decoding.
     pub fn total_ms(&self) -> f64 {
         self.context_ms + self.prefill_ms + self.decode_ms
@@ -363,6 +378,8 @@ mod tests {
             mode: "free".into(),
             confidence: None,
             abstained: None,
+            support: None,
+            support_ms: None,
         }
     }
 

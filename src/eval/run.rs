@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::report::{self, RunRecord, NO_BUDGET};
 use super::{EvalError, EvalItem, Result};
-use crate::answer::{self, AnswerConfig, AnswerMode, Passage};
+use crate::answer::{self, AnswerConfig, AnswerMode, Passage, Threshold};
 use crate::index::Index;
 use crate::model::{gpu_memory, reset_gpu_peak, Model, Tokenized};
 use crate::retrieve::{Method, Query, Retriever};
@@ -155,8 +155,9 @@ pub struct RunConfig {
     /// How the reader answers; each mode is one run from the same prefill (closed-book
     /// answers free only).
     pub modes: Vec<AnswerMode>,
-    /// Abstain below this log-probability of the quote's first token (`None`: never).
-    pub abstain_below: Option<f32>,
+    /// Abstain below this value of a signal (`None`: never). Both signals are recorded
+    /// either way, so one run calibrates both.
+    pub abstain: Option<Threshold>,
 }
 
 /// An index and a retriever over the dataset's contexts, for the retrieval methods.
@@ -234,9 +235,9 @@ impl Evaluation {
         })
     }
 
-    /// Returns the evaluation with abstention below `threshold` (known once the reader is).
-    pub fn abstaining_below(mut self, threshold: Option<f32>) -> Self {
-        self.config.abstain_below = threshold;
+    /// Returns the evaluation abstaining by `rule` (known once the reader is).
+    pub fn abstaining_below(mut self, rule: Option<Threshold>) -> Self {
+        self.config.abstain = rule;
         self
     }
 
@@ -270,18 +271,22 @@ impl Evaluation {
         let model = reader;
         let device = model.transformer().device();
         let mut runs = Vec::new();
+        // Room for the answer, and for the support signal's turn after the same prompt.
+        let after_prompt = config
+            .max_new_tokens
+            .max(answer::support::turn(model)?.len());
         for item in &self.items {
             let tok = model.tokenizer().encode(&item.context)?;
             let overhead =
                 answer::prompt(model, Some(""), &asked(item, &config.instruction))?.len();
             let window = model.config().context;
             let room = window
-                .checked_sub(overhead + config.max_new_tokens + SEAM_SLACK)
+                .checked_sub(overhead + after_prompt + SEAM_SLACK)
                 .filter(|&r| r > SINK_TOKENS)
                 .ok_or_else(|| EvalError::NoRoom {
                     id: item.id.clone(),
                     overhead,
-                    max_new_tokens: config.max_new_tokens,
+                    max_new_tokens: after_prompt,
                     window,
                 })?;
             for plan in &self.plans {
@@ -384,6 +389,13 @@ impl Evaluation {
             (Some(r), false) => Some(super::evidence_recalled(r, &item.gold_spans)),
             _ => None,
         };
+        // Both signals of every reading with evidence, whatever the run's rule: one run
+        // calibrates either.
+        let support = reading.support()?;
+        let abstained = match self.config.abstain {
+            Some(rule) => Some(reading.abstains(Some(rule))?),
+            None => None,
+        };
         let modes = match plan {
             Plan::ClosedBook => &[AnswerMode::Free][..],
             _ => &self.config.modes[..],
@@ -419,10 +431,9 @@ impl Evaluation {
                 peak_gpu_bytes: None,
                 mode: mode.to_string(),
                 confidence: a.confidence,
-                abstained: self
-                    .config
-                    .abstain_below
-                    .map(|_| reading.abstains(self.config.abstain_below)),
+                abstained,
+                support,
+                support_ms: reading.support_ms(),
             });
         }
         Ok(records)

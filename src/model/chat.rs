@@ -64,61 +64,103 @@ impl ChatTemplate {
         system: Option<&str>,
         user: &str,
     ) -> Result<Vec<u32>> {
-        let mut ids = Vec::new();
-        let text = |ids: &mut Vec<u32>, s: &str| -> Result<()> {
-            ids.extend(tok.encode_ids(s)?);
-            Ok(())
-        };
+        let mut out = Ids::new(tok);
+        match self {
+            Self::ChatMl { default_system, .. } => {
+                self.turn(&mut out, "system", system.unwrap_or(default_system))?;
+                self.turn(&mut out, "user", user)?;
+                self.open_reply(&mut out)?;
+            }
+            Self::Llama3 { begin, .. } => {
+                out.ids.extend(begin);
+                if let Some(system) = system {
+                    self.turn(&mut out, "system", system)?;
+                }
+                self.turn(&mut out, "user", user)?;
+                self.open_reply(&mut out)?;
+            }
+            Self::Plain => {
+                out.ids.extend(tok.bos());
+                if let Some(s) = system {
+                    out.text(&format!("{s}\n\n"))?;
+                }
+                out.text(&format!("{user}\nAnswer:"))?;
+            }
+        }
+        if out.ids.is_empty() {
+            return Err(ModelError::Tokenizer("empty prompt".into()));
+        }
+        Ok(out.ids)
+    }
+
+    /// Returns the IDs that continue a [`ChatTemplate::prompt`] already read: the assistant's
+    /// turn it opened is closed empty, `user` is asked in a new turn and the assistant's reply
+    /// is opened, so a question about the prompt continues its KV cache instead of redoing it.
+    pub fn follow_up(&self, tok: &TextTokenizer, user: &str) -> Result<Vec<u32>> {
+        let mut out = Ids::new(tok);
+        match self {
+            Self::ChatMl { im_end, .. } => {
+                out.ids.push(*im_end);
+                out.text("\n")?;
+            }
+            Self::Llama3 { eot, .. } => out.ids.push(*eot),
+            Self::Plain => {
+                out.text(&format!("\n\n{user}\nAnswer:"))?;
+                return Ok(out.ids);
+            }
+        }
+        self.turn(&mut out, "user", user)?;
+        self.open_reply(&mut out)?;
+        Ok(out.ids)
+    }
+
+    /// Appends a whole turn of `role` saying `body` (chat formats only).
+    fn turn(&self, out: &mut Ids<'_>, role: &str, body: &str) -> Result<()> {
         match self {
             Self::ChatMl {
-                im_start,
-                im_end,
-                default_system,
+                im_start, im_end, ..
             } => {
-                let system = system.unwrap_or(default_system);
-                ids.push(*im_start);
-                text(&mut ids, &format!("system\n{system}"))?;
-                ids.push(*im_end);
-                text(&mut ids, "\n")?;
-                ids.push(*im_start);
-                text(&mut ids, &format!("user\n{user}"))?;
-                ids.push(*im_end);
-                text(&mut ids, "\n")?;
-                ids.push(*im_start);
-                text(&mut ids, "assistant\n")?;
+                out.ids.push(*im_start);
+                out.text(&format!("{role}\n{body}"))?;
+                out.ids.push(*im_end);
+                out.text("\n")
             }
             Self::Llama3 {
-                begin,
                 header_start,
                 header_end,
                 eot,
+                ..
             } => {
-                ids.extend(begin);
-                for (role, body) in [("system", system), ("user", Some(user))] {
-                    let Some(body) = body else { continue };
-                    ids.push(*header_start);
-                    text(&mut ids, role)?;
-                    ids.push(*header_end);
-                    text(&mut ids, &format!("\n\n{body}"))?;
-                    ids.push(*eot);
-                }
-                ids.push(*header_start);
-                text(&mut ids, "assistant")?;
-                ids.push(*header_end);
-                text(&mut ids, "\n\n")?;
+                out.ids.push(*header_start);
+                out.text(role)?;
+                out.ids.push(*header_end);
+                out.text(&format!("\n\n{body}"))?;
+                out.ids.push(*eot);
+                Ok(())
             }
-            Self::Plain => {
-                ids.extend(tok.bos());
-                if let Some(s) = system {
-                    text(&mut ids, &format!("{s}\n\n"))?;
-                }
-                text(&mut ids, &format!("{user}\nAnswer:"))?;
+            Self::Plain => out.text(body),
+        }
+    }
+
+    /// Appends the opening of the assistant's turn, where its answer begins.
+    fn open_reply(&self, out: &mut Ids<'_>) -> Result<()> {
+        match self {
+            Self::ChatMl { im_start, .. } => {
+                out.ids.push(*im_start);
+                out.text("assistant\n")
             }
+            Self::Llama3 {
+                header_start,
+                header_end,
+                ..
+            } => {
+                out.ids.push(*header_start);
+                out.text("assistant")?;
+                out.ids.push(*header_end);
+                out.text("\n\n")
+            }
+            Self::Plain => Ok(()),
         }
-        if ids.is_empty() {
-            return Err(ModelError::Tokenizer("empty prompt".into()));
-        }
-        Ok(ids)
     }
 
     /// Returns the tokens that end an answer in this format.
@@ -133,5 +175,25 @@ impl ChatTemplate {
         stops.sort_unstable();
         stops.dedup();
         stops
+    }
+}
+
+/// Prompt IDs as they are built: text through the tokenizer, control tokens by ID.
+struct Ids<'a> {
+    tok: &'a TextTokenizer,
+    ids: Vec<u32>,
+}
+
+impl<'a> Ids<'a> {
+    fn new(tok: &'a TextTokenizer) -> Self {
+        Self {
+            tok,
+            ids: Vec::new(),
+        }
+    }
+
+    fn text(&mut self, s: &str) -> Result<()> {
+        self.ids.extend(self.tok.encode_ids(s)?);
+        Ok(())
     }
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::error::{Result, ServiceError};
-use crate::answer::AnswerMode;
+use crate::answer::{AbstainSignal, AnswerMode};
 
 /// Limits on what one call may ask for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -117,6 +117,9 @@ pub struct ServeConfig {
     /// How readers answer calls that name no mode: quote, free or auto.
     #[serde(default)]
     pub answer_mode: AnswerMode,
+    /// The signal a reader's calibrated threshold of abstention compares: quote or support.
+    #[serde(default)]
+    pub abstain_signal: AbstainSignal,
     /// Per-call limits.
     pub limits: Limits,
     /// Model work threads and queues.
@@ -134,6 +137,7 @@ impl Default for ServeConfig {
             metrics_listen: None,
             answer_model: Vec::new(),
             answer_mode: AnswerMode::default(),
+            abstain_signal: AbstainSignal::default(),
             limits: Limits::default(),
             queues: Queues::default(),
         }
@@ -172,6 +176,11 @@ pub struct ServeSettings {
     /// How readers answer calls that name no mode: quote, free or auto.
     #[arg(long, env = "S3MEM_ANSWER_MODE")]
     pub answer_mode: Option<AnswerMode>,
+    /// The signal by which readers say "not in the evidence" (below their calibrated
+    /// threshold of it): quote (the best quote's first token) or support (the reader asked
+    /// whether the evidence states the answer: ~30 tokens more per call).
+    #[arg(long, env = "S3MEM_ABSTAIN_SIGNAL")]
+    pub abstain_signal: Option<AbstainSignal>,
     #[command(flatten)]
     pub limits: LimitSettings,
     #[command(flatten)]
@@ -485,6 +494,7 @@ mod tests {
             let value = match (key.as_str(), default) {
                 ("listen" | "metrics_listen", _) => Value::from(format!("127.0.0.1:{}", 40000 + i)),
                 ("answer_mode", _) => Value::from("quote"),
+                ("abstain_signal", _) => Value::from("support"),
                 (_, Value::Null) => Value::from(format!("/tmp/{key}")),
                 (_, Value::Number(n)) => Value::from(n.as_u64().unwrap() + 1 + i as u64),
                 (_, Value::Array(_)) => Value::from(vec![format!("/tmp/{key}.gguf"), "b".into()]),

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use super::config::Limits;
 use super::error::{Result, ServiceError};
-use crate::answer::{self, Answer, AnswerConfig, AnswerMode};
+use crate::answer::{self, AbstainSignal, Answer, AnswerConfig, AnswerMode};
 use crate::embed::Embedder;
 use crate::index::{
     snapshot::Manifest, CollectionInfo, DocumentInfo, DocumentPage, Index, IndexError, Ingested,
@@ -48,6 +48,8 @@ pub struct Loaded {
     pub readers: Vec<Reader>,
     /// How readers answer calls that name no mode (`answer_mode`).
     pub answer_mode: AnswerMode,
+    /// The signal of the readers' calibrated abstention (`abstain_signal`).
+    pub abstain_signal: AbstainSignal,
 }
 
 /// A model that answers from evidence, loaded once at start and named as the settings name it.

@@ -158,7 +158,11 @@ fn retrieve_code(e: &RetrieveError) -> Code {
 
 fn answer_code(e: &AnswerError) -> Code {
     match e {
-        AnswerError::TooLong { .. } | AnswerError::MaxNewTokens(_) => Code::InvalidArgument,
+        AnswerError::TooLong { .. }
+        | AnswerError::NoRoomToVerify { .. }
+        | AnswerError::MaxNewTokens(_) => Code::InvalidArgument,
+        // The daemon's reader cannot give the signal its settings chose.
+        AnswerError::NoYesNo => Code::FailedPrecondition,
         AnswerError::Model(e) => model_code(e),
     }
 }

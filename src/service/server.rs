@@ -318,7 +318,7 @@ impl pb::memory_server::Memory for MemoryService {
             max_new_tokens,
             max_new_tokens_limit: limits.max_new_tokens,
             mode: convert::answer_mode(r.answer_mode)?.unwrap_or(loaded.answer_mode),
-            abstain_below: Abstain::Calibrated.threshold(&reader),
+            abstain: Abstain::Calibrated.threshold(&reader, loaded.abstain_signal),
         };
         let query = convert::query(
             convert::QueryFields {

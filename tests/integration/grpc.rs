@@ -52,6 +52,7 @@ pub(crate) fn loader(gate: Option<mpsc::Receiver<()>>) -> Loader {
             embedder: None,
             readers: Vec::new(),
             answer_mode: Default::default(),
+            abstain_signal: Default::default(),
         })
     })
 }

@@ -321,3 +321,71 @@ fn default_sae_set_encodes_real_keys() {
         assert!(fvu < 0.5, "layer {}: FVU {fvu} on real keys", tap.layer);
     }
 }
+
+#[test]
+fn the_support_turn_follows_the_answer_prompt_and_decides_abstention() {
+    use s3mem::answer::{self, AbstainSignal, AnswerConfig, Passage, Threshold};
+    let model = real_model();
+    let tok = model.tokenizer();
+    let turn = answer::support::turn(model).unwrap();
+    // The empty answer turn closed, the question asked as a user, the reply opened.
+    let im_end = tok.token_id("<|im_end|>").unwrap();
+    let im_start = tok.token_id("<|im_start|>").unwrap();
+    assert_eq!(turn[0], im_end);
+    assert_eq!(turn.iter().filter(|&&t| t == im_start).count(), 2);
+    assert_eq!(
+        tok.decode(&turn),
+        format!("\nuser\n{}\nassistant\n", answer::support::VERIFY)
+    );
+    let context = "The passkey of the blue door is 48213.";
+    let passage = || {
+        vec![Passage {
+            text: context.into(),
+            doc_id: None,
+            char_start: 0,
+            label: None,
+        }]
+    };
+    let rule = |below| AnswerConfig {
+        max_new_tokens: 8,
+        abstain: Some(Threshold {
+            signal: AbstainSignal::Support,
+            below,
+        }),
+        ..AnswerConfig::default()
+    };
+    let reading = answer::read(
+        model,
+        Some(context),
+        "What is the passkey of the blue door?",
+        passage(),
+        &rule(0.0),
+    )
+    .unwrap();
+    let score = reading.support().unwrap().unwrap();
+    assert!(score.is_finite(), "{score}");
+    assert_eq!(reading.support().unwrap(), Some(score));
+    let low = reading.answer(&rule(score - 1.0), &mut |_| true).unwrap();
+    assert!(!low.not_in_evidence);
+    assert_eq!(low.support, Some(score));
+    assert!(low.timings_ms.contains_key("support"));
+    let high = reading.answer(&rule(score + 1.0), &mut |_| true).unwrap();
+    assert!(high.not_in_evidence);
+    assert_eq!(high.answer, answer::NOT_IN_EVIDENCE);
+    // The same prompt read again gives the same score; without passages there is nothing
+    // to judge and no score.
+    let read_again = |passages| {
+        answer::read(
+            model,
+            Some(context),
+            "What is the passkey of the blue door?",
+            passages,
+            &rule(0.0),
+        )
+        .unwrap()
+        .support()
+        .unwrap()
+    };
+    assert_eq!(read_again(passage()), Some(score));
+    assert_eq!(read_again(Vec::new()), None);
+}

@@ -45,6 +45,7 @@ fn every_setting_is_reachable_by_its_variable() {
             ("listen", _) => "0.0.0.0:7070".to_string(),
             ("metrics_listen", _) => "127.0.0.1:9099".to_string(),
             ("answer_mode", _) => "quote".to_string(),
+            ("abstain_signal", _) => "support".to_string(),
             (_, serde_json::Value::Null) => format!("/etc/s3mem/{key}"),
             // A list variable is comma-separated.
             (_, serde_json::Value::Array(_)) => format!("/etc/s3mem/{key}.gguf,b"),
