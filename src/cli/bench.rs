@@ -330,6 +330,7 @@ fn filter_cost(args: &BenchFilterArgs, models: &Path) -> Result<()> {
             embedder: embedder.clone(),
             readers: Vec::new(),
             answer_mode: Default::default(),
+            retrieval: Default::default(),
         };
         let m = bench::filter::metrics(&config, &loaded, &mut log)?;
         println!(

@@ -186,6 +186,7 @@ pub(crate) async fn daemon_client(
             embedder: with_embedder.then_some(embedder),
             readers: Vec::new(),
             answer_mode: Default::default(),
+            retrieval: Default::default(),
         })
     });
     let config = ServeConfig {

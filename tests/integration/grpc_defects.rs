@@ -83,6 +83,7 @@ fn a_cancelled_retrieval_stops_after_the_forward_pass() {
             embedder: None,
             readers: Vec::new(),
             answer_mode: Default::default(),
+            retrieval: Default::default(),
         })
         .unwrap();
     engine.create_collection("c").unwrap();
