@@ -76,6 +76,7 @@ pub fn serve(args: &ServeArgs, models: &Path) -> Result<()> {
     let answer_mode = config.answer_mode;
     let default_method = config.default_method;
     let rerank = config.rerank.clone();
+    let limits = config.limits.clone();
     let loader: crate::service::Loader = Box::new(move || {
         let inner = || -> Result<Loaded> {
             let model = Arc::new(load(&model_args, &models)?);
@@ -100,14 +101,12 @@ pub fn serve(args: &ServeArgs, models: &Path) -> Result<()> {
                             None => Some(second(name)?),
                         },
                     };
-                    let read_by = rerank.rerank_model.as_deref().unwrap_or("the index model");
-                    eprintln!("s3mem: re-ranking with heads {} of {read_by}", config.heads);
                     Some(Reranking { config, model })
                 }
                 None => None,
             };
             let embedder = load_embedder(&model_args, &models)?;
-            Ok(Loaded {
+            let loaded = Loaded {
                 model,
                 saes: Arc::new(saes),
                 scan,
@@ -118,7 +117,14 @@ pub fn serve(args: &ServeArgs, models: &Path) -> Result<()> {
                     default_method,
                     rerank: reranking,
                 },
-            })
+            };
+            // Checked before it is announced (the engine checks again as it installs it).
+            loaded.check_retrieval(&limits)?;
+            if let Some(r) = &loaded.retrieval.rerank {
+                let by = rerank.rerank_model.as_deref().unwrap_or("the index model");
+                eprintln!("s3mem: re-ranking with heads {} of {by}", r.config.heads);
+            }
+            Ok(loaded)
         };
         inner().map_err(|e| format!("{e:#}"))
     });

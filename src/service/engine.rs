@@ -119,7 +119,7 @@ impl Loaded {
 
     /// Refuses re-ranking settings the models cannot run and a default method the daemon
     /// cannot serve, naming the setting: checked once at start, not on every call.
-    fn check_retrieval(&self, limits: &Limits) -> Result<()> {
+    pub fn check_retrieval(&self, limits: &Limits) -> Result<()> {
         let bad = |setting, reason: String| Err(ServiceError::Config { setting, reason });
         if let Some(r) = &self.retrieval.rerank {
             let c = r.model.as_deref().unwrap_or(&self.model).config();
