@@ -62,13 +62,16 @@ fn load_all(args: &RetrieveArgs, models: &Path) -> Result<Loaded> {
     })
 }
 
-/// Refuses re-ranking flags in client mode: the daemon has no re-ranking settings.
+/// Refuses re-ranking flags in client mode: a daemon re-ranks with the settings it was
+/// started with, the same for every call.
 fn refuse_remote_rerank(args: &RetrieveArgs) -> Result<()> {
     let flags = args.attention.heads.is_some() || args.attention.reranker.rerank_model.is_some();
     if flags && args.server.server.is_some() {
         anyhow::bail!(
             "--heads and --rerank-model apply to a local data dir (--data-dir); \
-             a daemon (--server) does not re-rank by attention"
+             a daemon (--server) re-ranks with its own: set them on `s3mem serve` \
+             (--heads, --pool-tokens, --rerank-first-stage, --rerank-model) and ask with \
+             --method rerank alone"
         );
     }
     Ok(())

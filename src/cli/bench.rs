@@ -331,6 +331,7 @@ fn filter_cost(args: &BenchFilterArgs, models: &Path) -> Result<()> {
             readers: Vec::new(),
             answer_mode: Default::default(),
             abstain_signal: Default::default(),
+            retrieval: Default::default(),
         };
         let m = bench::filter::metrics(&config, &loaded, &mut log)?;
         println!(

@@ -315,7 +315,8 @@ pub struct RetrieveArgs {
     /// Most tokens of evidence (counted with the model's tokenizer).
     #[arg(long, default_value_t = 1024)]
     pub budget: usize,
-    /// s3, bm25, hybrid, bias, dense, rag or rerank (rerank: with `--heads`, a local data dir).
+    /// s3, bm25, hybrid, bias, dense, rag or rerank (rerank: with `--heads` on a local data
+    /// dir, or alone with a daemon started with them).
     #[arg(long, default_value = "hybrid")]
     pub method: crate::retrieve::Method,
     #[command(flatten)]

@@ -7,9 +7,10 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::args::{DataDirArgs, ModelArgs, WindowArgs};
-use super::load::{load, load_embedder, load_sae_set};
+use super::load::{load, load_embedder, load_sae_set, load_second};
 use crate::index::{Index, IndexConfig};
-use crate::service::{Loaded, Reader, ServeConfig, ServeSettings};
+use crate::model::Model;
+use crate::service::{Loaded, Reader, Reranking, Retrieval, ServeConfig, ServeSettings};
 
 /// `s3mem serve`: every daemon setting is a flag, an `S3MEM_*` environment variable and a key
 /// of the config file; a flag wins over its variable, which wins over the file, which wins
@@ -74,26 +75,39 @@ pub fn serve(args: &ServeArgs, models: &Path) -> Result<()> {
     let reader_names = config.answer_model.clone();
     let answer_mode = config.answer_mode;
     let abstain_signal = config.abstain_signal;
+    let default_method = config.default_method;
+    let rerank = config.rerank.clone();
+    let limits = config.limits.clone();
     let loader: crate::service::Loader = Box::new(move || {
         let inner = || -> Result<Loaded> {
             let model = Arc::new(load(&model_args, &models)?);
             let saes = load_sae_set(&model, &sae, &models)?;
-            // Each reader once, at start: a call only picks one.
+            // Each second model once, at start: a call only picks one.
+            let second = |name: &str| -> Result<Arc<Model>> {
+                Ok(load_second(Some(name), &model_args, &models)?
+                    .map_or_else(|| model.clone(), Arc::new))
+            };
             let mut readers = Vec::new();
             for name in reader_names {
-                let model = if name == model_args.model {
-                    model.clone()
-                } else {
-                    let args = ModelArgs {
-                        model: name.clone(),
-                        ..model_args.clone()
-                    };
-                    Arc::new(load(&args, &models)?)
-                };
+                let model = second(&name)?;
                 readers.push(Reader { name, model });
             }
+            let reranking = match rerank.config() {
+                Some(config) => {
+                    // A reader of the same name is the same model: not loaded twice.
+                    let model = match rerank.rerank_model.as_deref() {
+                        None => None,
+                        Some(name) => match readers.iter().find(|r| r.name == name) {
+                            Some(r) => Some(r.model.clone()),
+                            None => Some(second(name)?),
+                        },
+                    };
+                    Some(Reranking { config, model })
+                }
+                None => None,
+            };
             let embedder = load_embedder(&model_args, &models)?;
-            Ok(Loaded {
+            let loaded = Loaded {
                 model,
                 saes: Arc::new(saes),
                 scan,
@@ -101,7 +115,18 @@ pub fn serve(args: &ServeArgs, models: &Path) -> Result<()> {
                 answer_mode,
                 abstain_signal,
                 embedder: embedder.map(Arc::new),
-            })
+                retrieval: Retrieval {
+                    default_method,
+                    rerank: reranking,
+                },
+            };
+            // Checked before it is announced (the engine checks again as it installs it).
+            loaded.check_retrieval(&limits)?;
+            if let Some(r) = &loaded.retrieval.rerank {
+                let by = rerank.rerank_model.as_deref().unwrap_or("the index model");
+                eprintln!("s3mem: re-ranking with heads {} of {by}", r.config.heads);
+            }
+            Ok(loaded)
         };
         inner().map_err(|e| format!("{e:#}"))
     });

@@ -14,6 +14,8 @@ use serde_json::Value;
 
 use super::error::{Result, ServiceError};
 use crate::answer::{AbstainSignal, AnswerMode};
+use crate::retrieve::rerank::{HeadSet, RerankConfig};
+use crate::retrieve::Method;
 
 /// Limits on what one call may ask for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -92,6 +94,67 @@ impl Default for Queues {
     }
 }
 
+/// Attention re-ranking (`METHOD_RERANK`): the retrieval heads, the pool and the model that
+/// reads it. Without heads the daemon refuses the method.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rerank {
+    /// Retrieval heads, `layer.head,...`, of the re-ranking model; unset: no re-ranking.
+    #[serde(default, with = "heads_text")]
+    pub heads: Option<HeadSet>,
+    /// Most tokens of first-stage candidates the re-ranking model reads per question.
+    pub pool_tokens: usize,
+    /// Weight of the first stage's own order fused with the attention order (0: attention
+    /// alone).
+    pub rerank_first_stage: f32,
+    /// The model whose attention re-ranks (a known name or a GGUF path), loaded once at start;
+    /// unset: the index model.
+    #[serde(default)]
+    pub rerank_model: Option<String>,
+}
+
+impl Default for Rerank {
+    fn default() -> Self {
+        Self {
+            heads: None,
+            pool_tokens: 2048,
+            rerank_first_stage: 0.0,
+            rerank_model: None,
+        }
+    }
+}
+
+impl Rerank {
+    /// Returns the re-ranking settings of retrieval, `None` without heads.
+    pub fn config(&self) -> Option<RerankConfig> {
+        self.heads.clone().map(|heads| RerankConfig {
+            heads,
+            pool_tokens: self.pool_tokens,
+            first_stage: self.rerank_first_stage,
+        })
+    }
+}
+
+/// Writes a head set as its text (`8.3,12.0`) and reads it back, refusing what is not one.
+mod heads_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::retrieve::rerank::HeadSet;
+
+    pub fn serialize<S: Serializer>(heads: &Option<HeadSet>, s: S) -> Result<S::Ok, S::Error> {
+        match heads {
+            Some(h) => s.serialize_some(&h.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<HeadSet>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|text| text.parse().map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
 /// Everything `s3mem serve` is configured with, besides the model and the data dir: the
 /// settings after merging, every one with its value.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -120,10 +183,20 @@ pub struct ServeConfig {
     /// The signal a reader's calibrated threshold of abstention compares: quote or support.
     #[serde(default)]
     pub abstain_signal: AbstainSignal,
+    /// The method of calls that name none (`METHOD_UNSPECIFIED`).
+    #[serde(default = "hybrid")]
+    pub default_method: Method,
     /// Per-call limits.
     pub limits: Limits,
     /// Model work threads and queues.
     pub queues: Queues,
+    /// Attention re-ranking.
+    #[serde(default)]
+    pub rerank: Rerank,
+}
+
+fn hybrid() -> Method {
+    Method::Hybrid
 }
 
 impl Default for ServeConfig {
@@ -138,8 +211,10 @@ impl Default for ServeConfig {
             answer_model: Vec::new(),
             answer_mode: AnswerMode::default(),
             abstain_signal: AbstainSignal::default(),
+            default_method: hybrid(),
             limits: Limits::default(),
             queues: Queues::default(),
+            rerank: Rerank::default(),
         }
     }
 }
@@ -181,10 +256,16 @@ pub struct ServeSettings {
     /// whether the evidence states the answer: ~30 tokens more per call).
     #[arg(long, env = "S3MEM_ABSTAIN_SIGNAL")]
     pub abstain_signal: Option<AbstainSignal>,
+    /// The method of calls that name none: s3, bm25, hybrid, bias, dense, rag or rerank
+    /// (rerank: with --heads).
+    #[arg(long, env = "S3MEM_DEFAULT_METHOD")]
+    pub default_method: Option<Method>,
     #[command(flatten)]
     pub limits: LimitSettings,
     #[command(flatten)]
     pub queues: QueueSettings,
+    #[command(flatten)]
+    pub rerank: RerankSettings,
 }
 
 /// The `[limits]` part of [`ServeSettings`].
@@ -249,6 +330,29 @@ pub struct QueueSettings {
     /// Queries that may wait for a query thread; beyond it calls get RESOURCE_EXHAUSTED.
     #[arg(long, env = "S3MEM_QUERY_QUEUE_DEPTH")]
     pub query_queue_depth: Option<usize>,
+}
+
+/// The `[rerank]` part of [`ServeSettings`]: the flags of local `retrieve --method rerank`,
+/// set once for the daemon.
+#[derive(Debug, Clone, Default, PartialEq, clap::Args, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RerankSettings {
+    /// Retrieval heads of METHOD_RERANK, `layer.head,...` (heads of the re-ranking model).
+    /// Unset: the daemon refuses METHOD_RERANK.
+    #[arg(long, env = "S3MEM_HEADS")]
+    #[serde(with = "heads_text")]
+    pub heads: Option<HeadSet>,
+    /// Tokens of first-stage candidates the re-ranking model reads per question.
+    #[arg(long, env = "S3MEM_POOL_TOKENS")]
+    pub pool_tokens: Option<usize>,
+    /// Weight of the first stage's own order fused with the attention order (0: attention
+    /// alone).
+    #[arg(long, env = "S3MEM_RERANK_FIRST_STAGE")]
+    pub rerank_first_stage: Option<f32>,
+    /// The model whose attention re-ranks (a known name or a GGUF path), loaded once at start
+    /// on the index model's device. Unset: the index model.
+    #[arg(long, env = "S3MEM_RERANK_MODEL")]
+    pub rerank_model: Option<String>,
 }
 
 impl ServeSettings {
@@ -331,6 +435,15 @@ impl ServeConfig {
             Some(path) => ServeSettings::from_file(path)?,
             None => ServeSettings::default(),
         };
+        // JSON has no NaN or infinity: the merge would drop them as unset.
+        for set in [&file, flags] {
+            if let Some(w) = set.rerank.rerank_first_stage.filter(|w| !w.is_finite()) {
+                return Err(ServiceError::Config {
+                    setting: "rerank_first_stage",
+                    reason: format!("{w} is not a finite number >= 0"),
+                });
+            }
+        }
         let mut merged = to_value(&Self::default());
         overlay(&mut merged, to_value(&file));
         overlay(&mut merged, to_value(flags));
@@ -431,6 +544,30 @@ impl ServeConfig {
         if q.query_workers == 0 {
             return bad("query_workers", "needs at least one worker".into());
         }
+        let r = &self.rerank;
+        if r.pool_tokens == 0 {
+            return bad("pool_tokens", "must be at least 1".into());
+        }
+        if !(r.rerank_first_stage.is_finite() && r.rerank_first_stage >= 0.0) {
+            return bad(
+                "rerank_first_stage",
+                format!("{} is not a finite number >= 0", r.rerank_first_stage),
+            );
+        }
+        if r.heads.is_none() {
+            if self.default_method == Method::Rerank {
+                return bad(
+                    "default_method",
+                    "rerank needs retrieval heads: set heads (--heads L.H,...)".into(),
+                );
+            }
+            if let Some(m) = &r.rerank_model {
+                return bad(
+                    "rerank_model",
+                    format!("{m} would re-rank with no heads: set heads (--heads L.H,...)"),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -495,6 +632,10 @@ mod tests {
                 ("listen" | "metrics_listen", _) => Value::from(format!("127.0.0.1:{}", 40000 + i)),
                 ("answer_mode", _) => Value::from("quote"),
                 ("abstain_signal", _) => Value::from("support"),
+                ("default_method", _) => Value::from("rerank"),
+                // Sorted already: a head set is written sorted.
+                ("heads", _) => Value::from("7.7,18.7"),
+                ("rerank_first_stage", _) => Value::from(1.5),
                 (_, Value::Null) => Value::from(format!("/tmp/{key}")),
                 (_, Value::Number(n)) => Value::from(n.as_u64().unwrap() + 1 + i as u64),
                 (_, Value::Array(_)) => Value::from(vec![format!("/tmp/{key}.gguf"), "b".into()]),
@@ -669,6 +810,83 @@ mod tests {
         let file: ServeSettings = toml::from_str("answer_model = [\"b.gguf\"]").unwrap();
         assert_eq!(file.answer_model, Some(vec!["b.gguf".to_string()]));
         assert!(ServeConfig::default().answer_model.is_empty());
+    }
+
+    #[test]
+    fn rerank_settings_come_from_flags_or_the_file_and_are_checked() {
+        let heads = "18.7,7.7,14.3,17.3,23.2,17.4,15.6,18.6";
+        let c = ServeConfig::merge(
+            &flags(&[
+                format!("--heads={heads}"),
+                "--rerank-first-stage=1".into(),
+                "--pool-tokens=1024".into(),
+                "--default-method=rerank".into(),
+            ]),
+            None,
+        )
+        .unwrap();
+        let r = c.rerank.config().unwrap();
+        assert_eq!(
+            r.heads.to_string(),
+            "7.7,14.3,15.6,17.3,17.4,18.6,18.7,23.2"
+        );
+        assert_eq!((r.pool_tokens, r.first_stage), (1024, 1.0));
+        assert_eq!(c.default_method, Method::Rerank);
+        assert!(ServeConfig::default().rerank.config().is_none());
+        assert_eq!(ServeConfig::default().default_method, Method::Hybrid);
+        // The file's section, under flags that set one key of it.
+        let file = config_file(
+            "default_method = \"rerank\"\n[rerank]\nheads = \"8.1, 12.3\"\n\
+             rerank_model = \"qwen2.5-coder-0.5b\"\nrerank_first_stage = 0.5\n",
+        );
+        let c = ServeConfig::merge(
+            &flags(&["--pool-tokens".into(), "512".into()]),
+            Some(file.path()),
+        )
+        .unwrap();
+        assert_eq!(c.rerank.heads.as_ref().unwrap().to_string(), "8.1,12.3");
+        assert_eq!(c.rerank.rerank_model.as_deref(), Some("qwen2.5-coder-0.5b"));
+        assert_eq!(
+            (c.rerank.pool_tokens, c.rerank.rerank_first_stage),
+            (512, 0.5)
+        );
+        // What --print-config writes reads back as the same settings.
+        let printed = toml::to_string(&c).unwrap();
+        assert!(printed.contains("heads = \"8.1,12.3\""), "{printed}");
+        assert_eq!(toml::from_str::<ServeConfig>(&printed).unwrap(), c);
+        // A head set that does not parse, from the file or a flag.
+        let bad = config_file("[rerank]\nheads = \"8\"\n");
+        let err = ServeConfig::merge(&ServeSettings::default(), Some(bad.path())).unwrap_err();
+        assert!(err.to_string().contains("layer.head"), "{err}");
+        let cmd = ServeSettings::augment_args(clap::Command::new("serve").no_binary_name(true));
+        let err = cmd.try_get_matches_from(["--heads", "8.x"]).unwrap_err();
+        assert!(err.to_string().contains("layer.head"), "{err}");
+        // Settings that cannot work, named.
+        let refused = |args: &[&str], file: &str, setting: &str| {
+            let file = config_file(file);
+            let args: Vec<String> = args.iter().map(ToString::to_string).collect();
+            let err = ServeConfig::merge(&flags(&args), Some(file.path())).unwrap_err();
+            assert!(
+                matches!(&err, ServiceError::Config { setting: s, .. } if *s == setting),
+                "{setting}: {err}"
+            );
+            err.to_string()
+        };
+        let err = refused(&["--default-method", "rerank"], "", "default_method");
+        assert!(err.contains("--heads"), "{err}");
+        let err = refused(
+            &["--rerank-model", "qwen2.5-coder-0.5b"],
+            "",
+            "rerank_model",
+        );
+        assert!(err.contains("--heads"), "{err}");
+        refused(&["--heads", "8.1", "--pool-tokens", "0"], "", "pool_tokens");
+        for weight in ["-1.0", "nan", "inf"] {
+            let file = format!("[rerank]\nrerank_first_stage = {weight}\n");
+            refused(&["--heads", "8.1"], &file, "rerank_first_stage");
+            let flag = format!("--rerank-first-stage={weight}");
+            refused(&["--heads", "8.1", &flag], "", "rerank_first_stage");
+        }
     }
 
     #[test]

@@ -329,8 +329,9 @@ pub fn filter_to_pb(f: &Filter) -> pb::Filter {
     }
 }
 
-/// Checks a retrieve or ask request against the limits and returns the query.
-pub fn query(r: QueryFields, limits: &Limits) -> Result<Query> {
+/// Checks a retrieve or ask request against the limits and returns the query; a request
+/// that names no method gets `default_method`.
+pub fn query(r: QueryFields, limits: &Limits, default_method: Method) -> Result<Query> {
     check_name("collection", &r.collection)?;
     for d in &r.docs {
         check_name("docs", d)?;
@@ -362,7 +363,8 @@ pub fn query(r: QueryFields, limits: &Limits) -> Result<Query> {
         b => b,
     };
     let method = match pb::Method::try_from(r.method) {
-        Ok(pb::Method::Unspecified | pb::Method::Hybrid) => Method::Hybrid,
+        Ok(pb::Method::Unspecified) => default_method,
+        Ok(pb::Method::Hybrid) => Method::Hybrid,
         Ok(pb::Method::S3) => Method::S3,
         Ok(pb::Method::Bm25) => Method::Bm25,
         Ok(pb::Method::Bias) => Method::Bias,
@@ -690,14 +692,20 @@ mod tests {
             trace: false,
             filter: None,
         };
-        let q = query(fields(0, 0, "why?"), &limits).unwrap();
+        let hybrid = Method::Hybrid;
+        let q = query(fields(0, 0, "why?"), &limits, hybrid).unwrap();
         assert_eq!(q.budget, limits.default_budget);
         assert_eq!(q.method, Method::Hybrid);
-        let e = query(fields(100_000, 1, "why?"), &limits).unwrap_err();
+        // An unspecified method is the daemon's default; a named one is what it names.
+        let q = query(fields(0, 0, "why?"), &limits, Method::Rerank).unwrap();
+        assert_eq!(q.method, Method::Rerank);
+        let q = query(fields(0, 2, "why?"), &limits, Method::Rerank).unwrap();
+        assert_eq!(q.method, Method::Bm25);
+        let e = query(fields(100_000, 1, "why?"), &limits, hybrid).unwrap_err();
         assert!(e.to_string().starts_with("budget: "), "{e}");
-        let e = query(fields(10, 99, "why?"), &limits).unwrap_err();
+        let e = query(fields(10, 99, "why?"), &limits, hybrid).unwrap_err();
         assert!(e.to_string().starts_with("method: "), "{e}");
-        let e = query(fields(10, 1, " "), &limits).unwrap_err();
+        let e = query(fields(10, 1, " "), &limits, hybrid).unwrap_err();
         assert!(e.to_string().starts_with("question: "), "{e}");
         assert!(max_new_tokens(100_000, &limits).is_err());
         assert_eq!(

@@ -30,7 +30,8 @@ use crate::index::{
 };
 use crate::ingest::{self, Encoder, IngestError};
 use crate::model::{Model, ModelError, ScanConfig};
-use crate::retrieve::{Evidence, Query, RetrieveConfig, RetrieveError, Retriever};
+use crate::retrieve::rerank::RerankConfig;
+use crate::retrieve::{Evidence, Method, Query, RetrieveConfig, RetrieveError, Retriever};
 use crate::sae::SaeSet;
 
 /// The model side of the daemon, loaded once after start-up.
@@ -50,6 +51,36 @@ pub struct Loaded {
     pub answer_mode: AnswerMode,
     /// The signal of the readers' calibrated abstention (`abstain_signal`).
     pub abstain_signal: AbstainSignal,
+    /// The method of calls that name none and attention re-ranking.
+    pub retrieval: Retrieval,
+}
+
+/// How the daemon retrieves besides each call's own fields.
+#[derive(Clone)]
+pub struct Retrieval {
+    /// The method of calls that send `METHOD_UNSPECIFIED` (`default_method`).
+    pub default_method: Method,
+    /// Attention re-ranking (the `[rerank]` settings); `None`: `METHOD_RERANK` is refused.
+    pub rerank: Option<Reranking>,
+}
+
+impl Default for Retrieval {
+    fn default() -> Self {
+        Self {
+            default_method: Method::Hybrid,
+            rerank: None,
+        }
+    }
+}
+
+/// Attention re-ranking as the daemon runs it: the heads and pool, and the model that reads it.
+#[derive(Clone)]
+pub struct Reranking {
+    /// The heads, the pool and the first stage's weight.
+    pub config: RerankConfig,
+    /// The model whose attention re-ranks (`rerank_model`), loaded once at start; `None`: the
+    /// index model.
+    pub model: Option<Arc<Model>>,
 }
 
 /// A model that answers from evidence, loaded once at start and named as the settings name it.
@@ -86,6 +117,51 @@ impl Loaded {
                 }
             ),
         ))
+    }
+
+    /// Refuses re-ranking settings the models cannot run and a default method the daemon
+    /// cannot serve, naming the setting: checked once at start, not on every call.
+    pub fn check_retrieval(&self, limits: &Limits) -> Result<()> {
+        let bad = |setting, reason: String| Err(ServiceError::Config { setting, reason });
+        if let Some(r) = &self.retrieval.rerank {
+            let c = r.model.as_deref().unwrap_or(&self.model).config();
+            if let Err(e) = r.config.heads.check(c.layers, c.heads) {
+                return bad("heads", format!("{e} (the re-ranking model)"));
+            }
+            let room = r.config.pool_tokens + limits.max_question_tokens;
+            if room > c.context {
+                return bad(
+                    "pool_tokens",
+                    format!(
+                        "{} tokens of pool and {} of question (max_question_tokens) are more \
+                         than the re-ranking model's window of {}",
+                        r.config.pool_tokens, limits.max_question_tokens, c.context
+                    ),
+                );
+            }
+        }
+        match self.retrieval.default_method {
+            Method::Rerank if self.retrieval.rerank.is_none() => bad(
+                "default_method",
+                "rerank needs retrieval heads: set heads (--heads L.H,...)".into(),
+            ),
+            m @ (Method::Dense | Method::Rag) if self.embedder.is_none() => bad(
+                "default_method",
+                format!("{m} needs the embedding model: run `s3mem model fetch minilm`"),
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    /// Refuses a method the daemon was not started with the settings for, naming them.
+    pub fn check_method(&self, method: Method) -> Result<()> {
+        if method == Method::Rerank && self.retrieval.rerank.is_none() {
+            return Err(ServiceError::NotConfigured {
+                method,
+                how: "--heads L.H,... (S3MEM_HEADS, or heads under [rerank] in the config file)",
+            });
+        }
+        Ok(())
     }
 
     /// Returns the encoder of ingests.
@@ -253,6 +329,7 @@ impl Engine {
     /// first embeds the passages of stored documents that lack vectors from the embedding
     /// model (one document at a time, so reads go on meanwhile).
     pub fn set_loaded(&self, loaded: Loaded) -> Result<()> {
+        loaded.check_retrieval(&self.limits)?;
         self.read().check_identity(loaded.encoder()?.identity())?;
         if let Some(embedder) = &loaded.embedder {
             self.embed_missing(embedder)?;
@@ -422,6 +499,7 @@ impl Engine {
     /// the bytes limit alone lets a question of emoji cost seconds of model time per call.
     pub fn retrieve_until(&self, query: &Query, gone: &dyn Fn() -> bool) -> Result<Evidence> {
         let loaded = self.loaded()?;
+        loaded.check_method(query.method)?;
         let stopped = || self.is_stopping() || gone();
         if stopped() {
             return Err(self.stop_reason());
@@ -436,10 +514,17 @@ impl Engine {
         }
         let config = RetrieveConfig {
             max_question_chars: self.limits.max_question_bytes,
+            rerank: loaded.retrieval.rerank.as_ref().map(|r| r.config.clone()),
             ..RetrieveConfig::default()
         };
+        let reranker = loaded
+            .retrieval
+            .rerank
+            .as_ref()
+            .and_then(|r| r.model.as_deref());
         let retriever = Retriever::new(&loaded.model, &loaded.saes, config)?
-            .with_embedder(loaded.embedder.as_deref());
+            .with_embedder(loaded.embedder.as_deref())
+            .with_reranker(reranker);
         let index = self.read();
         retriever
             .retrieve_until(&index, query, &stopped)

@@ -7,7 +7,7 @@ use crate::answer::AnswerError;
 use crate::index::IndexError;
 use crate::ingest::IngestError;
 use crate::model::ModelError;
-use crate::retrieve::RetrieveError;
+use crate::retrieve::{Method, RetrieveError};
 use crate::sae::SaeError;
 
 /// Lists everything a call to the daemon can fail with.
@@ -72,6 +72,15 @@ pub enum ServiceError {
         reason: String,
     },
 
+    /// A call asked for a method the daemon was not started with the settings for.
+    #[error("method {method} is not set up on this daemon: start `s3mem serve` with {how}")]
+    NotConfigured {
+        /// The method asked for.
+        method: Method,
+        /// The serve settings it needs, as an operator sets them.
+        how: &'static str,
+    },
+
     /// Loading the model or SAE set failed (at start-up).
     #[error("loading the model failed: {0}")]
     Load(String),
@@ -127,7 +136,7 @@ impl ServiceError {
             Self::NotReady | Self::ShuttingDown => Code::Unavailable,
             Self::Cancelled => Code::Cancelled,
             Self::Unauthenticated => Code::Unauthenticated,
-            Self::Config { .. } => Code::FailedPrecondition,
+            Self::Config { .. } | Self::NotConfigured { .. } => Code::FailedPrecondition,
             Self::Load(_) | Self::Transport(_) => Code::Unavailable,
             Self::Internal(_) => Code::Internal,
             Self::Index(e) => index_code(e),

@@ -36,7 +36,10 @@ pub mod pb {
         tonic::include_file_descriptor_set!("s3mem_v1_descriptor");
 }
 
-pub use config::{LimitSettings, Limits, QueueSettings, Queues, ServeConfig, ServeSettings};
-pub use engine::{Engine, Loaded, Reader};
+pub use config::{
+    LimitSettings, Limits, QueueSettings, Queues, Rerank, RerankSettings, ServeConfig,
+    ServeSettings,
+};
+pub use engine::{Engine, Loaded, Reader, Reranking, Retrieval};
 pub use error::{Result, ServiceError};
 pub use run::{prepare, shutdown_signal, start, start_prepared, Daemon, Loader, Prepared, Stopper};

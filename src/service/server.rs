@@ -289,8 +289,14 @@ impl pb::memory_server::Memory for MemoryService {
         &self,
         request: Request<pb::RetrieveRequest>,
     ) -> Result<Response<pb::RetrieveResponse>, Status> {
-        self.ready()?;
-        let query = convert::query(request.into_inner().into(), self.engine.limits())?;
+        let loaded = self.engine.loaded()?;
+        let query = convert::query(
+            request.into_inner().into(),
+            self.engine.limits(),
+            loaded.retrieval.default_method,
+        )?;
+        // Refused here, before the call takes a place in the queue.
+        loaded.check_method(query.method)?;
         let guard = CancelOnDrop::default();
         let cancel = guard.token();
         let engine = self.engine.clone();
@@ -331,7 +337,9 @@ impl pb::memory_server::Memory for MemoryService {
                 filter: r.filter,
             },
             limits,
+            loaded.retrieval.default_method,
         )?;
+        loaded.check_method(query.method)?;
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let engine = self.engine.clone();
         self.query.try_submit(move || {

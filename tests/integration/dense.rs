@@ -187,6 +187,7 @@ pub(crate) async fn daemon_client(
             readers: Vec::new(),
             answer_mode: Default::default(),
             abstain_signal: Default::default(),
+            retrieval: Default::default(),
         })
     });
     let config = ServeConfig {

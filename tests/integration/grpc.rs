@@ -53,6 +53,7 @@ pub(crate) fn loader(gate: Option<mpsc::Receiver<()>>) -> Loader {
             readers: Vec::new(),
             answer_mode: Default::default(),
             abstain_signal: Default::default(),
+            retrieval: Default::default(),
         })
     })
 }
@@ -897,46 +898,19 @@ async fn grpc_restart_on_the_same_data_dir_and_the_lock() {
 /// the CLI's `--server` mode prints what local mode prints; SIGTERM stops it cleanly.
 #[test]
 fn grpc_serve_binary_and_cli_client() {
-    use std::io::{BufRead, BufReader};
-    use std::process::Stdio;
-
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let doc = dir.path().join("town.txt");
     std::fs::write(&doc, town_text(4)).unwrap();
     let model = real_model_path();
-    // A private copy: a build sharing the target dir may replace the binary mid-test.
-    let exe = dir.path().join("s3mem");
-    std::fs::copy(env!("CARGO_BIN_EXE_s3mem"), &exe).unwrap();
+    let exe = private_binary(dir.path());
     let s3mem = || {
         let mut cmd = std::process::Command::new(&exe);
         cmd.env("S3MEM_THREADS", "2");
         cmd
     };
-    let mut child = s3mem()
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .arg("--model")
-        .arg(&model)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let (addr_tx, addr_rx) = mpsc::channel();
-    let seen = lines.clone();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(a) = line.strip_prefix("s3mem: listening on ") {
-                let _ = addr_tx.send(a.to_string());
-            }
-            seen.lock().unwrap().push(line);
-        }
-    });
-    let addr = addr_rx
-        .recv()
-        .unwrap_or_else(|_| panic!("serve exited: {:?}", lines.lock().unwrap()));
-    let url = format!("http://{addr}");
+    let serve = Serve::start(&exe, &data, &[], &[]);
+    let url = format!("http://{}", serve.addr());
 
     let second = s3mem()
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -1022,19 +996,8 @@ fn grpc_serve_binary_and_cli_client() {
     let retrieve_remote = without_timings(&remote(&retrieve_args));
     let ask_remote = without_timings(&remote(&ask_args));
 
-    let pid = child.id().to_string();
-    let kill = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(kill.success());
-    let status = child.wait().unwrap();
-    reader.join().unwrap();
-    assert!(
-        status.success(),
-        "serve exited with {status}: {:?}",
-        lines.lock().unwrap()
-    );
+    let (status, stderr) = serve.stop();
+    assert!(status.success(), "serve exited with {status}: {stderr}");
 
     let local = |args: &[&str]| {
         let out = s3mem()
@@ -1338,36 +1301,93 @@ pub(crate) fn private_binary(dir: &Path) -> std::path::PathBuf {
     exe
 }
 
-/// Starts `exe serve` with the real model on `data` and a free port, plus `args`; returns
-/// the child and its address. Its stderr is drained so it never blocks on a full pipe.
+/// A running `s3mem serve` binary and the lines it wrote to stderr (drained as they come, so
+/// it never blocks on a full pipe).
+pub(crate) struct Serve {
+    pub(crate) child: std::process::Child,
+    addr: Option<String>,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+impl Serve {
+    /// Starts `exe serve` with the real model on `data` and a free port, plus `args` and the
+    /// variables `vars`; returns once it listens, or once it has exited.
+    pub(crate) fn start(exe: &Path, data: &Path, args: &[&str], vars: &[(&str, &str)]) -> Self {
+        use std::io::{BufRead, BufReader};
+        let mut child = std::process::Command::new(exe)
+            .env("S3MEM_THREADS", "2")
+            .envs(vars.iter().copied())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data)
+            .arg("--model")
+            .arg(real_model_path())
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let seen = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(a) = line.strip_prefix("s3mem: listening on ") {
+                    let _ = addr_tx.send(a.to_string());
+                }
+                seen.lock().unwrap().push(line);
+            }
+        });
+        let addr = addr_rx.recv().ok();
+        Self {
+            child,
+            addr,
+            lines,
+            reader,
+        }
+    }
+
+    /// Returns the address it listens on (host:port).
+    pub(crate) fn addr(&self) -> &str {
+        self.addr
+            .as_deref()
+            .unwrap_or_else(|| panic!("serve exited before listening: {}", self.stderr()))
+    }
+
+    /// Returns what it wrote to stderr so far.
+    pub(crate) fn stderr(&self) -> String {
+        self.lines.lock().unwrap().join("\n")
+    }
+
+    /// Waits until it exits by itself; returns its status and everything it wrote to stderr.
+    pub(crate) fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        self.reader.join().unwrap();
+        let stderr = self.lines.lock().unwrap().join("\n");
+        (status, stderr)
+    }
+
+    /// Stops it with SIGTERM and waits as [`Serve::wait`] does.
+    pub(crate) fn stop(self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().to_string();
+        let kill = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(kill.success());
+        self.wait()
+    }
+}
+
+/// Starts `exe serve` as [`Serve::start`] does; returns the child and its address.
 pub(crate) fn serve_binary(
     exe: &Path,
     data: &Path,
     args: &[&str],
 ) -> (std::process::Child, String) {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(exe)
-        .env("S3MEM_THREADS", "2")
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .arg("--model")
-        .arg(real_model_path())
-        .args(args)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("serve exited before listening")
-            .unwrap();
-        if let Some(a) = line.strip_prefix("s3mem: listening on ") {
-            break a.to_string();
-        }
-    };
-    std::thread::spawn(move || lines.for_each(drop));
-    (child, addr)
+    let serve = Serve::start(exe, data, args, &[]);
+    let addr = serve.addr().to_string();
+    (serve.child, addr)
 }
 
 /// Connects to a daemon at `addr` (host:port, plaintext).

@@ -84,6 +84,7 @@ fn a_cancelled_retrieval_stops_after_the_forward_pass() {
             readers: Vec::new(),
             answer_mode: Default::default(),
             abstain_signal: Default::default(),
+            retrieval: Default::default(),
         })
         .unwrap();
     engine.create_collection("c").unwrap();

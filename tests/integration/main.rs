@@ -9,6 +9,7 @@ mod filters;
 mod golden;
 mod grpc;
 mod grpc_defects;
+mod grpc_rerank;
 mod index;
 mod metrics;
 mod model_cli;

@@ -9,7 +9,7 @@ use s3mem::index::{Index, IndexConfig};
 use s3mem::retrieve::{Method, Query, RetrieveConfig, Retriever};
 use s3mem::sae::{SaeExpectation, SaeSet};
 
-const QUESTION: &str =
+pub(crate) const QUESTION: &str =
     "How many days after receiving notice does a licensee have to cure a violation?";
 
 /// Two documents cut from Debian's licence texts (read at test time, not shipped).
@@ -18,7 +18,7 @@ struct Fixture {
     docs: Vec<(String, String)>,
 }
 
-fn licence(name: &str, chars: std::ops::Range<usize>) -> String {
+pub(crate) fn licence(name: &str, chars: std::ops::Range<usize>) -> String {
     let text = std::fs::read_to_string(Path::new("/usr/share/common-licenses").join(name))
         .expect("Debian's common licences are installed");
     text.chars().skip(chars.start).take(chars.len()).collect()

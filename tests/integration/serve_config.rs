@@ -46,6 +46,10 @@ fn every_setting_is_reachable_by_its_variable() {
             ("metrics_listen", _) => "127.0.0.1:9099".to_string(),
             ("answer_mode", _) => "quote".to_string(),
             ("abstain_signal", _) => "support".to_string(),
+            ("default_method", _) => "rerank".to_string(),
+            // Sorted already: a head set is written sorted.
+            ("heads", _) => "7.7,18.7".to_string(),
+            ("rerank_first_stage", _) => "1.5".to_string(),
             (_, serde_json::Value::Null) => format!("/etc/s3mem/{key}"),
             // A list variable is comma-separated.
             (_, serde_json::Value::Array(_)) => format!("/etc/s3mem/{key}.gguf,b"),
@@ -55,6 +59,7 @@ fn every_setting_is_reachable_by_its_variable() {
         expected.insert(
             key.clone(),
             match default {
+                serde_json::Value::Number(n) if n.is_f64() => value.parse::<f64>().unwrap().into(),
                 serde_json::Value::Number(_) => value.parse::<u64>().unwrap().into(),
                 serde_json::Value::Array(_) => value.split(',').collect::<Vec<_>>().into(),
                 _ => value.clone().into(),
