@@ -335,6 +335,7 @@ async fn without_heads_rerank_is_refused_naming_the_serve_flag() {
             embedder: None,
             readers: Vec::new(),
             answer_mode: Default::default(),
+            abstain_signal: Default::default(),
             retrieval: Retrieval {
                 default_method: Method::Dense,
                 rerank: None,
