@@ -33,6 +33,21 @@ pub fn write_atomic_with<T>(
     path: &Path,
     fill: impl FnOnce(&mut File) -> io::Result<T>,
 ) -> io::Result<T> {
+    let value = write_renamed(path, fill)?;
+    sync_dir(&parent_dir(path))?;
+    Ok(value)
+}
+
+/// Writes `bytes` to `path` atomically with its content synced, but not its directory: the new
+/// name is durable only after the directory's next [`sync_dir`], which several files written
+/// into one directory (a group of documents) share.
+pub fn write_atomic_unsynced_dir(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_renamed(path, |f| f.write_all(bytes))
+}
+
+/// Writes `path` from `fill` under a temporary name, syncs it and renames it into place (the
+/// directory not synced); on failure removes the temporary file.
+fn write_renamed<T>(path: &Path, fill: impl FnOnce(&mut File) -> io::Result<T>) -> io::Result<T> {
     let name = path.file_name().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -54,17 +69,11 @@ pub fn write_atomic_with<T>(
         fs::rename(&tmp, path)?;
         Ok(value)
     })();
-    match written {
-        Ok(value) => {
-            sync_dir(&dir)?;
-            Ok(value)
-        }
-        Err(e) => {
-            // Best effort: the temporary file may not exist if creating it failed.
-            let _ = fs::remove_file(&tmp);
-            Err(e)
-        }
+    if written.is_err() {
+        // Best effort: the temporary file may not exist if creating it failed.
+        let _ = fs::remove_file(&tmp);
     }
+    written
 }
 
 /// Makes a directory's entries (new files, renames, removals) durable.

@@ -4,7 +4,8 @@
 //! Crash order, the same for every kind: a file is written with
 //! [`crate::durable::write_atomic`] (a temporary name, synced, renamed, the folder synced)
 //! before the sled batch that makes its document visible, and removed only after the batch that
-//! deletes the document; opening the index removes files no document owns.
+//! deletes the document; opening the index removes files no document owns. The documents of a
+//! group write their files with the folder unsynced and sync it once, before their batch.
 
 use std::path::{Path, PathBuf};
 
@@ -43,6 +44,19 @@ impl DocFiles {
     pub fn write(&self, cid: u32, doc: u32, bytes: &[u8]) -> Result<()> {
         let path = self.path(cid, doc);
         durable::write_atomic(&path, bytes).map_err(|e| IndexError::io(path, e))
+    }
+
+    /// Writes the file of document `doc` with its content synced but not the folder: it is
+    /// durable after the next [`DocFiles::sync_folder`], which the files of a group share.
+    pub fn write_unsynced_folder(&self, cid: u32, doc: u32, bytes: &[u8]) -> Result<()> {
+        let path = self.path(cid, doc);
+        durable::write_atomic_unsynced_dir(&path, bytes).map_err(|e| IndexError::io(path, e))
+    }
+
+    /// Makes the folder's entries durable (the names written by
+    /// [`DocFiles::write_unsynced_folder`]).
+    pub fn sync_folder(&self) -> Result<()> {
+        durable::sync_dir(&self.dir).map_err(|e| IndexError::io(&self.dir, e))
     }
 
     /// Returns the bytes of document `doc`'s file; `None` when there is no file.

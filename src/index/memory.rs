@@ -16,6 +16,7 @@
 //! recovery, journal replay), `write` (collections, storing and deleting documents, the coarse
 //! rebuild), `maintain` (stats, compact, verify) and `reader` ([`PostingReader`]).
 
+mod group;
 mod maintain;
 mod meta;
 mod open;
@@ -32,6 +33,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use roaring::RoaringBitmap;
 
+pub use group::StoreGroup;
 pub(crate) use open::rebuild_bm25;
 pub use reader::PostingReader;
 
@@ -145,7 +147,7 @@ impl Index {
     pub fn check_document(&self, doc: &NewDocument<'_>, identity: &StoreIdentity) -> Result<()> {
         let c = self.collection(doc.collection)?;
         check_document_fields(doc, self.config.max_document_bytes)?;
-        self.new_meta_types(&c, &doc.meta)?;
+        self.new_meta_types(&c, &doc.meta, &BTreeMap::new())?;
         self.check_identity(identity)
     }
 

@@ -30,7 +30,7 @@ pub use document::{
     check_document_fields, check_name, MetaType, MetaValue, NameProblem, MAX_NAME_BYTES,
 };
 pub use error::{FormatKind, IndexError, Result};
-pub use memory::{Index, PostingReader};
+pub use memory::{Index, PostingReader, StoreGroup};
 pub use migrations::{STORE_FORMAT_OLDEST_SUPPORTED, STORE_FORMAT_VERSION};
 pub use records::StoreIdentity;
 pub use store::{Batch, KvStore, SledStore};

@@ -337,6 +337,17 @@ impl PackStore {
         self.files.write(cid, doc, bytes)
     }
 
+    /// Writes the pack of document `doc` with the folder unsynced (see
+    /// [`DocFiles::write_unsynced_folder`]): durable after [`PackStore::sync_folder`].
+    pub fn write_unsynced_folder(&self, cid: u32, doc: u32, bytes: &[u8]) -> Result<()> {
+        self.files.write_unsynced_folder(cid, doc, bytes)
+    }
+
+    /// Makes the names of the packs written so far durable.
+    pub fn sync_folder(&self) -> Result<()> {
+        self.files.sync_folder()
+    }
+
     /// Reads the pack of document `doc`; `None` when there is no file.
     pub fn read(&self, cid: u32, doc: u32) -> Result<Option<Pack>> {
         let path = self.files.path(cid, doc);

@@ -214,6 +214,23 @@ impl VectorStore {
         self.files.write(cid, doc, &vectors.encode()?)
     }
 
+    /// Writes the vectors of document `doc` with the folder unsynced: durable after
+    /// [`VectorStore::sync_folder`].
+    pub fn write_unsynced_folder(
+        &self,
+        cid: u32,
+        doc: u32,
+        vectors: &PassageVectors,
+    ) -> Result<()> {
+        self.files
+            .write_unsynced_folder(cid, doc, &vectors.encode()?)
+    }
+
+    /// Makes the names of the vector files written so far durable.
+    pub fn sync_folder(&self) -> Result<()> {
+        self.files.sync_folder()
+    }
+
     /// Reads the vectors of document `doc`; `None` when it has none.
     pub fn read(&self, cid: u32, doc: u32) -> Result<Option<PassageVectors>> {
         let Some(bytes) = self.files.read(cid, doc)? else {

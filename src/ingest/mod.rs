@@ -74,6 +74,13 @@ pub fn ingest(
 /// the store, so host memory stays bounded by them whatever the number of documents.
 const STORE_QUEUE: usize = 2;
 
+/// Most documents stored as one group (one sled batch, one flush): bounds what a group holds
+/// until it commits (texts, offsets, passages; the postings are in their packs already).
+const GROUP_DOCUMENTS: usize = 64;
+
+/// Most tokens of one group; a longer document is a group of its own.
+const GROUP_TOKENS: usize = 1 << 18;
+
 /// What [`ingest_many`] stored, and how much of the storing overlapped the scan.
 #[derive(Debug, Clone, Default)]
 pub struct GroupIngested {
@@ -84,11 +91,17 @@ pub struct GroupIngested {
 }
 
 /// Ingests several documents through one scan, so that their windows share the model's
-/// batches (`--scan-batch`); each is stored atomically on its own, in order, by a storing
-/// thread as soon as its last window is encoded, while the scan goes on with the next ones.
+/// batches (`--scan-batch`), and stores them in groups ([`Index::group`]: one atomic batch for
+/// up to [`GROUP_DOCUMENTS`] documents or [`GROUP_TOKENS`] tokens). A storing thread adds each
+/// document to the open group as soon as its last window is encoded (its pack is written
+/// then), while the scan goes on with the next ones, and commits the group when it is full or
+/// the last document is in.
+///
 /// Every document is checked and tokenized before the scan: a bad one stops the call before
-/// anything is written. A failure during the scan or the store stops the call; the documents
-/// stored before it stay (each whole). `progress` gets (tokens done, tokens in all).
+/// anything is written. A failure during the scan or the store stops the call: the groups
+/// committed before it stay, each document whole; the open group is not stored, none of its
+/// documents (a warning names them). After a crash likewise: every document is whole or
+/// absent, all of a group alike. `progress` gets (tokens done, tokens in all).
 pub fn ingest_many(
     encoder: &Encoder<'_>,
     index: &mut Index,
@@ -108,20 +121,33 @@ pub fn ingest_many(
     let total: usize = counts.iter().sum();
     let identity = encoder.identity().clone();
     let embedder = encoder.embedder();
-    // When each document's storing started and ended, to tell how much overlapped the scan.
+    // When each step of storing started and ended, to tell how much overlapped the scan.
     let mut spans: Vec<(Instant, Instant)> = Vec::with_capacity(counts.len());
     let spans_out = &mut spans;
     let (documents, scan_end) = std::thread::scope(|scope| -> Result<_> {
         let (tx, rx) = sync_channel::<EncodedDocument>(STORE_QUEUE);
         let storer = scope.spawn(move || -> Result<Vec<Ingested>> {
             let mut stored = Vec::new();
+            // The ids of the open group, named if it is not stored.
+            let mut open: Vec<String> = Vec::new();
+            let mut group = index.group(&identity);
             for (doc, mut e) in docs.into_iter().zip(rx) {
                 let start = Instant::now();
+                open.push(doc.id.clone().unwrap_or_else(|| "(new)".into()));
                 e.tokenize_seconds = tokenize_seconds * e.tokens() as f64 / total as f64;
-                vectors::attach(embedder, doc.text, &mut e)?;
-                stored.push(index.store_encoded(doc, &e, &identity)?);
+                let added = vectors::attach(embedder, doc.text, &mut e)
+                    .and_then(|()| Ok(group.add(doc, &e)?));
                 spans_out.push((start, Instant::now()));
+                if let Err(err) = added {
+                    warn_not_stored(&open, stored.len(), &err);
+                    return Err(err);
+                }
+                if group.len() >= GROUP_DOCUMENTS || group.tokens() >= GROUP_TOKENS {
+                    stored.extend(commit_group(group, &mut open, stored.len(), spans_out)?);
+                    group = index.group(&identity);
+                }
             }
+            stored.extend(commit_group(group, &mut open, stored.len(), spans_out)?);
             Ok(stored)
         });
         let scanned = encoder.encode_each(
@@ -156,4 +182,40 @@ pub fn ingest_many(
         documents,
         store_overlapped_seconds,
     })
+}
+
+/// Commits a group of the storing thread (the ids in `open`, which it empties), noting its
+/// span; a failure is warned about with the documents it leaves out.
+fn commit_group(
+    group: crate::index::StoreGroup<'_>,
+    open: &mut Vec<String>,
+    stored_before: usize,
+    spans: &mut Vec<(Instant, Instant)>,
+) -> Result<Vec<Ingested>> {
+    let start = Instant::now();
+    let committed = group.commit();
+    spans.push((start, Instant::now()));
+    match committed {
+        Ok(stored) => {
+            open.clear();
+            Ok(stored)
+        }
+        Err(e) => {
+            let e = IngestError::from(e);
+            warn_not_stored(open, stored_before, &e);
+            Err(e)
+        }
+    }
+}
+
+/// Warns that the documents of a group (`open`) were not stored, and how many before them were.
+fn warn_not_stored(open: &[String], stored: usize, error: &IngestError) {
+    tracing::warn!(
+        stored,
+        not_stored = ?open,
+        %error,
+        "storing a group of documents failed: the documents before it are stored; of the group, \
+         none (or, if it failed after the group's batch, each whole: the next open re-adds \
+         their passages)"
+    );
 }

@@ -7,14 +7,21 @@
 //! step. An ingest scans without the lock (the slow part, minutes for a long document) and
 //! takes it only to write the finished document, so questions are answered during a scan.
 //!
+//! Ingests that finish their scans together share the store step: each puts its document in a
+//! queue and waits for the write lock; whoever takes it first stores every document waiting
+//! (up to [`STORE_GROUP_DOCUMENTS`]) as one group ([`Index::group`]: one batch, one flush, one
+//! BM25 commit) and answers each call, which returns once its document is durable.
+//!
 //! Every write first takes the write admission, a mutex in front of the lock: a snapshot holds
 //! the admission while it copies the files, and reads the index shared meanwhile, so writes
 //! wait and questions do not (a writer waiting on the `RwLock` itself would hold new readers
 //! back).
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{
     Arc, Mutex, MutexGuard, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
 };
@@ -25,8 +32,8 @@ use super::error::{Result, ServiceError};
 use crate::answer::{self, AbstainSignal, Answer, AnswerConfig, AnswerMode};
 use crate::embed::Embedder;
 use crate::index::{
-    snapshot::Manifest, CollectionInfo, DocumentInfo, DocumentPage, Index, IndexError, Ingested,
-    NewDocument, Stats,
+    snapshot::Manifest, CollectionInfo, DocumentInfo, DocumentPage, EncodedDocument, Index,
+    IndexError, Ingested, NewDocument, Stats, StoreIdentity,
 };
 use crate::ingest::{self, Encoder, IngestError};
 use crate::model::{Model, ModelError, ScanConfig};
@@ -224,6 +231,18 @@ impl Upload {
     }
 }
 
+/// Most scanned documents one ingest stores as a group for itself and the calls waiting with
+/// it (at most one per ingest worker wait, so this only caps a very wide pool).
+pub const STORE_GROUP_DOCUMENTS: usize = 64;
+
+/// A scanned document waiting for the write lock, and where its call waits for the answer.
+struct Waiting {
+    upload: Upload,
+    encoded: EncodedDocument,
+    cancel: Cancel,
+    reply: SyncSender<Result<Ingested>>,
+}
+
 /// The index taken alone for a write, behind the write admission.
 pub struct Writing<'a> {
     index: RwLockWriteGuard<'a, Index>,
@@ -253,6 +272,8 @@ pub struct Engine {
     limits: Limits,
     stopping: AtomicBool,
     ingested: IngestTally,
+    /// Scanned documents waiting to be stored, in arrival order.
+    waiting: Mutex<VecDeque<Waiting>>,
 }
 
 /// What the daemon has ingested since it started (read by the metrics).
@@ -312,6 +333,7 @@ impl Engine {
             limits,
             stopping: AtomicBool::new(false),
             ingested: IngestTally::default(),
+            waiting: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -459,7 +481,9 @@ impl Engine {
     }
 
     /// Scans, encodes and stores a document; nothing is written if the scan fails, the caller
-    /// goes away or the daemon stops before the store step.
+    /// goes away or the daemon stops before the store step. The document is stored in a group
+    /// with the documents of other calls waiting at the same time (see the module's notes), and
+    /// is durable and searchable when this returns.
     pub fn ingest(&self, upload: &Upload, cancel: &Cancel) -> Result<Ingested> {
         let loaded = self.loaded()?;
         self.check_live(cancel)?;
@@ -474,17 +498,97 @@ impl Engine {
             IngestError::Model(ModelError::Aborted) => self.stop_reason(),
             e => e.into(),
         })?;
-        let mut index = self.write();
-        // Checked under the write lock: past this point the document is written whole.
-        self.check_live(cancel)?;
+        let (reply, answer) = sync_channel(1);
+        self.queue_lock().push_back(Waiting {
+            upload: upload.clone(),
+            encoded,
+            cancel: cancel.clone(),
+            reply,
+        });
+        loop {
+            let mut index = self.write();
+            // Another call's group may have stored this document while this one waited.
+            if let Ok(out) = answer.try_recv() {
+                return out;
+            }
+            self.store_waiting(&mut index, encoder.identity());
+            if let Ok(out) = answer.try_recv() {
+                return out;
+            }
+        }
+    }
+
+    fn queue_lock(&self) -> MutexGuard<'_, VecDeque<Waiting>> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Stores the documents waiting (the oldest [`STORE_GROUP_DOCUMENTS`]) and answers their
+    /// calls: one group, or when it fails, each document alone, so that every call gets its
+    /// own document's answer.
+    fn store_waiting(&self, index: &mut Index, identity: &StoreIdentity) {
+        let waiting: Vec<Waiting> = {
+            let mut queue = self.queue_lock();
+            let n = queue.len().min(STORE_GROUP_DOCUMENTS);
+            queue.drain(..n).collect()
+        };
+        // Checked under the write lock: past this point a document is written whole.
+        let live: Vec<Waiting> = waiting
+            .into_iter()
+            .filter_map(|w| match self.check_live(&w.cancel) {
+                Ok(()) => Some(w),
+                Err(e) => {
+                    let _ = w.reply.send(Err(e));
+                    None
+                }
+            })
+            .collect();
+        if live.len() > 1 {
+            match self.store_group(index, identity, &live) {
+                Ok(stored) => {
+                    for (w, out) in live.into_iter().zip(stored) {
+                        let _ = w.reply.send(Ok(out));
+                    }
+                    return;
+                }
+                Err(e) => tracing::warn!(
+                    documents = live.len(),
+                    error = %e,
+                    "storing scanned documents as a group failed; storing each alone"
+                ),
+            }
+        }
+        for w in live {
+            let out = self
+                .store_group(index, identity, std::slice::from_ref(&w))
+                .map(|mut stored| stored.remove(0));
+            let _ = w.reply.send(out);
+        }
+    }
+
+    /// Stores `docs` as one group and commits BM25; each document's `store_seconds` is its
+    /// share (by tokens) of the whole.
+    fn store_group(
+        &self,
+        index: &mut Index,
+        identity: &StoreIdentity,
+        docs: &[Waiting],
+    ) -> Result<Vec<Ingested>> {
         let t0 = Instant::now();
-        let mut out = index.store_encoded(doc, &encoded, encoder.identity())?;
+        let mut group = index.group(identity);
+        for w in docs {
+            group.add(w.upload.document(), &w.encoded)?;
+        }
+        let tokens = group.tokens().max(1) as f64;
+        let mut stored = group.commit()?;
         index.commit()?;
         // The commit makes the passages searchable: part of storing, as the caller sees it.
-        out.store_seconds = t0.elapsed().as_secs_f64();
-        tracing::info!(id = %out.id, tokens = out.tokens, collection = %upload.collection, "document ingested");
-        self.ingested.add(out.tokens as u64, out.scan_seconds);
-        Ok(out)
+        let seconds = t0.elapsed().as_secs_f64();
+        for (out, w) in stored.iter_mut().zip(docs) {
+            out.store_seconds = seconds * out.tokens as f64 / tokens;
+            tracing::info!(id = %out.id, tokens = out.tokens, collection = %w.upload.collection, "document ingested");
+            self.ingested.add(out.tokens as u64, out.scan_seconds);
+        }
+        Ok(stored)
     }
 
     /// Retrieves the evidence for a question (the index shared with other readers); stops
@@ -629,5 +733,114 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::mpsc::Receiver;
+
+    use super::*;
+    use crate::index::{IndexConfig, LayerFeature};
+
+    fn identity() -> StoreIdentity {
+        StoreIdentity {
+            model_fingerprint: "model".into(),
+            sae_digest: "saes".into(),
+            layers: vec![0],
+            chunk: 64,
+            sinks: 4,
+            overlap: 8,
+        }
+    }
+
+    /// Queues a document of `words` words (with metadata `year`, if given) as a call that
+    /// scanned it would, and returns where its answer comes.
+    fn wait(
+        engine: &Engine,
+        id: &str,
+        year: Option<&str>,
+        words: usize,
+        cancel: Cancel,
+    ) -> Receiver<Result<Ingested>> {
+        let text = "w ".repeat(words);
+        let encoded = EncodedDocument {
+            offsets: (0..words).map(|i| (2 * i, 2 * i + 1)).collect(),
+            postings: BTreeMap::from([(LayerFeature::new(0, 3), vec![0, (words - 1) as u32])]),
+            ..EncodedDocument::default()
+        };
+        let upload = Upload {
+            collection: "c".into(),
+            id: Some(id.into()),
+            meta: year
+                .map(|y| vec![("year".to_string(), y.to_string())])
+                .unwrap_or_default(),
+            text,
+        };
+        let (reply, answer) = sync_channel(1);
+        engine.queue_lock().push_back(Waiting {
+            upload,
+            encoded,
+            cancel,
+            reply,
+        });
+        answer
+    }
+
+    /// The documents of several calls waiting together are stored by one of them as a group,
+    /// each call answered with its own document; a cancelled call writes nothing; when the
+    /// group fails on one document (a metadata type another document of it fixed), the others
+    /// are stored alone and only that call gets the error.
+    #[test]
+    fn waiting_documents_are_stored_together_and_answered_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::open(dir.path(), IndexConfig::default()).unwrap();
+        let engine = Engine::new(index, Limits::default());
+        engine.create_collection("c").unwrap();
+        let gone = CancelOnDrop::default();
+        let cancelled = gone.token();
+        drop(gone);
+        let a = wait(&engine, "a", None, 40, Cancel::default());
+        let b = wait(&engine, "b", None, 60, cancelled);
+        let c = wait(&engine, "c", None, 30, Cancel::default());
+        engine.store_waiting(&mut engine.write(), &identity());
+        assert!(engine.queue_lock().is_empty());
+        assert_eq!(a.try_recv().unwrap().unwrap().id, "a");
+        assert!(matches!(
+            b.try_recv().unwrap(),
+            Err(ServiceError::Cancelled)
+        ));
+        let c = c.try_recv().unwrap().unwrap();
+        assert_eq!((c.id.as_str(), c.tokens, c.replaced), ("c", 30, false));
+        let ids = |engine: &Engine| -> Vec<String> {
+            engine
+                .read()
+                .documents("c")
+                .unwrap()
+                .into_iter()
+                .map(|d| d.id)
+                .collect()
+        };
+        assert_eq!(ids(&engine), ["a", "c"]);
+        // Committed: both are searchable when their calls are answered.
+        assert_eq!(engine.read().bm25("c", None, "w", 10).unwrap().len(), 2);
+        let d = wait(&engine, "d", Some("2020"), 20, Cancel::default());
+        let e = wait(&engine, "e", Some("soon"), 20, Cancel::default());
+        let f = wait(&engine, "a", None, 25, Cancel::default());
+        engine.store_waiting(&mut engine.write(), &identity());
+        assert_eq!(d.try_recv().unwrap().unwrap().id, "d");
+        let err = e.try_recv().unwrap().unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ServiceError::Index(IndexError::MetaTypeMismatch { .. })
+            ),
+            "{err}"
+        );
+        assert!(f.try_recv().unwrap().unwrap().replaced);
+        assert_eq!(ids(&engine), ["c", "d", "a"]);
+        assert_eq!(engine.read().verify().unwrap(), 3);
+        assert_eq!(engine.ingested().documents, 4);
     }
 }

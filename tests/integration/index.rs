@@ -594,7 +594,8 @@ pub(crate) fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// SIGKILLs an ingesting `s3mem` at random moments; after each kill the store must reopen with
-/// every invariant intact and every document seen before still there, unchanged.
+/// every invariant intact and every document seen before still there, unchanged. Each run
+/// stores its documents as one group (one batch): they must all be there or none.
 /// `S3MEM_CRASH_KILLS` sets the number of kills (default 200).
 #[test]
 fn index_crash_test_sigkill_during_ingest() {
@@ -642,16 +643,23 @@ fn index_crash_test_sigkill_during_ingest() {
     let mut completed = 0usize;
     let mut killed = 0usize;
     let mut round = 0usize;
+    let mut groups_landed = 0usize;
+    // How long a whole run takes on this machine, the shortest seen (the first round runs to
+    // its end; it may also embed the seed documents): kills land anywhere in a run, its
+    // start-up and its store alike, however fast the machine.
+    let mut full_run: Option<Duration> = None;
     while killed < kills {
         round += 1;
-        // Each round sends two new documents and re-sends an old id (a replace).
+        // Each round sends three new documents and re-sends an old id (a replace).
         let mut files = Vec::new();
-        for j in 0..2 {
+        let mut new_ids = Vec::new();
+        for j in 0..3 {
             let id = format!("r{round}-{j}");
             let text = sample_text(round * 3 + j, 30 + (next() % 60) as usize);
             let path = inputs.join(format!("{id}.txt"));
             std::fs::write(&path, &text).unwrap();
             sent.insert(path.display().to_string(), text);
+            new_ids.push(path.display().to_string());
             files.push(path);
         }
         if round > 2 {
@@ -664,7 +672,9 @@ fn index_crash_test_sigkill_during_ingest() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("spawning the ingest after {killed} kills: {e}"));
-        let delay = Duration::from_millis(next() % 120);
+        let delay = full_run.map_or(Duration::MAX, |full| {
+            Duration::from_millis(next() % (full.as_millis() as u64 * 5 / 4 + 1))
+        });
         let start = Instant::now();
         let mut finished = false;
         while start.elapsed() < delay {
@@ -676,6 +686,8 @@ fn index_crash_test_sigkill_during_ingest() {
         }
         if finished {
             completed += 1;
+            let took = start.elapsed();
+            full_run = Some(full_run.map_or(took, |full| full.min(took)));
         } else {
             child.kill().unwrap();
             killed += 1;
@@ -724,14 +736,29 @@ fn index_crash_test_sigkill_during_ingest() {
                 "document {id} was lost after kill {killed}"
             );
         }
+        let landed = new_ids.iter().filter(|id| now.contains_key(*id)).count();
+        assert!(
+            landed == 0 || landed == new_ids.len(),
+            "round {round}: {landed} of the group's {} new documents are stored after kill {killed}",
+            new_ids.len()
+        );
+        if landed > 0 {
+            groups_landed += 1;
+        }
         seen = now;
     }
     eprintln!(
-        "crash test: {killed} kills, {completed} runs finished, {} documents, {:.1} s",
+        "crash test: {killed} kills, {completed} runs finished, {groups_landed} groups stored, \
+         {} documents, {:.1} s (the shortest whole run {:.2} s)",
         seen.len(),
-        t0.elapsed().as_secs_f64()
+        t0.elapsed().as_secs_f64(),
+        full_run.unwrap_or_default().as_secs_f64()
     );
     assert!(seen.len() > 2, "no ingest ever got through: {}", seen.len());
+    assert!(
+        groups_landed > 1,
+        "only {groups_landed} groups were stored: the kills missed the store"
+    );
     let index = Index::open(&data, IndexConfig::default()).unwrap();
     assert!(
         index.stats().unwrap().components.contains_key("coarse"),

@@ -7,7 +7,7 @@ use super::Index;
 use crate::index::document::MetaType;
 use crate::index::error::{IndexError, Result};
 use crate::index::records::{self as rec, CollectionRecord};
-use crate::index::store::{Batch, KvStore};
+use crate::index::store::KvStore;
 
 impl Index {
     /// Returns the type of every metadata key the collection has typed.
@@ -33,15 +33,18 @@ impl Index {
     }
 
     /// Checks each metadata value of a document against its key's type in collection `c`
-    /// and returns the keys it types for the first time, with their types. A key without a
-    /// type record but carried by stored documents (stores from before types) takes the type
-    /// of the earliest such document's value.
+    /// (or in `pending`: the types documents not yet stored fixed, earlier in a group) and
+    /// returns the keys it types for the first time, with their types. A key without a type
+    /// record but carried by stored documents (stores from before types) takes the type of the
+    /// earliest such document's value.
     pub(super) fn new_meta_types(
         &self,
         c: &CollectionRecord,
         meta: &[(String, String)],
+        pending: &BTreeMap<String, MetaType>,
     ) -> Result<Vec<(String, MetaType)>> {
         let mut known = self.meta_types(&c.name)?;
+        known.extend(pending.iter().map(|(k, &t)| (k.clone(), t)));
         let mut added = Vec::new();
         let mut stored_docs = None;
         for (key, value) in meta {
@@ -73,19 +76,5 @@ impl Index {
             }
         }
         Ok(added)
-    }
-
-    /// Checks a document's metadata against the collection's key types and adds the types
-    /// it fixes to `b`.
-    pub(super) fn put_meta_types(
-        &self,
-        c: &CollectionRecord,
-        meta: &[(String, String)],
-        b: &mut Batch,
-    ) -> Result<()> {
-        for (key, t) in self.new_meta_types(c, meta)? {
-            b.put(rec::meta_type_key(c.id, &key), vec![t.code()]);
-        }
-        Ok(())
     }
 }

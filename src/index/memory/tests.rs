@@ -10,7 +10,7 @@ use crate::index::coarse;
 use crate::index::migrations;
 use crate::index::packs::{self, PackStore};
 use crate::index::store::Batch;
-use crate::index::types::{BlockCount, EncodedDocument, LayerFeature};
+use crate::index::types::{BlockCount, EncodedDocument, Ingested, LayerFeature};
 
 fn identity() -> StoreIdentity {
     StoreIdentity {
@@ -386,4 +386,188 @@ fn bad_postings_are_refused() {
     }
     assert!(index.documents("c").unwrap().is_empty());
     assert_eq!(index.verify().unwrap(), 0);
+}
+
+/// A document of collection `c` with the given id and metadata.
+fn new_doc<'a>(id: &str, text: &'a str, meta: &[(&str, &str)]) -> NewDocument<'a> {
+    NewDocument {
+        collection: "c",
+        id: Some(id.into()),
+        meta: meta
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        text,
+    }
+}
+
+/// Every coarse record and sealed total (`g/`, `h/`, `n/`), to compare two stores.
+fn coarse_state(index: &Index) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut out = Vec::new();
+    for prefix in [&b"g/"[..], b"h/", b"n/"] {
+        index
+            .store
+            .scan_prefix(prefix, &mut |k, v| {
+                out.push((k.to_vec(), v.to_vec()));
+                Ok(true)
+            })
+            .unwrap();
+    }
+    out
+}
+
+/// A group that seals a bucket, replaces a stored document and repeats an id of its own
+/// stores what the same documents stored one by one store: the same numbers, positions,
+/// postings and coarse records; its ids are unique, and it reads the same after a reopen.
+#[test]
+fn a_group_stores_what_one_by_one_stores_and_survives_reopen() {
+    // (id, tokens, seed): `s` replaces a stored document, the second `a` the group's own.
+    let docs = [
+        ("a", 20_000, 1),
+        ("b", 20_000, 2),
+        ("s", 5_000, 3),
+        ("c", 20_000, 4),
+        ("a", 10_000, 5),
+        ("d", 30_000, 6),
+    ];
+    let encoded: Vec<(String, EncodedDocument)> = docs
+        .iter()
+        .map(|&(_, n, seed)| synthetic(n, seed))
+        .collect();
+    let (_one_dir, mut one) = with_collection();
+    let (group_dir, mut grouped) = with_collection();
+    put(&mut one, "s", 10_000, 9);
+    put(&mut grouped, "s", 10_000, 9);
+    let mut singles = Vec::new();
+    for (&(id, _, _), (text, e)) in docs.iter().zip(&encoded) {
+        singles.push(
+            one.store_encoded(new_doc(id, text, &[]), e, &identity())
+                .unwrap(),
+        );
+    }
+    one.commit().unwrap();
+    let seq_before = grouped.seq;
+    let mut group = grouped.group(&identity());
+    for (&(id, _, _), (text, e)) in docs.iter().zip(&encoded) {
+        group.add(new_doc(id, text, &[]), e).unwrap();
+    }
+    assert_eq!((group.len(), group.tokens()), (6, 105_000));
+    let stored = group.commit().unwrap();
+    grouped.commit().unwrap();
+    // One batch: one sequence number for the whole group.
+    assert_eq!(grouped.seq, seq_before + 1);
+    let summary = |v: &[Ingested]| -> Vec<(String, usize, bool)> {
+        v.iter()
+            .map(|i| (i.id.clone(), i.tokens, i.replaced))
+            .collect()
+    };
+    assert_eq!(summary(&stored), summary(&singles));
+    assert_eq!(
+        stored.iter().map(|i| i.replaced).collect::<Vec<_>>(),
+        [false, false, true, false, true, false]
+    );
+    assert!(coarse_records(&grouped) > 0, "the group sealed bucket 0");
+    let listing = grouped.documents("c").unwrap();
+    assert_eq!(listing, one.documents("c").unwrap());
+    let ids: BTreeSet<&str> = listing.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids.len(), listing.len());
+    assert_eq!(ids, BTreeSet::from(["a", "b", "c", "d", "s"]));
+    assert_eq!(coarse_state(&grouped), coarse_state(&one));
+    for d in &listing {
+        assert_eq!(
+            grouped.document_postings("c", &d.id).unwrap(),
+            one.document_postings("c", &d.id).unwrap()
+        );
+    }
+    // Only the stored documents' packs are left: not the replaced `s`, not the first `a`.
+    let numbers: Vec<(u32, u32)> = listing.iter().map(|d| (1, d.number)).collect();
+    let mut packs = grouped.packs.list().unwrap();
+    packs.sort();
+    assert_eq!(packs, numbers);
+    assert_eq!(grouped.verify().unwrap(), 5);
+    assert_blocks_agree(&grouped);
+    drop(grouped);
+    let reopened = Index::open(group_dir.path(), IndexConfig::default()).unwrap();
+    assert_eq!(reopened.documents("c").unwrap(), listing);
+    assert_eq!(reopened.verify().unwrap(), 5);
+    assert_eq!(coarse_state(&reopened), coarse_state(&one));
+    let hits = reopened.bm25("c", None, "w", 1_000).unwrap();
+    let found: BTreeSet<&str> = hits.iter().map(|h| h.id.as_str()).collect();
+    assert_eq!(found, ids, "passages of exactly the stored documents");
+    assert_eq!(
+        hits.len(),
+        one.bm25("c", None, "w", 1_000).unwrap().len(),
+        "no passage of a replaced document is left"
+    );
+}
+
+/// A document the group refuses (a metadata type an earlier document of the group fixed,
+/// bad postings) leaves the group as it was; dropped, the group stores none of its documents
+/// and leaves no file, type or document number taken; committed, it stores the others.
+#[test]
+fn a_refused_document_stores_none_of_its_dropped_group() {
+    let (dir, mut index) = with_collection();
+    put(&mut index, "s", 1_000, 1);
+    let (text, good) = synthetic(2_000, 2);
+    let mut bad = good.clone();
+    bad.postings.insert(LayerFeature::new(0, 7), vec![5, 3]);
+    {
+        let mut group = index.group(&identity());
+        group
+            .add(new_doc("a", &text, &[("year", "2020")]), &good)
+            .unwrap();
+        group.add(new_doc("b", &text, &[]), &good).unwrap();
+        let e = group
+            .add(new_doc("c", &text, &[("year", "soon")]), &good)
+            .unwrap_err();
+        assert!(matches!(e, IndexError::MetaTypeMismatch { .. }), "{e}");
+        let e = group.add(new_doc("d", &text, &[]), &bad).unwrap_err();
+        assert!(e.to_string().contains("posting 0/7"), "{e}");
+        let e = group
+            .add(
+                NewDocument {
+                    collection: "nope",
+                    ..new_doc("e", &text, &[])
+                },
+                &good,
+            )
+            .unwrap_err();
+        assert!(matches!(e, IndexError::UnknownCollection(_)), "{e}");
+        assert_eq!(group.len(), 2);
+        assert_eq!(dir.path().join("packs").read_dir().unwrap().count(), 3);
+    }
+    let ids = |index: &Index| -> Vec<String> {
+        index
+            .documents("c")
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect()
+    };
+    assert_eq!(ids(&index), ["s"]);
+    assert_eq!(index.packs.list().unwrap(), [(1, 0)]);
+    assert!(index.meta_types("c").unwrap().is_empty());
+    assert_eq!(index.verify().unwrap(), 1);
+    // The numbers the dropped group took are free again.
+    put(&mut index, "e", 100, 3);
+    assert_eq!(index.document("c", "e").unwrap().number, 1);
+    // Going on without the refused document: the others are stored.
+    let mut group = index.group(&identity());
+    group
+        .add(new_doc("f", &text, &[("year", "2021")]), &good)
+        .unwrap();
+    group
+        .add(new_doc("g", &text, &[("year", "later")]), &good)
+        .unwrap_err();
+    group.add(new_doc("h", &text, &[]), &good).unwrap();
+    let stored = group.commit().unwrap();
+    index.commit().unwrap();
+    assert_eq!(
+        stored.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        ["f", "h"]
+    );
+    assert_eq!(ids(&index), ["s", "e", "f", "h"]);
+    assert_eq!(index.verify().unwrap(), 4);
+    let empty = index.group(&identity());
+    assert!(empty.commit().unwrap().is_empty());
 }

@@ -1,20 +1,15 @@
 //! Changing a data dir: collections created and dropped, encoded documents stored (replacing
-//! one of the same id), documents deleted (with the coarse rebuild when a pack is damaged),
-//! each change one sled batch with its journal entry, then BM25.
-
-use std::time::Instant;
-
-use roaring::RoaringBitmap;
+//! one of the same id; groups of them in `group`), documents deleted (with the coarse rebuild
+//! when a pack is damaged), each change one sled batch with its journal entry, then BM25.
 
 use super::{now_unix, u32_be, Index};
 use crate::index::coarse::{self, CoarseEdits};
 use crate::index::codec;
-use crate::index::document::{check_named, GENERATED_ID_PREFIX};
+use crate::index::document::check_named;
 use crate::index::error::{IndexError, Result};
-use crate::index::packs;
-use crate::index::passages::{passages, Passage};
+use crate::index::passages::Passage;
 use crate::index::records::{
-    self as rec, CollectionRecord, DocPart, DocumentRecord, JournalOp, MetaEntry, StoreIdentity,
+    self as rec, CollectionRecord, DocPart, DocumentRecord, JournalOp, StoreIdentity,
 };
 use crate::index::store::{Batch, KvStore};
 use crate::index::types::{DocumentKey, EncodedDocument, Ingested, NewDocument};
@@ -90,7 +85,7 @@ impl Index {
 
     /// Stores a document encoded with `identity` (by the ingest layer); replaces an existing
     /// one with the same id. Checks the document again: the index may have changed during the
-    /// scan (the collection dropped, say).
+    /// scan (the collection dropped, say). A group of one: see [`Index::group`].
     ///
     /// The document is durable and its postings visible when this returns; its BM25 passages
     /// become searchable at the next [`Index::commit`] (or the next open).
@@ -100,188 +95,15 @@ impl Index {
         encoded: &EncodedDocument,
         identity: &StoreIdentity,
     ) -> Result<Ingested> {
-        self.check_document(&doc, identity)?;
-        encoded.check()?;
-        let c = self.collection(doc.collection)?;
-        let n = encoded.tokens();
-        if c.next_position + n as u64 > u64::from(u32::MAX) + 1 {
-            return Err(IndexError::PositionsExhausted {
-                collection: c.name,
-                needed: n,
-            });
-        }
-        let t1 = Instant::now();
-        let out = self.store_document(c, doc, encoded, identity)?;
-        Ok(Ingested {
-            store_seconds: t1.elapsed().as_secs_f64(),
-            scan_seconds: encoded.scan_seconds,
-            encode_seconds: encoded.encode_seconds,
-            ..out
-        })
-    }
-
-    /// Writes an encoded document: one sled batch, flushed, then its passages to tantivy.
-    fn store_document(
-        &mut self,
-        mut c: CollectionRecord,
-        doc: NewDocument<'_>,
-        encoded: &EncodedDocument,
-        identity: &StoreIdentity,
-    ) -> Result<Ingested> {
-        let number = c.next_doc;
-        c.next_doc = c.next_doc.checked_add(1).ok_or_else(|| {
-            IndexError::InvalidInput(format!(
-                "collection `{}` has no document numbers left",
-                c.name
-            ))
-        })?;
-        let external_id = doc
-            .id
-            .clone()
-            .unwrap_or_else(|| format!("{GENERATED_ID_PREFIX}{number}"));
-        let first_position = c.next_position as u32;
-        let tokens = encoded.tokens();
-        let sealed_before = codec::sealed_end(c.next_position);
-        c.next_position += tokens as u64;
-        let sealed_after = codec::sealed_end(c.next_position);
-        let mut b = Batch::default();
-        let mut journal = Vec::new();
-        let old = self.document_number(c.id, &external_id)?;
-        let mut coarse = CoarseEdits::default();
-        if let Some(old) = old {
-            self.delete_writes(c.id, sealed_before, old, &mut b, &mut coarse)?;
-            journal.push(JournalOp::Delete {
-                collection: c.id,
-                doc: old,
-            });
-        }
-        if self.identity()?.is_none() {
-            b.put(rec::KEY_IDENTITY.to_vec(), rec::encode(identity)?);
-        }
-        let seq = self.seq + 1;
-        let record = DocumentRecord {
-            doc: number,
-            external_id: external_id.clone(),
-            meta: doc
-                .meta
-                .iter()
-                .map(|(k, v)| MetaEntry {
-                    key: k.clone(),
-                    value: v.clone(),
-                })
-                .collect(),
-            tokens: tokens as u32,
-            chars: doc.text.chars().count() as u64,
-            bytes: doc.text.len() as u64,
-            first_position,
-            seq,
-            ingested_unix: now_unix(),
-        };
-        self.put_meta_types(&c, &doc.meta, &mut b)?;
-        b.put(rec::collection_key(&c.name), rec::encode(&c)?);
-        b.put(
-            rec::doc_key(DocPart::Record, c.id, number),
-            rec::encode(&record)?,
-        );
-        b.put(
-            rec::external_key(c.id, &external_id),
-            number.to_be_bytes().to_vec(),
-        );
-        b.put(
-            rec::doc_key(DocPart::Text, c.id, number),
-            doc.text.as_bytes().to_vec(),
-        );
-        b.put(
-            rec::doc_key(DocPart::Offsets, c.id, number),
-            codec::encode_offsets(&encoded.offsets),
-        );
-        let mut features = RoaringBitmap::new();
-        for &feature in encoded.postings.keys() {
-            let packed = feature.pack().ok_or_else(|| {
-                IndexError::InvalidInput(format!(
-                    "layer {} feature {} does not fit the posting key",
-                    feature.layer, feature.feature
-                ))
-            })?;
-            features.insert(packed);
-        }
-        let mut fbytes = Vec::with_capacity(features.serialized_size());
-        features
-            .serialize_into(&mut fbytes)
-            .map_err(|e| IndexError::io(&self.dir, e))?;
-        b.put(rec::doc_key(DocPart::Features, c.id, number), fbytes);
-        let doc_passages = passages(doc.text, &encoded.offsets);
-        if let Some(v) = &encoded.vectors {
-            check_vectors_match(v, &doc_passages, &external_id)?;
-        }
-        // The pack and the vectors go to disk (synced) before the batch that makes them
-        // reachable.
-        self.packs
-            .write(c.id, number, &packs::encode(&encoded.postings)?)?;
-        if let Some(v) = &encoded.vectors {
-            if let Err(e) = self.vectors.write(c.id, number, v) {
-                self.remove_files(c.id, [number]);
-                return Err(e);
-            }
-        }
-        let sealed = (|| {
-            if sealed_after > sealed_before {
-                let super_before = codec::super_end(sealed_before);
-                let super_after = codec::super_end(sealed_after);
-                if super_after > super_before {
-                    coarse.promote(&self.store, c.id, super_before..super_after)?;
-                }
-                let mut docs: Vec<coarse::DocPlace> = self
-                    .document_records(c.id)?
-                    .iter()
-                    .filter(|d| Some(d.doc) != old)
-                    .map(|d| (d.doc, d.first_position, d.tokens))
-                    .collect();
-                docs.push((number, first_position, tokens as u32));
-                coarse::add_range(
-                    &mut coarse,
-                    &self.store,
-                    &self.packs,
-                    c.id,
-                    &docs,
-                    sealed_before..sealed_after,
-                    super_after,
-                )?;
-            }
-            Ok(())
-        })();
-        if let Err(e) = sealed {
-            // Nothing refers to the pack yet.
-            self.remove_files(c.id, [number]);
-            return Err(e);
-        }
-        coarse.write(&mut b);
-        journal.push(JournalOp::Put {
-            collection: c.id,
-            doc: number,
-        });
-        // A failed commit keeps the pack: if the batch did not land, the next open removes it
-        // as an orphan; if it did, the document needs it.
-        self.commit_batch(b, journal)?;
-        if let Some(old) = old {
-            self.remove_files(c.id, [old]);
-            self.bm25.delete(c.id, old)?;
-        }
-        self.bm25.put(c.id, number, &doc_passages)?;
-        tracing::debug!(id = %external_id, tokens, seq, "document stored");
-        Ok(Ingested {
-            id: external_id,
-            tokens,
-            replaced: old.is_some(),
-            scan_seconds: 0.0,
-            encode_seconds: 0.0,
-            store_seconds: 0.0,
-        })
+        let mut group = self.group(identity);
+        group.add(doc, encoded)?;
+        let mut stored = group.commit()?;
+        Ok(stored.remove(0))
     }
 
     /// Adds to `b` the deletes of every record of a document, and to `coarse` the removal
     /// of its block counts.
-    fn delete_writes(
+    pub(super) fn delete_writes(
         &self,
         cid: u32,
         sealed_end: u32,
@@ -377,7 +199,7 @@ impl Index {
     }
 
     /// Applies `b` with the next sequence number and its journal entry, and flushes.
-    fn commit_batch(&mut self, mut b: Batch, journal: Vec<JournalOp>) -> Result<()> {
+    pub(super) fn commit_batch(&mut self, mut b: Batch, journal: Vec<JournalOp>) -> Result<()> {
         let seq = self.seq + 1;
         b.put(rec::KEY_SEQ.to_vec(), seq.to_be_bytes().to_vec());
         b.put(rec::journal_key(seq), rec::encode(&journal)?);
@@ -409,7 +231,7 @@ impl Index {
 
     /// Removes the packs and vectors of documents deleted by a committed batch: a failure
     /// only leaves an orphan, which the next open removes.
-    fn remove_files(&self, cid: u32, docs: impl IntoIterator<Item = u32>) {
+    pub(super) fn remove_files(&self, cid: u32, docs: impl IntoIterator<Item = u32>) {
         for doc in docs {
             if let Err(e) = self.packs.remove(cid, doc) {
                 tracing::warn!(cid, doc, error = %e, "could not remove a deleted document's pack");
@@ -432,7 +254,11 @@ impl Index {
 }
 
 /// Refuses vectors whose passages are not the document's BM25 passages, one row each.
-fn check_vectors_match(vectors: &PassageVectors, passages: &[Passage], id: &str) -> Result<()> {
+pub(super) fn check_vectors_match(
+    vectors: &PassageVectors,
+    passages: &[Passage],
+    id: &str,
+) -> Result<()> {
     vectors.check()?;
     let same = vectors.passages.len() == passages.len()
         && vectors
