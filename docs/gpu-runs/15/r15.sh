@@ -2,7 +2,7 @@
 # Run 15: run 14 again after two changes: re-ranking reads its pool in one piece on a GPU (run
 # 14's 512-token pieces cost the H100 12 ms), and ingest gathers postings in lists found by
 # index instead of a sorted map (the host work that kept run 14's encoding at 11.8 s).
-# Question latency at 1M tokens (rerank in f32 and bf16, rag, hybrid) and the 727k-token
+# Question latency at 1M tokens (rerank in f32 and bf16) and the 727k-token
 # ingest as one and as 200 documents. Staged as run 14 (../13/setup.sh joins the parts).
 set -u; cd "$(dirname "$0")"; OUT=${OUT:-/tmp/out15}; mkdir -p $OUT
 bash ../13/setup.sh 2>&1 | tee $OUT/r15.log
@@ -15,8 +15,6 @@ s() { local name=$1 lim=$2; shift 2; echo "=== $name: $*" | tee -a $OUT/r15.log;
 B="bench retrieve $M --data-dir /tmp/br --tokens 1000000 --runs 20"
 s lat-rerank 120 $B --method rerank $H --pool-tokens 2048
 s lat-rerank-bf16 90 $B --method rerank $H --pool-tokens 2048 --weights bf16
-s lat-rag 60 $B --method rag
-s lat-hybrid 60 $B --method hybrid
 python3 -c "
 import json,os,shutil
 t=json.load(open('/tmp/pg.json'))['text']; open('/tmp/pg.txt','w').write(t)
