@@ -72,7 +72,8 @@ pub(super) fn ingest_with_progress(
 }
 
 /// Ingests documents through one scan (their windows share the model's batches) with a
-/// progress bar over all their tokens; each document is stored atomically on its own.
+/// progress bar over all their tokens; documents are stored in atomic groups
+/// ([`ingest::ingest_many`]).
 pub(super) fn ingest_group_with_progress(
     index: &mut Index,
     encoder: &Encoder<'_>,

@@ -12,9 +12,13 @@
 //! records the last sequence it holds, and opening replays the journal past it, so after any
 //! crash both sides agree again.
 //!
+//! Documents stored together ([`StoreGroup`]) share one batch, one flush and one sync of each
+//! file folder: every document of a group is visible, or none.
+//!
 //! This file holds [`Index`] and its read paths; the rest is split by job: `open` (the lock,
 //! recovery, journal replay), `write` (collections, storing and deleting documents, the coarse
-//! rebuild), `maintain` (stats, compact, verify) and `reader` ([`PostingReader`]).
+//! rebuild), `group` (storing documents together), `maintain` (stats, compact, verify) and
+//! `reader` ([`PostingReader`]).
 
 mod group;
 mod maintain;

@@ -2,12 +2,13 @@
 //! [`crate::ingest`] makes of a text) and reads them back; it knows no model and no SAE set.
 //!
 //! [`memory`] keeps collections, documents, postings and BM25 passages in one data dir with
-//! atomic per-document visibility; [`types`] are the values it takes and gives, [`document`]
-//! the checks of names and documents; [`store`] is the key-value trait retrieval reads through;
-//! [`records`] and [`codec`] are the on-disk formats; [`migrations`] upgrades old stores;
-//! [`packs`] holds each document's postings in one file; [`bm25`] and [`passages`] are the
-//! tantivy side; [`snapshot`] copies a data dir into one checked archive and back; [`coarse`] keeps the per-block feature counts that collection-wide retrieval
-//! ranks first.
+//! atomic per-document visibility (a group of documents, [`StoreGroup`], all at once);
+//! [`types`] are the values it takes and gives, [`document`] the checks of names and documents;
+//! [`store`] is the key-value trait retrieval reads through; [`records`] and [`codec`] are the
+//! on-disk formats; [`migrations`] upgrades old stores; [`packs`] holds each document's
+//! postings in one file; [`bm25`] and [`passages`] are the tantivy side; [`snapshot`] copies a
+//! data dir into one checked archive and back; [`coarse`] keeps the per-block feature counts
+//! that collection-wide retrieval ranks first.
 
 pub mod bm25;
 pub mod coarse;

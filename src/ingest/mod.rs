@@ -98,10 +98,11 @@ pub struct GroupIngested {
 /// the last document is in.
 ///
 /// Every document is checked and tokenized before the scan: a bad one stops the call before
-/// anything is written. A failure during the scan or the store stops the call: the groups
-/// committed before it stay, each document whole; the open group is not stored, none of its
-/// documents (a warning names them). After a crash likewise: every document is whole or
-/// absent, all of a group alike. `progress` gets (tokens done, tokens in all).
+/// anything is written. A failure in the store stops the call: the groups committed before it
+/// stay, each document whole, and the open group is not stored, none of its documents (a
+/// warning names them); a failure in the scan stops it once the documents encoded before it
+/// are stored. After a crash likewise: every document is whole or absent, all of a group
+/// alike. `progress` gets (tokens done, tokens in all).
 pub fn ingest_many(
     encoder: &Encoder<'_>,
     index: &mut Index,
