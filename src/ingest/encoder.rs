@@ -30,6 +30,15 @@ pub struct LayerCode {
 }
 
 impl LayerCode {
+    /// Returns how many posting features the layer has in a model of `kv_heads` KV heads.
+    pub fn span(&self, kv_heads: usize) -> usize {
+        if self.shared {
+            self.dict_size
+        } else {
+            self.dict_size * kv_heads
+        }
+    }
+
     /// Returns the posting feature of SAE feature `f` of KV head `head`.
     pub fn posting_feature(&self, head: usize, f: u32) -> u32 {
         if self.shared {
@@ -47,21 +56,18 @@ pub fn layer_codes(saes: &SaeSet, kv_heads: usize) -> Result<Vec<LayerCode>> {
         let metas: Vec<_> = saes.metas().filter(|m| m.layer == layer).collect();
         let shared = metas.iter().any(|m| m.head == HeadMode::Shared);
         let dict_size = metas.iter().map(|m| m.dict_size).max().unwrap_or(0);
-        let span = if shared {
-            dict_size
-        } else {
-            dict_size * kv_heads
+        let code = LayerCode {
+            layer,
+            shared,
+            dict_size,
         };
+        let span = code.span(kv_heads);
         if layer > 255 || span > 1 << 24 {
             return Err(IngestError::InvalidInput(format!(
                 "layer {layer} with {span} features does not fit the posting key (layers < 256, features < 2^24)"
             )));
         }
-        layers.push(LayerCode {
-            layer,
-            shared,
-            dict_size,
-        });
+        layers.push(code);
     }
     Ok(layers)
 }
@@ -75,8 +81,8 @@ struct PostingSlots {
     /// Per model layer (below 256): its first slot and how many features it has (0: not
     /// indexed).
     by_layer: Vec<(u32, u32)>,
-    /// (layer, first slot, features) of each indexed layer, in layer order.
-    layers: Vec<(u16, u32, u32)>,
+    /// (layer, features) of each indexed layer, in layer order (the order of the slots).
+    layers: Vec<(u16, u32)>,
     /// Slots in all.
     total: usize,
 }
@@ -87,14 +93,10 @@ impl PostingSlots {
         let mut layers = Vec::with_capacity(codes.len());
         let mut total = 0usize;
         for c in codes {
-            let span = if c.shared {
-                c.dict_size
-            } else {
-                c.dict_size * kv_heads
-            };
+            let span = c.span(kv_heads);
             // layer_codes refused layers past 255 and spans past 2^24.
             by_layer[c.layer] = (total as u32, span as u32);
-            layers.push((c.layer as u16, total as u32, span as u32));
+            layers.push((c.layer as u16, span as u32));
             total += span;
         }
         Self {
@@ -114,7 +116,7 @@ impl PostingSlots {
     fn postings_of(&self, lists: Vec<Vec<u32>>) -> BTreeMap<LayerFeature, Vec<u32>> {
         let mut lists = lists.into_iter();
         let mut out = BTreeMap::new();
-        for &(layer, _, span) in &self.layers {
+        for &(layer, span) in &self.layers {
             for (f, list) in (0..span).zip(lists.by_ref()) {
                 if !list.is_empty() {
                     out.insert(LayerFeature::new(layer, f), list);

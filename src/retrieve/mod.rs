@@ -455,8 +455,6 @@ pub struct Retriever<'a> {
         std::sync::Mutex<Option<(RerankKey, Vec<rerank::PoolSentence>, rerank::HeadScores)>>,
 }
 
-/// What a re-ranking pool depends on besides the index (which a caller does not change while
-/// it holds one retriever).
 /// What the S3 stage hands back from its thread: the question's features, the scoring's
 /// outcome and milliseconds, and the documents it loaded (kept for assembly).
 struct S3Stage<'a> {
@@ -466,6 +464,8 @@ struct S3Stage<'a> {
     docs: DocCache<'a>,
 }
 
+/// What a re-ranking pool depends on besides the index (which a caller does not change while
+/// it holds one retriever).
 type RerankKey = (String, Vec<String>, Option<String>, String);
 
 impl<'a> Retriever<'a> {
@@ -646,7 +646,8 @@ impl<'a> Retriever<'a> {
         }
         // The S3 stage (the question's forward pass and scoring over the postings) and the
         // text stages (BM25, dense) need nothing of each other: they run side by side, so a
-        // question waits for the slower of the two, not their sum.
+        // question waits for the slower of the two, not their sum. Re-ranking reads a pool of
+        // candidates larger than the budget.
         let s3_budget = rerank_cfg
             .as_ref()
             .map_or(q.budget, |r| r.pool_tokens.max(q.budget));

@@ -275,11 +275,11 @@ pub fn head_scores(
     // [heads, 2048, 2048] scores per layer and ran 3x slower per token there than pieces of
     // 512; the cache makes the result the same pass. A GPU takes the pool in one piece (four
     // pieces cost it 12 ms more; docs/retrieval.md, "Latency").
-    let piece = match model.transformer().device().is_cuda() {
+    let piece_tokens = match model.transformer().device().is_cuda() {
         true => ids.len(),
         false => PREFIX_CHUNK,
     };
-    for piece in ids.chunks(piece) {
+    for piece in ids.chunks(piece_tokens) {
         model
             .transformer()
             .attention_rows(piece, Some(&mut prefix), &deepest, 1)?;
