@@ -252,9 +252,10 @@ pub fn models_dir(explicit: Option<&Path>) -> PathBuf {
 }
 
 /// Turns `--model` into a GGUF file: a path to a file, or a known LLM's name (fetched if
-/// missing and `allow_fetch`).
+/// missing and `allow_fetch`). A known name always means the pinned model, even where a file
+/// of that name sits in the working directory (write `./name` for the file).
 pub fn resolve(spec: &str, models: &Path, allow_fetch: bool) -> Result<PathBuf> {
-    if Path::new(spec).is_file() {
+    if known(spec).is_none() && Path::new(spec).is_file() {
         return Ok(spec.into());
     }
     let model = known_or_error(spec)?;
@@ -270,9 +271,10 @@ pub fn resolve(spec: &str, models: &Path, allow_fetch: bool) -> Result<PathBuf> 
 
 /// Turns a model folder argument into the folder of verified files: a path to a folder, or a
 /// known model's name whose files live in their own folder (fetched if missing and
-/// `allow_fetch`).
+/// `allow_fetch`). A known name always means the pinned model's folder, even where a folder
+/// of that name sits in the working directory (write `./minilm` for that one).
 pub fn resolve_folder(spec: &str, models: &Path, allow_fetch: bool) -> Result<PathBuf> {
-    if Path::new(spec).is_dir() {
+    if known(spec).is_none() && Path::new(spec).is_dir() {
         return Ok(spec.into());
     }
     let model = known_or_error(spec)?;
@@ -658,5 +660,34 @@ mod tests {
         let minilm = known(EMBEDDING_MODEL).unwrap();
         assert_eq!(minilm.location(models), Path::new("/m/minilm"));
         assert_eq!(minilm.size(), 90_868_376 + 466_247 + 612);
+    }
+
+    #[test]
+    fn a_known_name_means_the_pinned_model_whatever_the_working_directory_holds() {
+        // A folder or file called like a known model in the working directory (the crate root
+        // under `cargo test`) once shadowed the models folder.
+        struct Remove(&'static str);
+        impl Drop for Remove {
+            fn drop(&mut self) {
+                let _ = fs::remove_dir_all(self.0);
+                let _ = fs::remove_file(self.0);
+            }
+        }
+        fs::create_dir_all(EMBEDDING_MODEL).unwrap();
+        let _folder = Remove(EMBEDDING_MODEL);
+        fs::write(DEFAULT_MODEL, b"").unwrap();
+        let _file = Remove(DEFAULT_MODEL);
+        let models = tempfile::tempdir().unwrap();
+        let in_models = models.path().display().to_string();
+        let err = resolve_folder(EMBEDDING_MODEL, models.path(), false).unwrap_err();
+        assert!(err.to_string().contains(&in_models), "{err}");
+        let err = resolve(DEFAULT_MODEL, models.path(), false).unwrap_err();
+        assert!(err.to_string().contains(&in_models), "{err}");
+        // `./name` is the working directory's.
+        let own = format!("./{EMBEDDING_MODEL}");
+        assert_eq!(
+            resolve_folder(&own, models.path(), false).unwrap(),
+            Path::new(&own)
+        );
     }
 }

@@ -468,6 +468,29 @@ struct S3Stage<'a> {
 /// it holds one retriever).
 type RerankKey = (String, Vec<String>, Option<String>, String);
 
+/// Which first-stage sources a question runs ([`Retriever::first_stage`]).
+#[derive(Clone, Copy)]
+struct FirstStage<'e> {
+    /// The question's forward pass and S3 scoring.
+    s3: bool,
+    /// BM25 passages.
+    bm25: bool,
+    /// Dense passages, with this embedder.
+    embedder: Option<&'e Embedder>,
+    /// Tokens the S3 stage selects (a re-ranking pool's, when larger than the budget).
+    s3_budget: usize,
+}
+
+/// The first stage's candidates of each source, and the question's forward pass.
+#[derive(Default)]
+struct FirstStageOut {
+    s3: s3::S3Outcome,
+    bm25: Vec<Candidate>,
+    dense: Vec<Candidate>,
+    forward_ms: f64,
+    question_tokens: usize,
+}
+
 impl<'a> Retriever<'a> {
     /// Returns a retriever; the SAE set must belong to the model.
     pub fn new(model: &'a Model, saes: &'a SaeSet, config: RetrieveConfig) -> Result<Self> {
@@ -644,73 +667,21 @@ impl<'a> Retriever<'a> {
                 }),
             });
         }
-        // The S3 stage (the question's forward pass and scoring over the postings) and the
-        // text stages (BM25, dense) need nothing of each other: they run side by side, so a
-        // question waits for the slower of the two, not their sum. Re-ranking reads a pool of
-        // candidates larger than the budget.
+        // Re-ranking reads a pool of candidates larger than the budget.
         let s3_budget = rerank_cfg
             .as_ref()
             .map_or(q.budget, |r| r.pool_tokens.max(q.budget));
-        let (s3_stage, text_stage) = std::thread::scope(|s| {
-            let s3_job = want_s3.then(|| {
-                s.spawn(|| -> Result<S3Stage<'_>> {
-                    let mut s3_docs = DocCache::new(index, &scope);
-                    let qf = question::question_features(
-                        self.model,
-                        self.saes,
-                        &self.codes,
-                        &q.question,
-                        cfg.query_k,
-                        cfg.probe,
-                    )?;
-                    let t = Instant::now();
-                    let out =
-                        s3::retrieve(index, &scope, &mut s3_docs, &qf.activation, &cfg, s3_budget)?;
-                    Ok(S3Stage {
-                        scoring_ms: t.elapsed().as_secs_f64() * 1e3,
-                        question: qf,
-                        out,
-                        docs: s3_docs,
-                    })
-                })
-            });
-            let text = (|| -> Result<(Vec<Candidate>, Vec<Candidate>)> {
-                let mut bm25 = Vec::new();
-                if want_bm25 {
-                    let t = Instant::now();
-                    bm25 = self.bm25(index, &q.collection, &scope, &mut docs, &q.question)?;
-                    timings.insert("bm25".to_string(), t.elapsed().as_secs_f64() * 1e3);
-                }
-                let mut dense = Vec::new();
-                if let Some(e) = embedder {
-                    let t = Instant::now();
-                    dense = dense::dense(e, index, &scope, &mut docs, &q.question, cfg.bm25_limit)?;
-                    timings.insert("dense".to_string(), t.elapsed().as_secs_f64() * 1e3);
-                }
-                Ok((bm25, dense))
-            })();
-            let s3 = s3_job
-                // A panic there is the caller's, as it was when the stages ran in turn.
-                .map(|job| job.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .transpose();
-            (s3, text)
-        });
-        let mut forward_ms = 0.0;
-        let mut s3_out = s3::S3Outcome::default();
-        let mut question_tokens = 0;
-        if let Some(stage) = s3_stage? {
-            forward_ms = stage.question.forward_ms;
-            question_tokens = stage.question.tokens;
-            timings.insert("question_forward".to_string(), stage.question.forward_ms);
-            timings.insert("question_encode".to_string(), stage.question.encode_ms);
-            timings.insert("s3".to_string(), stage.scoring_ms);
-            for (k, v) in &stage.out.timings_ms {
-                timings.insert(format!("s3_{k}"), *v);
-            }
-            s3_out = stage.out;
-            docs.absorb(stage.docs);
-        }
-        let (mut bm25, dense) = text_stage?;
+        let stages = FirstStage {
+            s3: want_s3,
+            bm25: want_bm25,
+            embedder,
+            s3_budget,
+        };
+        let first = self.first_stage(index, &scope, &mut docs, q, &cfg, stages, &mut timings)?;
+        let forward_ms = first.forward_ms;
+        let question_tokens = first.question_tokens;
+        let s3_out = first.s3;
+        let (mut bm25, dense) = (first.bm25, first.dense);
         checkpoint()?;
         let bias = match q.method {
             Method::Bias => self.bias(&scope, &mut docs, (0..scope.docs.len()).collect())?,
@@ -850,37 +821,26 @@ impl<'a> Retriever<'a> {
         self.check_index(index)?;
         let scope = Scope::new(index, &q.collection, &q.docs, q.filter.as_ref())?;
         let mut docs = DocCache::new(index, &scope);
-        let qf = question::question_features(
-            self.model,
-            self.saes,
-            &self.codes,
-            &q.question,
-            self.config.query_k,
-            self.config.probe,
-        )?;
-        let s3_out = s3::retrieve(
+        let stages = FirstStage {
+            s3: true,
+            bm25: true,
+            embedder: self.embedder,
+            s3_budget: pool_tokens.max(q.budget),
+        };
+        let mut timings = BTreeMap::new();
+        let first = self.first_stage(
             index,
             &scope,
             &mut docs,
-            &qf.activation,
+            q,
             &self.config,
-            pool_tokens.max(q.budget),
+            stages,
+            &mut timings,
         )?;
-        let mut bm25 = self.bm25(index, &q.collection, &scope, &mut docs, &q.question)?;
+        let (s3_out, mut bm25, dense) = (first.s3, first.bm25, first.dense);
         if self.config.fusion.rerank > 0.0 {
             rerank_by_density(&mut bm25, &s3_out, &self.config.fusion);
         }
-        let dense = match self.embedder {
-            Some(e) => dense::dense(
-                e,
-                index,
-                &scope,
-                &mut docs,
-                &q.question,
-                self.config.bm25_limit,
-            )?,
-            None => Vec::new(),
-        };
         let pool =
             rerank::build_pool(&[&bm25, &dense, &s3_out.candidates], &mut docs, pool_tokens)?;
         let scores = rerank::head_scores(self.reranker(), &mut docs, &pool, &q.question, heads)?;
@@ -894,6 +854,88 @@ impl<'a> Retriever<'a> {
             });
         }
         Ok(PoolScores { sentences, scores })
+    }
+
+    /// Runs the first stage: the S3 stage (the question's forward pass and scoring over the
+    /// postings) and the text stages (BM25, dense). They need nothing of each other, so they
+    /// run side by side and a question waits for the slower of the two, not their sum. Each
+    /// stage's milliseconds go into `timings`; the documents the S3 stage loaded join `docs`.
+    #[allow(clippy::too_many_arguments)]
+    fn first_stage<'d>(
+        &self,
+        index: &'d Index,
+        scope: &'d Scope,
+        docs: &mut DocCache<'d>,
+        q: &Query,
+        cfg: &RetrieveConfig,
+        stages: FirstStage<'_>,
+        timings: &mut BTreeMap<String, f64>,
+    ) -> Result<FirstStageOut> {
+        let (s3_stage, text_stage) = std::thread::scope(|s| {
+            let s3_job = stages.s3.then(|| {
+                s.spawn(|| -> Result<S3Stage<'d>> {
+                    let mut s3_docs = DocCache::new(index, scope);
+                    let qf = question::question_features(
+                        self.model,
+                        self.saes,
+                        &self.codes,
+                        &q.question,
+                        cfg.query_k,
+                        cfg.probe,
+                    )?;
+                    let t = Instant::now();
+                    let out = s3::retrieve(
+                        index,
+                        scope,
+                        &mut s3_docs,
+                        &qf.activation,
+                        cfg,
+                        stages.s3_budget,
+                    )?;
+                    Ok(S3Stage {
+                        scoring_ms: t.elapsed().as_secs_f64() * 1e3,
+                        question: qf,
+                        out,
+                        docs: s3_docs,
+                    })
+                })
+            });
+            let text = (|| -> Result<(Vec<Candidate>, Vec<Candidate>)> {
+                let mut bm25 = Vec::new();
+                if stages.bm25 {
+                    let t = Instant::now();
+                    bm25 = self.bm25(index, &q.collection, scope, docs, &q.question)?;
+                    timings.insert("bm25".to_string(), t.elapsed().as_secs_f64() * 1e3);
+                }
+                let mut dense = Vec::new();
+                if let Some(e) = stages.embedder {
+                    let t = Instant::now();
+                    dense = dense::dense(e, index, scope, docs, &q.question, cfg.bm25_limit)?;
+                    timings.insert("dense".to_string(), t.elapsed().as_secs_f64() * 1e3);
+                }
+                Ok((bm25, dense))
+            })();
+            let s3 = s3_job
+                // A panic there is the caller's, as it was when the stages ran in turn.
+                .map(|job| job.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .transpose();
+            (s3, text)
+        });
+        let mut out = FirstStageOut::default();
+        if let Some(stage) = s3_stage? {
+            out.forward_ms = stage.question.forward_ms;
+            out.question_tokens = stage.question.tokens;
+            timings.insert("question_forward".to_string(), stage.question.forward_ms);
+            timings.insert("question_encode".to_string(), stage.question.encode_ms);
+            timings.insert("s3".to_string(), stage.scoring_ms);
+            for (k, v) in &stage.out.timings_ms {
+                timings.insert(format!("s3_{k}"), *v);
+            }
+            out.s3 = stage.out;
+            docs.absorb(stage.docs);
+        }
+        (out.bm25, out.dense) = text_stage?;
+        Ok(out)
     }
 
     /// BM25 passages of the scope, best first.
