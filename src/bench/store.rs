@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{BenchError, Result};
 use crate::index::codec::{encode_posting, put_varint};
-use crate::index::{Batch, Index, KvStore, SledStore};
+use crate::index::{packs, Batch, Index, KvStore, SledStore};
 
 /// One sled case: `records` records of `value_bytes` each, flushed every `per_batch` records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -171,6 +171,82 @@ pub fn posting_sizes(index: &Index) -> Result<PostingSizes> {
     Ok(sizes)
 }
 
+/// What encoding a document's pack costs (the store's step that waits for a long document's
+/// scan to end): on one thread and on the threads [`crate::index::packs::encode`] takes.
+#[derive(Debug, Clone, Serialize)]
+pub struct PackEncodeTime {
+    /// The document's external id.
+    pub id: String,
+    /// Its positions (postings' entries).
+    pub positions: usize,
+    /// Best of three, seconds, one thread.
+    pub one_thread_seconds: f64,
+    /// Best of three, seconds, as the store encodes it.
+    pub store_seconds: f64,
+}
+
+/// Times encoding the pack of each of the `largest` documents of `index` with the most
+/// positions; checks both ways give the same bytes.
+pub fn pack_encode_times(index: &Index, largest: usize) -> Result<Vec<PackEncodeTime>> {
+    let mut docs = Vec::new();
+    for c in index.collections()? {
+        for d in index.documents(&c.name)? {
+            docs.push((d.tokens, c.name.clone(), d.id));
+        }
+    }
+    docs.sort_by_key(|d| std::cmp::Reverse(d.0));
+    let best = |f: &dyn Fn() -> Vec<u8>| {
+        (0..3)
+            .map(|_| {
+                let t = std::time::Instant::now();
+                let bytes = f();
+                (t.elapsed().as_secs_f64(), bytes)
+            })
+            .min_by(|a, b| a.0.total_cmp(&b.0))
+            .expect("three runs")
+    };
+    let mut out = Vec::new();
+    for (_, collection, id) in docs.into_iter().take(largest) {
+        let postings = index.document_postings(&collection, &id)?;
+        let (one, a) =
+            best(&|| packs::encode_on(&postings, 1).expect("postings read back fit a pack"));
+        let (store, b) = best(&|| packs::encode(&postings).expect("postings read back fit a pack"));
+        if a != b {
+            return Err(BenchError::Input(format!(
+                "the pack of `{id}` differs between one thread and the store's threads"
+            )));
+        }
+        out.push(PackEncodeTime {
+            id,
+            positions: postings.values().map(Vec::len).sum(),
+            one_thread_seconds: one,
+            store_seconds: store,
+        });
+    }
+    Ok(out)
+}
+
+/// Returns the pack encoding times as a Markdown table.
+pub fn pack_encode_table(rows: &[PackEncodeTime]) -> String {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut s = format!(
+        "\nencoding each pack ({threads} cores here; best of 3)\n\n\
+         | document | positions | one thread s | store s | M positions/s (store) |\n\
+         |---|---:|---:|---:|---:|\n"
+    );
+    for r in rows {
+        s += &format!(
+            "| {} | {} | {:.3} | {:.3} | {:.1} |\n",
+            r.id,
+            r.positions,
+            r.one_thread_seconds,
+            r.store_seconds,
+            r.positions as f64 / r.store_seconds.max(1e-9) / 1e6
+        );
+    }
+    s
+}
+
 impl PostingSizes {
     fn add(&mut self, posting: &[u32]) {
         self.postings += 1;
@@ -236,6 +312,48 @@ mod tests {
         assert!(t.contains("| 200 | 38 | 50 | 9200 |"), "{t}");
         // The scratch folders are gone.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn each_large_document_s_pack_is_timed_both_ways() {
+        use crate::index::{
+            EncodedDocument, IndexConfig, LayerFeature, NewDocument, StoreIdentity,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = Index::open(dir.path(), IndexConfig::default()).unwrap();
+        index.create_collection("c").unwrap();
+        let identity = StoreIdentity {
+            model_fingerprint: "model".into(),
+            sae_digest: "saes".into(),
+            layers: vec![0],
+            chunk: 64,
+            sinks: 4,
+            overlap: 8,
+        };
+        for (id, n) in [("short", 3usize), ("long", 9)] {
+            let text = "w ".repeat(n);
+            let encoded = EncodedDocument {
+                offsets: (0..n).map(|i| (2 * i, 2 * i + 1)).collect(),
+                postings: [(LayerFeature::new(0, 7), (0..n as u32).step_by(2).collect())].into(),
+                tokenize_seconds: 0.0,
+                scan_seconds: 0.0,
+                encode_seconds: 0.0,
+                vectors: None,
+            };
+            let doc = NewDocument {
+                collection: "c",
+                id: Some(id.into()),
+                meta: Vec::new(),
+                text: &text,
+            };
+            index.store_encoded(doc, &encoded, &identity).unwrap();
+        }
+        let rows = pack_encode_times(&index, 1).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!((rows[0].id.as_str(), rows[0].positions), ("long", 5));
+        let t = pack_encode_table(&rows);
+        assert!(t.contains("| long | 5 |"), "{t}");
+        assert_eq!(pack_encode_times(&index, 5).unwrap().len(), 2);
     }
 
     #[test]

@@ -367,6 +367,8 @@ fn postings(args: &PostingsArgs) -> Result<()> {
     }
     let index = Index::open(&args.data_dir, IndexConfig::default())?;
     print!("{}", bench::store::posting_sizes(&index)?.table());
+    let times = bench::store::pack_encode_times(&index, args.largest)?;
+    print!("{}", bench::store::pack_encode_table(&times));
     Ok(())
 }
 

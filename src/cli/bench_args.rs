@@ -34,7 +34,8 @@ pub enum BenchCommand {
     SaeEncode(SaeEncodeArgs),
     /// What sled 0.34 keeps on disk per record, for records of several sizes.
     Sled,
-    /// Bytes per token of a data dir's postings under each codec choice.
+    /// Bytes per token of a data dir's postings under each codec choice, and what encoding
+    /// the largest documents' packs costs.
     Postings(PostingsArgs),
     /// Draws `bench scan --plot`'s chart again from the rows `bench scan --json` printed.
     ScanChart(ScanChartArgs),
@@ -322,6 +323,9 @@ pub struct PostingsArgs {
     /// An existing data dir (e.g. after `s3mem ingest`).
     #[arg(long, env = "S3MEM_DATA_DIR")]
     pub data_dir: PathBuf,
+    /// Times encoding the packs of this many documents, those with the most tokens.
+    #[arg(long, default_value_t = 3)]
+    pub largest: usize,
 }
 
 /// Flags of `bench scan-chart`.

@@ -296,6 +296,7 @@ mod tests {
             answer: String::new(),
             em: 0.0,
             f1,
+            holds: None,
             recalled: None,
             context_ms: 0.0,
             prefill_ms: 0.0,

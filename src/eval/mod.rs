@@ -219,6 +219,18 @@ pub fn exact_match(prediction: &str, answers: &[String]) -> f64 {
     }
 }
 
+/// Whether the prediction holds a reference, whole words after normalisation (1 or 0): the
+/// needle benchmarks' score, which a right code inside a sentence passes and exact match
+/// fails.
+pub fn holds_answer(prediction: &str, answers: &[String]) -> f64 {
+    let p = format!(" {} ", normalize_answer(prediction));
+    let held = answers.iter().any(|a| {
+        let a = normalize_answer(a);
+        !a.is_empty() && p.contains(&format!(" {a} "))
+    });
+    f64::from(u8::from(held))
+}
+
 /// Token F1 after normalisation, max over references.
 pub fn token_f1(prediction: &str, answers: &[String]) -> f64 {
     let p = normalize_answer(prediction);
@@ -264,6 +276,24 @@ mod tests {
         let f = token_f1("the tower of eiffel", &refs);
         assert!((f - 0.8).abs() < 1e-9, "{f}");
         assert_eq!(token_f1("", &refs), 0.0);
+    }
+
+    #[test]
+    fn an_answer_holds_a_reference_as_whole_words() {
+        let code = vec!["20235".to_string()];
+        let said = "The access code of the violet boathouse is 20235.";
+        assert_eq!(holds_answer(said, &code), 1.0);
+        assert_eq!(exact_match(said, &code), 0.0);
+        assert_eq!(holds_answer("20235", &code), 1.0);
+        // Part of a longer number, a wrong code or an empty reference hold nothing.
+        assert_eq!(holds_answer("120235", &code), 0.0);
+        assert_eq!(holds_answer("20784", &code), 0.0);
+        assert_eq!(holds_answer("anything", &["".to_string()]), 0.0);
+        let names = vec!["The Eiffel Tower".to_string()];
+        assert_eq!(
+            holds_answer("it is the eiffel tower, in Paris", &names),
+            1.0
+        );
     }
 
     #[test]

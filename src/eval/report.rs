@@ -34,6 +34,9 @@ pub struct RunRecord {
     pub em: f64,
     /// Token F1, max over references.
     pub f1: f64,
+    /// Whether the answer holds a reference as whole words (1 or 0; `None` in older reports).
+    #[serde(default)]
+    pub holds: Option<f64>,
     /// Whether every gold span lies inside the context (None without gold spans).
     pub recalled: Option<bool>,
     /// Milliseconds finding the context (retrieval, or cutting the document).
@@ -98,6 +101,8 @@ pub struct SummaryRow {
     pub em: f64,
     /// Mean token F1.
     pub f1: f64,
+    /// Share of answers that hold a reference (`None` when no run recorded it).
+    pub holds: Option<f64>,
     /// Share of questions with gold spans whose spans were all in the context.
     pub recall: Option<f64>,
     /// Mean F1 over documents that fit the window (None when there are none).
@@ -149,6 +154,7 @@ pub fn summarize(runs: &[RunRecord]) -> Vec<SummaryRow> {
                 questions: rs.len(),
                 em: mean(rs.iter().map(|r| r.em)).unwrap_or(0.0),
                 f1: mean(rs.iter().map(|r| r.f1)).unwrap_or(0.0),
+                holds: mean(rs.iter().filter_map(|r| r.holds)),
                 recall: mean(
                     rs.iter()
                         .filter_map(|r| r.recalled.map(|b| f64::from(u8::from(b)))),
@@ -186,18 +192,19 @@ pub fn budget_label(budget: usize) -> String {
 /// The rows as a Markdown table (scores in percent).
 pub fn markdown(rows: &[SummaryRow]) -> String {
     let mut s = String::from(
-        "| method | budget | n | EM | F1 | evidence recall | F1 (fits window) | F1 (beyond window) \
-         | context tokens | p50 ms | peak RSS MB | peak GPU MB |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| method | budget | n | EM | F1 | holds answer | evidence recall | F1 (fits window) \
+         | F1 (beyond window) | context tokens | p50 ms | peak RSS MB | peak GPU MB |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.0} | {} | {} |\n",
             r.method,
             budget_label(r.budget),
             r.questions,
             pct(Some(r.em)),
             pct(Some(r.f1)),
+            pct(r.holds),
             pct(r.recall),
             pct(r.f1_fits),
             pct(r.f1_beyond),
@@ -369,6 +376,7 @@ mod tests {
             answer: String::new(),
             em: f64::from(u8::from(f1 == 1.0)),
             f1,
+            holds: Some(f64::from(u8::from(f1 > 0.0))),
             recalled: (method != "full").then_some(f1 > 0.5),
             context_ms: ms,
             prefill_ms: 0.0,
@@ -407,18 +415,19 @@ mod tests {
         assert_eq!(h.f1, 0.75);
         assert_eq!(h.em, 0.5);
         assert_eq!(h.recall, Some(0.5));
+        assert_eq!(h.holds, Some(1.0));
         assert_eq!(h.peak_rss_bytes, Some(512_000_000));
         assert_eq!(h.peak_gpu_bytes, None);
         assert_eq!(rows[0].peak_gpu_bytes, Some(3_000_000_000));
         assert_eq!(rows[2].f1_beyond, None);
         let md = markdown(&rows);
         assert!(
-            md.contains("| full | - | 2 | 50.0 | 50.0 | - | 100.0 | 0.0 |")
+            md.contains("| full | - | 2 | 50.0 | 50.0 | 50.0 | - | 100.0 | 0.0 |")
                 && md.contains("| 0 | 3000 |\n"),
             "{md}"
         );
         assert!(
-            md.contains("| hybrid | 512 | 2 | 50.0 | 75.0 | 50.0 |"),
+            md.contains("| hybrid | 512 | 2 | 50.0 | 75.0 | 100.0 | 50.0 |"),
             "{md}"
         );
     }

@@ -422,6 +422,7 @@ impl Evaluation {
                 context_tokens,
                 em: super::exact_match(&said, &item.answers),
                 f1: super::token_f1(&said, &item.answers),
+                holds: Some(super::holds_answer(&said, &item.answers)),
                 answer: a.answer,
                 recalled,
                 context_ms,
