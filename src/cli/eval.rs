@@ -224,7 +224,17 @@ fn answer_quality(args: &EvalRunArgs, models: &Path) -> Result<()> {
         ingest_seconds = t.elapsed().as_secs_f64();
     }
     let retriever = match &setup {
-        Some(store) => Some(store.retriever(&model, RetrieveConfig::default())?),
+        Some(store) => {
+            let defaults = RetrieveConfig::default();
+            let config = RetrieveConfig {
+                fusion: Fusion {
+                    order: args.evidence_order,
+                    ..defaults.fusion
+                },
+                ..defaults
+            };
+            Some(store.retriever(&model, config)?)
+        }
         None => None,
     };
     let retrieval = setup
@@ -279,6 +289,7 @@ fn recall(args: &RecallArgs, models: &Path) -> Result<()> {
             shares: args.fusion_shares.unwrap_or(defaults.fusion.shares),
             rrf_k: args.rrf_k.unwrap_or(defaults.fusion.rrf_k),
             rerank: args.rerank.unwrap_or(defaults.fusion.rerank),
+            ..defaults.fusion
         },
         rerank: args.attention.config(),
         hybrid_dense: args.hybrid_dense,

@@ -62,6 +62,10 @@ pub struct EvalRunArgs {
     /// free only).
     #[arg(long, value_delimiter = ',', default_value = "free")]
     pub answer_mode: Vec<crate::answer::AnswerMode>,
+    /// The order of the evidence pieces the reader is given: position (by document and
+    /// position) or rank (best first).
+    #[arg(long, default_value = "position")]
+    pub evidence_order: crate::retrieve::EvidenceOrder,
     /// Said after each question when the model answers (retrieval sees the question alone);
     /// empty for none.
     #[arg(long, default_value = crate::eval::run::SHORT_ANSWER)]

@@ -12,7 +12,7 @@ use std::ops::Range;
 
 use super::docs::{DocCache, Scope};
 use super::error::Result;
-use super::{Candidate, EvidenceSpan, Fusion, Source};
+use super::{Candidate, EvidenceOrder, EvidenceSpan, Fusion, Source};
 use crate::model::TextTokenizer;
 
 /// Separator between pieces of the context.
@@ -125,7 +125,7 @@ pub fn assemble(
     chosen.retain(|_, p| !p.is_empty());
     // Exact count; cut back the worst-ranked piece while over budget.
     loop {
-        let (context, spans) = render(scope, docs, &chosen)?;
+        let (context, spans) = render(scope, docs, &chosen, fusion.order)?;
         let n = if context.is_empty() {
             0
         } else {
@@ -237,40 +237,46 @@ fn add(
     true
 }
 
-/// Renders the pieces in document and position order.
+/// Renders the pieces in `order`: by document and position, or best fused rank first.
 fn render(
     scope: &Scope,
     docs: &mut DocCache<'_>,
     chosen: &BTreeMap<usize, Vec<Piece>>,
+    order: EvidenceOrder,
 ) -> Result<(String, Vec<EvidenceSpan>)> {
     let mut context = String::new();
     let mut spans = Vec::new();
-    for (&d, pieces) in chosen {
+    let mut pieces: Vec<(usize, &Piece)> = chosen
+        .iter()
+        .flat_map(|(&d, ps)| ps.iter().map(move |p| (d, p)))
+        .collect();
+    if order == EvidenceOrder::Rank {
+        pieces.sort_by_key(|(_, p)| p.order);
+    }
+    for (d, p) in pieces {
         let doc = docs.get(d)?;
-        for p in pieces {
-            let chars = doc.token_chars(p.tokens.clone());
-            let text = doc.chars(chars.clone()).to_string();
-            if !context.is_empty() {
-                context.push_str(SEPARATOR);
-            }
-            context.push_str(&format!("[{}] {}", spans.len() + 1, text.trim()));
-            let mut sources = p.sources.clone();
-            sources.sort();
-            spans.push(EvidenceSpan {
-                doc_id: scope.docs[d].id.clone(),
-                char_start: chars.start,
-                char_end: chars.end,
-                token_start: p.tokens.start,
-                token_end: p.tokens.end,
-                source: sources
-                    .iter()
-                    .map(|s| s.name())
-                    .collect::<Vec<_>>()
-                    .join("+"),
-                score: p.score,
-                text,
-            });
+        let chars = doc.token_chars(p.tokens.clone());
+        let text = doc.chars(chars.clone()).to_string();
+        if !context.is_empty() {
+            context.push_str(SEPARATOR);
         }
+        context.push_str(&format!("[{}] {}", spans.len() + 1, text.trim()));
+        let mut sources = p.sources.clone();
+        sources.sort();
+        spans.push(EvidenceSpan {
+            doc_id: scope.docs[d].id.clone(),
+            char_start: chars.start,
+            char_end: chars.end,
+            token_start: p.tokens.start,
+            token_end: p.tokens.end,
+            source: sources
+                .iter()
+                .map(|s| s.name())
+                .collect::<Vec<_>>()
+                .join("+"),
+            score: p.score,
+            text,
+        });
     }
     Ok((context, spans))
 }

@@ -142,6 +142,34 @@ pub struct Fusion {
     /// Weight of the S3 density rank when hybrid re-ranks the BM25 passages (0: BM25's own
     /// order): a passage's new score is `1/(k + bm25 rank) + rerank/(k + density rank)`.
     pub rerank: f32,
+    /// The order the chosen pieces are given in.
+    pub order: EvidenceOrder,
+}
+
+/// The order of the evidence pieces in the context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EvidenceOrder {
+    /// By document and position (as they were written).
+    #[default]
+    Position,
+    /// Best fused rank first (a small reader tends to take the first piece that looks like
+    /// an answer).
+    Rank,
+}
+
+impl std::str::FromStr for EvidenceOrder {
+    type Err = RetrieveError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "position" => Ok(Self::Position),
+            "rank" => Ok(Self::Rank),
+            _ => Err(RetrieveError::invalid(
+                "evidence order",
+                format!("`{s}` is not one of position, rank"),
+            )),
+        }
+    }
 }
 
 impl Default for Fusion {
@@ -153,6 +181,7 @@ impl Default for Fusion {
             // docs/retrieval.md: over 402 HotpotQA questions (three sets) above BM25 at every
             // budget, +8 / +11 / +2 questions at 512 / 1024 / 2048 tokens (0.1: +4 / +4 / +1).
             rerank: 0.25,
+            order: EvidenceOrder::Position,
         }
     }
 }

@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 
 use crate::common::{real_model, run_json, s3mem};
 use s3mem::index::{Index, IndexConfig};
-use s3mem::retrieve::{Method, Query, RetrieveConfig, Retriever};
+use s3mem::retrieve::{EvidenceOrder, Fusion, Method, Query, RetrieveConfig, Retriever};
 use s3mem::sae::{SaeExpectation, SaeSet};
 
 pub(crate) const QUESTION: &str =
@@ -246,6 +246,80 @@ fn budgets_are_exact_and_never_exceeded() {
         }
     }
     drop(index);
+}
+
+#[test]
+fn rank_order_gives_the_same_pieces_best_first() {
+    let _turn = turn();
+    let f = fixture();
+    let model = real_model();
+    let saes = default_saes();
+    let index = Index::open(&f.dir, IndexConfig::default()).unwrap();
+    let query = Query {
+        collection: "lic".into(),
+        docs: Vec::new(),
+        question: QUESTION.into(),
+        budget: 400,
+        method: Method::Hybrid,
+        trace: true,
+        filter: None,
+    };
+    let by = |order| {
+        let config = RetrieveConfig {
+            fusion: Fusion {
+                order,
+                ..Fusion::default()
+            },
+            ..RetrieveConfig::default()
+        };
+        Retriever::new(model, &saes, config)
+            .unwrap()
+            .retrieve(&index, &query)
+            .unwrap()
+    };
+    let position = by(EvidenceOrder::Position);
+    let rank = by(EvidenceOrder::Rank);
+    let key = |s: &s3mem::retrieve::EvidenceSpan| (s.doc_id.clone(), s.token_start, s.token_end);
+    let in_position: Vec<_> = position.spans.iter().map(key).collect();
+    let mut in_rank: Vec<_> = rank.spans.iter().map(key).collect();
+    assert!(in_position.len() >= 2, "{in_position:?}");
+    // Position order: each document's pieces together, in position order.
+    let mut seen: Vec<&String> = Vec::new();
+    for w in in_position.windows(2) {
+        if w[0].0 == w[1].0 {
+            assert!(w[0].1 < w[1].1, "{in_position:?}");
+        } else {
+            seen.push(&w[0].0);
+            assert!(!seen.contains(&&w[1].0), "{in_position:?}");
+        }
+    }
+    // The best fused candidate that went in opens the rank-ordered context.
+    let best = rank
+        .trace
+        .as_ref()
+        .unwrap()
+        .fused
+        .iter()
+        .find(|f| f.kept)
+        .unwrap();
+    let first = &rank.spans[0];
+    assert!(
+        first.doc_id == best.doc_id
+            && first.token_start <= best.token_start
+            && best.token_end <= first.token_end,
+        "first piece {:?}, best candidate {best:?}",
+        key(first)
+    );
+    assert!(rank
+        .context
+        .starts_with(&format!("[1] {}", first.text.trim())));
+    // Here the best piece is not the first by position, so the orders differ.
+    assert_ne!(in_rank, in_position);
+    let mut in_position = in_position;
+    in_position.sort();
+    in_rank.sort();
+    assert_eq!(in_rank, in_position);
+    assert_eq!(rank.context_tokens, position.context_tokens);
 }
 
 #[test]
