@@ -8,7 +8,11 @@ use serde::Serialize;
 
 use super::{BenchError, Result};
 use crate::index::codec::{encode_posting, put_varint};
-use crate::index::{packs, Batch, Index, KvStore, SledStore};
+use std::time::Instant;
+
+use crate::index::{
+    packs, Batch, EncodedDocument, Index, IndexConfig, KvStore, NewDocument, SledStore,
+};
 
 /// One sled case: `records` records of `value_bytes` each, flushed every `per_batch` records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -226,6 +230,118 @@ pub fn pack_encode_times(index: &Index, largest: usize) -> Result<Vec<PackEncode
     Ok(out)
 }
 
+/// What storing one document again costs, step by step (`bench store-document`).
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreDocumentTime {
+    /// The document's external id.
+    pub id: String,
+    /// Its tokens.
+    pub tokens: u32,
+    /// Its postings' positions.
+    pub positions: usize,
+    /// Seconds of adding it to a group: checks, coarse feature set, BM25 passages cut, pack
+    /// encoded and written (and vectors).
+    pub add_seconds: f64,
+    /// Seconds of committing the group: the folders synced, the sled batch (text, offsets,
+    /// records) flushed, the BM25 passages added.
+    pub commit_seconds: f64,
+    /// Seconds of the BM25 commit that makes the passages searchable.
+    pub bm25_commit_seconds: f64,
+}
+
+/// Stores each of the `largest` documents of `index` with the most tokens again, into a fresh
+/// data dir under `scratch` (removed after), as an ingest's store step does with what the scan
+/// made of it: its text, offsets, postings and vectors read back.
+pub fn store_document_times(
+    index: &Index,
+    scratch: &Path,
+    largest: usize,
+) -> Result<Vec<StoreDocumentTime>> {
+    let identity = index
+        .identity()?
+        .ok_or_else(|| BenchError::Input("the data dir holds no documents".into()))?;
+    let mut docs = Vec::new();
+    for c in index.collections()? {
+        for d in index.documents(&c.name)? {
+            docs.push((c.name.clone(), d));
+        }
+    }
+    docs.sort_by_key(|(_, d)| std::cmp::Reverse(d.tokens));
+    let mut out = Vec::new();
+    for (collection, d) in docs.into_iter().take(largest) {
+        let text = index.text(&collection, &d.id, None)?;
+        let first = d.positions.start as u32;
+        let encoded = EncodedDocument {
+            offsets: index.offsets(&collection, &d.id)?,
+            postings: index
+                .document_postings(&collection, &d.id)?
+                .into_iter()
+                .map(|(f, p)| (f, p.into_iter().map(|x| x - first).collect()))
+                .collect(),
+            tokenize_seconds: 0.0,
+            scan_seconds: 0.0,
+            encode_seconds: 0.0,
+            vectors: index.vectors_of(index.collection_id(&collection)?, d.number)?,
+        };
+        let dir = scratch.join(format!("s3mem-store-document-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut fresh = Index::open(&dir, IndexConfig::default())?;
+        fresh.create_collection(&collection)?;
+        let t = Instant::now();
+        let mut group = fresh.group(&identity);
+        group.add(
+            NewDocument {
+                collection: &collection,
+                id: Some(d.id.clone()),
+                meta: d.meta.clone(),
+                text: &text,
+            },
+            &encoded,
+        )?;
+        let add_seconds = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        group.commit()?;
+        let commit_seconds = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        fresh.commit()?;
+        let bm25_commit_seconds = t.elapsed().as_secs_f64();
+        drop(fresh);
+        std::fs::remove_dir_all(&dir).map_err(|e| BenchError::io(&dir, e))?;
+        out.push(StoreDocumentTime {
+            id: d.id,
+            tokens: d.tokens,
+            positions: encoded.postings.values().map(Vec::len).sum(),
+            add_seconds,
+            commit_seconds,
+            bm25_commit_seconds,
+        });
+    }
+    Ok(out)
+}
+
+/// Returns the store step times as a Markdown table.
+pub fn store_document_table(rows: &[StoreDocumentTime]) -> String {
+    let mut s = String::from(
+        "| document | tokens | positions | add s | commit s | BM25 commit s | all s | µs per token |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let all = r.add_seconds + r.commit_seconds + r.bm25_commit_seconds;
+        s += &format!(
+            "| {} | {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.1} |\n",
+            r.id,
+            r.tokens,
+            r.positions,
+            r.add_seconds,
+            r.commit_seconds,
+            r.bm25_commit_seconds,
+            all,
+            all * 1e6 / f64::from(r.tokens.max(1))
+        );
+    }
+    s
+}
+
 /// Returns the pack encoding times as a Markdown table.
 pub fn pack_encode_table(rows: &[PackEncodeTime]) -> String {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -314,8 +430,8 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 
-    #[test]
-    fn each_large_document_s_pack_is_timed_both_ways() {
+    /// A data dir with two stored documents, "short" (3 tokens) and "long" (9).
+    fn two_documents() -> (tempfile::TempDir, Index) {
         use crate::index::{
             EncodedDocument, IndexConfig, LayerFeature, NewDocument, StoreIdentity,
         };
@@ -343,11 +459,37 @@ mod tests {
             let doc = NewDocument {
                 collection: "c",
                 id: Some(id.into()),
-                meta: Vec::new(),
+                meta: vec![("k".into(), id.into())],
                 text: &text,
             };
             index.store_encoded(doc, &encoded, &identity).unwrap();
         }
+        (dir, index)
+    }
+
+    #[test]
+    fn the_largest_document_is_stored_again_and_its_scratch_removed() {
+        let (_dir, index) = two_documents();
+        let scratch = tempfile::tempdir().unwrap();
+        let rows = store_document_times(&index, scratch.path(), 1).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].id.as_str(), rows[0].tokens, rows[0].positions),
+            ("long", 9, 5)
+        );
+        assert!(rows[0].add_seconds > 0.0 && rows[0].commit_seconds > 0.0);
+        assert!(store_document_table(&rows).contains("| long | 9 | 5 |"));
+        assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+        // An empty data dir has nothing to store.
+        let empty = tempfile::tempdir().unwrap();
+        let index = Index::open(empty.path(), IndexConfig::default()).unwrap();
+        let err = store_document_times(&index, scratch.path(), 1).unwrap_err();
+        assert!(err.to_string().contains("no documents"), "{err}");
+    }
+
+    #[test]
+    fn each_large_document_s_pack_is_timed_both_ways() {
+        let (_dir, index) = two_documents();
         let rows = pack_encode_times(&index, 1).unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!((rows[0].id.as_str(), rows[0].positions), ("long", 5));

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use super::args::ModelArgs;
 use super::bench_args::{
     BenchCommand, BenchFilterArgs, BenchRetrieveArgs, BenchScanArgs, EmbedBenchArgs, ParityArgs,
-    PostingsArgs, SaeEncodeArgs, SaeStepArgs, SaeTrainBenchArgs, ScanChartArgs,
+    PostingsArgs, SaeEncodeArgs, SaeStepArgs, SaeTrainBenchArgs, ScanChartArgs, StoreDocumentArgs,
 };
 use super::device::DeviceArgs;
 use super::load::{embed_missing, load, load_embedder, load_sae_set, load_second};
@@ -32,6 +32,7 @@ pub fn run(cmd: BenchCommand, models: &Path) -> Result<()> {
         BenchCommand::SaeEncode(args) => sae_encode(&args, models),
         BenchCommand::Sled => sled(),
         BenchCommand::Postings(args) => postings(&args),
+        BenchCommand::StoreDocument(args) => store_document(&args),
         BenchCommand::ScanChart(args) => scan_chart(&args),
         BenchCommand::Embed(args) => embed_throughput(&args, models),
     }
@@ -369,6 +370,15 @@ fn postings(args: &PostingsArgs) -> Result<()> {
     print!("{}", bench::store::posting_sizes(&index)?.table());
     let times = bench::store::pack_encode_times(&index, args.largest)?;
     print!("{}", bench::store::pack_encode_table(&times));
+    Ok(())
+}
+
+/// `bench store-document`.
+fn store_document(args: &StoreDocumentArgs) -> Result<()> {
+    let index = Index::open_existing(&args.data_dir)?;
+    let scratch = args.scratch.clone().unwrap_or_else(std::env::temp_dir);
+    let rows = bench::store::store_document_times(&index, &scratch, args.largest)?;
+    print!("{}", bench::store::store_document_table(&rows));
     Ok(())
 }
 

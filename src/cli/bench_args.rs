@@ -37,6 +37,9 @@ pub enum BenchCommand {
     /// Bytes per token of a data dir's postings under each codec choice, and what encoding
     /// the largest documents' packs costs.
     Postings(PostingsArgs),
+    /// Stores the largest documents of a data dir again into a scratch data dir, timing each
+    /// step of the store (what an ingest does once a document's scan has ended).
+    StoreDocument(StoreDocumentArgs),
     /// Draws `bench scan --plot`'s chart again from the rows `bench scan --json` printed.
     ScanChart(ScanChartArgs),
     /// Embedding throughput of the dense methods' model (all-MiniLM-L6-v2): passages and
@@ -325,6 +328,20 @@ pub struct PostingsArgs {
     pub data_dir: PathBuf,
     /// Times encoding the packs of this many documents, those with the most tokens.
     #[arg(long, default_value_t = 3)]
+    pub largest: usize,
+}
+
+/// Flags of `bench store-document`.
+#[derive(Debug, Args)]
+pub struct StoreDocumentArgs {
+    /// An existing data dir (read only).
+    #[arg(long, env = "S3MEM_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// Where the scratch data dirs go (removed after); default the system's temporary folder.
+    #[arg(long)]
+    pub scratch: Option<PathBuf>,
+    /// Stores this many documents, those with the most tokens.
+    #[arg(long, default_value_t = 1)]
     pub largest: usize,
 }
 
