@@ -12,6 +12,7 @@
 //! token postings only inside the best blocks: its cost follows the hits, not the size of the
 //! collection.
 
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 
 use std::ops::Range;
@@ -47,8 +48,8 @@ impl CoarseEdits {
     }
 
     /// The stored value of `key`, or none when rebuilding from scratch.
-    fn stored(&self, store: &dyn KvStore, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if self.from_scratch {
+    fn stored(from_scratch: bool, store: &dyn KvStore, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if from_scratch {
             Ok(None)
         } else {
             store.get(key)
@@ -56,28 +57,34 @@ impl CoarseEdits {
     }
 
     fn record(&mut self, store: &dyn KvStore, key: Vec<u8>) -> Result<&mut Counts> {
-        if !self.records.contains_key(&key) {
-            let counts = match self.stored(store, &key)? {
-                Some(v) => decode(&key, &v)?
-                    .into_iter()
-                    .map(|b| (b.block, b.tokens))
-                    .collect(),
-                None => Counts::new(),
-            };
-            self.records.insert(key.clone(), counts);
-        }
-        Ok(self.records.get_mut(&key).expect("inserted above"))
+        let from_scratch = self.from_scratch;
+        Ok(match self.records.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let counts = match Self::stored(from_scratch, store, e.key())? {
+                    Some(v) => decode(e.key(), &v)?
+                        .into_iter()
+                        .map(|b| (b.block, b.tokens))
+                        .collect(),
+                    None => Counts::new(),
+                };
+                e.insert(counts)
+            }
+        })
     }
 
     fn total(&mut self, store: &dyn KvStore, key: Vec<u8>) -> Result<&mut u64> {
-        if !self.totals.contains_key(&key) {
-            let n = match self.stored(store, &key)? {
-                Some(v) => read_total(&key, &v)?,
-                None => 0,
-            };
-            self.totals.insert(key.clone(), n);
-        }
-        Ok(self.totals.get_mut(&key).expect("inserted above"))
+        let from_scratch = self.from_scratch;
+        Ok(match self.totals.entry(key) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => {
+                let n = match Self::stored(from_scratch, store, e.key())? {
+                    Some(v) => read_total(e.key(), &v)?,
+                    None => 0,
+                };
+                e.insert(n)
+            }
+        })
     }
 
     /// Adds (or with `remove`, takes away) the sealed global `positions` where `feature`
@@ -92,7 +99,7 @@ impl CoarseEdits {
         super_end: u32,
     ) -> Result<()> {
         let counts = block_counts(positions);
-        let n: u64 = counts.values().map(|&c| u64::from(c)).sum();
+        let n: u64 = counts.iter().map(|&(_, c)| u64::from(c)).sum();
         if n > 0 {
             let total = self.total(store, rec::total_key(cid, feature))?;
             *total = if remove {
@@ -106,23 +113,29 @@ impl CoarseEdits {
                 *total + n
             };
         }
+        // Blocks ascend, so a record's blocks come in one run: its key is made and looked up
+        // once per run, not once per block.
+        let mut run: Option<((bool, u32), &mut Counts)> = None;
         for (global, n) in counts {
-            let (key, block, bucket) = if global * COARSE_BLOCK_TOKENS < super_end {
-                let index = global / COARSE_BLOCKS_PER_SUPER;
-                (
-                    rec::super_key(cid, feature, index),
-                    global % COARSE_BLOCKS_PER_SUPER,
-                    index,
-                )
+            let is_super = global * COARSE_BLOCK_TOKENS < super_end;
+            let per_record = if is_super {
+                COARSE_BLOCKS_PER_SUPER
             } else {
-                let (bucket, block) = (
-                    global / COARSE_BLOCKS_PER_BUCKET,
-                    global % COARSE_BLOCKS_PER_BUCKET,
-                );
-                (rec::coarse_key(cid, feature, bucket), block, bucket)
+                COARSE_BLOCKS_PER_BUCKET
             };
-            let counts = self.record(store, key)?;
-            let c = counts.entry(block).or_insert(0);
+            let (bucket, block) = (global / per_record, global % per_record);
+            let record = match run.take() {
+                Some((place, counts)) if place == (is_super, bucket) => counts,
+                _ => {
+                    let key = if is_super {
+                        rec::super_key(cid, feature, bucket)
+                    } else {
+                        rec::coarse_key(cid, feature, bucket)
+                    };
+                    self.record(store, key)?
+                }
+            };
+            let c = record.entry(block).or_insert(0);
             if remove {
                 *c = c.checked_sub(n).ok_or_else(|| {
                     IndexError::corrupt(
@@ -131,11 +144,12 @@ impl CoarseEdits {
                     )
                 })?;
                 if *c == 0 {
-                    counts.remove(&block);
+                    record.remove(&block);
                 }
             } else {
                 *c += n;
             }
+            run = Some(((is_super, bucket), record));
         }
         Ok(())
     }
@@ -188,11 +202,30 @@ impl CoarseEdits {
     }
 }
 
-/// Counts positions per global block.
-fn block_counts(positions: impl Iterator<Item = u32>) -> BTreeMap<u32, u32> {
-    let mut out = BTreeMap::new();
+/// Counts positions per global block, ascending by block (postings ascend, so counting is one
+/// pass; any other order is sorted after).
+fn block_counts(positions: impl Iterator<Item = u32>) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    let mut ascending = true;
     for p in positions {
-        *out.entry(p / COARSE_BLOCK_TOKENS).or_insert(0) += 1;
+        let block = p / COARSE_BLOCK_TOKENS;
+        match out.last_mut() {
+            Some((last, n)) if *last == block => *n += 1,
+            last => {
+                ascending &= last.is_none_or(|(l, _)| *l < block);
+                out.push((block, 1));
+            }
+        }
+    }
+    if !ascending {
+        out.sort_unstable_by_key(|&(block, _)| block);
+        out.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1 += later.1;
+            }
+            same
+        });
     }
     out
 }
@@ -397,4 +430,62 @@ pub fn migrate_v1(store: &dyn KvStore, _dir: &std::path::Path) -> Result<Batch> 
         b.put(k, encode(c));
     }
     Ok(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::codec::{COARSE_BUCKET_TOKENS, COARSE_SUPER_TOKENS};
+    use crate::index::store::SledStore;
+
+    #[test]
+    fn blocks_are_counted_in_order_whatever_order_positions_come_in() {
+        let b = COARSE_BLOCK_TOKENS;
+        let ascending = [0, 1, b - 1, b, 3 * b, 3 * b + 7];
+        let want = vec![(0, 3), (1, 1), (3, 2)];
+        assert_eq!(block_counts(ascending.iter().copied()), want);
+        let shuffled = [3 * b + 7, 1, b, 0, 3 * b, b - 1];
+        assert_eq!(block_counts(shuffled.iter().copied()), want);
+        assert!(block_counts(std::iter::empty()).is_empty());
+    }
+
+    #[test]
+    fn a_feature_across_buckets_and_super_buckets_lands_in_each_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SledStore::open(dir.path()).unwrap();
+        let f = LayerFeature::new(3, 9);
+        let super_end = COARSE_SUPER_TOKENS;
+        // One position in super-bucket 0, two in bucket 16 (block 0 and 1), one in bucket 17.
+        let positions = [
+            5,
+            super_end,
+            super_end + COARSE_BLOCK_TOKENS,
+            super_end + COARSE_BUCKET_TOKENS + 3,
+        ];
+        let mut edits = CoarseEdits::default();
+        edits
+            .apply(&store, 1, f, positions.iter().copied(), false, super_end)
+            .unwrap();
+        let bucket = super_end / COARSE_BUCKET_TOKENS;
+        assert_eq!(edits.records.len(), 3);
+        assert_eq!(
+            edits.records[&rec::super_key(1, f, 0)],
+            Counts::from([(0, 1)])
+        );
+        assert_eq!(
+            edits.records[&rec::coarse_key(1, f, bucket)],
+            Counts::from([(0, 1), (1, 1)])
+        );
+        assert_eq!(
+            edits.records[&rec::coarse_key(1, f, bucket + 1)],
+            Counts::from([(0, 1)])
+        );
+        assert_eq!(edits.totals[&rec::total_key(1, f)], 4);
+        // Taking the same positions away empties every record.
+        edits
+            .apply(&store, 1, f, positions.iter().copied(), true, super_end)
+            .unwrap();
+        assert!(edits.records.values().all(|c| c.is_empty()));
+        assert_eq!(edits.totals[&rec::total_key(1, f)], 0);
+    }
 }
