@@ -62,9 +62,9 @@ pub struct EvalRunArgs {
     /// free only).
     #[arg(long, value_delimiter = ',', default_value = "free")]
     pub answer_mode: Vec<crate::answer::AnswerMode>,
-    /// The order of the evidence pieces the reader is given: position (by document and
-    /// position) or rank (best first).
-    #[arg(long, default_value = "position")]
+    /// The order of the evidence pieces the reader is given: rank (best first, the default
+    /// everywhere) or position (by document and position).
+    #[arg(long, default_value = "rank")]
     pub evidence_order: crate::retrieve::EvidenceOrder,
     /// Said after each question when the model answers (retrieval sees the question alone);
     /// empty for none.

@@ -3,8 +3,9 @@
 //!
 //! Candidates are taken in fused order (each source first fills its share of the budget, if
 //! shares are set, then reciprocal-rank fusion orders the rest). A candidate that overlaps or
-//! touches a chosen span merges with it. The context is rendered as `[n] text` pieces, ordered
-//! by document and position, joined by a blank line, and counted with the model's tokenizer;
+//! touches a chosen span merges with it. The context is rendered as `[n] text` pieces, best
+//! fused rank first (or by document and position, [`EvidenceOrder::Position`]), joined by a
+//! blank line, and counted with the model's tokenizer;
 //! while it is over budget the lowest-ranked piece is cut back. The budget is never exceeded.
 
 use std::collections::BTreeMap;
