@@ -494,6 +494,24 @@ mod tests {
         (dir, s)
     }
 
+    /// Up to 40 postings of layers below 30 and features below `features`, each of 1 to
+    /// `longest` distinct positions below 100,000.
+    fn postings(
+        features: u32,
+        longest: usize,
+    ) -> impl Strategy<Value = BTreeMap<LayerFeature, Vec<u32>>> {
+        proptest::collection::btree_map(
+            (0u16..30, 0u32..features),
+            proptest::collection::btree_set(0u32..100_000, 1..longest),
+            0..40,
+        )
+        .prop_map(|m| {
+            m.into_iter()
+                .map(|((l, f), p)| (LayerFeature::new(l, f), p.into_iter().collect()))
+                .collect()
+        })
+    }
+
     /// The pack layout written out in turn, one posting after the other: what the threads'
     /// runs must join into, byte for byte.
     fn encode_in_turn(postings: &BTreeMap<LayerFeature, Vec<u32>>) -> Vec<u8> {
@@ -523,17 +541,9 @@ mod tests {
     proptest! {
         #[test]
         fn any_number_of_threads_writes_the_same_pack(
-            lists in proptest::collection::btree_map(
-                (0u16..30, 0u32..5000),
-                proptest::collection::btree_set(0u32..100_000, 1..300),
-                0..40,
-            ),
+            m in postings(5000, 300),
             threads in 1usize..9,
         ) {
-            let m: BTreeMap<LayerFeature, Vec<u32>> = lists
-                .into_iter()
-                .map(|((l, f), p)| (LayerFeature::new(l, f), p.into_iter().collect()))
-                .collect();
             let want = encode_in_turn(&m);
             prop_assert_eq!(&encode_on(&m, threads).unwrap(), &want);
             prop_assert_eq!(&encode(&m).unwrap(), &want);
@@ -651,17 +661,7 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
-        fn any_postings_round_trip(
-            m in proptest::collection::btree_map(
-                (0u16..30, 0u32..4096),
-                proptest::collection::btree_set(0u32..100_000, 1..50),
-                0..40,
-            )
-        ) {
-            let m: BTreeMap<LayerFeature, Vec<u32>> = m
-                .into_iter()
-                .map(|((l, f), v)| (LayerFeature::new(l, f), v.into_iter().collect()))
-                .collect();
+        fn any_postings_round_trip(m in postings(4096, 50)) {
             let (_d, s) = written(&m);
             let p = s.read_owned(1, 2).unwrap();
             for (&f, v) in &m {
