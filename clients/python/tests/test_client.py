@@ -82,9 +82,12 @@ def test_filters_narrow_retrieve_and_ask(memory, collection):
 
 
 def test_ask_yields_evidence_then_text_then_the_answer(memory, collection):
+    # The evidence is the keeper's log alone, so the answer can be checked whatever the order
+    # of pieces (the 135M reader answers from the piece nearest the question, and the evidence
+    # now gives the best piece first).
     events = list(
-        memory.ask(collection, "How many storms did the keeper log?", 128, mode="free",
-                   max_new_tokens=16)
+        memory.ask(collection, "How many storms did the keeper log?", 128, docs=["orsk"],
+                   mode="free", max_new_tokens=16)
     )
     assert isinstance(events[0], Evidence) and events[0].spans
     assert isinstance(events[-1], Answer)
