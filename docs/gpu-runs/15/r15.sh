@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Not run yet: no device machine came in session 10 after run 14 (the script is ready for the next).
+# Ran in session 11 on an H200 with the build of 2f46f67 (outputs in out/).
 # Run 15: run 14 again after two changes: re-ranking reads its pool in one piece on a GPU (run
 # 14's 512-token pieces cost the H100 12 ms), and ingest gathers postings in lists found by
 # index instead of a sorted map (the host work that kept run 14's encoding at 11.8 s).
