@@ -11,7 +11,8 @@ use crate::index::codec::{encode_posting, put_varint};
 use std::time::Instant;
 
 use crate::index::{
-    packs, Batch, EncodedDocument, Index, IndexConfig, KvStore, NewDocument, SledStore,
+    packs, Batch, DocumentInfo, EncodedDocument, Index, IndexConfig, KvStore, NewDocument,
+    SledStore,
 };
 
 /// One sled case: `records` records of `value_bytes` each, flushed every `per_batch` records.
@@ -189,16 +190,22 @@ pub struct PackEncodeTime {
     pub store_seconds: f64,
 }
 
-/// Times encoding the pack of each of the `largest` documents of `index` with the most
-/// positions; checks both ways give the same bytes.
-pub fn pack_encode_times(index: &Index, largest: usize) -> Result<Vec<PackEncodeTime>> {
+/// The `n` documents of `index` with the most tokens, most first, with their collections.
+fn largest_documents(index: &Index, n: usize) -> Result<Vec<(String, DocumentInfo)>> {
     let mut docs = Vec::new();
     for c in index.collections()? {
         for d in index.documents(&c.name)? {
-            docs.push((d.tokens, c.name.clone(), d.id));
+            docs.push((c.name.clone(), d));
         }
     }
-    docs.sort_by_key(|d| std::cmp::Reverse(d.0));
+    docs.sort_by_key(|(_, d)| std::cmp::Reverse(d.tokens));
+    docs.truncate(n);
+    Ok(docs)
+}
+
+/// Times encoding the pack of each of the `largest` documents of `index` with the most
+/// positions; checks both ways give the same bytes.
+pub fn pack_encode_times(index: &Index, largest: usize) -> Result<Vec<PackEncodeTime>> {
     let best = |f: &dyn Fn() -> Vec<u8>| {
         (0..3)
             .map(|_| {
@@ -210,7 +217,8 @@ pub fn pack_encode_times(index: &Index, largest: usize) -> Result<Vec<PackEncode
             .expect("three runs")
     };
     let mut out = Vec::new();
-    for (_, collection, id) in docs.into_iter().take(largest) {
+    for (collection, d) in largest_documents(index, largest)? {
+        let id = d.id;
         let postings = index.document_postings(&collection, &id)?;
         let (one, a) =
             best(&|| packs::encode_on(&postings, 1).expect("postings read back fit a pack"));
@@ -260,15 +268,8 @@ pub fn store_document_times(
     let identity = index
         .identity()?
         .ok_or_else(|| BenchError::Input("the data dir holds no documents".into()))?;
-    let mut docs = Vec::new();
-    for c in index.collections()? {
-        for d in index.documents(&c.name)? {
-            docs.push((c.name.clone(), d));
-        }
-    }
-    docs.sort_by_key(|(_, d)| std::cmp::Reverse(d.tokens));
     let mut out = Vec::new();
-    for (collection, d) in docs.into_iter().take(largest) {
+    for (collection, d) in largest_documents(index, largest)? {
         let text = index.text(&collection, &d.id, None)?;
         let first = d.positions.start as u32;
         let encoded = EncodedDocument {
@@ -438,14 +439,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut index = Index::open(dir.path(), IndexConfig::default()).unwrap();
         index.create_collection("c").unwrap();
-        let identity = StoreIdentity {
-            model_fingerprint: "model".into(),
-            sae_digest: "saes".into(),
-            layers: vec![0],
-            chunk: 64,
-            sinks: 4,
-            overlap: 8,
-        };
+        let identity = StoreIdentity::for_tests(&[0]);
         for (id, n) in [("short", 3usize), ("long", 9)] {
             let text = "w ".repeat(n);
             let encoded = EncodedDocument {

@@ -62,6 +62,22 @@ pub struct StoreIdentity {
     pub overlap: u32,
 }
 
+#[cfg(test)]
+impl StoreIdentity {
+    /// The identity unit tests store under: a model and SAE set that exist by name only,
+    /// indexing `layers`.
+    pub(crate) fn for_tests(layers: &[u32]) -> Self {
+        Self {
+            model_fingerprint: "model".into(),
+            sae_digest: "saes".into(),
+            layers: layers.to_vec(),
+            chunk: 64,
+            sinks: 4,
+            overlap: 8,
+        }
+    }
+}
+
 /// A collection of documents sharing one position space.
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct CollectionRecord {

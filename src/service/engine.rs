@@ -745,14 +745,7 @@ mod tests {
     use crate::index::{IndexConfig, LayerFeature};
 
     fn identity() -> StoreIdentity {
-        StoreIdentity {
-            model_fingerprint: "model".into(),
-            sae_digest: "saes".into(),
-            layers: vec![0],
-            chunk: 64,
-            sinks: 4,
-            overlap: 8,
-        }
+        StoreIdentity::for_tests(&[0])
     }
 
     /// Queues a document of `words` words (with metadata `year`, if given) as a call that

@@ -13,14 +13,7 @@ use crate::index::store::Batch;
 use crate::index::types::{BlockCount, EncodedDocument, Ingested, LayerFeature};
 
 fn identity() -> StoreIdentity {
-    StoreIdentity {
-        model_fingerprint: "model".into(),
-        sae_digest: "saes".into(),
-        layers: vec![0, 1],
-        chunk: 64,
-        sinks: 4,
-        overlap: 8,
-    }
+    StoreIdentity::for_tests(&[0, 1])
 }
 
 /// A document of `n` one-letter words whose features fire in a seed-dependent pattern.
