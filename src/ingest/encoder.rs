@@ -72,59 +72,156 @@ pub fn layer_codes(saes: &SaeSet, kv_heads: usize) -> Result<Vec<LayerCode>> {
     Ok(layers)
 }
 
-/// Where a document's postings are gathered while it is encoded: one list per (layer, posting
-/// feature), laid out layer after layer, found by index. A sorted map cost a tree search per
-/// fired feature (about 100 million of them for 727k tokens of SmolLM2, most of a GPU ingest's
-/// host time once the top-k ran on the device); the map the store takes is built once per
-/// document from the lists that are not empty.
-struct PostingSlots {
-    /// Per model layer (below 256): its first slot and how many features it has (0: not
-    /// indexed).
-    by_layer: Vec<(u32, u32)>,
-    /// (layer, features) of each indexed layer, in layer order (the order of the slots).
-    layers: Vec<(u16, u32)>,
-    /// Slots in all.
-    total: usize,
+/// Chunks of codes a layer's gathering thread may have waiting (each about 200 KB for a
+/// 512-token chunk of SmolLM2): the scan waits rather than holding more.
+const GATHER_QUEUE: usize = 16;
+
+/// What the encoding thread hands a layer's gathering thread.
+enum ToGather {
+    /// The codes of a chunk of document `doc`.
+    Chunk { doc: usize, codes: LayerCodes },
+    /// Documents up to `doc` (inclusive) are encoded: send their lists back.
+    End { doc: usize },
 }
 
-impl PostingSlots {
-    fn new(codes: &[LayerCode], kv_heads: usize) -> Self {
-        let mut by_layer = vec![(0, 0); 256];
-        let mut layers = Vec::with_capacity(codes.len());
-        let mut total = 0usize;
-        for c in codes {
-            let span = c.span(kv_heads);
-            // layer_codes refused layers past 255 and spans past 2^24.
-            by_layer[c.layer] = (total as u32, span as u32);
-            layers.push((c.layer as u16, span as u32));
-            total += span;
-        }
-        Self {
-            by_layer,
-            layers,
-            total,
+/// A layer's lists of one document, from its gathering thread.
+struct Gathered {
+    doc: usize,
+    layer: u16,
+    /// Positions per posting feature of the layer (empty when the document had no windows).
+    lists: Vec<Vec<u32>>,
+}
+
+/// Gathers one layer's postings: one list per posting feature of the layer, found by index,
+/// per document until its end. A tree map searched per fired feature cost about 100 million
+/// searches for 727k tokens of SmolLM2, most of a GPU ingest's host time once the top-k ran
+/// on the device; lists by index, one thread per layer beside the thread that encodes (and
+/// beside the scan), keep that work off the scan's way. Returns the first feature outside the
+/// layer's span.
+fn gather_layer(
+    code: LayerCode,
+    span: usize,
+    chunks: std::sync::mpsc::Receiver<ToGather>,
+    back: std::sync::mpsc::Sender<Gathered>,
+) -> Result<()> {
+    let layer = code.layer as u16;
+    let mut open: BTreeMap<usize, Vec<Vec<u32>>> = BTreeMap::new();
+    let mut ended = 0usize;
+    for message in chunks {
+        match message {
+            ToGather::Chunk { doc, codes } => {
+                let lists = open.entry(doc).or_insert_with(|| vec![Vec::new(); span]);
+                let mut outside = None;
+                codes.for_each_fired(&mut |pos, f| match lists.get_mut(f as usize) {
+                    Some(list) => {
+                        // KV heads of a layer share the posting space: one entry per token.
+                        if list.last() != Some(&pos) {
+                            list.push(pos);
+                        }
+                    }
+                    None => outside = Some(f),
+                });
+                if let Some(f) = outside {
+                    return Err(IngestError::InvalidInput(format!(
+                        "feature {f} of layer {layer} is outside the SAE set's dictionary"
+                    )));
+                }
+            }
+            ToGather::End { doc } => {
+                for d in ended..=doc {
+                    let lists = open.remove(&d).unwrap_or_default();
+                    if back
+                        .send(Gathered {
+                            doc: d,
+                            layer,
+                            lists,
+                        })
+                        .is_err()
+                    {
+                        // The encoding thread stopped: nothing waits for these.
+                        return Ok(());
+                    }
+                }
+                ended = ended.max(doc + 1);
+            }
         }
     }
+    Ok(())
+}
 
-    /// Returns the slot of `f`, or `None` for a feature outside every indexed layer's span.
-    fn slot(&self, f: LayerFeature) -> Option<usize> {
-        let &(first, span) = self.by_layer.get(usize::from(f.layer))?;
-        (f.feature < span).then_some((first + f.feature) as usize)
-    }
+/// A tapped layer's SAE codes: per KV head, or every head's rows interleaved when the layer's
+/// SAE is shared.
+pub struct LayerCodes {
+    code: LayerCode,
+    /// The chunk's first token's document position.
+    first: usize,
+    heads: usize,
+    rows: usize,
+    per_head: Vec<SparseCodes>,
+}
 
-    /// Returns the non-empty lists as the store's map.
-    fn postings_of(&self, lists: Vec<Vec<u32>>) -> BTreeMap<LayerFeature, Vec<u32>> {
-        let mut lists = lists.into_iter();
-        let mut out = BTreeMap::new();
-        for &(layer, span) in &self.layers {
-            for (f, list) in (0..span).zip(lists.by_ref()) {
-                if !list.is_empty() {
-                    out.insert(LayerFeature::new(layer, f), list);
+impl LayerCodes {
+    /// Calls `fired(position, posting feature)` for every activation that fired, token by
+    /// token, then head by head.
+    fn for_each_fired(&self, fired: &mut dyn FnMut(u32, u32)) {
+        for t in 0..self.rows {
+            let pos = (self.first + t) as u32;
+            for h in 0..self.heads {
+                let (ids, acts) = if self.code.shared {
+                    self.per_head[0]
+                        .row(t * self.heads + h)
+                        .unwrap_or((&[], &[]))
+                } else {
+                    self.per_head[h].row(t).unwrap_or((&[], &[]))
+                };
+                for (&f, &a) in ids.iter().zip(acts) {
+                    // A zero activation is a slot that did not fire.
+                    if a > 0.0 {
+                        fired(pos, self.code.posting_feature(h, f));
+                    }
                 }
             }
         }
-        out
     }
+}
+
+/// Encodes one tapped layer's keys (`[tokens, kv_heads, d]`, the chunk's first token at
+/// document position `first`) with the SAE of each KV head. The layer must be one of `codes`
+/// (a layer the SAE set does not index is refused).
+fn code_layer(
+    saes: &SaeSet,
+    codes: &[LayerCode],
+    tap: &LayerTap,
+    first: usize,
+) -> Result<LayerCodes> {
+    let Some(&code) = codes.iter().find(|c| c.layer == tap.layer) else {
+        return Err(SaeError::NotFound {
+            layer: tap.layer,
+            kv_head: 0,
+        }
+        .into());
+    };
+    let values = &tap.values;
+    let (n, heads, d) = values.dims3()?;
+    // per_head[h] holds rows in token order for head h (or all heads interleaved when shared).
+    let per_head: Vec<SparseCodes> = if code.shared {
+        let sae = saes.sae_for(code.layer, 0)?;
+        vec![sae.encode(&values.reshape((n * heads, d))?)?]
+    } else {
+        (0..heads)
+            .map(|h| {
+                let sae = saes.sae_for(code.layer, h)?;
+                Ok(sae.encode(&values.i((.., h, ..))?.contiguous()?)?)
+            })
+            .collect::<Result<_>>()?
+    };
+    Ok(LayerCodes {
+        code,
+        first,
+        heads,
+        rows: n,
+        per_head,
+    })
 }
 
 /// Encodes one tapped layer's keys (`[tokens, kv_heads, d]`, the chunk's first token at
@@ -140,44 +237,9 @@ pub fn encode_layer(
     first: usize,
     fired: &mut dyn FnMut(u32, LayerFeature),
 ) -> Result<()> {
-    let Some(code) = codes.iter().find(|c| c.layer == tap.layer) else {
-        return Err(SaeError::NotFound {
-            layer: tap.layer,
-            kv_head: 0,
-        }
-        .into());
-    };
-    let values = &tap.values;
-    let (n, heads, d) = values.dims3()?;
-    // codes[h] holds rows in token order for head h (or all heads interleaved when shared).
-    let per_head: Vec<SparseCodes> = if code.shared {
-        let sae = saes.sae_for(code.layer, 0)?;
-        vec![sae.encode(&values.reshape((n * heads, d))?)?]
-    } else {
-        (0..heads)
-            .map(|h| {
-                let sae = saes.sae_for(code.layer, h)?;
-                Ok(sae.encode(&values.i((.., h, ..))?.contiguous()?)?)
-            })
-            .collect::<Result<_>>()?
-    };
-    let layer = code.layer as u16;
-    for t in 0..n {
-        let pos = (first + t) as u32;
-        for h in 0..heads {
-            let (ids, acts) = if code.shared {
-                per_head[0].row(t * heads + h).unwrap_or((&[], &[]))
-            } else {
-                per_head[h].row(t).unwrap_or((&[], &[]))
-            };
-            for (&f, &a) in ids.iter().zip(acts) {
-                // A zero activation is a slot that did not fire.
-                if a > 0.0 {
-                    fired(pos, LayerFeature::new(layer, code.posting_feature(h, f)));
-                }
-            }
-        }
-    }
+    let coded = code_layer(saes, codes, tap, first)?;
+    let layer = coded.code.layer as u16;
+    coded.for_each_fired(&mut |pos, f| fired(pos, LayerFeature::new(layer, f)));
     Ok(())
 }
 
@@ -306,13 +368,6 @@ impl<'a> Encoder<'a> {
         };
         let (ids, offsets): (Vec<Vec<u32>>, Vec<_>) =
             docs.into_iter().map(|d| (d.ids, d.offsets)).unzip();
-        let mut pending = Pending {
-            postings: vec![None; ids.len()],
-            slots: PostingSlots::new(&self.layers, self.model.config().kv_heads),
-            encode_seconds: vec![0.0; ids.len()],
-            offsets,
-            next: 0,
-        };
         // Tokens of the documents before each one, for progress over all of them.
         let before: Vec<usize> = ids
             .iter()
@@ -322,103 +377,166 @@ impl<'a> Encoder<'a> {
                 Some(b)
             })
             .collect();
-        let mut failure: Option<IngestError> = None;
         let slices: Vec<&[u32]> = ids.iter().map(Vec::as_slice).collect();
-        let stats = self.model.scan_many_to(
-            &slices,
-            &taps,
-            &self.scan,
-            // Keys stay where the model ran: on a GPU the SAEs encode them there and only the
-            // codes cross to the host.
-            TapPlace::Device,
-            &mut |doc, chunk| {
-                let t0 = Instant::now();
-                let slots = &pending.slots;
-                let lists =
-                    pending.postings[doc].get_or_insert_with(|| vec![Vec::new(); slots.total]);
-                for tap in &chunk.keys {
-                    let mut outside = None;
-                    let added = encode_layer(
-                        self.saes,
-                        &self.layers,
-                        tap,
-                        chunk.chunk.start,
-                        &mut |pos, f| match slots.slot(f) {
-                            Some(i) => {
-                                let list = &mut lists[i];
-                                // KV heads of a layer share the posting space: one entry per
-                                // token.
-                                if list.last() != Some(&pos) {
-                                    list.push(pos);
-                                }
+        let kv_heads = self.model.config().kv_heads;
+        let layer_of: BTreeMap<usize, usize> = self
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.layer, i))
+            .collect();
+        // This thread encodes (on a GPU: launches the SAEs and takes their codes back) while
+        // a thread per indexed layer gathers the codes into postings.
+        std::thread::scope(|scope| -> Result<f64> {
+            let (back_tx, back) = std::sync::mpsc::channel::<Gathered>();
+            let mut to_layers = Vec::with_capacity(self.layers.len());
+            let mut gatherers = Vec::with_capacity(self.layers.len());
+            for &code in &self.layers {
+                let (tx, rx) = std::sync::mpsc::sync_channel::<ToGather>(GATHER_QUEUE);
+                let back_tx = back_tx.clone();
+                let span = code.span(kv_heads);
+                gatherers.push(scope.spawn(move || gather_layer(code, span, rx, back_tx)));
+                to_layers.push(tx);
+            }
+            drop(back_tx);
+            let mut pending = Pending {
+                layers: self.layers.len(),
+                arrived: vec![0; ids.len()],
+                postings: vec![BTreeMap::new(); ids.len()],
+                encode_seconds: vec![0.0; ids.len()],
+                offsets,
+                next: 0,
+            };
+            // Whether a layer's gathering thread went away (it returns why when joined).
+            let mut gather_stopped = false;
+            let mut failure: Option<IngestError> = None;
+            let stats = self.model.scan_many_to(
+                &slices,
+                &taps,
+                &self.scan,
+                // Keys stay where the model ran: on a GPU the SAEs encode them there and only
+                // the codes cross to the host.
+                TapPlace::Device,
+                &mut |doc, chunk| {
+                    let t0 = Instant::now();
+                    for tap in &chunk.keys {
+                        let sent = code_layer(self.saes, &self.layers, tap, chunk.chunk.start).map(
+                            |codes| {
+                                let to = &to_layers[layer_of[&tap.layer]];
+                                to.send(ToGather::Chunk { doc, codes }).is_ok()
+                            },
+                        );
+                        match sent {
+                            Ok(true) => {}
+                            Ok(false) => {
+                                gather_stopped = true;
+                                return Err(ModelError::Aborted);
                             }
-                            None => outside = Some(f),
-                        },
-                    )
-                    .and_then(|()| match outside {
-                        Some(f) => Err(IngestError::InvalidInput(format!(
-                            "feature {} of layer {} is outside the SAE set's dictionary",
-                            f.feature, f.layer
-                        ))),
-                        None => Ok(()),
-                    });
-                    if let Err(e) = added {
-                        failure = Some(e);
-                        return Err(ModelError::InvalidScan("sae encoding failed".into()));
+                            Err(e) => {
+                                failure = Some(e);
+                                return Err(ModelError::InvalidScan("sae encoding failed".into()));
+                            }
+                        }
                     }
-                }
-                pending.encode_seconds[doc] += t0.elapsed().as_secs_f64();
-                if chunk.chunk.end == slices[doc].len() {
-                    if let Err(e) = pending.hand_over(doc + 1, done) {
+                    if chunk.chunk.end == slices[doc].len()
+                        && to_layers
+                            .iter()
+                            .any(|to| to.send(ToGather::End { doc }).is_err())
+                    {
+                        gather_stopped = true;
+                        return Err(ModelError::Aborted);
+                    }
+                    pending.encode_seconds[doc] += t0.elapsed().as_secs_f64();
+                    // Hand over the documents whose every layer came back.
+                    let handed = back.try_iter().try_for_each(|g| pending.arrive(g, done));
+                    if let Err(e) = handed {
                         failure = Some(e);
                         return Err(ModelError::Aborted);
                     }
-                }
-                if progress(before[doc] + chunk.chunk.end) {
-                    Ok(())
-                } else {
-                    Err(ModelError::Aborted)
-                }
-            },
-        );
-        if let Some(e) = failure {
-            return Err(e);
-        }
-        let stats = stats?;
-        // Documents without windows (no tokens) are handed over at the end.
-        pending.hand_over(slices.len(), done)?;
-        Ok(stats.model_seconds)
+                    if progress(before[doc] + chunk.chunk.end) {
+                        Ok(())
+                    } else {
+                        Err(ModelError::Aborted)
+                    }
+                },
+            );
+            // Documents without windows (no tokens) end here too; then the gatherers finish.
+            if failure.is_none() && !gather_stopped && stats.is_ok() && !slices.is_empty() {
+                let last = slices.len() - 1;
+                gather_stopped = to_layers
+                    .iter()
+                    .any(|to| to.send(ToGather::End { doc: last }).is_err());
+            }
+            drop(to_layers);
+            let mut gathered = Ok(());
+            for g in gatherers {
+                let r = g.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+                gathered = gathered.and(r);
+            }
+            // A gatherer's error explains a stopped scan better than the scan's.
+            gathered?;
+            if let Some(e) = failure {
+                return Err(e);
+            }
+            if gather_stopped {
+                return Err(IngestError::InvalidInput(
+                    "a layer's gathering thread stopped".into(),
+                ));
+            }
+            let stats = stats?;
+            for g in back.try_iter() {
+                pending.arrive(g, done)?;
+            }
+            // Without indexed layers every document is whole as it is.
+            pending.hand_over(done)?;
+            Ok(stats.model_seconds)
+        })
     }
 }
 
 /// Encoded documents not yet handed over, and where the next one starts.
 struct Pending {
-    /// Each document's lists by slot, made when its first window is encoded.
-    postings: Vec<Option<Vec<Vec<u32>>>>,
-    slots: PostingSlots,
+    /// Indexed layers: a document is whole when this many layers sent their lists back.
+    layers: usize,
+    /// Layers back per document.
+    arrived: Vec<usize>,
+    /// Each document's postings so far.
+    postings: Vec<BTreeMap<LayerFeature, Vec<u32>>>,
     encode_seconds: Vec<f64>,
     offsets: Vec<Vec<(usize, usize)>>,
     next: usize,
 }
 
 impl Pending {
-    /// Hands documents `next..upto` to `done`, in order.
-    fn hand_over(
+    /// Takes a layer's lists of a document, then hands over the documents that are whole.
+    fn arrive(
         &mut self,
-        upto: usize,
+        g: Gathered,
         done: &mut dyn FnMut(usize, EncodedDocument) -> Result<()>,
     ) -> Result<()> {
-        while self.next < upto {
+        let postings = &mut self.postings[g.doc];
+        for (f, list) in g.lists.into_iter().enumerate() {
+            if !list.is_empty() {
+                postings.insert(LayerFeature::new(g.layer, f as u32), list);
+            }
+        }
+        self.arrived[g.doc] += 1;
+        self.hand_over(done)
+    }
+
+    /// Hands the whole documents from `next` on to `done`, in order.
+    fn hand_over(
+        &mut self,
+        done: &mut dyn FnMut(usize, EncodedDocument) -> Result<()>,
+    ) -> Result<()> {
+        while self.next < self.arrived.len() && self.arrived[self.next] == self.layers {
             let d = self.next;
             self.next += 1;
             done(
                 d,
                 EncodedDocument {
                     offsets: std::mem::take(&mut self.offsets[d]),
-                    postings: self.postings[d]
-                        .take()
-                        .map(|lists| self.slots.postings_of(lists))
-                        .unwrap_or_default(),
+                    postings: std::mem::take(&mut self.postings[d]),
                     tokenize_seconds: 0.0,
                     scan_seconds: 0.0,
                     encode_seconds: self.encode_seconds[d],

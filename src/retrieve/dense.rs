@@ -7,6 +7,7 @@ use std::ops::Range;
 
 use super::docs::{DocCache, Scope};
 use super::error::{Result, RetrieveError};
+use super::parts;
 use super::{Candidate, Source};
 use crate::embed::Embedder;
 use crate::index::Index;
@@ -22,36 +23,75 @@ pub fn dense(
 ) -> Result<Vec<Candidate>> {
     let q = embedder.embed(&[question])?.remove(0);
     let q = q.as_array();
-    let mut scored: Vec<(f32, usize, Range<usize>)> = Vec::new();
-    for (d, sd) in scope.docs.iter().enumerate() {
-        let vectors = index
-            .vectors_of(scope.cid, sd.number)?
-            .filter(|v| v.embedder == embedder.fingerprint() && v.dim == q.len())
-            .ok_or_else(|| RetrieveError::MissingVectors {
-                doc: sd.id.clone(),
-                embedder: embedder.fingerprint().to_string(),
-            })?;
-        for (i, chars) in vectors.passages.iter().enumerate() {
-            let score: f32 = vectors.row(i).iter().zip(q).map(|(a, b)| a * b).sum();
-            scored.push((score, d, chars.clone()));
+    // Each part of the scope reads its documents' vectors and keeps its own best `limit`; the
+    // best of those are the scope's (the order is total, so the parts change nothing).
+    let numbers: Vec<usize> = (0..scope.docs.len()).collect();
+    let best = parts::in_parts(&numbers, DOCUMENTS_PER_PART, |part| {
+        let mut scored = Vec::new();
+        for &d in part {
+            let sd = &scope.docs[d];
+            let vectors = index
+                .vectors_of(scope.cid, sd.number)?
+                .filter(|v| v.embedder == embedder.fingerprint() && v.dim == q.len())
+                .ok_or_else(|| RetrieveError::MissingVectors {
+                    doc: sd.id.clone(),
+                    embedder: embedder.fingerprint().to_string(),
+                })?;
+            for (i, chars) in vectors.passages.iter().enumerate() {
+                let score: f32 = vectors.row(i).iter().zip(q).map(|(a, b)| a * b).sum();
+                scored.push(ScoredPassage {
+                    score,
+                    doc: d,
+                    passage: i,
+                    chars: chars.clone(),
+                });
+            }
         }
-    }
-    // Best first; ties keep document and passage order.
-    scored.sort_by(|a, b| b.0.total_cmp(&a.0));
-    scored.truncate(limit);
+        Ok(best_first(scored, limit))
+    })?;
+    let scored = best_first(best, limit);
     let mut out = Vec::with_capacity(scored.len());
-    for (score, d, chars) in scored {
-        let tokens = docs.get(d)?.char_tokens(chars);
+    for p in scored {
+        let tokens = docs.get(p.doc)?.char_tokens(p.chars);
         if !tokens.is_empty() {
             out.push(Candidate {
-                doc: d,
+                doc: p.doc,
                 tokens,
                 source: Source::Dense,
-                score,
+                score: p.score,
             });
         }
     }
     Ok(out)
+}
+
+/// Scope documents one host thread reads the vectors of at least.
+const DOCUMENTS_PER_PART: usize = 16;
+
+/// A passage's cosine to the question.
+struct ScoredPassage {
+    score: f32,
+    /// Scope document.
+    doc: usize,
+    /// Passage of the document.
+    passage: usize,
+    chars: Range<usize>,
+}
+
+/// Returns the `limit` best of `scored`: higher cosine first, ties in document and passage
+/// order.
+fn best_first(mut scored: Vec<ScoredPassage>, limit: usize) -> Vec<ScoredPassage> {
+    let order = |a: &ScoredPassage, b: &ScoredPassage| {
+        b.score
+            .total_cmp(&a.score)
+            .then((a.doc, a.passage).cmp(&(b.doc, b.passage)))
+    };
+    if scored.len() > limit {
+        scored.select_nth_unstable_by(limit, order);
+        scored.truncate(limit);
+    }
+    scored.sort_by(order);
+    scored
 }
 
 /// Fuses ranked lists of passages by reciprocal rank (`1/(k + rank)` summed over the lists a
@@ -100,6 +140,46 @@ mod tests {
             tokens,
             source,
             score: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_best_passages_are_those_of_a_full_sort() {
+        // Scores with many ties, in document and passage order.
+        let all: Vec<ScoredPassage> = (0..200)
+            .map(|n| ScoredPassage {
+                score: ((n * 37) % 11) as f32 / 10.0,
+                doc: n / 20,
+                passage: n % 20,
+                chars: n..n + 1,
+            })
+            .collect();
+        let mut sorted: Vec<(f32, usize)> = all.iter().map(|p| (p.score, p.chars.start)).collect();
+        sorted.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let copy = |v: &[ScoredPassage]| -> Vec<ScoredPassage> {
+            v.iter()
+                .map(|p| ScoredPassage {
+                    chars: p.chars.clone(),
+                    ..*p
+                })
+                .collect()
+        };
+        for limit in [0, 1, 5, 19, 20, 199, 200, 500] {
+            let best: Vec<(f32, usize)> = best_first(copy(&all), limit)
+                .iter()
+                .map(|p| (p.score, p.chars.start))
+                .collect();
+            assert_eq!(best, sorted[..limit.min(200)], "limit {limit}");
+            // Cut into parts, each part's best, then the best of those: the same.
+            let parts: Vec<ScoredPassage> = all
+                .chunks(33)
+                .flat_map(|part| best_first(copy(part), limit))
+                .collect();
+            let joined: Vec<(f32, usize)> = best_first(parts, limit)
+                .iter()
+                .map(|p| (p.score, p.chars.start))
+                .collect();
+            assert_eq!(joined, best, "limit {limit}");
         }
     }
 

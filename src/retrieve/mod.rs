@@ -12,6 +12,7 @@ pub mod docs;
 pub mod error;
 pub mod filter;
 pub mod frame;
+mod parts;
 pub mod question;
 pub mod rerank;
 pub mod s3;

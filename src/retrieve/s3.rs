@@ -14,6 +14,7 @@ use std::ops::Range;
 
 use super::docs::{DocCache, Scope};
 use super::error::Result;
+use super::parts;
 use super::{Candidate, RetrieveConfig, Source};
 use crate::index::{BlockCount, Index, LayerFeature, COARSE_BLOCK_TOKENS};
 
@@ -139,6 +140,61 @@ fn merge_regions(mut r: Vec<(usize, Range<usize>)>) -> Vec<(usize, Range<usize>)
     out
 }
 
+/// Question features one host thread counts at least: a count is one record read (a whole
+/// collection), a few packs (its open tail) or a block list (a subset).
+const FEATURES_PER_PART: usize = 32;
+
+/// Scope documents one host thread scores tokens of at least.
+const DOCUMENTS_PER_PART: usize = 4;
+
+/// How often a question feature fired in scope, and what was read to count it.
+struct FeatureCount {
+    /// Tokens in scope where it fired.
+    df: u64,
+    /// Its coarse blocks in scope, when a subset was counted by them.
+    blocks: Option<Vec<BlockCount>>,
+    /// Its postings in each scope document, when a filter's small scope counted them.
+    postings: Option<Vec<Vec<u32>>>,
+}
+
+/// Counts the tokens of `scope` where `feature` fired: for a whole collection exact, from one
+/// total record (plus the open tail); for a filter's small scope (`own_postings`) from its
+/// documents' postings; for another subset by whole blocks of the coarse records.
+fn count_in_scope(
+    reader: &mut crate::index::PostingReader<'_>,
+    scope: &Scope,
+    feature: LayerFeature,
+    own_postings: bool,
+) -> Result<FeatureCount> {
+    if own_postings {
+        let per_doc = scope_postings(reader, scope, feature)?;
+        return Ok(FeatureCount {
+            df: per_doc.iter().map(|p| p.len() as u64).sum(),
+            blocks: None,
+            postings: Some(per_doc),
+        });
+    }
+    if scope.whole {
+        return Ok(FeatureCount {
+            df: reader.token_count(feature)?,
+            blocks: None,
+            postings: None,
+        });
+    }
+    let block = COARSE_BLOCK_TOKENS;
+    let mut b = reader.coarse_blocks(feature)?;
+    b.retain(|c| {
+        !scope
+            .locate(c.block * block..(c.block + 1) * block)
+            .is_empty()
+    });
+    Ok(FeatureCount {
+        df: b.iter().map(|c| u64::from(c.tokens)).sum(),
+        blocks: Some(b),
+        postings: None,
+    })
+}
+
 /// Returns the postings of `feature` in each document of the scope, in scope order.
 fn scope_postings(
     reader: &mut crate::index::PostingReader<'_>,
@@ -177,34 +233,30 @@ pub fn retrieve(
     // feature (plus the open tail); for a subset counted by whole blocks of the coarse records.
     // Block lists are read only for the features kept (the common ones the idf floor drops
     // fire in every bucket: reading theirs cost most of a 10M-token question).
-    let mut dfs: Vec<u64> = Vec::with_capacity(activation.len());
-    let mut blocks: Vec<Option<Vec<BlockCount>>> = Vec::new();
     let mut reader = index.posting_reader(scope.cid)?;
     // A filter's small scope counts from its own documents' postings: exact, and what the
     // same documents alone in a data dir would count, at their cost rather than the
     // collection's (the coarse records span the whole collection). The postings are kept
     // for the token pass.
     let own_postings = scope.filter.is_some() && !coarse;
+    let features: Vec<LayerFeature> = activation.keys().copied().collect();
+    // Each part of the features reads with a reader of its own (one record or a few packs
+    // per feature).
+    let counts = parts::in_parts(&features, FEATURES_PER_PART, |part| {
+        let mut reader = index.posting_reader(scope.cid)?;
+        part.iter()
+            .map(|&f| count_in_scope(&mut reader, scope, f, own_postings))
+            .collect()
+    })?;
+    let mut dfs: Vec<u64> = Vec::with_capacity(counts.len());
+    let mut blocks: Vec<Option<Vec<BlockCount>>> = Vec::with_capacity(counts.len());
     let mut prefetched: HashMap<usize, Vec<Vec<u32>>> = HashMap::new();
-    for (i, &feature) in activation.keys().enumerate() {
-        if own_postings {
-            let per_doc = scope_postings(&mut reader, scope, feature)?;
+    for (i, count) in counts.into_iter().enumerate() {
+        dfs.push(count.df);
+        blocks.push(count.blocks);
+        if let Some(per_doc) = count.postings {
             out.postings_read += per_doc.len();
-            dfs.push(per_doc.iter().map(|p| p.len() as u64).sum());
-            blocks.push(None);
             prefetched.insert(i, per_doc);
-        } else if scope.whole {
-            dfs.push(reader.token_count(feature)?);
-            blocks.push(None);
-        } else {
-            let mut b = reader.coarse_blocks(feature)?;
-            b.retain(|c| {
-                !scope
-                    .locate(c.block * block..(c.block + 1) * block)
-                    .is_empty()
-            });
-            dfs.push(b.iter().map(|c| u64::from(c.tokens)).sum());
-            blocks.push(Some(b));
         }
     }
     lap("df", &mut out);
@@ -251,10 +303,19 @@ pub fn retrieve(
     // Regions to score per token.
     let margin = (3.0 * cfg.sigma).ceil() as usize + cfg.span_tokens;
     let regions: Vec<(usize, Range<usize>)> = if coarse {
-        for (i, w) in &weighted {
-            if blocks[*i].is_none() {
-                blocks[*i] = Some(reader.coarse_blocks(w.feature)?);
-            }
+        let missing: Vec<(usize, LayerFeature)> = weighted
+            .iter()
+            .filter(|(i, _)| blocks[*i].is_none())
+            .map(|(i, w)| (*i, w.feature))
+            .collect();
+        let read = parts::in_parts(&missing, FEATURES_PER_PART, |part| {
+            let mut reader = index.posting_reader(scope.cid)?;
+            part.iter()
+                .map(|&(_, f)| Ok(reader.coarse_blocks(f)?))
+                .collect()
+        })?;
+        for ((i, _), b) in missing.into_iter().zip(read) {
+            blocks[i] = Some(b);
         }
         // Dense block scores: a common feature touches most blocks of a large collection,
         // and a hash map per (feature, block) cost ~100 ms at 10M tokens.
@@ -302,56 +363,82 @@ pub fn retrieve(
         .into_iter()
         .map(|(doc, tokens)| Region {
             doc,
-            raw: vec![0.0; tokens.len()],
+            raw: Vec::new(),
             smooth: Vec::new(),
             tokens,
         })
         .collect();
     out.scored_tokens = regions.iter().map(|r| r.tokens.len()).sum();
-    // Token scores.
+    // Token scores, document by document, each part of the documents on a thread with a
+    // reader of its own: a token's score adds its features' weights in the same order
+    // (strongest first) however the documents are cut.
     let mut by_doc: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
     for (i, r) in regions.iter().enumerate() {
         by_doc.entry(r.doc).or_default().push(i);
     }
+    let by_doc: Vec<(usize, Vec<usize>)> = by_doc.into_iter().collect();
     // The strongest features score tokens; the rest only helped rank blocks.
-    for (i, w) in weighted.iter().take(cfg.token_features) {
-        for (&d, rs) in &by_doc {
-            let fetched;
-            let positions: &[u32] = if coarse {
-                // Skip documents where the coarse record shows no hit near the regions.
-                let doc = &scope.docs[d];
-                let lo = (doc.first
-                    + rs.iter()
-                        .map(|&r| regions[r].tokens.start)
-                        .min()
-                        .unwrap_or(0) as u32)
-                    / block;
-                let hi = (doc.first
-                    + rs.iter().map(|&r| regions[r].tokens.end).max().unwrap_or(0) as u32)
-                    .div_ceil(block);
-                let b = blocks[*i].as_deref().unwrap_or_default();
-                let from = b.partition_point(|c| c.block < lo);
-                if b.get(from).is_none_or(|c| c.block >= hi) {
-                    continue;
-                }
-                fetched = reader.posting(doc.number, w.feature)?;
-                out.postings_read += 1;
-                &fetched
-            } else {
-                &postings[i][d]
-            };
-            for &ri in rs {
-                let r = &mut regions[ri];
-                let from = positions.partition_point(|&p| (p as usize) < r.tokens.start);
-                for &p in &positions[from..] {
-                    let p = p as usize;
-                    if p >= r.tokens.end {
-                        break;
+    let scoring: Vec<&(usize, WeightedFeature)> =
+        weighted.iter().take(cfg.token_features).collect();
+    let scored = parts::in_parts(&by_doc, DOCUMENTS_PER_PART, |part| {
+        let mut reader = None;
+        let mut out = Vec::with_capacity(part.len());
+        for (d, rs) in part {
+            let mut raws: Vec<Vec<f32>> = rs
+                .iter()
+                .map(|&ri| vec![0.0; regions[ri].tokens.len()])
+                .collect();
+            let mut read = 0;
+            for &&(i, ref w) in &scoring {
+                let fetched;
+                let positions: &[u32] = if coarse {
+                    // Skip documents where the coarse record shows no hit near the regions.
+                    let doc = &scope.docs[*d];
+                    let lo = (doc.first
+                        + rs.iter()
+                            .map(|&r| regions[r].tokens.start)
+                            .min()
+                            .unwrap_or(0) as u32)
+                        / block;
+                    let hi = (doc.first
+                        + rs.iter().map(|&r| regions[r].tokens.end).max().unwrap_or(0) as u32)
+                        .div_ceil(block);
+                    let b = blocks[i].as_deref().unwrap_or_default();
+                    let from = b.partition_point(|c| c.block < lo);
+                    if b.get(from).is_none_or(|c| c.block >= hi) {
+                        continue;
                     }
-                    r.raw[p - r.tokens.start] += w.weight;
+                    let reader = match &mut reader {
+                        Some(r) => r,
+                        None => reader.insert(index.posting_reader(scope.cid)?),
+                    };
+                    fetched = reader.posting(doc.number, w.feature)?;
+                    read += 1;
+                    &fetched
+                } else {
+                    &postings[&i][*d]
+                };
+                for (&ri, raw) in rs.iter().zip(&mut raws) {
+                    let r = &regions[ri];
+                    let from = positions.partition_point(|&p| (p as usize) < r.tokens.start);
+                    for &p in &positions[from..] {
+                        let p = p as usize;
+                        if p >= r.tokens.end {
+                            break;
+                        }
+                        raw[p - r.tokens.start] += w.weight;
+                    }
                 }
             }
+            out.push((raws, read));
         }
+        Ok(out)
+    })?;
+    for ((_, rs), (raws, read)) in by_doc.iter().zip(scored) {
+        for (&ri, raw) in rs.iter().zip(raws) {
+            regions[ri].raw = raw;
+        }
+        out.postings_read += read;
     }
     lap("score", &mut out);
     let k = kernel(cfg.sigma);
