@@ -13,6 +13,7 @@ use super::eval_args::EvalArgs;
 use super::serve::ServeArgs;
 use super::snapshot::SnapshotCommand;
 use crate::model::LayerSet;
+use crate::retrieve::rerank::HeadSet;
 
 /// s3mem: a persistent document memory that answers questions from evidence it can cite.
 #[derive(Debug, Parser)]
@@ -382,6 +383,11 @@ pub struct SaeTrainArgs {
     /// One SAE per KV head instead of one shared per layer.
     #[arg(long)]
     pub per_head: bool,
+    /// Train only for these retrieval heads (`layer.head,...`, as `eval heads` ranks them):
+    /// one SAE per KV head they read, in their layers; the set records the heads (implies
+    /// --per-head; replaces --layers).
+    #[arg(long, conflicts_with = "layers")]
+    pub heads: Option<HeadSet>,
     /// Train on query projections too (each query head with its KV group).
     #[arg(long)]
     pub with_queries: bool,

@@ -56,9 +56,19 @@ fn scan_corpus(
 
 fn train(args: &SaeTrainArgs, models: &Path) -> Result<()> {
     let model = load(&args.model, models)?;
+    let heads = args
+        .heads
+        .as_ref()
+        .map(|h| h.heads().to_vec())
+        .unwrap_or_default();
+    let layers = match &args.heads {
+        Some(h) => crate::model::LayerSet::new(h.layers())?,
+        None => args.layers.clone(),
+    };
     let cfg = CollectConfig {
-        layers: args.layers.clone(),
-        per_head: args.per_head,
+        layers,
+        per_head: args.per_head || !heads.is_empty(),
+        heads: heads.clone(),
         queries: true,
         tokens: args.tokens,
         skip_tokens: args.corpus.skip_tokens,
@@ -75,8 +85,9 @@ fn train(args: &SaeTrainArgs, models: &Path) -> Result<()> {
         "text_field": args.corpus.text_field,
         "skip_tokens": args.corpus.skip_tokens,
         "tokens": args.tokens,
-        "layers": args.layers.to_string(),
-        "per_head": args.per_head,
+        "layers": cfg.layers.to_string(),
+        "per_head": cfg.per_head,
+        "heads": heads.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "max_samples": args.max_samples,
         "holdout_every": args.holdout_every,
         "seed": args.seed,
@@ -123,6 +134,7 @@ fn train(args: &SaeTrainArgs, models: &Path) -> Result<()> {
     let (set, reports) = train_set(
         &model,
         collected,
+        &heads,
         args.with_queries,
         &train_cfg,
         &args.out,
@@ -144,6 +156,7 @@ fn train(args: &SaeTrainArgs, models: &Path) -> Result<()> {
     let report = json!({
         "out": args.out,
         "digest": set.digest(),
+        "retrieval_heads": set.retrieval_heads().iter().map(ToString::to_string).collect::<Vec<_>>(),
         "model_fingerprint": set.model_fingerprint(),
         "corpus_tokens": tokens,
         "scan_seconds": scan_secs,
@@ -184,6 +197,7 @@ fn eval(args: &SaeEvalArgs, models: &Path) -> Result<()> {
     let cfg = CollectConfig {
         layers: crate::model::LayerSet::new(layers)?,
         per_head,
+        heads: set.retrieval_heads().to_vec(),
         queries: true,
         tokens: args.tokens,
         skip_tokens: args.corpus.skip_tokens,

@@ -157,28 +157,33 @@ pub struct LayerCodes {
     first: usize,
     heads: usize,
     rows: usize,
-    per_head: Vec<SparseCodes>,
+    /// (KV head, its codes) for each head with an SAE (a set trained for retrieval heads has
+    /// SAEs for their KV heads only); one entry, all heads interleaved, when shared.
+    per_head: Vec<(usize, SparseCodes)>,
 }
 
 impl LayerCodes {
     /// Calls `fired(position, posting feature)` for every activation that fired, token by
     /// token, then head by head.
     fn for_each_fired(&self, fired: &mut dyn FnMut(u32, u32)) {
+        let mut emit = |pos: u32, h: usize, (ids, acts): (&[u32], &[f32])| {
+            for (&f, &a) in ids.iter().zip(acts) {
+                // A zero activation is a slot that did not fire.
+                if a > 0.0 {
+                    fired(pos, self.code.posting_feature(h, f));
+                }
+            }
+        };
         for t in 0..self.rows {
             let pos = (self.first + t) as u32;
-            for h in 0..self.heads {
-                let (ids, acts) = if self.code.shared {
-                    self.per_head[0]
-                        .row(t * self.heads + h)
-                        .unwrap_or((&[], &[]))
-                } else {
-                    self.per_head[h].row(t).unwrap_or((&[], &[]))
-                };
-                for (&f, &a) in ids.iter().zip(acts) {
-                    // A zero activation is a slot that did not fire.
-                    if a > 0.0 {
-                        fired(pos, self.code.posting_feature(h, f));
-                    }
+            if self.code.shared {
+                let codes = &self.per_head[0].1;
+                for h in 0..self.heads {
+                    emit(pos, h, codes.row(t * self.heads + h).unwrap_or((&[], &[])));
+                }
+            } else {
+                for (h, codes) in &self.per_head {
+                    emit(pos, *h, codes.row(t).unwrap_or((&[], &[])));
                 }
             }
         }
@@ -203,15 +208,15 @@ fn code_layer(
     };
     let values = &tap.values;
     let (n, heads, d) = values.dims3()?;
-    // per_head[h] holds rows in token order for head h (or all heads interleaved when shared).
-    let per_head: Vec<SparseCodes> = if code.shared {
+    let per_head: Vec<(usize, SparseCodes)> = if code.shared {
         let sae = saes.sae_for(code.layer, 0)?;
-        vec![sae.encode(&values.reshape((n * heads, d))?)?]
+        vec![(0, sae.encode(&values.reshape((n * heads, d))?)?)]
     } else {
         (0..heads)
+            .filter(|&h| saes.has_sae(code.layer, h))
             .map(|h| {
                 let sae = saes.sae_for(code.layer, h)?;
-                Ok(sae.encode(&values.i((.., h, ..))?.contiguous()?)?)
+                Ok((h, sae.encode(&values.i((.., h, ..))?.contiguous()?)?))
             })
             .collect::<Result<_>>()?
     };

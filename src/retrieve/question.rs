@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use candle_core::IndexOp;
+use candle_core::{IndexOp, Tensor};
 
 use super::error::{Result, RetrieveError};
 use super::frame;
@@ -176,11 +176,30 @@ pub fn question_features(
         let q = tap.values.i(rows.clone())?;
         let (n, heads, d) = q.dims3()?;
         for kv in 0..heads / group.max(1) {
+            if !saes.has_sae(code.layer, kv) {
+                continue;
+            }
             let sae = saes.sae_for(code.layer, kv)?;
-            let x = q
-                .i((.., kv * group..(kv + 1) * group, ..))?
-                .contiguous()?
-                .reshape((n * group, d))?;
+            // A set trained for retrieval heads reads only their queries.
+            let chosen = saes.retrieval_heads();
+            let group_heads: Vec<usize> = (kv * group..(kv + 1) * group)
+                .filter(|&h| {
+                    chosen.is_empty() || chosen.iter().any(|r| r.layer == code.layer && r.head == h)
+                })
+                .collect();
+            let x = if group_heads.len() == group {
+                q.i((.., kv * group..(kv + 1) * group, ..))?
+                    .contiguous()?
+                    .reshape((n * group, d))?
+            } else {
+                let picked = group_heads
+                    .iter()
+                    .map(|&h| q.i((.., h..h + 1, ..)))
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                Tensor::cat(&picked, 1)?
+                    .contiguous()?
+                    .reshape((n * group_heads.len(), d))?
+            };
             if probe == Probe::Attention {
                 let keep = k.unwrap_or(sae.k());
                 add_attention_weights(sae, &x, keep, code, kv, &mut activation)?;
@@ -196,6 +215,9 @@ pub fn question_features(
         // [question tokens, kv heads, head_dim]
         let keys = tap.values.i(rows.clone())?;
         for kv in 0..keys.dim(1)? {
+            if !saes.has_sae(code.layer, kv) {
+                continue;
+            }
             let sae = saes.sae_for(code.layer, kv)?;
             let x = keys.i((.., kv, ..))?.contiguous()?;
             add_codes(sae, &x, k, code, kv, &mut activation)?;
@@ -212,7 +234,7 @@ pub fn question_features(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::{Device, Tensor};
+    use candle_core::Device;
 
     /// Features are weighed by the logit of each row with their decoder atom; each row keeps
     /// its `k` strongest positive ones, summed over rows.

@@ -18,22 +18,8 @@ use super::docs::DocCache;
 use super::error::{Result, RetrieveError};
 use super::frame;
 use super::{Candidate, Source};
+pub use crate::model::RetrievalHead;
 use crate::model::{KvCache, LayerSet, Model};
-
-/// One attention head of the model: a query head at a layer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct RetrievalHead {
-    /// The layer.
-    pub layer: usize,
-    /// The query head within the layer.
-    pub head: usize,
-}
-
-impl fmt::Display for RetrievalHead {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.layer, self.head)
-    }
-}
 
 /// The heads whose attention scores evidence, written `layer.head,layer.head,...`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,13 +81,7 @@ impl FromStr for HeadSet {
         };
         let heads = s
             .split(',')
-            .map(|p| {
-                let (l, h) = p.trim().split_once('.').ok_or_else(bad)?;
-                Ok(RetrievalHead {
-                    layer: l.parse().map_err(|_| bad())?,
-                    head: h.parse().map_err(|_| bad())?,
-                })
-            })
+            .map(|p| p.parse::<RetrievalHead>().map_err(|_| bad()))
             .collect::<Result<Vec<_>>>()?;
         Self::new(heads)
     }

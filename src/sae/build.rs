@@ -14,7 +14,7 @@ use super::eval::{evaluate, EvalReport, DEFAULT_EVAL_KS};
 use super::file::{HeadMode, SaeMeta, SaeSet, TrainedOn};
 use super::sample::Reservoir;
 use super::train::{train, TrainConfig, TrainProgress, TrainReport};
-use crate::model::{LayerSet, Model, ScanConfig, TapRequest};
+use crate::model::{LayerSet, Model, RetrievalHead, ScanConfig, TapRequest};
 
 /// Which SAE a vector belongs to: a layer and a head mode.
 pub type SaeSlot = (usize, HeadMode);
@@ -26,6 +26,9 @@ pub struct CollectConfig {
     pub layers: LayerSet,
     /// One SAE per KV head instead of one per layer.
     pub per_head: bool,
+    /// With `per_head`: only the KV heads these retrieval heads read get an SAE (empty: every
+    /// KV head of `layers`); the set records them.
+    pub heads: Vec<RetrievalHead>,
     /// Also sample query projections (each query head goes to its KV group's SAE).
     pub queries: bool,
     /// Corpus tokens to use, after `skip_tokens`.
@@ -154,7 +157,17 @@ impl Collected {
     }
 }
 
-fn slots(cfg: &CollectConfig, kv_heads: usize) -> Vec<SaeSlot> {
+fn slots(cfg: &CollectConfig, kv_heads: usize, group: usize) -> Vec<SaeSlot> {
+    if !cfg.heads.is_empty() {
+        let mut slots: Vec<SaeSlot> = cfg
+            .heads
+            .iter()
+            .map(|h| (h.layer, HeadMode::Head(h.kv_head(group))))
+            .collect();
+        slots.sort();
+        slots.dedup();
+        return slots;
+    }
     cfg.layers
         .layers()
         .iter()
@@ -202,8 +215,21 @@ pub fn collect(
     if cfg.tokens == 0 {
         return Err(SaeError::InvalidConfig("the token budget is 0".into()));
     }
+    if let Some(h) = cfg.heads.iter().find(|h| {
+        h.layer >= mc.layers || h.head >= mc.heads || !cfg.layers.layers().contains(&h.layer)
+    }) {
+        return Err(SaeError::InvalidConfig(format!(
+            "retrieval head {h} is not a head of the sampled layers of a model of {} layers x {} heads",
+            mc.layers, mc.heads
+        )));
+    }
+    if !cfg.heads.is_empty() && !cfg.per_head {
+        return Err(SaeError::InvalidConfig(
+            "retrieval heads need one sae per kv head (per_head)".into(),
+        ));
+    }
     let files = corpus_files(corpus)?;
-    let slots = slots(cfg, mc.kv_heads);
+    let slots = slots(cfg, mc.kv_heads, mc.group_size());
     let d = mc.head_dim;
     let cap = cfg.max_samples;
     let mut pools = Pools {
@@ -312,10 +338,12 @@ fn push_rows(
     Ok(())
 }
 
-/// Trains one SAE per slot of `collected` and saves them as a set in `out`.
+/// Trains one SAE per slot of `collected` and saves them as a set in `out`, recording the
+/// retrieval `heads` it was sampled for (empty: by layer).
 pub fn train_set(
     model: &Model,
     collected: Collected,
+    heads: &[RetrievalHead],
     with_queries: bool,
     train_cfg: &TrainConfig,
     out: &Path,
@@ -350,7 +378,7 @@ pub fn train_set(
         members.push((meta, sae));
         reports.push((slot, report));
     }
-    let set = SaeSet::save(out, members)?;
+    let set = SaeSet::save_for_heads(out, members, heads.to_vec())?;
     Ok((set, reports))
 }
 

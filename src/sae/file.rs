@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use super::error::{Result, SaeError};
 use super::topk::{tensor_to_vec, TopKSae};
 use crate::durable;
+use crate::model::RetrievalHead;
 
 /// Version of the SAE file layout, independent of the crate version; bump it when a reader of
 /// the previous layout would misread a new file.
@@ -441,6 +442,10 @@ struct Manifest {
     d_in: usize,
     digest: String,
     members: Vec<ManifestEntry>,
+    /// The retrieval heads a per-head set was trained for (the SAEs are their KV heads'); part
+    /// of the digest when present, absent from sets trained by layer.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    retrieval_heads: Vec<RetrievalHead>,
 }
 
 /// One SAE of a set with its metadata.
@@ -459,6 +464,8 @@ pub struct SaeSet {
     /// Sorted by (layer, head).
     members: Vec<Member>,
     digest: String,
+    /// The retrieval heads the set was trained for, sorted (empty: trained by layer).
+    retrieval_heads: Vec<RetrievalHead>,
 }
 
 impl SaeSet {
@@ -468,7 +475,26 @@ impl SaeSet {
     /// The manifest is written last, so a directory whose write was interrupted has no
     /// manifest (or the previous one) and never a manifest naming missing files.
     pub fn save(dir: &Path, members: Vec<(SaeMeta, TopKSae)>) -> Result<Self> {
-        let set = Self::from_members(members)?;
+        Self::save_for_heads(dir, members, Vec::new())
+    }
+
+    /// Writes a set like [`SaeSet::save`], recording the retrieval heads it was trained for
+    /// (`heads`; empty for a set trained by layer) in its manifest and digest. Each head's
+    /// layer must have an SAE.
+    pub fn save_for_heads(
+        dir: &Path,
+        members: Vec<(SaeMeta, TopKSae)>,
+        mut heads: Vec<RetrievalHead>,
+    ) -> Result<Self> {
+        let mut set = Self::from_members(members)?;
+        heads.sort();
+        heads.dedup();
+        if let Some(h) = heads.iter().find(|h| !set.layers().contains(&h.layer)) {
+            return Err(SaeError::InvalidConfig(format!(
+                "retrieval head {h} is at a layer the set has no sae for"
+            )));
+        }
+        set.retrieval_heads = heads;
         fs::create_dir_all(dir).map_err(|e| SaeError::io(dir, e))?;
         let mut entries = Vec::with_capacity(set.members.len());
         let mut hasher = Sha256::new();
@@ -485,6 +511,7 @@ impl SaeSet {
                 sha256: hex_sha256(&bytes),
             });
         }
+        digest_heads(&mut hasher, &set.retrieval_heads);
         let digest = format!("{:x}", hasher.finalize());
         let manifest = Manifest {
             format_version: SAE_SET_FORMAT_VERSION,
@@ -492,6 +519,7 @@ impl SaeSet {
             d_in: set.d_in,
             digest: digest.clone(),
             members: entries,
+            retrieval_heads: set.retrieval_heads.clone(),
         };
         let json = serde_json::to_vec_pretty(&manifest)
             .map_err(|e| SaeError::InvalidConfig(format!("cannot serialise manifest: {e}")))?;
@@ -566,6 +594,10 @@ impl SaeSet {
         for (_, _, bytes) in &loaded {
             digest_member(&mut hasher, bytes);
         }
+        let mut heads = manifest.retrieval_heads.clone();
+        heads.sort();
+        heads.dedup();
+        digest_heads(&mut hasher, &heads);
         let digest = format!("{:x}", hasher.finalize());
         if digest != manifest.digest {
             return Err(SaeError::corrupt(
@@ -583,7 +615,29 @@ impl SaeSet {
                 .collect(),
         )
         .map_err(|e| SaeError::corrupt(&manifest_path, e.to_string()))?;
-        Ok(Self { digest, ..set })
+        if let Some(h) = heads.iter().find(|h| !set.layers().contains(&h.layer)) {
+            return Err(SaeError::corrupt(
+                &manifest_path,
+                format!("retrieval head {h} is at a layer the set has no sae for"),
+            ));
+        }
+        Ok(Self {
+            digest,
+            retrieval_heads: heads,
+            ..set
+        })
+    }
+
+    /// Returns the retrieval heads the set was trained for, sorted (empty for a set trained
+    /// by layer): only their KV heads have SAEs, so only they are indexed.
+    pub fn retrieval_heads(&self) -> &[RetrievalHead] {
+        &self.retrieval_heads
+    }
+
+    /// Returns whether KV head `kv_head` of `layer` has an SAE (its own, or the layer's
+    /// shared one).
+    pub fn has_sae(&self, layer: usize, kv_head: usize) -> bool {
+        self.sae_for(layer, kv_head).is_ok()
     }
 
     /// Returns the sha256 (lowercase hex) over the member files' bytes in (layer, head) order,
@@ -671,6 +725,7 @@ impl SaeSet {
             d_in,
             members,
             digest: String::new(),
+            retrieval_heads: Vec::new(),
         })
     }
 }
@@ -681,6 +736,17 @@ fn member_file_name(layer: usize, head: HeadMode) -> String {
         HeadMode::Shared => format!("layer-{layer:03}.safetensors"),
         HeadMode::Head(h) => format!("layer-{layer:03}-head-{h:02}.safetensors"),
     }
+}
+
+/// Adds the retrieval heads (sorted) to a set's digest; nothing for a set trained by layer,
+/// so such sets keep the digest they had before sets recorded heads.
+fn digest_heads(hasher: &mut Sha256, heads: &[RetrievalHead]) {
+    if heads.is_empty() {
+        return;
+    }
+    let names: Vec<String> = heads.iter().map(ToString::to_string).collect();
+    let text = format!("retrieval heads {}", names.join(","));
+    digest_member(hasher, text.as_bytes());
 }
 
 fn digest_member(hasher: &mut Sha256, bytes: &[u8]) {
@@ -916,6 +982,58 @@ mod tests {
             per_head[1].1.encode(&x).unwrap()
         );
         assert!(heads.sae_for(4, 3).is_err());
+        assert!(heads.retrieval_heads().is_empty());
+    }
+
+    #[test]
+    fn a_set_records_its_retrieval_heads_in_manifest_and_digest() {
+        let dir = tempfile::tempdir().unwrap();
+        // Only KV heads 0 and 2 of layer 4 have SAEs: the set of heads 4.1 and 4.7 (3 query
+        // heads per KV head).
+        let members: Vec<(SaeMeta, TopKSae)> = [0usize, 2]
+            .iter()
+            .map(|&h| {
+                let sae = random_sae(16, 64, 4, 20 + h as u64);
+                (meta(&sae, 4, HeadMode::Head(h)), sae)
+            })
+            .collect();
+        let h = |s: &str| s.parse::<RetrievalHead>().unwrap();
+        let plain = SaeSet::save(&dir.path().join("plain"), members.clone()).unwrap();
+        let saved = SaeSet::save_for_heads(
+            &dir.path().join("heads"),
+            members.clone(),
+            vec![h("4.7"), h("4.1"), h("4.7")],
+        )
+        .unwrap();
+        assert_eq!(saved.retrieval_heads(), &[h("4.1"), h("4.7")]);
+        // The same SAEs for other heads are another set.
+        assert_ne!(saved.digest(), plain.digest());
+        let loaded = SaeSet::load(&dir.path().join("heads"), &expect()).unwrap();
+        assert_eq!(loaded.digest(), saved.digest());
+        assert_eq!(loaded.retrieval_heads(), saved.retrieval_heads());
+        assert!(loaded.has_sae(4, 0) && loaded.has_sae(4, 2) && !loaded.has_sae(4, 1));
+        let manifest = fs::read_to_string(dir.path().join("heads").join(MANIFEST_FILE)).unwrap();
+        assert!(manifest.contains("\"4.1\""), "{manifest}");
+        // A set without heads writes no field (its manifest and digest are as before).
+        let manifest = fs::read_to_string(dir.path().join("plain").join(MANIFEST_FILE)).unwrap();
+        assert!(!manifest.contains("retrieval_heads"), "{manifest}");
+
+        // Editing the heads in the manifest breaks the digest; a head at a layer without an
+        // SAE is refused when saving.
+        let path = dir.path().join("heads").join(MANIFEST_FILE);
+        fs::write(
+            &path,
+            fs::read_to_string(&path).unwrap().replace("4.7", "4.8"),
+        )
+        .unwrap();
+        assert!(matches!(
+            SaeSet::load(&dir.path().join("heads"), &expect()),
+            Err(SaeError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            SaeSet::save_for_heads(&dir.path().join("bad"), members, vec![h("5.0")]),
+            Err(SaeError::InvalidConfig(_))
+        ));
     }
 
     #[test]

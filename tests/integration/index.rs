@@ -14,6 +14,7 @@ use s3mem::index::{
 };
 use s3mem::ingest::{self, Encoder, IngestError};
 use s3mem::model::{Model, ScanConfig, WeightFormat};
+use s3mem::retrieve::question::{question_features, Probe};
 use s3mem::sae::{SaeExpectation, SaeSet};
 use s3mem::text::document_text;
 
@@ -578,6 +579,72 @@ fn index_scan_sae_counts_features_as_ingest_stores_them() {
     let entries: usize = postings.values().map(Vec::len).sum();
     assert_eq!(scan["distinct_features"], postings.len(), "{scan}");
     assert_eq!(scan["features_fired"], entries, "{scan}");
+}
+
+/// `sae train --heads` trains one SAE per KV head its retrieval heads read (the tiny model has
+/// 2 query heads per KV head: 0.0 reads KV head 0, 2.3 KV head 1), records the heads in the
+/// set's manifest and digest, and an index built with it holds postings of those KV heads only;
+/// the question's features come from the same heads.
+#[test]
+fn index_a_set_for_retrieval_heads_indexes_their_kv_heads_only() {
+    let f = fixture();
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus.txt");
+    std::fs::write(&corpus, sample_text(0, 3000)).unwrap();
+    let sae_dir = dir.path().join("heads");
+    train_tiny_saes(&f.model_path, &corpus, &sae_dir, &["--heads", "2.3,0.0"]);
+    let expect = SaeExpectation::new(f.model.fingerprint().unwrap(), f.model.config().head_dim);
+    let saes = SaeSet::load(&sae_dir, &expect).unwrap();
+    let heads: Vec<String> = saes
+        .retrieval_heads()
+        .iter()
+        .map(|h| h.to_string())
+        .collect();
+    assert_eq!(heads, ["0.0", "2.3"]);
+    let members: Vec<(usize, String)> = saes
+        .metas()
+        .map(|m| (m.layer, m.head.to_string()))
+        .collect();
+    assert_eq!(
+        members,
+        [(0, "head:0".to_string()), (2, "head:1".to_string())]
+    );
+    assert!(saes.has_sae(2, 1) && !saes.has_sae(2, 0));
+
+    let enc = Encoder::new(&f.model, &saes, SCAN).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mut index = Index::open(data.path(), IndexConfig::default()).unwrap();
+    index.create_collection("c").unwrap();
+    let text = sample_text(21, 400);
+    ingest(&mut index, &enc, "doc", &text).unwrap();
+    let postings = index.document_postings("c", "doc").unwrap();
+    // dict 64: KV head h's features are h * 64 .. (h + 1) * 64.
+    let in_head = |layer: u16, head: u32| {
+        postings
+            .keys()
+            .filter(|k| k.layer == layer && k.feature / 64 == head)
+            .count()
+    };
+    assert!(
+        in_head(0, 0) > 0 && in_head(2, 1) > 0,
+        "{:?}",
+        postings.keys().take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(postings.len(), in_head(0, 0) + in_head(2, 1));
+
+    let codes = ingest::layer_codes(&saes, f.model.config().kv_heads).unwrap();
+    for probe in [Probe::Keys, Probe::Queries] {
+        let q =
+            question_features(&f.model, &saes, &codes, "where are the keys", None, probe).unwrap();
+        assert!(!q.activation.is_empty(), "{probe:?}");
+        for k in q.activation.keys() {
+            let head = k.feature / 64;
+            assert!(
+                (k.layer, head) == (0, 0) || (k.layer, head) == (2, 1),
+                "{probe:?}: {k:?}"
+            );
+        }
+    }
 }
 
 /// Copies a folder recursively (a golden store, a crashed store kept for diagnosis).
