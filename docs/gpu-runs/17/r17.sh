@@ -6,8 +6,14 @@
 #           (`bench store-document`, `bench postings`), question latency at 1M tokens (rerank
 #           f32 / bf16, hybrid, rag);
 #   part b: the Llama-3-8B-shape scan in fresh processes with the SM clock sampled, and the
-#           daemon on the GPU (`serve --device cuda:0`, 200 essays through `ingest --server`).
-# Staged as run 15 (../13/setup.sh joins the parts: the xz'd build, SmolLM2, minilm, essays).
+#           daemon on the GPU (`serve --device cuda:0`, 200 essays through `ingest --server`);
+#   part c: (issue 15 item 3) SAEs for the retrieval heads only (`sae train --heads`: one per
+#           KV head the 8 heads chosen on hp-dev read, 6 SAEs), trained as the default set was
+#           (4 epochs) on 1.1M tokens (the 20 hp-dev2 contexts and the essays), against the
+#           embedded default set: S3 alone on the first 100 hp-dev2 questions, side by side;
+#   part d: the same two sets on the 307 held-out hp-test questions (no choice made there).
+# Staged as run 15 (../13/setup.sh joins the parts: the xz'd build, SmolLM2, minilm, essays,
+# and for parts c-d the hp-dev2 contexts and questions and hp-test). Usage: r17.sh a|b|c|d
 set -u; cd "$(dirname "$0")"; OUT=${OUT:-/tmp/out17}; mkdir -p $OUT; PART=${1:-a}
 bash ../13/setup.sh 2>&1 | tee -a $OUT/r17.log
 export S3MEM_LOG=warn
@@ -50,6 +56,22 @@ if [ "$PART" = a ]; then
   s lat-rerank-bf16 60 $B --method rerank $H --pool-tokens 2048 --weights bf16
   s lat-hybrid 60 $B --method hybrid
   s lat-rag 60 $B --method rag
+fi
+HEADS=18.7,7.7,14.3,17.3,23.2,17.4,15.6,18.6
+E="--embedder none --methods s3,bm25 --budgets 512,1024,2048"
+if [ "$PART" = c ]; then
+  s sae-heads 330 sae train $M --corpus /tmp/hp-dev2-contexts.jsonl /tmp/pg.txt --heads $HEADS --tokens 1100000 --epochs 4 --out /tmp/sae-heads --json
+  python3 -c "
+import json; r=json.load(open('/tmp/sae-heads/report.json'))
+print('heads', r.get('retrieval_heads'), 'scan', round(r['scan_seconds']), 's train', round(r['train_seconds']), 's')
+for e in r['heldout']: print(' layer', e['layer'], e['head'], 'fvu keys', round(e['fvu_keys'],3), 'dead', round(e['dead_frac'],3))
+" 2>&1 | tee -a $OUT/r17.log
+  s dev-default 120 eval recall $M --data-dir /tmp/ev-def --dataset /tmp/hp-dev2.jsonl --limit 100 $E --per-question $OUT/dev-default.jsonl
+  s dev-heads 120 eval recall $M --sae /tmp/sae-heads --data-dir /tmp/ev-heads --dataset /tmp/hp-dev2.jsonl --limit 100 $E --per-question $OUT/dev-heads.jsonl
+fi
+if [ "$PART" = d ]; then
+  s test-default 280 eval recall $M --data-dir /tmp/et-def --dataset /tmp/hp-test.jsonl $E --per-question $OUT/test-default.jsonl
+  s test-heads 280 eval recall $M --sae /tmp/sae-heads --data-dir /tmp/et-heads --dataset /tmp/hp-test.jsonl $E --per-question $OUT/test-heads.jsonl
 fi
 if [ "$PART" = b ]; then
   for run in mfu-1m-first mfu-65k mfu-1m-again; do
