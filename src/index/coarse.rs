@@ -98,7 +98,27 @@ impl CoarseEdits {
         remove: bool,
         super_end: u32,
     ) -> Result<()> {
-        let counts = block_counts(positions);
+        self.apply_counts(
+            store,
+            cid,
+            feature,
+            block_counts(positions),
+            remove,
+            super_end,
+        )
+    }
+
+    /// Adds (or with `remove`, takes away) the sealed tokens where `feature` fired, counted
+    /// per global block (`counts`, ascending by block, as [`block_counts`] returns them).
+    pub fn apply_counts(
+        &mut self,
+        store: &dyn KvStore,
+        cid: u32,
+        feature: LayerFeature,
+        counts: Vec<(u32, u32)>,
+        remove: bool,
+        super_end: u32,
+    ) -> Result<()> {
         let n: u64 = counts.iter().map(|&(_, c)| u64::from(c)).sum();
         if n > 0 {
             let total = self.total(store, rec::total_key(cid, feature))?;
@@ -204,7 +224,7 @@ impl CoarseEdits {
 
 /// Counts positions per global block, ascending by block (postings ascend, so counting is one
 /// pass; any other order is sorted after).
-fn block_counts(positions: impl Iterator<Item = u32>) -> Vec<(u32, u32)> {
+pub fn block_counts(positions: impl Iterator<Item = u32>) -> Vec<(u32, u32)> {
     let mut out: Vec<(u32, u32)> = Vec::new();
     let mut ascending = true;
     for p in positions {

@@ -25,7 +25,7 @@ use crate::index::records::{
     self as rec, CollectionRecord, DocPart, DocumentRecord, JournalOp, MetaEntry, StoreIdentity,
 };
 use crate::index::store::Batch;
-use crate::index::types::{DocumentKey, EncodedDocument, Ingested, NewDocument};
+use crate::index::types::{DocumentKey, EncodedDocument, Ingested, LayerFeature, NewDocument};
 
 /// A collection as a group changes it.
 struct Staging {
@@ -48,6 +48,10 @@ struct Staged {
     offsets: Vec<u8>,
     /// Its (layer, feature) set, serialized.
     features: Vec<u8>,
+    /// Per (layer, feature), its tokens per collection-global coarse block, ascending: what
+    /// sealing the buckets it reaches adds, counted from the postings in memory rather than
+    /// read back from its pack at commit.
+    blocks: Vec<(LayerFeature, Vec<(u32, u32)>)>,
     passages: Vec<Passage>,
     /// The stored document of the same id it replaces.
     replaces: Option<u32>,
@@ -158,6 +162,15 @@ impl StoreGroup<'_> {
         if let Some(v) = &encoded.vectors {
             check_vectors_match(v, &doc_passages, &external_id)?;
         }
+        let first_position = c.next_position as u32;
+        let blocks = encoded
+            .postings
+            .iter()
+            .map(|(&f, local)| {
+                let global = local.iter().map(|&p| p + first_position);
+                (f, coarse::block_counts(global))
+            })
+            .collect();
         let pack = packs::encode(&encoded.postings)?;
         self.index
             .packs
@@ -199,7 +212,7 @@ impl StoreGroup<'_> {
             tokens: tokens as u32,
             chars: doc.text.chars().count() as u64,
             bytes: doc.text.len() as u64,
-            first_position: c.next_position as u32,
+            first_position,
             seq: 0,
             ingested_unix: now_unix(),
         };
@@ -209,6 +222,7 @@ impl StoreGroup<'_> {
             text: doc.text.as_bytes().to_vec(),
             offsets: codec::encode_offsets(&encoded.offsets),
             features,
+            blocks,
             passages: doc_passages,
             replaces,
             superseded: false,
@@ -317,18 +331,15 @@ impl StoreGroup<'_> {
                 if super_after > super_before {
                     coarse.promote(&index.store, cid, super_before..super_after)?;
                 }
-                let mut docs: Vec<coarse::DocPlace> = index
+                // Stored documents reaching into the sealed buckets are read from their
+                // packs; the group's own are counted from the blocks kept at `add` (bucket
+                // ends are block ends, so keeping the blocks inside is keeping the positions).
+                let docs: Vec<coarse::DocPlace> = index
                     .document_records(cid)?
                     .iter()
                     .filter(|d| !olds.contains(&d.doc))
                     .map(|d| (d.doc, d.first_position, d.tokens))
                     .collect();
-                docs.extend(
-                    self.staged
-                        .iter()
-                        .filter(|s| s.cid == cid && !s.superseded)
-                        .map(|s| (s.record.doc, s.record.first_position, s.record.tokens)),
-                );
                 coarse::add_range(
                     &mut coarse,
                     &index.store,
@@ -338,6 +349,25 @@ impl StoreGroup<'_> {
                     sealed_before..sealed_after,
                     super_after,
                 )?;
+                let sealing = sealed_before / codec::COARSE_BLOCK_TOKENS
+                    ..sealed_after / codec::COARSE_BLOCK_TOKENS;
+                for s in self.staged.iter().filter(|s| s.cid == cid && !s.superseded) {
+                    for (feature, blocks) in &s.blocks {
+                        let inside: Vec<(u32, u32)> = blocks
+                            .iter()
+                            .copied()
+                            .filter(|(b, _)| sealing.contains(b))
+                            .collect();
+                        coarse.apply_counts(
+                            &index.store,
+                            cid,
+                            *feature,
+                            inside,
+                            false,
+                            super_after,
+                        )?;
+                    }
+                }
             }
             coarse.write(&mut b);
             for (key, t) in &staging.types {
