@@ -11,7 +11,9 @@
 #           KV head the 8 heads chosen on hp-dev read, 6 SAEs), trained as the default set was
 #           (4 epochs) on 1.1M tokens (the 20 hp-dev2 contexts and the essays), against the
 #           embedded default set: S3 alone on the first 100 hp-dev2 questions, side by side;
-#   part d: the same two sets on the 307 held-out hp-test questions (no choice made there).
+#   part d: the same two sets on the 307 held-out hp-test questions (no choice made there);
+#   part e: the daemon's ingest of part b again without the embedding model (`serve
+#           --embedder none`): how much of part b's "encoding" was MiniLM on the host.
 # Staged as run 15 (../13/setup.sh joins the parts: the xz'd build, SmolLM2, minilm, essays,
 # and for parts c-d the hp-dev2 contexts and questions and hp-test). Usage: r17.sh a|b|c|d
 set -u; cd "$(dirname "$0")"; OUT=${OUT:-/tmp/out17}; mkdir -p $OUT; PART=${1:-a}
@@ -72,6 +74,18 @@ fi
 if [ "$PART" = d ]; then
   s test-default 280 eval recall $M --data-dir /tmp/et-def --dataset /tmp/hp-test.jsonl $E --per-question $OUT/test-default.jsonl
   s test-heads 280 eval recall $M --sae /tmp/sae-heads --data-dir /tmp/et-heads --dataset /tmp/hp-test.jsonl $E --per-question $OUT/test-heads.jsonl
+fi
+if [ "$PART" = e ]; then
+  rm -rf /tmp/se; echo "=== serve --device cuda:0 --embedder none" | tee -a $OUT/r17.log
+  (cd /tmp && timeout 150 $R serve $M --embedder none --data-dir /tmp/se --listen 127.0.0.1:50152 > $OUT/serve-e.out 2> $OUT/serve-e.err) &
+  C="--server http://127.0.0.1:50152"
+  for i in $(seq 1 90); do (cd /tmp && $R retrieve $C --collection none "loading?" 2>&1) | grep -q -E "still loading|connect|refused|unavailable" || break; sleep 1; done
+  echo "serving after $i s" | tee -a $OUT/r17.log
+  t0=$(date +%s.%N)
+  (cd /tmp && timeout 120 $R ingest $C --collection pg --json /tmp/pgdocs) > $OUT/serve-e-ingest.out 2>> $OUT/r17.log
+  echo "ingest over gRPC rc=$? $(python3 -c "print(round($(date +%s.%N)-$t0,1))") s" | tee -a $OUT/r17.log
+  report serve-e-ingest
+  pkill -TERM -f "s3mem serve"; sleep 2; echo "serve stopped: $(tail -n 2 $OUT/serve-e.err)" | tee -a $OUT/r17.log
 fi
 if [ "$PART" = b ]; then
   for run in mfu-1m-first mfu-65k mfu-1m-again; do
