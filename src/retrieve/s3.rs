@@ -234,6 +234,8 @@ pub fn retrieve(
     // Block lists are read only for the features kept (the common ones the idf floor drops
     // fire in every bucket: reading theirs cost most of a 10M-token question).
     let mut reader = index.posting_reader(scope.cid)?;
+    // What each part's reader starts from (the collection's sealed end and open tail).
+    let fresh = reader.another();
     // A filter's small scope counts from its own documents' postings: exact, and what the
     // same documents alone in a data dir would count, at their cost rather than the
     // collection's (the coarse records span the whole collection). The postings are kept
@@ -243,7 +245,7 @@ pub fn retrieve(
     // Each part of the features reads with a reader of its own (one record or a few packs
     // per feature).
     let counts = parts::in_parts(&features, FEATURES_PER_PART, |part| {
-        let mut reader = index.posting_reader(scope.cid)?;
+        let mut reader = fresh.another();
         part.iter()
             .map(|&f| count_in_scope(&mut reader, scope, f, own_postings))
             .collect()
@@ -309,7 +311,7 @@ pub fn retrieve(
             .map(|(i, w)| (*i, w.feature))
             .collect();
         let read = parts::in_parts(&missing, FEATURES_PER_PART, |part| {
-            let mut reader = index.posting_reader(scope.cid)?;
+            let mut reader = fresh.another();
             part.iter()
                 .map(|&(_, f)| Ok(reader.coarse_blocks(f)?))
                 .collect()
@@ -410,7 +412,7 @@ pub fn retrieve(
                     }
                     let reader = match &mut reader {
                         Some(r) => r,
-                        None => reader.insert(index.posting_reader(scope.cid)?),
+                        None => reader.insert(fresh.another()),
                     };
                     fetched = reader.posting(doc.number, w.feature)?;
                     read += 1;

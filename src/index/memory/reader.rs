@@ -64,6 +64,23 @@ pub struct PostingReader<'a> {
     tail_blocks: HashMap<LayerFeature, Vec<BlockCount>>,
 }
 
+impl<'a> PostingReader<'a> {
+    /// Returns a reader of the same collection as it was when this one was made, with
+    /// nothing read yet: each part of a question's pass on its own thread takes one, without
+    /// listing the collection's documents again.
+    pub fn another(&self) -> PostingReader<'a> {
+        PostingReader {
+            index: self.index,
+            cid: self.cid,
+            sealed_end: self.sealed_end,
+            tail: self.tail.clone(),
+            packs: HashMap::new(),
+            open: VecDeque::new(),
+            tail_blocks: HashMap::new(),
+        }
+    }
+}
+
 impl PostingReader<'_> {
     /// Returns the document-local positions where (layer, feature) fired in document `doc`.
     pub fn posting(&mut self, doc: u32, feature: LayerFeature) -> Result<Vec<u32>> {
