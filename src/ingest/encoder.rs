@@ -212,12 +212,10 @@ fn code_layer(
         let sae = saes.sae_for(code.layer, 0)?;
         vec![(0, sae.encode(&values.reshape((n * heads, d))?)?)]
     } else {
+        // A KV head without an SAE (a set for retrieval heads) is not indexed.
         (0..heads)
-            .filter(|&h| saes.has_sae(code.layer, h))
-            .map(|h| {
-                let sae = saes.sae_for(code.layer, h)?;
-                Ok((h, sae.encode(&values.i((.., h, ..))?.contiguous()?)?))
-            })
+            .filter_map(|h| saes.sae_for(code.layer, h).ok().map(|sae| (h, sae)))
+            .map(|(h, sae)| Ok((h, sae.encode(&values.i((.., h, ..))?.contiguous()?)?)))
             .collect::<Result<_>>()?
     };
     Ok(LayerCodes {

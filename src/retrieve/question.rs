@@ -175,18 +175,21 @@ pub fn question_features(
         // [question tokens, heads, head_dim]
         let q = tap.values.i(rows.clone())?;
         let (n, heads, d) = q.dims3()?;
+        // A set trained for retrieval heads reads only their queries.
+        let chosen = saes.retrieval_heads();
         for kv in 0..heads / group.max(1) {
-            if !saes.has_sae(code.layer, kv) {
+            // A KV head without an SAE (a set for retrieval heads) is not indexed.
+            let Ok(sae) = saes.sae_for(code.layer, kv) else {
                 continue;
-            }
-            let sae = saes.sae_for(code.layer, kv)?;
-            // A set trained for retrieval heads reads only their queries.
-            let chosen = saes.retrieval_heads();
+            };
             let group_heads: Vec<usize> = (kv * group..(kv + 1) * group)
                 .filter(|&h| {
                     chosen.is_empty() || chosen.iter().any(|r| r.layer == code.layer && r.head == h)
                 })
                 .collect();
+            if group_heads.is_empty() {
+                continue;
+            }
             let x = if group_heads.len() == group {
                 q.i((.., kv * group..(kv + 1) * group, ..))?
                     .contiguous()?
@@ -215,10 +218,9 @@ pub fn question_features(
         // [question tokens, kv heads, head_dim]
         let keys = tap.values.i(rows.clone())?;
         for kv in 0..keys.dim(1)? {
-            if !saes.has_sae(code.layer, kv) {
+            let Ok(sae) = saes.sae_for(code.layer, kv) else {
                 continue;
-            }
-            let sae = saes.sae_for(code.layer, kv)?;
+            };
             let x = keys.i((.., kv, ..))?.contiguous()?;
             add_codes(sae, &x, k, code, kv, &mut activation)?;
         }

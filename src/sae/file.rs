@@ -484,12 +484,11 @@ impl SaeSet {
     pub fn save_for_heads(
         dir: &Path,
         members: Vec<(SaeMeta, TopKSae)>,
-        mut heads: Vec<RetrievalHead>,
+        heads: Vec<RetrievalHead>,
     ) -> Result<Self> {
         let mut set = Self::from_members(members)?;
-        heads.sort();
-        heads.dedup();
-        if let Some(h) = heads.iter().find(|h| !set.layers().contains(&h.layer)) {
+        let heads = sorted_heads(heads);
+        if let Some(h) = set.head_without_sae(&heads) {
             return Err(SaeError::InvalidConfig(format!(
                 "retrieval head {h} is at a layer the set has no sae for"
             )));
@@ -594,9 +593,7 @@ impl SaeSet {
         for (_, _, bytes) in &loaded {
             digest_member(&mut hasher, bytes);
         }
-        let mut heads = manifest.retrieval_heads.clone();
-        heads.sort();
-        heads.dedup();
+        let heads = sorted_heads(manifest.retrieval_heads.clone());
         digest_heads(&mut hasher, &heads);
         let digest = format!("{:x}", hasher.finalize());
         if digest != manifest.digest {
@@ -615,7 +612,7 @@ impl SaeSet {
                 .collect(),
         )
         .map_err(|e| SaeError::corrupt(&manifest_path, e.to_string()))?;
-        if let Some(h) = heads.iter().find(|h| !set.layers().contains(&h.layer)) {
+        if let Some(h) = set.head_without_sae(&heads) {
             return Err(SaeError::corrupt(
                 &manifest_path,
                 format!("retrieval head {h} is at a layer the set has no sae for"),
@@ -634,10 +631,10 @@ impl SaeSet {
         &self.retrieval_heads
     }
 
-    /// Returns whether KV head `kv_head` of `layer` has an SAE (its own, or the layer's
-    /// shared one).
-    pub fn has_sae(&self, layer: usize, kv_head: usize) -> bool {
-        self.sae_for(layer, kv_head).is_ok()
+    /// Returns the first of `heads` at a layer the set has no SAE for.
+    fn head_without_sae(&self, heads: &[RetrievalHead]) -> Option<RetrievalHead> {
+        let layers = self.layers();
+        heads.iter().copied().find(|h| !layers.contains(&h.layer))
     }
 
     /// Returns the sha256 (lowercase hex) over the member files' bytes in (layer, head) order,
@@ -736,6 +733,13 @@ fn member_file_name(layer: usize, head: HeadMode) -> String {
         HeadMode::Shared => format!("layer-{layer:03}.safetensors"),
         HeadMode::Head(h) => format!("layer-{layer:03}-head-{h:02}.safetensors"),
     }
+}
+
+/// Returns `heads` sorted, without repeats: the order a set records and digests them in.
+fn sorted_heads(mut heads: Vec<RetrievalHead>) -> Vec<RetrievalHead> {
+    heads.sort();
+    heads.dedup();
+    heads
 }
 
 /// Adds the retrieval heads (sorted) to a set's digest; nothing for a set trained by layer,
@@ -1011,7 +1015,11 @@ mod tests {
         let loaded = SaeSet::load(&dir.path().join("heads"), &expect()).unwrap();
         assert_eq!(loaded.digest(), saved.digest());
         assert_eq!(loaded.retrieval_heads(), saved.retrieval_heads());
-        assert!(loaded.has_sae(4, 0) && loaded.has_sae(4, 2) && !loaded.has_sae(4, 1));
+        assert!(
+            loaded.sae_for(4, 0).is_ok()
+                && loaded.sae_for(4, 2).is_ok()
+                && loaded.sae_for(4, 1).is_err()
+        );
         let manifest = fs::read_to_string(dir.path().join("heads").join(MANIFEST_FILE)).unwrap();
         assert!(manifest.contains("\"4.1\""), "{manifest}");
         // A set without heads writes no field (its manifest and digest are as before).

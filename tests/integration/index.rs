@@ -609,7 +609,7 @@ fn index_a_set_for_retrieval_heads_indexes_their_kv_heads_only() {
         members,
         [(0, "head:0".to_string()), (2, "head:1".to_string())]
     );
-    assert!(saes.has_sae(2, 1) && !saes.has_sae(2, 0));
+    assert!(saes.sae_for(2, 1).is_ok() && saes.sae_for(2, 0).is_err());
 
     let enc = Encoder::new(&f.model, &saes, SCAN).unwrap();
     let data = tempfile::tempdir().unwrap();
