@@ -68,9 +68,9 @@ pub fn load_second(spec: Option<&str>, index: &ModelArgs, models: &Path) -> Resu
     }
 }
 
-/// Loads the embedding model `args` names: `None` for `none`, or for the default `minilm` when
-/// it has not been fetched (the dense methods are then refused, and nothing is fetched: only
-/// `model fetch` uses the network); an explicit folder must load.
+/// Loads the embedding model `args` names on the index model's device: `None` for `none`, or
+/// for the default `minilm` when it has not been fetched (the dense methods are then refused,
+/// and nothing is fetched: only `model fetch` uses the network); an explicit folder must load.
 pub fn load_embedder(args: &ModelArgs, models: &Path) -> Result<Option<Embedder>> {
     let spec = args.embedder.as_str();
     if spec == "none" {
@@ -84,13 +84,15 @@ pub fn load_embedder(args: &ModelArgs, models: &Path) -> Result<Option<Embedder>
         }
         Err(e) => return Err(e).context("locating the embedding model"),
     };
+    let device = args.device.open()?;
     let t0 = Instant::now();
-    let embedder = Embedder::load(&dir)
+    let embedder = Embedder::load_on(&dir, &device)
         .with_context(|| format!("loading the embedding model {}", dir.display()))?;
     tracing::info!(
         path = %dir.display(),
         ms = t0.elapsed().as_millis() as u64,
         fingerprint = embedder.fingerprint(),
+        device = %args.device.device,
         "embedding model loaded"
     );
     Ok(Some(embedder))
