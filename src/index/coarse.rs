@@ -19,7 +19,7 @@ use std::ops::Range;
 
 use super::codec::{self, COARSE_BLOCKS_PER_BUCKET, COARSE_BLOCKS_PER_SUPER, COARSE_BLOCK_TOKENS};
 use super::error::{IndexError, Result};
-use super::packs::PackStore;
+use super::packs::{self, PackStore};
 use super::records::{self as rec, CollectionRecord, DocPart, DocumentRecord};
 use super::store::{Batch, KvStore};
 use super::types::{BlockCount, LayerFeature};
@@ -220,6 +220,26 @@ impl CoarseEdits {
             }
         }
     }
+}
+
+/// Counts each posting list of a document whose first global position is `first_position`
+/// per global block, in the lists' order; a long document's lists on several threads, as its
+/// pack is encoded ([`packs::threads_for`]).
+pub fn document_block_counts(
+    postings: &BTreeMap<LayerFeature, Vec<u32>>,
+    first_position: u32,
+) -> Vec<(LayerFeature, Vec<(u32, u32)>)> {
+    let lists: Vec<&[u32]> = postings.values().map(Vec::as_slice).collect();
+    let counted = packs::in_runs(&lists, packs::threads_for(postings), |run| {
+        run.iter()
+            .map(|local| block_counts(local.iter().map(|&p| p + first_position)))
+            .collect::<Vec<_>>()
+    });
+    postings
+        .keys()
+        .copied()
+        .zip(counted.into_iter().flatten())
+        .collect()
 }
 
 /// Counts positions per global block, ascending by block (postings ascend, so counting is one
@@ -457,6 +477,28 @@ mod tests {
     use super::*;
     use crate::index::codec::{COARSE_BUCKET_TOKENS, COARSE_SUPER_TOKENS};
     use crate::index::store::SledStore;
+
+    #[test]
+    fn a_long_documents_block_counts_on_threads_match_one_list_at_a_time() {
+        // Over a million positions: counted on several threads where the host has them.
+        let first = 5 * COARSE_BLOCK_TOKENS + 17;
+        let postings: BTreeMap<LayerFeature, Vec<u32>> = (0..600u32)
+            .map(|f| {
+                let positions = (0..2_000u32).map(|i| i * 97 + f % 97).collect();
+                let feature = LayerFeature {
+                    layer: (f % 3) as u16,
+                    feature: f,
+                };
+                (feature, positions)
+            })
+            .collect();
+        assert!(postings.values().map(Vec::len).sum::<usize>() > 1 << 20);
+        let one_by_one: Vec<_> = postings
+            .iter()
+            .map(|(&f, l)| (f, block_counts(l.iter().map(|&p| p + first))))
+            .collect();
+        assert_eq!(document_block_counts(&postings, first), one_by_one);
+    }
 
     #[test]
     fn blocks_are_counted_in_order_whatever_order_positions_come_in() {

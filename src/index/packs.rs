@@ -53,15 +53,47 @@ const MAX_ENCODE_THREADS: usize = 8;
 /// about 100 million positions, and its pack is the store's work that waits for the scan's
 /// end); the bytes are the same whatever the threads.
 pub fn encode(postings: &BTreeMap<LayerFeature, Vec<u32>>) -> Result<Vec<u8>> {
+    encode_on(postings, threads_for(postings))
+}
+
+/// Returns the threads a document's postings are worked on: one below
+/// [`PARALLEL_MIN_POSITIONS`], else the host's cores up to [`MAX_ENCODE_THREADS`].
+pub fn threads_for(postings: &BTreeMap<LayerFeature, Vec<u32>>) -> usize {
     let positions: usize = postings.values().map(Vec::len).sum();
-    let threads = if positions < PARALLEL_MIN_POSITIONS {
+    if positions < PARALLEL_MIN_POSITIONS {
         1
     } else {
         std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(MAX_ENCODE_THREADS)
-    };
-    encode_on(postings, threads)
+    }
+}
+
+/// Runs `work` over contiguous runs of `lists` of about equal positions, one run per thread
+/// (at most `threads`, the calling thread alone for one), and returns the runs' results in
+/// order.
+pub fn in_runs<T: Send>(
+    lists: &[&[u32]],
+    threads: usize,
+    work: impl Fn(&[&[u32]]) -> T + Sync,
+) -> Vec<T> {
+    let runs = split_runs(lists, threads.max(1));
+    if runs.len() <= 1 {
+        return runs.iter().map(|r| work(&lists[r.clone()])).collect();
+    }
+    let work = &work;
+    std::thread::scope(|s| {
+        let jobs: Vec<_> = runs
+            .iter()
+            .map(|r| {
+                let run = &lists[r.clone()];
+                s.spawn(move || work(run))
+            })
+            .collect();
+        jobs.into_iter()
+            .map(|j| j.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    })
 }
 
 /// Encodes as [`encode`] does on `threads` threads (at least one): the postings are cut into
@@ -78,23 +110,7 @@ pub fn encode_on(postings: &BTreeMap<LayerFeature, Vec<u32>>, threads: usize) ->
         })?);
     }
     let lists: Vec<&[u32]> = postings.values().map(Vec::as_slice).collect();
-    let runs = split_runs(&lists, threads.max(1));
-    let encoded: Vec<EncodedRun> = if runs.len() <= 1 {
-        runs.iter().map(|r| encode_run(&lists[r.clone()])).collect()
-    } else {
-        std::thread::scope(|s| {
-            let jobs: Vec<_> = runs
-                .iter()
-                .map(|r| {
-                    let run = &lists[r.clone()];
-                    s.spawn(move || encode_run(run))
-                })
-                .collect();
-            jobs.into_iter()
-                .map(|j| j.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                .collect()
-        })
-    };
+    let encoded = in_runs(&lists, threads, encode_run);
     let mut dir = Vec::with_capacity(postings.len() * 3 + 8);
     put_varint(&mut dir, postings.len() as u64);
     let mut prev: Option<u32> = None;

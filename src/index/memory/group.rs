@@ -163,14 +163,7 @@ impl StoreGroup<'_> {
             check_vectors_match(v, &doc_passages, &external_id)?;
         }
         let first_position = c.next_position as u32;
-        let blocks = encoded
-            .postings
-            .iter()
-            .map(|(&f, local)| {
-                let global = local.iter().map(|&p| p + first_position);
-                (f, coarse::block_counts(global))
-            })
-            .collect();
+        let blocks = coarse::document_block_counts(&encoded.postings, first_position);
         let pack = packs::encode(&encoded.postings)?;
         self.index
             .packs
