@@ -1,9 +1,12 @@
 //! The CLI's client of a running `s3mem serve`: the same commands, over gRPC (`--server URL`).
 
+use std::collections::VecDeque;
+use std::num::NonZeroUsize;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
+use tokio::task::JoinHandle;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
 use tonic::service::Interceptor;
@@ -45,6 +48,17 @@ impl Interceptor for Bearer {
         }
         Ok(request)
     }
+}
+
+/// The reply of one `Ingest` call.
+type IngestReply = Result<tonic::Response<pb::IngestResponse>, Status>;
+
+/// One document [`Client::ingest_all`] sends: its id (the daemon makes one when `None`), its
+/// text and what the progress bar calls it.
+pub struct Upload {
+    pub id: Option<String>,
+    pub text: String,
+    pub label: String,
 }
 
 /// A connection to a daemon, driven from synchronous CLI code.
@@ -138,50 +152,90 @@ impl Client {
         Ok(())
     }
 
-    /// Streams one document to the daemon in pieces, with a progress bar of bytes sent, and
-    /// returns the daemon's reply.
-    pub fn ingest(
+    /// Streams `docs` to the daemon, each an `Ingest` call sending its text in pieces, with at
+    /// most `in_flight` calls open at once (the daemon can store one document while it scans the
+    /// next), and hands each reply to `done` in the documents' order. Two documents with the
+    /// same id are never in flight together, so a later one replaces an earlier one as it
+    /// would one after the other. Stops at the first failure: the documents acknowledged
+    /// before it stay stored, and the calls still open are cancelled.
+    pub fn ingest_all(
         &mut self,
         collection: &str,
-        id: Option<String>,
         meta: &[(String, String)],
-        text: String,
-        label: &str,
-    ) -> Result<pb::IngestResponse> {
-        let bar = ProgressBar::new(text.len() as u64)
-            .with_style(
-                ProgressStyle::with_template(
-                    "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} sent  {bytes_per_sec}",
-                )
-                .expect("static template")
-                .progress_chars("=> "),
+        docs: Vec<Upload>,
+        in_flight: NonZeroUsize,
+        done: &mut dyn FnMut(pb::IngestResponse),
+    ) -> Result<()> {
+        let total = docs.len();
+        let bar = ProgressBar::new(docs.iter().map(|d| d.text.len() as u64).sum()).with_style(
+            ProgressStyle::with_template(
+                "{spinner} {msg} [{bar:30}] {bytes}/{total_bytes} sent  {bytes_per_sec}",
             )
-            .with_message(label.to_string());
-        let header = pb::IngestRequest {
-            part: Some(pb::ingest_request::Part::Header(pb::IngestHeader {
-                collection: collection.into(),
-                id: id.unwrap_or_default(),
-                metadata: meta
-                    .iter()
-                    .map(|(key, value)| pb::MetaEntry {
-                        key: key.clone(),
-                        value: value.clone(),
-                    })
-                    .collect(),
-            })),
-        };
-        let progress = bar.clone();
-        let bytes = text.into_bytes();
-        let pieces = text_pieces(bytes, move |n| {
-            progress.inc(n as u64);
-            if progress.position() >= progress.length().unwrap_or(0) {
-                progress.set_message("scanning on the daemon");
+            .expect("static template")
+            .progress_chars("=> "),
+        );
+        let api = self.api.clone();
+        let metadata: Vec<pb::MetaEntry> = meta
+            .iter()
+            .map(|(key, value)| pb::MetaEntry {
+                key: key.clone(),
+                value: value.clone(),
+            })
+            .collect();
+        let out = self.runtime.block_on(async {
+            let mut open: VecDeque<(Option<String>, String, JoinHandle<IngestReply>)> =
+                VecDeque::new();
+            let mut stored = 0;
+            let mut docs = docs.into_iter().peekable();
+            loop {
+                while open.len() < in_flight.get() {
+                    let Some(next) = docs.peek() else { break };
+                    if next.id.is_some() && open.iter().any(|(id, ..)| *id == next.id) {
+                        break;
+                    }
+                    let doc = docs.next().expect("peeked");
+                    let header = pb::IngestRequest {
+                        part: Some(pb::ingest_request::Part::Header(pb::IngestHeader {
+                            collection: collection.into(),
+                            id: doc.id.clone().unwrap_or_default(),
+                            metadata: metadata.clone(),
+                        })),
+                    };
+                    let progress = bar.clone();
+                    let pieces =
+                        text_pieces(doc.text.into_bytes(), move |n| progress.inc(n as u64));
+                    let stream = tokio_stream::iter(std::iter::once(header).chain(pieces));
+                    let mut api = api.clone();
+                    let call = tokio::spawn(async move { api.ingest(stream).await });
+                    open.push_back((doc.id, doc.label, call));
+                }
+                let Some((_, label, call)) = open.pop_front() else {
+                    return Ok(());
+                };
+                bar.set_message(format!("{stored} of {total} stored, waiting for {label}"));
+                let reply = match call.await {
+                    Ok(Ok(reply)) => Ok(reply.into_inner()),
+                    Ok(Err(status)) => Err(status_error(status)),
+                    Err(e) => Err(anyhow::anyhow!("the call's task failed: {e}")),
+                };
+                let reply = match reply {
+                    Ok(reply) => reply,
+                    Err(why) => {
+                        for (.., call) in open {
+                            call.abort();
+                        }
+                        return Err(why.context(format!(
+                            "ingesting {label} ({stored} documents stored before it; the calls \
+                             still open were cancelled)"
+                        )));
+                    }
+                };
+                stored += 1;
+                done(reply);
             }
         });
-        let stream = tokio_stream::iter(std::iter::once(header).chain(pieces));
-        let reply = self.runtime.block_on(self.api.ingest(stream));
         bar.finish_and_clear();
-        Ok(reply.map_err(status_error)?.into_inner())
+        out
     }
 
     /// Streams a snapshot of the daemon's data dir into the file `out`, through a temporary

@@ -1,6 +1,7 @@
 //! The command line's grammar: [`Cli`], its [`Command`]s and the arguments of each (the
 //! groups several commands share are in [`super::args`]; eval's and bench's in their own files).
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -188,6 +189,10 @@ pub struct IngestArgs {
     /// Largest document accepted, in bytes.
     #[arg(long, default_value_t = 64 << 20)]
     pub max_document_bytes: usize,
+    /// With --server: documents sent at once, each its own call (the daemon stores one while
+    /// it scans another when it has several ingest workers: `serve --ingest-workers`).
+    #[arg(long, default_value = "2")]
+    pub in_flight: NonZeroUsize,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,

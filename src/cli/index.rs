@@ -268,7 +268,7 @@ pub fn ingest(args: &IngestArgs, models: &Path) -> Result<()> {
     print_ingest_summary(args.json, &done, t0, times, Some(overlapped_s), gpu)
 }
 
-/// Streams the inputs to a daemon, one Ingest call each.
+/// Streams the inputs to a daemon, one Ingest call each, `--in-flight` of them open at once.
 fn ingest_remote(
     args: &IngestArgs,
     mut client: super::client::Client,
@@ -276,25 +276,37 @@ fn ingest_remote(
     t0: Instant,
 ) -> Result<()> {
     client.ensure_collection(&args.collection)?;
+    let uploads = inputs
+        .into_iter()
+        .map(|input| super::client::Upload {
+            label: input.id.clone().unwrap_or_else(|| "stdin".into()),
+            id: input.id,
+            text: input.text,
+        })
+        .collect();
     let mut done = Vec::new();
     let (mut scan_s, mut encode_s, mut store_s) = (0.0, 0.0, 0.0);
-    for input in inputs {
-        let label = input.id.clone().unwrap_or_else(|| "stdin".into());
-        let r = client.ingest(&args.collection, input.id, &args.meta, input.text, &label)?;
-        scan_s += r.scan_seconds;
-        encode_s += r.encode_seconds;
-        store_s += r.store_seconds;
-        let out = crate::index::Ingested {
-            id: r.id,
-            tokens: r.tokens as usize,
-            replaced: r.replaced,
-            scan_seconds: r.scan_seconds,
-            encode_seconds: r.encode_seconds,
-            store_seconds: r.store_seconds,
-        };
-        note_ingested(args.json, &out);
-        done.push(out);
-    }
+    client.ingest_all(
+        &args.collection,
+        &args.meta,
+        uploads,
+        args.in_flight,
+        &mut |r| {
+            scan_s += r.scan_seconds;
+            encode_s += r.encode_seconds;
+            store_s += r.store_seconds;
+            let out = crate::index::Ingested {
+                id: r.id,
+                tokens: r.tokens as usize,
+                replaced: r.replaced,
+                scan_seconds: r.scan_seconds,
+                encode_seconds: r.encode_seconds,
+                store_seconds: r.store_seconds,
+            };
+            note_ingested(args.json, &out);
+            done.push(out);
+        },
+    )?;
     // A daemon stores on its own schedule: no overlap to report.
     print_ingest_summary(
         args.json,
@@ -330,7 +342,7 @@ fn print_ingest_summary(
     let seconds = t0.elapsed().as_secs_f64();
     if json {
         let mut report = json!({
-            "documents": done.iter().map(|d| json!({"id": d.id, "tokens": d.tokens})).collect::<Vec<_>>(),
+            "documents": done.iter().map(|d| json!({"id": d.id, "tokens": d.tokens, "replaced": d.replaced})).collect::<Vec<_>>(),
             "seconds": seconds,
             "scan_seconds": scan_s,
             "encode_seconds": encode_s,

@@ -1064,6 +1064,77 @@ pub(crate) fn rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// `ingest --server` keeps `--in-flight` calls open: with two ingest workers every document is
+/// stored once and the replies come back in the files' order; a file given again (the same id)
+/// is sent only after its first call is answered, so it replaces the first.
+#[test]
+fn grpc_cli_ingest_keeps_several_calls_in_flight() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let paths: Vec<String> = (0..4)
+        .map(|i| {
+            let path = dir.path().join(format!("town-{i}.txt"));
+            std::fs::write(&path, town_text(1 + i)).unwrap();
+            path.display().to_string()
+        })
+        .collect();
+    let exe = private_binary(dir.path());
+    let serve = Serve::start(&exe, &data, &["--ingest-workers", "2"], &[]);
+    let url = format!("http://{}", serve.addr());
+    let mut args = vec!["ingest", "--collection", "c", "--json", "--in-flight", "3"];
+    args.extend(paths.iter().map(String::as_str));
+    args.push(&paths[0]);
+    // The model may still be loading: ingest retries until the daemon serves.
+    let out = loop {
+        let out = std::process::Command::new(&exe)
+            .env("S3MEM_THREADS", "2")
+            .args(&args)
+            .args(["--server", &url])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            break serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Unavailable"), "{err}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let docs = out["documents"].as_array().unwrap();
+    let ids: Vec<&str> = docs.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    let mut want: Vec<&str> = paths.iter().map(String::as_str).collect();
+    want.push(&paths[0]);
+    assert_eq!(ids, want);
+    let replaced: Vec<bool> = docs
+        .iter()
+        .map(|d| d["replaced"].as_bool().unwrap())
+        .collect();
+    assert_eq!(replaced, [false, false, false, false, true]);
+    let listed = std::process::Command::new(&exe)
+        .args([
+            "docs",
+            "list",
+            "--collection",
+            "c",
+            "--json",
+            "--server",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    assert!(listed.status.success());
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let mut stored: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect();
+    stored.sort();
+    assert_eq!(stored, paths);
+    let (status, stderr) = serve.stop();
+    assert!(status.success(), "serve exited with {status}: {stderr}");
+}
+
 /// The load run of issue 17: 8 clients x 50 retrieves while 2 ingests and 2 deletes are in
 /// flight, one adversarial question in every 10 calls of each client (over the token limit,
 /// over the byte limit, an unknown collection). Every ordinary call succeeds or gets a
