@@ -237,6 +237,8 @@ pub fn ingest(args: &IngestArgs, models: &Path) -> Result<()> {
     }
     // The peak GPU memory reported is the ingest's own, not the model load's.
     crate::model::reset_gpu_peak(model.transformer().device())?;
+    // Reading the inputs, loading the models and opening the index: in `seconds`, apart.
+    let load_s = t0.elapsed().as_secs_f64();
     let mut done = Vec::new();
     let (mut scan_s, mut encode_s, mut store_s, mut overlapped_s) = (0.0, 0.0, 0.0, 0.0);
     let sizes: Vec<usize> = inputs.iter().map(|i| i.text.len()).collect();
@@ -265,7 +267,12 @@ pub fn ingest(args: &IngestArgs, models: &Path) -> Result<()> {
     store_s += t_commit.elapsed().as_secs_f64();
     let gpu = crate::model::gpu_memory(model.transformer().device())?;
     let times = [scan_s, encode_s, store_s];
-    print_ingest_summary(args.json, &done, t0, times, Some(overlapped_s), gpu)
+    let local = Local {
+        load_s,
+        overlapped_s,
+        gpu,
+    };
+    print_ingest_summary(args.json, &done, t0, times, Some(local))
 }
 
 /// Streams the inputs to a daemon, one Ingest call each, `--in-flight` of them open at once.
@@ -307,15 +314,8 @@ fn ingest_remote(
             done.push(out);
         },
     )?;
-    // A daemon stores on its own schedule: no overlap to report.
-    print_ingest_summary(
-        args.json,
-        &done,
-        t0,
-        [scan_s, encode_s, store_s],
-        None,
-        None,
-    )
+    // A daemon loads and stores on its own schedule: no load or overlap to report.
+    print_ingest_summary(args.json, &done, t0, [scan_s, encode_s, store_s], None)
 }
 
 /// Notes one stored document on stderr (unless the output is JSON).
@@ -330,14 +330,22 @@ fn note_ingested(json: bool, out: &crate::index::Ingested) {
     }
 }
 
+/// What only a local ingest knows: the seconds before the first scan (reading the inputs,
+/// loading the models, opening the index), the store's seconds during the scan, and the GPU's
+/// memory.
+struct Local {
+    load_s: f64,
+    overlapped_s: f64,
+    gpu: Option<crate::model::GpuMemory>,
+}
+
 /// Prints what an ingest did (the same locally and through a daemon).
 fn print_ingest_summary(
     json: bool,
     done: &[crate::index::Ingested],
     t0: Instant,
     [scan_s, encode_s, store_s]: [f64; 3],
-    overlapped_s: Option<f64>,
-    gpu: Option<crate::model::GpuMemory>,
+    local: Option<Local>,
 ) -> Result<()> {
     let seconds = t0.elapsed().as_secs_f64();
     if json {
@@ -348,20 +356,22 @@ fn print_ingest_summary(
             "encode_seconds": encode_s,
             "store_seconds": store_s,
         });
-        if let Some(s) = overlapped_s {
-            report["store_overlapped_seconds"] = s.into();
-        }
-        // Only a GPU run has driver figures; a CPU run's report stays as it was.
-        if let Some(gpu) = gpu {
-            report["gpu_memory"] = serde_json::to_value(gpu)?;
+        if let Some(local) = &local {
+            report["load_seconds"] = local.load_s.into();
+            report["store_overlapped_seconds"] = local.overlapped_s.into();
+            // Only a GPU run has driver figures; a CPU run's report stays as it was.
+            if let Some(gpu) = &local.gpu {
+                report["gpu_memory"] = serde_json::to_value(gpu)?;
+            }
         }
         println!("{report}");
     } else {
         let tokens: usize = done.iter().map(|d| d.tokens).sum();
         println!(
-            "{} documents, {tokens} tokens in {seconds:.1} s (scan {scan_s:.1} s, encode {encode_s:.1} s, store {store_s:.2} s{})",
+            "{} documents, {tokens} tokens in {seconds:.1} s ({}scan {scan_s:.1} s, encode {encode_s:.1} s, store {store_s:.2} s{})",
             done.len(),
-            overlapped_s.map_or(String::new(), |s| format!(", {s:.2} s of it during the scan"))
+            local.as_ref().map_or(String::new(), |l| format!("load {:.1} s, ", l.load_s)),
+            local.as_ref().map_or(String::new(), |l| format!(", {:.2} s of it during the scan", l.overlapped_s))
         );
     }
     Ok(())

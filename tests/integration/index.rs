@@ -417,7 +417,11 @@ fn index_cli_ingest_docs_collections_stats() {
     let listed = v["documents"].as_array().unwrap();
     assert_eq!(listed.len(), 2);
     assert!(listed[0]["tokens"].as_u64().unwrap() > 50);
-    assert!(v["seconds"].as_f64().is_some());
+    let seconds = v["seconds"].as_f64().unwrap();
+    // The seconds before the first scan are part of the run's, apart.
+    let load = v["load_seconds"].as_f64().unwrap();
+    assert!(load > 0.0 && load < seconds, "load {load} of {seconds} s");
+    assert!(listed.iter().all(|d| d["replaced"] == false));
 
     // stdin with an explicit id.
     let mut child = ingest_cmd(f, &data)
