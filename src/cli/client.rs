@@ -225,8 +225,8 @@ impl Client {
                             call.abort();
                         }
                         return Err(why.context(format!(
-                            "ingesting {label} ({stored} documents stored before it; the calls \
-                             still open were cancelled)"
+                            "ingesting {label} ({stored} of {total} documents stored before it; \
+                             the calls still open were cancelled)"
                         )));
                     }
                 };

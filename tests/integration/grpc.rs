@@ -936,21 +936,20 @@ fn grpc_serve_binary_and_cli_client() {
         );
         String::from_utf8(out.stdout).unwrap()
     };
-    // The model may still be loading: ingest retries until the daemon serves.
-    let ingested = loop {
-        let out = s3mem()
-            .args(["ingest", "--collection", "c", "--id", "town", "--json"])
-            .arg(&doc)
-            .args(["--server", &url])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            break serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
-        }
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("Unavailable"), "{err}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let doc_arg = doc.to_str().unwrap();
+    let ingested = ingest_when_served(
+        &exe,
+        &[
+            "ingest",
+            "--collection",
+            "c",
+            "--id",
+            "town",
+            "--json",
+            doc_arg,
+        ],
+        &url,
+    );
     assert_eq!(ingested["documents"][0]["id"], "town");
     let list_remote = remote(&["docs", "list", "--collection", "c", "--json"]);
     let paged = [
@@ -1064,6 +1063,25 @@ pub(crate) fn rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Runs `exe ARGS --server URL` (an ingest with `--json`) until the daemon serves: its model may
+/// still be loading, and it answers UNAVAILABLE until then. Returns the JSON printed.
+fn ingest_when_served(exe: &Path, args: &[&str], url: &str) -> serde_json::Value {
+    loop {
+        let out = std::process::Command::new(exe)
+            .env("S3MEM_THREADS", "2")
+            .args(args)
+            .args(["--server", url])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return serde_json::from_slice(&out.stdout).unwrap();
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Unavailable"), "{err}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// `ingest --server` keeps `--in-flight` calls open: with two ingest workers every document is
 /// stored once and the replies come back in the files' order; a file given again (the same id)
 /// is sent only after its first call is answered, so it replaces the first.
@@ -1084,21 +1102,7 @@ fn grpc_cli_ingest_keeps_several_calls_in_flight() {
     let mut args = vec!["ingest", "--collection", "c", "--json", "--in-flight", "3"];
     args.extend(paths.iter().map(String::as_str));
     args.push(&paths[0]);
-    // The model may still be loading: ingest retries until the daemon serves.
-    let out = loop {
-        let out = std::process::Command::new(&exe)
-            .env("S3MEM_THREADS", "2")
-            .args(&args)
-            .args(["--server", &url])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            break serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap();
-        }
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("Unavailable"), "{err}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let out = ingest_when_served(&exe, &args, &url);
     let docs = out["documents"].as_array().unwrap();
     let ids: Vec<&str> = docs.iter().map(|d| d["id"].as_str().unwrap()).collect();
     let mut want: Vec<&str> = paths.iter().map(String::as_str).collect();
@@ -1131,6 +1135,67 @@ fn grpc_cli_ingest_keeps_several_calls_in_flight() {
         .collect();
     stored.sort();
     assert_eq!(stored, paths);
+    let (status, stderr) = serve.stop();
+    assert!(status.success(), "serve exited with {status}: {stderr}");
+}
+
+/// `ingest --server` stops at the first document the daemon refuses, even with later calls in
+/// flight: the error names that file and how many were stored before it, the documents before
+/// it stay stored, and the refused one is not.
+#[test]
+fn grpc_cli_ingest_in_flight_stops_at_the_first_refusal() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let write = |name: &str, sentences: usize| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, town_text(sentences)).unwrap();
+        path.display().to_string()
+    };
+    // The daemon takes documents up to 1,000 bytes; the client's own limit is higher.
+    let (small, large, last) = (write("a.txt", 2), write("b.txt", 40), write("c.txt", 3));
+    let exe = private_binary(dir.path());
+    let serve = Serve::start(&exe, &data, &["--max-document-bytes", "1000"], &[]);
+    let url = format!("http://{}", serve.addr());
+    ingest_when_served(
+        &exe,
+        &["ingest", "--collection", "c", "--json", &small],
+        &url,
+    );
+    let args = ["ingest", "--collection", "c", "--in-flight", "3"];
+    let out = std::process::Command::new(&exe)
+        .args(args)
+        .args([&small, &large, &last, "--server", &url])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "ingesting {large} (1 of 3 documents stored before it"
+        )),
+        "{err}"
+    );
+    let listed = std::process::Command::new(&exe)
+        .args([
+            "docs",
+            "list",
+            "--collection",
+            "c",
+            "--json",
+            "--server",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let ids: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert!(ids.contains(&small.as_str()), "{ids:?}");
+    assert!(!ids.contains(&large.as_str()), "{ids:?}");
     let (status, stderr) = serve.stop();
     assert!(status.success(), "serve exited with {status}: {stderr}");
 }
