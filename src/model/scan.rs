@@ -136,8 +136,7 @@ pub struct ScanStats {
     pub batches: usize,
     /// Padding tokens run to give the windows of a batch one length.
     pub padding_tokens: usize,
-    /// Seconds spent in the model's forward passes (taps wanted on the host are copied there
-    /// on the caller's thread, beside the next pass).
+    /// Seconds spent in the model (forward passes and taps back to the host).
     pub model_seconds: f64,
 }
 
@@ -150,28 +149,6 @@ pub enum TapPlace {
     /// On the model's device, f32, for callers that compute there (SAE encoding on a GPU);
     /// the same as `Host` for a model on the CPU.
     Device,
-}
-
-impl ChunkTaps {
-    /// Returns these taps on the host (f32 as they are): a copy from a GPU, the same tensors
-    /// for a model on the CPU.
-    fn into_host(self) -> Result<Self> {
-        let host = |taps: Vec<LayerTap>| -> Result<Vec<LayerTap>> {
-            taps.into_iter()
-                .map(|t| {
-                    Ok(LayerTap {
-                        layer: t.layer,
-                        values: t.values.to_device(&candle_core::Device::Cpu)?,
-                    })
-                })
-                .collect()
-        };
-        Ok(Self {
-            chunk: self.chunk,
-            keys: host(self.keys)?,
-            queries: host(self.queries)?,
-        })
-    }
 }
 
 /// One window of one document, waiting for its batch.
@@ -259,7 +236,7 @@ pub fn scan_documents(
                 if group.is_empty() {
                     return Ok(stats);
                 }
-                let chunks = scan_batch(transformer, docs, &group, taps, &mut stats)?;
+                let chunks = scan_batch(transformer, docs, &group, taps, place, &mut stats)?;
                 if tx.send(chunks).is_err() {
                     // The caller stopped (its `on_chunk` failed): stop too.
                     return Ok(stats);
@@ -269,14 +246,7 @@ pub fn scan_documents(
         let mut failed = None;
         'batches: for chunks in rx {
             for (doc, chunk) in chunks {
-                // Taps wanted on the host are copied here, on the caller's thread, while the
-                // model thread has the next batch running: copying them on the model thread
-                // left a GPU idle for the copy (run 18: 30% of a 1M-token scan in some runs).
-                let chunk = match place {
-                    TapPlace::Host => chunk.into_host(),
-                    TapPlace::Device => Ok(chunk),
-                };
-                if let Err(e) = chunk.and_then(|chunk| on_chunk(doc, chunk)) {
+                if let Err(e) = on_chunk(doc, chunk) {
                     failed = Some(e);
                     break 'batches;
                 }
@@ -299,14 +269,16 @@ fn scan_batch(
     docs: &[&[u32]],
     group: &[Job],
     taps: &TapRequest,
+    place: TapPlace,
     stats: &mut ScanStats,
 ) -> Result<Vec<(usize, ChunkTaps)>> {
     let t0 = Instant::now();
     let windows: Vec<Vec<u32>> = group.iter().map(|j| j.plan.tokens(docs[j.doc])).collect();
     let slices: Vec<&[u32]> = windows.iter().map(Vec::as_slice).collect();
-    // Taps stay on the device here whatever `place` says: `scan_documents` copies them to the
-    // host on the caller's thread.
-    let out = transformer.forward_windows_on_device(&slices, taps)?;
+    let out = match place {
+        TapPlace::Host => transformer.forward_windows(&slices, taps)?,
+        TapPlace::Device => transformer.forward_windows_on_device(&slices, taps)?,
+    };
     let longest = slices.iter().map(|w| w.len()).max().unwrap_or(0);
     let mut chunks = Vec::with_capacity(group.len());
     for (i, job) in group.iter().enumerate() {
@@ -330,9 +302,11 @@ fn scan_batch(
         stats.padding_tokens += longest - windows[i].len();
         stats.tokens += len;
     }
-    // Device work is queued, not done: wait for it so that the model's seconds are its own
-    // and not charged to the caller's first read of the taps.
-    transformer.device().synchronize()?;
+    if place == TapPlace::Device {
+        // Device work is queued, not done: wait for it so that the model's seconds are its own
+        // and not charged to the caller's first read of the taps.
+        transformer.device().synchronize()?;
+    }
     stats.batches += 1;
     stats.model_seconds += t0.elapsed().as_secs_f64();
     Ok(chunks)
