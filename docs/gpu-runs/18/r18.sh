@@ -12,6 +12,8 @@
 #   part h: (18) what sets the sustained MFU: the same 1M-token scan in three fresh processes,
 #           the first two back to back, the third after 20 s of matrix products (gemm.py),
 #           with SM clock, power, utilization and performance state sampled beside each;
+#   part m: (18) part h's first two scans again with the build of 1ab2c68 (taps copied to the
+#           host on the caller's thread, beside the next batch);
 #   part q: (18) Qwen2.5-Coder-0.5B: an SAE set trained on the device (as run 13), the essays
 #           as one and as 200 documents;
 #   part c: (18) the daemon's ingest with MiniLM again, the build of fbe4e9e: one ingest
@@ -22,7 +24,7 @@
 #           evidence (hybrid@1024 with MiniLM, best first) on the first 100 hp-dev2 questions
 #           with four instructions; the one with the best development F1 and the current one
 #           then on the 155 held-out hpq-fit questions (nothing chosen there).
-# Usage: r18.sh a|b|c|g|h|q|r   (after the payload is staged: setup.sh)
+# Usage: r18.sh a|b|c|g|h|m|q|r   (after the payload is staged: setup.sh)
 set -u; cd "$(dirname "$0")"; OUT=${OUT:-/tmp/out18}; mkdir -p $OUT /tmp/o18; PART=${1:-a}
 bash setup.sh 2>&1 | tee -a $OUT/$PART.console
 export S3MEM_LOG=warn
@@ -120,7 +122,7 @@ import json,sys; r=json.loads(sys.stdin.read()); print({k:v for k,v in r.items()
   kill $SMI; clock_summary mfu-1m-g
   grep -o '"tflops":[0-9.]*,"mfu":[0-9.]*' /tmp/o18/mfu-1m-g.out | log
 fi
-if [ "$PART" = h ]; then
+if [ "$PART" = h ] || [ "$PART" = m ]; then
   PY=$(ls /opt/torch/.venv/bin/python 2>/dev/null || echo python3)
   watch() { nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,clocks_throttle_reasons.active,utilization.gpu,pstate --format=csv -lms 200 > /tmp/o18/$1.clocks.csv 2>&1 & echo $!; }
   summary() { python3 - /tmp/o18/$1.clocks.csv <<'PY' | log
@@ -139,7 +141,10 @@ PY
     python3 -c "
 import json;t=open('/tmp/o18/$name.out').read(); i=t.index('\n{')+1; r=json.JSONDecoder().raw_decode(t[i:])[0]; x=r['scans'][0]
 print('  $name: %.0f tokens/s, %.1f TFLOP/s, MFU %.1f%% of 770, %.1f s' % (x['tokens_per_s'], x['tflops'], 100*x['mfu'], x['seconds']))" | log; }
-  nvidia-smi -q -d PERFORMANCE,POWER > /tmp/o18/smi-before.txt 2>&1
+  nvidia-smi -q -d PERFORMANCE,POWER > /tmp/o18/smi-before-$PART.txt 2>&1
+  if [ "$PART" = m ]; then scan mfu-m-first; cp /tmp/o18/*.console $OUT/ 2>/dev/null; scan mfu-m-second; fi
+fi
+if [ "$PART" = h ]; then
   scan mfu-h-first
   scan mfu-h-second
   SMI=$(watch gemm-h); echo "=== gemm.py 20" | log
