@@ -2,6 +2,7 @@
 
 use std::collections::VecDeque;
 use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -55,10 +56,82 @@ type IngestReply = Result<tonic::Response<pb::IngestResponse>, Status>;
 
 /// One document [`Client::ingest_all`] sends: its id (the daemon makes one when `None`), its
 /// text and what the progress bar calls it.
-pub struct Upload {
+pub struct DocumentUpload {
     pub id: Option<String>,
     pub text: String,
     pub label: String,
+}
+
+/// What opens `Ingest` calls for one [`Client::ingest_all`].
+struct Sender {
+    api: MemoryClient<InterceptedService<Channel, Bearer>>,
+    collection: String,
+    metadata: Vec<pb::MetaEntry>,
+    bar: ProgressBar,
+}
+
+impl Sender {
+    /// Opens a call sending `text` in pieces as the document `id`, on a task of its own.
+    fn send(&self, id: Option<String>, text: Arc<Vec<u8>>) -> JoinHandle<IngestReply> {
+        let header = pb::IngestRequest {
+            part: Some(pb::ingest_request::Part::Header(pb::IngestHeader {
+                collection: self.collection.clone(),
+                id: id.unwrap_or_default(),
+                metadata: self.metadata.clone(),
+            })),
+        };
+        let progress = self.bar.clone();
+        let pieces = text_pieces(text, move |n| progress.inc(n as u64));
+        let stream = tokio_stream::iter(std::iter::once(header).chain(pieces));
+        let mut api = self.api.clone();
+        tokio::spawn(async move { api.ingest(stream).await })
+    }
+}
+
+/// A document of [`Client::ingest_all`] whose call was opened, with what sending it again
+/// needs.
+struct OpenCall {
+    id: Option<String>,
+    label: String,
+    text: Arc<Vec<u8>>,
+    /// Whether other calls of the run were open when it was sent (those sent after it are
+    /// the ones behind it in the queue).
+    beside_others: bool,
+    call: Call,
+}
+
+/// Where an open call is.
+enum Call {
+    Open(JoinHandle<IngestReply>),
+    Ended(IngestReply),
+    /// Between the two, while its end is awaited.
+    Taken,
+}
+
+impl Call {
+    /// Waits for the call's reply (a panic of its task goes on here).
+    async fn outcome(self) -> IngestReply {
+        match self {
+            Call::Open(task) => match task.await {
+                Ok(reply) => reply,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => Err(Status::cancelled(format!("the call's task ended: {e}"))),
+            },
+            Call::Ended(reply) => reply,
+            Call::Taken => Err(Status::internal("a call's reply was taken twice")),
+        }
+    }
+
+    /// Cancels the call if it is still open; returns whether it was.
+    fn abort(&self) -> bool {
+        match self {
+            Call::Open(task) => {
+                task.abort();
+                true
+            }
+            _ => false,
+        }
+    }
 }
 
 /// A connection to a daemon, driven from synchronous CLI code.
@@ -156,13 +229,16 @@ impl Client {
     /// most `in_flight` calls open at once (the daemon can store one document while it scans the
     /// next), and hands each reply to `done` in the documents' order. Two documents with the
     /// same id are never in flight together, so a later one replaces an earlier one as it
-    /// would one after the other. Stops at the first failure: the documents acknowledged
-    /// before it stay stored, and the calls still open are cancelled.
+    /// would one after the other. A document refused for a full queue or upload buffer while
+    /// other calls of this run were open (they may hold the places) is sent again alone once
+    /// they have ended, and the run goes on one call at a time. Stops at the first failure:
+    /// the documents acknowledged before it stay stored, and the calls still open are
+    /// cancelled.
     pub fn ingest_all(
         &mut self,
         collection: &str,
         meta: &[(String, String)],
-        docs: Vec<Upload>,
+        docs: Vec<DocumentUpload>,
         in_flight: NonZeroUsize,
         done: &mut dyn FnMut(pb::IngestResponse),
     ) -> Result<()> {
@@ -174,64 +250,80 @@ impl Client {
             .expect("static template")
             .progress_chars("=> "),
         );
-        let api = self.api.clone();
-        let metadata: Vec<pb::MetaEntry> = meta
-            .iter()
-            .map(|(key, value)| pb::MetaEntry {
-                key: key.clone(),
-                value: value.clone(),
-            })
-            .collect();
+        let sender = Sender {
+            api: self.api.clone(),
+            collection: collection.to_string(),
+            metadata: meta
+                .iter()
+                .map(|(key, value)| pb::MetaEntry {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+            bar: bar.clone(),
+        };
         let out = self.runtime.block_on(async {
-            let mut open: VecDeque<(Option<String>, String, JoinHandle<IngestReply>)> =
-                VecDeque::new();
+            let mut in_flight = in_flight.get();
+            let mut open: VecDeque<OpenCall> = VecDeque::new();
             let mut stored = 0;
             let mut docs = docs.into_iter().peekable();
             loop {
-                while open.len() < in_flight.get() {
+                while open.len() < in_flight {
                     let Some(next) = docs.peek() else { break };
-                    if next.id.is_some() && open.iter().any(|(id, ..)| *id == next.id) {
+                    if next.id.is_some() && open.iter().any(|c| c.id == next.id) {
                         break;
                     }
                     let doc = docs.next().expect("peeked");
-                    let header = pb::IngestRequest {
-                        part: Some(pb::ingest_request::Part::Header(pb::IngestHeader {
-                            collection: collection.into(),
-                            id: doc.id.clone().unwrap_or_default(),
-                            metadata: metadata.clone(),
-                        })),
-                    };
-                    let progress = bar.clone();
-                    let pieces =
-                        text_pieces(doc.text.into_bytes(), move |n| progress.inc(n as u64));
-                    let stream = tokio_stream::iter(std::iter::once(header).chain(pieces));
-                    let mut api = api.clone();
-                    let call = tokio::spawn(async move { api.ingest(stream).await });
-                    open.push_back((doc.id, doc.label, call));
+                    let text = Arc::new(doc.text.into_bytes());
+                    open.push_back(OpenCall {
+                        call: Call::Open(sender.send(doc.id.clone(), text.clone())),
+                        id: doc.id,
+                        label: doc.label,
+                        text,
+                        beside_others: !open.is_empty(),
+                    });
                 }
-                let Some((_, label, call)) = open.pop_front() else {
+                let Some(mut front) = open.pop_front() else {
                     return Ok(());
                 };
-                bar.set_message(format!("{stored} of {total} stored, waiting for {label}"));
-                let reply = match call.await {
-                    Ok(Ok(reply)) => Ok(reply.into_inner()),
-                    Ok(Err(status)) => Err(status_error(status)),
-                    Err(e) => Err(anyhow::anyhow!("the call's task failed: {e}")),
-                };
-                let reply = match reply {
-                    Ok(reply) => reply,
-                    Err(why) => {
-                        for (.., call) in open {
-                            call.abort();
-                        }
-                        return Err(why.context(format!(
-                            "ingesting {label} ({stored} of {total} documents stored before it; \
-                             the calls still open were cancelled)"
+                bar.set_message(format!(
+                    "{stored} of {total} stored, waiting for {}",
+                    front.label
+                ));
+                let reply = front.call.outcome().await;
+                let refused_for_room =
+                    matches!(&reply, Err(s) if s.code() == Code::ResourceExhausted);
+                // Calls behind it were sent while it was open, and any of them may have reached
+                // the daemon first.
+                let beside_others = front.beside_others || !open.is_empty();
+                if refused_for_room && beside_others {
+                    // This run's own calls may hold the daemon's places: let them end, then
+                    // send this document alone and go on one call at a time.
+                    for c in open.iter_mut() {
+                        let ended = std::mem::replace(&mut c.call, Call::Taken).outcome().await;
+                        c.call = Call::Ended(ended);
+                    }
+                    front.call = Call::Open(sender.send(front.id.clone(), front.text.clone()));
+                    front.beside_others = false;
+                    open.push_front(front);
+                    in_flight = 1;
+                    continue;
+                }
+                match reply {
+                    Ok(reply) => {
+                        stored += 1;
+                        done(reply.into_inner());
+                    }
+                    Err(status) => {
+                        let still_open = open.iter().filter(|c| c.call.abort()).count();
+                        return Err(status_error(status).context(format!(
+                            "ingesting {} ({stored} of {total} documents stored before it; \
+                             {still_open} calls still open were cancelled, and a document whose \
+                             store had begun may be stored: `docs list` shows)",
+                            front.label
                         )));
                     }
-                };
-                stored += 1;
-                done(reply);
+                }
             }
         });
         bar.finish_and_clear();
@@ -422,7 +514,7 @@ fn retrieve_request(args: &RetrieveArgs) -> pb::RetrieveRequest {
 /// Returns the text messages of an ingest: `bytes` cut into pieces, `sent` called with each
 /// piece's size as the transport takes it.
 fn text_pieces(
-    bytes: Vec<u8>,
+    bytes: Arc<Vec<u8>>,
     mut sent: impl FnMut(usize) + Send + 'static,
 ) -> impl Iterator<Item = pb::IngestRequest> + Send + 'static {
     let mut offset = 0;

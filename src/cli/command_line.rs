@@ -191,7 +191,7 @@ pub struct IngestArgs {
     pub max_document_bytes: usize,
     /// With --server: documents sent at once, each its own call (the daemon stores one while
     /// it scans another when it has several ingest workers: `serve --ingest-workers`).
-    #[arg(long, default_value = "2")]
+    #[arg(long, default_value = "2", requires = "server")]
     pub in_flight: NonZeroUsize,
     /// Print one JSON object instead of text.
     #[arg(long)]

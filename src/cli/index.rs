@@ -237,7 +237,8 @@ pub fn ingest(args: &IngestArgs, models: &Path) -> Result<()> {
     }
     // The peak GPU memory reported is the ingest's own, not the model load's.
     crate::model::reset_gpu_peak(model.transformer().device())?;
-    // Reading the inputs, loading the models and opening the index: in `seconds`, apart.
+    // Reading the inputs, loading the models, opening the index and embedding stored passages
+    // that lack vectors: in `seconds`, apart.
     let load_s = t0.elapsed().as_secs_f64();
     let mut done = Vec::new();
     let (mut scan_s, mut encode_s, mut store_s, mut overlapped_s) = (0.0, 0.0, 0.0, 0.0);
@@ -285,7 +286,7 @@ fn ingest_remote(
     client.ensure_collection(&args.collection)?;
     let uploads = inputs
         .into_iter()
-        .map(|input| super::client::Upload {
+        .map(|input| super::client::DocumentUpload {
             label: input.id.clone().unwrap_or_else(|| "stdin".into()),
             id: input.id,
             text: input.text,
@@ -331,8 +332,8 @@ fn note_ingested(json: bool, out: &crate::index::Ingested) {
 }
 
 /// What only a local ingest knows: the seconds before the first scan (reading the inputs,
-/// loading the models, opening the index), the store's seconds during the scan, and the GPU's
-/// memory.
+/// loading the models, opening the index, embedding stored passages that lack vectors), the
+/// store's seconds during the scan, and the GPU's memory.
 struct Local {
     load_s: f64,
     overlapped_s: f64,

@@ -229,8 +229,17 @@ pub fn document_block_counts(
     postings: &BTreeMap<LayerFeature, Vec<u32>>,
     first_position: u32,
 ) -> Vec<(LayerFeature, Vec<(u32, u32)>)> {
+    document_block_counts_on(postings, first_position, packs::threads_for(postings))
+}
+
+/// Counts as [`document_block_counts`] does on `threads` threads (at least one).
+pub fn document_block_counts_on(
+    postings: &BTreeMap<LayerFeature, Vec<u32>>,
+    first_position: u32,
+    threads: usize,
+) -> Vec<(LayerFeature, Vec<(u32, u32)>)> {
     let lists: Vec<&[u32]> = postings.values().map(Vec::as_slice).collect();
-    let counted = packs::in_runs(&lists, packs::threads_for(postings), |run| {
+    let counted = packs::in_runs(&lists, threads, |run| {
         run.iter()
             .map(|local| block_counts(local.iter().map(|&p| p + first_position)))
             .collect::<Vec<_>>()
@@ -497,6 +506,10 @@ mod tests {
             .iter()
             .map(|(&f, l)| (f, block_counts(l.iter().map(|&p| p + first))))
             .collect();
+        for threads in [1, 3, 8] {
+            let counted = document_block_counts_on(&postings, first, threads);
+            assert_eq!(counted, one_by_one, "{threads} threads");
+        }
         assert_eq!(document_block_counts(&postings, first), one_by_one);
     }
 

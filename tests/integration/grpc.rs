@@ -1083,8 +1083,8 @@ fn ingest_when_served(exe: &Path, args: &[&str], url: &str) -> serde_json::Value
 }
 
 /// `ingest --server` keeps `--in-flight` calls open: with two ingest workers every document is
-/// stored once and the replies come back in the files' order; a file given again (the same id)
-/// is sent only after its first call is answered, so it replaces the first.
+/// stored once and the replies come back in the files' order; a file given again within the
+/// window (the same id) is sent only after its first call is answered, so it replaces the first.
 #[test]
 fn grpc_cli_ingest_keeps_several_calls_in_flight() {
     let dir = tempfile::tempdir().unwrap();
@@ -1099,20 +1099,19 @@ fn grpc_cli_ingest_keeps_several_calls_in_flight() {
     let exe = private_binary(dir.path());
     let serve = Serve::start(&exe, &data, &["--ingest-workers", "2"], &[]);
     let url = format!("http://{}", serve.addr());
+    // The first file again third, inside the window of three: it must wait for its first call.
+    let want = [&paths[0], &paths[1], &paths[0], &paths[2], &paths[3]].map(String::as_str);
     let mut args = vec!["ingest", "--collection", "c", "--json", "--in-flight", "3"];
-    args.extend(paths.iter().map(String::as_str));
-    args.push(&paths[0]);
+    args.extend(want);
     let out = ingest_when_served(&exe, &args, &url);
     let docs = out["documents"].as_array().unwrap();
     let ids: Vec<&str> = docs.iter().map(|d| d["id"].as_str().unwrap()).collect();
-    let mut want: Vec<&str> = paths.iter().map(String::as_str).collect();
-    want.push(&paths[0]);
     assert_eq!(ids, want);
     let replaced: Vec<bool> = docs
         .iter()
         .map(|d| d["replaced"].as_bool().unwrap())
         .collect();
-    assert_eq!(replaced, [false, false, false, false, true]);
+    assert_eq!(replaced, [false, false, true, false, false]);
     let listed = std::process::Command::new(&exe)
         .args([
             "docs",
@@ -1135,6 +1134,38 @@ fn grpc_cli_ingest_keeps_several_calls_in_flight() {
         .collect();
     stored.sort();
     assert_eq!(stored, paths);
+    let (status, stderr) = serve.stop();
+    assert!(status.success(), "serve exited with {status}: {stderr}");
+}
+
+/// A daemon with room for one ingest at a time refuses the other calls of an `--in-flight 3`
+/// run (RESOURCE_EXHAUSTED); the client sends each refused document again alone once its other
+/// calls have ended, and every document is stored, reported in the files' order.
+#[test]
+fn grpc_cli_ingest_in_flight_resends_what_a_full_queue_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let paths: Vec<String> = (0..3)
+        .map(|i| {
+            let path = dir.path().join(format!("town-{i}.txt"));
+            std::fs::write(&path, town_text(20 + i)).unwrap();
+            path.display().to_string()
+        })
+        .collect();
+    let exe = private_binary(dir.path());
+    let room_for_one = ["--ingest-workers", "1", "--ingest-queue-depth", "0"];
+    let serve = Serve::start(&exe, &data, &room_for_one, &[]);
+    let url = format!("http://{}", serve.addr());
+    let mut args = vec!["ingest", "--collection", "c", "--json", "--in-flight", "3"];
+    args.extend(paths.iter().map(String::as_str));
+    let out = ingest_when_served(&exe, &args, &url);
+    let ids: Vec<&str> = out["documents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, paths);
     let (status, stderr) = serve.stop();
     assert!(status.success(), "serve exited with {status}: {stderr}");
 }
