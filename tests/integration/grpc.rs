@@ -1471,10 +1471,22 @@ pub(crate) fn private_binary(dir: &Path) -> std::path::PathBuf {
 /// A running `s3mem serve` binary and the lines it wrote to stderr (drained as they come, so
 /// it never blocks on a full pipe).
 pub(crate) struct Serve {
-    pub(crate) child: std::process::Child,
+    /// `None` once waited for or handed over ([`serve_binary`]).
+    child: Option<std::process::Child>,
     addr: Option<String>,
     lines: Arc<Mutex<Vec<String>>>,
-    reader: std::thread::JoinHandle<()>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Serve {
+    /// Kills a daemon its test did not stop (the test failed first): one left running keeps
+    /// the test's output pipe open.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 impl Serve {
@@ -1507,10 +1519,10 @@ impl Serve {
         });
         let addr = addr_rx.recv().ok();
         Self {
-            child,
+            child: Some(child),
             addr,
             lines,
-            reader,
+            reader: Some(reader),
         }
     }
 
@@ -1528,15 +1540,23 @@ impl Serve {
 
     /// Waits until it exits by itself; returns its status and everything it wrote to stderr.
     pub(crate) fn wait(mut self) -> (std::process::ExitStatus, String) {
-        let status = self.child.wait().unwrap();
-        self.reader.join().unwrap();
+        let mut child = self.child.take().expect("the daemon is running");
+        let status = child.wait().unwrap();
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
         let stderr = self.lines.lock().unwrap().join("\n");
         (status, stderr)
     }
 
     /// Stops it with SIGTERM and waits as [`Serve::wait`] does.
     pub(crate) fn stop(self) -> (std::process::ExitStatus, String) {
-        let pid = self.child.id().to_string();
+        let pid = self
+            .child
+            .as_ref()
+            .expect("the daemon is running")
+            .id()
+            .to_string();
         let kill = std::process::Command::new("kill")
             .args(["-TERM", &pid])
             .status()
@@ -1552,9 +1572,10 @@ pub(crate) fn serve_binary(
     data: &Path,
     args: &[&str],
 ) -> (std::process::Child, String) {
-    let serve = Serve::start(exe, data, args, &[]);
+    let mut serve = Serve::start(exe, data, args, &[]);
     let addr = serve.addr().to_string();
-    (serve.child, addr)
+    let child = serve.child.take().expect("the daemon is running");
+    (child, addr)
 }
 
 /// Connects to a daemon at `addr` (host:port, plaintext).
