@@ -1082,6 +1082,41 @@ fn ingest_when_served(exe: &Path, args: &[&str], url: &str) -> serde_json::Value
     }
 }
 
+/// Writes `town-{i}.txt` files into `dir`, the i-th of `sentences[i]` town sentences; returns
+/// their paths as the CLI names them (the documents' ids).
+fn town_files(dir: &Path, sentences: &[usize]) -> Vec<String> {
+    sentences
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let path = dir.join(format!("town-{i}.txt"));
+            std::fs::write(&path, town_text(n)).unwrap();
+            path.display().to_string()
+        })
+        .collect()
+}
+
+/// Returns the ids `docs list --server URL` lists in `collection`.
+fn listed_ids(exe: &Path, url: &str, collection: &str) -> Vec<String> {
+    let out = std::process::Command::new(exe)
+        .args(["docs", "list", "--collection", collection, "--json"])
+        .args(["--server", url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// `ingest --server` keeps `--in-flight` calls open: with two ingest workers every document is
 /// stored once and the replies come back in the files' order; a file given again within the
 /// window (the same id) is sent only after its first call is answered, so it replaces the first.
@@ -1089,13 +1124,7 @@ fn ingest_when_served(exe: &Path, args: &[&str], url: &str) -> serde_json::Value
 fn grpc_cli_ingest_keeps_several_calls_in_flight() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let paths: Vec<String> = (0..4)
-        .map(|i| {
-            let path = dir.path().join(format!("town-{i}.txt"));
-            std::fs::write(&path, town_text(1 + i)).unwrap();
-            path.display().to_string()
-        })
-        .collect();
+    let paths = town_files(dir.path(), &[1, 2, 3, 4]);
     let exe = private_binary(dir.path());
     let serve = Serve::start(&exe, &data, &["--ingest-workers", "2"], &[]);
     let url = format!("http://{}", serve.addr());
@@ -1112,26 +1141,7 @@ fn grpc_cli_ingest_keeps_several_calls_in_flight() {
         .map(|d| d["replaced"].as_bool().unwrap())
         .collect();
     assert_eq!(replaced, [false, false, true, false, false]);
-    let listed = std::process::Command::new(&exe)
-        .args([
-            "docs",
-            "list",
-            "--collection",
-            "c",
-            "--json",
-            "--server",
-            &url,
-        ])
-        .output()
-        .unwrap();
-    assert!(listed.status.success());
-    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    let mut stored: Vec<String> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["id"].as_str().unwrap().to_string())
-        .collect();
+    let mut stored = listed_ids(&exe, &url, "c");
     stored.sort();
     assert_eq!(stored, paths);
     let (status, stderr) = serve.stop();
@@ -1145,13 +1155,7 @@ fn grpc_cli_ingest_keeps_several_calls_in_flight() {
 fn grpc_cli_ingest_in_flight_resends_what_a_full_queue_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let paths: Vec<String> = (0..3)
-        .map(|i| {
-            let path = dir.path().join(format!("town-{i}.txt"));
-            std::fs::write(&path, town_text(20 + i)).unwrap();
-            path.display().to_string()
-        })
-        .collect();
+    let paths = town_files(dir.path(), &[20, 21, 22]);
     let exe = private_binary(dir.path());
     let room_for_one = ["--ingest-workers", "1", "--ingest-queue-depth", "0"];
     let serve = Serve::start(&exe, &data, &room_for_one, &[]);
@@ -1206,27 +1210,9 @@ fn grpc_cli_ingest_in_flight_stops_at_the_first_refusal() {
         )),
         "{err}"
     );
-    let listed = std::process::Command::new(&exe)
-        .args([
-            "docs",
-            "list",
-            "--collection",
-            "c",
-            "--json",
-            "--server",
-            &url,
-        ])
-        .output()
-        .unwrap();
-    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
-    let ids: Vec<&str> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["id"].as_str().unwrap())
-        .collect();
-    assert!(ids.contains(&small.as_str()), "{ids:?}");
-    assert!(!ids.contains(&large.as_str()), "{ids:?}");
+    let ids = listed_ids(&exe, &url, "c");
+    assert!(ids.contains(&small), "{ids:?}");
+    assert!(!ids.contains(&large), "{ids:?}");
     let (status, stderr) = serve.stop();
     assert!(status.success(), "serve exited with {status}: {stderr}");
 }
