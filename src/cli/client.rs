@@ -23,6 +23,10 @@ use crate::service::pb::{self, memory_client::MemoryClient};
 
 /// Text bytes per ingest message: well under the daemon's default 4 MiB message limit.
 const PIECE_BYTES: usize = 1 << 20;
+/// Most times `ingest --server` sends a document again alone after a refusal for room, and
+/// the first wait before it does (doubled each time: 1.5 s in all).
+const RESENDS_ALONE: u32 = 4;
+const RESEND_WAIT: Duration = Duration::from_millis(100);
 /// Largest reply the client accepts (a whole document from GetDocument).
 const MAX_REPLY_BYTES: usize = 256 << 20;
 
@@ -97,6 +101,8 @@ struct OpenCall {
     /// Whether other calls of the run were open when it was sent (those sent after it are
     /// the ones behind it in the queue).
     beside_others: bool,
+    /// Times it was sent again alone after a refusal for room.
+    resends: u32,
     call: Call,
 }
 
@@ -281,6 +287,7 @@ impl Client {
                         label: doc.label,
                         text,
                         beside_others: !open.is_empty(),
+                        resends: 0,
                     });
                 }
                 let Some(mut front) = open.pop_front() else {
@@ -293,18 +300,28 @@ impl Client {
                 let reply = front.call.outcome().await;
                 let refused_for_room =
                     matches!(&reply, Err(s) if s.code() == Code::ResourceExhausted);
-                // Calls behind it were sent while it was open, and any of them may have reached
-                // the daemon first.
-                let beside_others = front.beside_others || !open.is_empty();
-                if refused_for_room && beside_others {
+                // Calls behind it that were open were sent while it was, and any of them may
+                // have reached the daemon first (calls already ended were not: a document sent
+                // again alone and refused again is refused for others' load).
+                let beside_others =
+                    front.beside_others || open.iter().any(|c| matches!(c.call, Call::Open(_)));
+                if refused_for_room
+                    && (beside_others || front.resends > 0)
+                    && front.resends < RESENDS_ALONE
+                {
                     // This run's own calls may hold the daemon's places: let them end, then
-                    // send this document alone and go on one call at a time.
+                    // send this document alone and go on one call at a time. A daemon frees a
+                    // place just after it answers, so the resend waits a little, longer each
+                    // time it is refused again.
                     for c in open.iter_mut() {
                         let ended = std::mem::replace(&mut c.call, Call::Taken).outcome().await;
                         c.call = Call::Ended(ended);
                     }
+                    tokio::time::sleep(RESEND_WAIT * (1 << front.resends)).await;
+                    bar.inc_length(front.text.len() as u64);
                     front.call = Call::Open(sender.send(front.id.clone(), front.text.clone()));
                     front.beside_others = false;
+                    front.resends += 1;
                     open.push_front(front);
                     in_flight = 1;
                     continue;

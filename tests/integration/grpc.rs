@@ -1174,6 +1174,46 @@ fn grpc_cli_ingest_in_flight_resends_what_a_full_queue_refused() {
     assert!(status.success(), "serve exited with {status}: {stderr}");
 }
 
+/// While another client's long ingest holds a daemon's only place, an `--in-flight 2` run is
+/// refused for room: its first document is sent again alone once its other call has ended, and
+/// refused each of the few times it is sent so it ends the run with the daemon's
+/// RESOURCE_EXHAUSTED (no endless resending).
+#[test]
+fn grpc_cli_ingest_in_flight_gives_up_when_others_hold_the_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let paths = town_files(dir.path(), &[2, 3, 1000]);
+    let exe = private_binary(dir.path());
+    let room_for_one = ["--ingest-workers", "1", "--ingest-queue-depth", "0"];
+    let serve = Serve::start(&exe, &data, &room_for_one, &[]);
+    let url = format!("http://{}", serve.addr());
+    ingest_when_served(
+        &exe,
+        &["ingest", "--collection", "c", "--json", &paths[0]],
+        &url,
+    );
+    // About 20,000 tokens: seconds of scanning on a CPU, longer than the run's resends.
+    let mut long = std::process::Command::new(&exe)
+        .env("S3MEM_THREADS", "2")
+        .args(["ingest", "--collection", "c", &paths[2], "--server", &url])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let out = std::process::Command::new(&exe)
+        .args(["ingest", "--collection", "c", "--in-flight", "2"])
+        .args([&paths[0], &paths[1], "--server", &url])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    // Had it gone on resending, the long ingest would have ended and let it through.
+    assert!(err.contains("ResourceExhausted"), "{err}");
+    assert!(long.wait().unwrap().success());
+    let (status, stderr) = serve.stop();
+    assert!(status.success(), "serve exited with {status}: {stderr}");
+}
+
 /// `ingest --server` stops at the first document the daemon refuses, even with later calls in
 /// flight: the error names that file and how many were stored before it, the documents before
 /// it stay stored, and the refused one is not.
