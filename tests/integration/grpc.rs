@@ -1082,6 +1082,21 @@ fn ingest_when_served(exe: &Path, args: &[&str], url: &str) -> serde_json::Value
     }
 }
 
+/// Starts a daemon on the data dir `dir/data` from a private copy of the binary in `dir`, with
+/// `args`; returns the binary, the daemon and its URL.
+fn daemon_in(dir: &Path, args: &[&str]) -> (std::path::PathBuf, Serve, String) {
+    let exe = private_binary(dir);
+    let serve = Serve::start(&exe, &dir.join("data"), args, &[]);
+    let url = format!("http://{}", serve.addr());
+    (exe, serve, url)
+}
+
+/// Stops a daemon with SIGTERM and checks that it exited cleanly.
+fn stop_cleanly(serve: Serve) {
+    let (status, stderr) = serve.stop();
+    assert!(status.success(), "serve exited with {status}: {stderr}");
+}
+
 /// Writes `town-{i}.txt` files into `dir`, the i-th of `sentences[i]` town sentences; returns
 /// their paths as the CLI names them (the documents' ids).
 fn town_files(dir: &Path, sentences: &[usize]) -> Vec<String> {
@@ -1123,11 +1138,8 @@ fn listed_ids(exe: &Path, url: &str, collection: &str) -> Vec<String> {
 #[test]
 fn grpc_cli_ingest_keeps_several_calls_in_flight() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
     let paths = town_files(dir.path(), &[1, 2, 3, 4]);
-    let exe = private_binary(dir.path());
-    let serve = Serve::start(&exe, &data, &["--ingest-workers", "2"], &[]);
-    let url = format!("http://{}", serve.addr());
+    let (exe, serve, url) = daemon_in(dir.path(), &["--ingest-workers", "2"]);
     // The first file again third, inside the window of three: it must wait for its first call.
     let want = [&paths[0], &paths[1], &paths[0], &paths[2], &paths[3]].map(String::as_str);
     let mut args = vec!["ingest", "--collection", "c", "--json", "--in-flight", "3"];
@@ -1144,8 +1156,7 @@ fn grpc_cli_ingest_keeps_several_calls_in_flight() {
     let mut stored = listed_ids(&exe, &url, "c");
     stored.sort();
     assert_eq!(stored, paths);
-    let (status, stderr) = serve.stop();
-    assert!(status.success(), "serve exited with {status}: {stderr}");
+    stop_cleanly(serve);
 }
 
 /// A daemon with room for one ingest at a time refuses the other calls of an `--in-flight 3`
@@ -1154,24 +1165,16 @@ fn grpc_cli_ingest_keeps_several_calls_in_flight() {
 #[test]
 fn grpc_cli_ingest_in_flight_resends_what_a_full_queue_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
     let paths = town_files(dir.path(), &[20, 21, 22]);
-    let exe = private_binary(dir.path());
     let room_for_one = ["--ingest-workers", "1", "--ingest-queue-depth", "0"];
-    let serve = Serve::start(&exe, &data, &room_for_one, &[]);
-    let url = format!("http://{}", serve.addr());
+    let (exe, serve, url) = daemon_in(dir.path(), &room_for_one);
     let mut args = vec!["ingest", "--collection", "c", "--json", "--in-flight", "3"];
     args.extend(paths.iter().map(String::as_str));
     let out = ingest_when_served(&exe, &args, &url);
-    let ids: Vec<&str> = out["documents"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["id"].as_str().unwrap())
-        .collect();
+    let docs = out["documents"].as_array().unwrap();
+    let ids: Vec<&str> = docs.iter().map(|d| d["id"].as_str().unwrap()).collect();
     assert_eq!(ids, paths);
-    let (status, stderr) = serve.stop();
-    assert!(status.success(), "serve exited with {status}: {stderr}");
+    stop_cleanly(serve);
 }
 
 /// While another client's long ingest holds a daemon's only place, an `--in-flight 2` run is
@@ -1181,12 +1184,9 @@ fn grpc_cli_ingest_in_flight_resends_what_a_full_queue_refused() {
 #[test]
 fn grpc_cli_ingest_in_flight_gives_up_when_others_hold_the_room() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
     let paths = town_files(dir.path(), &[2, 3, 1000]);
-    let exe = private_binary(dir.path());
     let room_for_one = ["--ingest-workers", "1", "--ingest-queue-depth", "0"];
-    let serve = Serve::start(&exe, &data, &room_for_one, &[]);
-    let url = format!("http://{}", serve.addr());
+    let (exe, serve, url) = daemon_in(dir.path(), &room_for_one);
     ingest_when_served(
         &exe,
         &["ingest", "--collection", "c", "--json", &paths[0]],
@@ -1210,8 +1210,7 @@ fn grpc_cli_ingest_in_flight_gives_up_when_others_hold_the_room() {
     // Had it gone on resending, the long ingest would have ended and let it through.
     assert!(err.contains("ResourceExhausted"), "{err}");
     assert!(long.wait().unwrap().success());
-    let (status, stderr) = serve.stop();
-    assert!(status.success(), "serve exited with {status}: {stderr}");
+    stop_cleanly(serve);
 }
 
 /// `ingest --server` stops at the first document the daemon refuses, even with later calls in
@@ -1220,7 +1219,6 @@ fn grpc_cli_ingest_in_flight_gives_up_when_others_hold_the_room() {
 #[test]
 fn grpc_cli_ingest_in_flight_stops_at_the_first_refusal() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
     let write = |name: &str, sentences: usize| {
         let path = dir.path().join(name);
         std::fs::write(&path, town_text(sentences)).unwrap();
@@ -1228,9 +1226,7 @@ fn grpc_cli_ingest_in_flight_stops_at_the_first_refusal() {
     };
     // The daemon takes documents up to 1,000 bytes; the client's own limit is higher.
     let (small, large, last) = (write("a.txt", 2), write("b.txt", 40), write("c.txt", 3));
-    let exe = private_binary(dir.path());
-    let serve = Serve::start(&exe, &data, &["--max-document-bytes", "1000"], &[]);
-    let url = format!("http://{}", serve.addr());
+    let (exe, serve, url) = daemon_in(dir.path(), &["--max-document-bytes", "1000"]);
     ingest_when_served(
         &exe,
         &["ingest", "--collection", "c", "--json", &small],
@@ -1253,8 +1249,7 @@ fn grpc_cli_ingest_in_flight_stops_at_the_first_refusal() {
     let ids = listed_ids(&exe, &url, "c");
     assert!(ids.contains(&small), "{ids:?}");
     assert!(!ids.contains(&large), "{ids:?}");
-    let (status, stderr) = serve.stop();
-    assert!(status.success(), "serve exited with {status}: {stderr}");
+    stop_cleanly(serve);
 }
 
 /// The load run of issue 17: 8 clients x 50 retrieves while 2 ingests and 2 deletes are in
