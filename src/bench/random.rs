@@ -32,6 +32,10 @@ pub struct RandomBench {
     pub layers: Vec<LayerSet>,
     /// Scan batches (windows per forward pass) to compare.
     pub batches: Vec<usize>,
+    /// Where the scans leave the key taps, to compare: on the host (copied there after each
+    /// batch, as a CPU SAE encoding needs) or on the device (as a GPU ingest leaves them for
+    /// the SAEs there).
+    pub taps: Vec<TapPlace>,
     /// Document lengths of the full-KV baseline (up to the model context).
     pub prefill: Vec<usize>,
     /// Tokens of a parity run (0: none).
@@ -47,6 +51,8 @@ struct ScanRow {
     chunk: usize,
     layers: String,
     batch: usize,
+    /// Where the key taps were left: `host` or `device`.
+    taps: &'static str,
     windows: usize,
     window_tokens: usize,
     padding_tokens: usize,
@@ -101,11 +107,14 @@ pub fn scan(r: &RandomBench, device: &Device, log: Log<'_>) -> Result<Report> {
     let shape = RandomShape::named(name)?;
     let weights = r.weights;
     let batches = &r.batches;
-    let (Some(&first_chunk), Some(first_layers), Some(&first_batch)) =
-        (r.chunks.first(), r.layers.first(), batches.first())
-    else {
+    let (Some(&first_chunk), Some(first_layers), Some(&first_batch), Some(&first_place)) = (
+        r.chunks.first(),
+        r.layers.first(),
+        batches.first(),
+        r.taps.first(),
+    ) else {
         return Err(BenchError::Input(
-            "give at least one chunk, layer set and scan batch".into(),
+            "give at least one chunk, layer set, scan batch and tap place".into(),
         ));
     };
     for layers in &r.layers {
@@ -144,7 +153,14 @@ pub fn scan(r: &RandomBench, device: &Device, log: Log<'_>) -> Result<Report> {
         ..ScanConfig::default()
     };
     let warm_doc = random_tokens(r.seed ^ 1, warm.chunk * first_batch * 2, shape.config.vocab);
-    run_scan(&model, &warm_doc, first_layers, &warm, first_batch)?;
+    run_scan(
+        &model,
+        &warm_doc,
+        first_layers,
+        &warm,
+        first_batch,
+        first_place,
+    )?;
 
     for &tokens in &r.tokens {
         let doc = random_tokens(r.seed ^ tokens as u64, tokens, shape.config.vocab);
@@ -154,9 +170,12 @@ pub fn scan(r: &RandomBench, device: &Device, log: Log<'_>) -> Result<Report> {
                 ..ScanConfig::default()
             };
             for layers in &r.layers {
-                for &batch in batches {
+                for (&batch, &place) in batches
+                    .iter()
+                    .flat_map(|b| r.taps.iter().map(move |p| (b, p)))
+                {
                     reset_gpu_peak(device)?;
-                    let (stats, seconds) = run_scan(&model, &doc, layers, &cfg, batch)?;
+                    let (stats, seconds) = run_scan(&model, &doc, layers, &cfg, batch, place)?;
                     let memory = gpu_memory(device)?;
                     let flops: f64 = cfg
                         .windows(doc.len())
@@ -167,6 +186,7 @@ pub fn scan(r: &RandomBench, device: &Device, log: Log<'_>) -> Result<Report> {
                         chunk,
                         layers: layers.to_string(),
                         batch,
+                        taps: place_name(place),
                         windows: stats.windows,
                         window_tokens: stats.window_tokens,
                         padding_tokens: stats.padding_tokens,
@@ -241,13 +261,23 @@ pub fn scan(r: &RandomBench, device: &Device, log: Log<'_>) -> Result<Report> {
     Ok(report)
 }
 
-/// Scans `doc` once; returns the totals and the wall-clock seconds.
+/// Names a tap place in the report.
+fn place_name(place: TapPlace) -> &'static str {
+    match place {
+        TapPlace::Host => "host",
+        TapPlace::Device => "device",
+    }
+}
+
+/// Scans `doc` once, leaving the taps at `place`; returns the totals and the wall-clock
+/// seconds.
 fn run_scan(
     model: &Transformer,
     doc: &[u32],
     layers: &LayerSet,
     cfg: &ScanConfig,
     batch: usize,
+    place: TapPlace,
 ) -> Result<(crate::model::ScanStats, f64)> {
     let taps = TapRequest {
         keys: Some(layers.clone()),
@@ -255,22 +285,14 @@ fn run_scan(
     };
     let t0 = Instant::now();
     let mut rows = 0usize;
-    let stats = scan_documents(
-        model,
-        batch,
-        &[doc],
-        &taps,
-        cfg,
-        TapPlace::Host,
-        &mut |_, chunk| {
-            rows += chunk
-                .keys
-                .iter()
-                .map(|t| t.values.dim(0).unwrap_or(0))
-                .sum::<usize>();
-            Ok(())
-        },
-    )?;
+    let stats = scan_documents(model, batch, &[doc], &taps, cfg, place, &mut |_, chunk| {
+        rows += chunk
+            .keys
+            .iter()
+            .map(|t| t.values.dim(0).unwrap_or(0))
+            .sum::<usize>();
+        Ok(())
+    })?;
     let seconds = t0.elapsed().as_secs_f64();
     tracing::debug!(rows, "scan done");
     Ok((stats, seconds))
@@ -316,15 +338,16 @@ impl Report {
             self.peak_tflops
         );
         if !self.scans.is_empty() {
-            out.push_str("\n| tokens | chunk | layers | batch | tokens/s | window tokens/s | TFLOP/s | MFU | peak alloc GiB | peak activations GiB | device used GiB |\n");
-            out.push_str("|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+            out.push_str("\n| tokens | chunk | layers | batch | taps | tokens/s | window tokens/s | TFLOP/s | MFU | peak alloc GiB | peak activations GiB | device used GiB |\n");
+            out.push_str("|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
             for s in &self.scans {
                 out.push_str(&format!(
-                    "| {} | {} | {} | {} | {:.0} | {:.0} | {:.1} | {:.1}% | {} | {} | {} |\n",
+                    "| {} | {} | {} | {} | {} | {:.0} | {:.0} | {:.1} | {:.1}% | {} | {} | {} |\n",
                     s.tokens,
                     s.chunk,
                     s.layers,
                     s.batch,
+                    s.taps,
                     s.tokens_per_s,
                     s.window_tokens_per_s,
                     s.tflops,
@@ -376,21 +399,27 @@ mod tests {
             chunks: vec![64],
             layers: vec![LayerSet::new(vec![1]).unwrap()],
             batches: vec![1],
+            taps: vec![TapPlace::Host, TapPlace::Device],
             prefill: vec![100],
             parity_tokens: 80,
             peak_tflops: 1.0,
         };
         let mut lines = Vec::new();
         let report = scan(&bench, &Device::Cpu, &mut |l| lines.push(l.to_string())).unwrap();
-        assert_eq!(report.scans.len(), 1);
-        assert_eq!(report.scans[0].tokens, 300);
-        assert!(report.scans[0].tokens_per_s > 0.0);
+        // One scan per tap place, each over the same windows.
+        assert_eq!(report.scans.len(), 2);
+        for (row, place) in report.scans.iter().zip(["host", "device"]) {
+            assert_eq!((row.tokens, row.taps), (300, place));
+            assert!(row.tokens_per_s > 0.0);
+            assert_eq!(row.windows, report.scans[0].windows);
+        }
         assert_eq!(report.prefill.len(), 1);
         // The CPU against itself in f32 agrees on every feature set.
         assert_eq!(report.parity[0].weights, WeightFormat::F32);
         assert_eq!(report.parity[0].identical, 1.0);
         let t = report.tables();
-        assert!(t.contains("| 300 | 64 | 1 | 1 |"), "{t}");
+        assert!(t.contains("| 300 | 64 | 1 | 1 | host |"), "{t}");
+        assert!(t.contains("| 300 | 64 | 1 | 1 | device |"), "{t}");
         assert!(t.contains("Full-KV baseline"), "{t}");
         assert!(t.contains("Parity against the CPU (f32):"), "{t}");
         assert!(lines.len() >= 3, "{lines:?}");

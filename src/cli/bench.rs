@@ -9,13 +9,14 @@ use super::args::ModelArgs;
 use super::bench_args::{
     BenchCommand, BenchFilterArgs, BenchRetrieveArgs, BenchScanArgs, EmbedBenchArgs, ParityArgs,
     PostingsArgs, SaeEncodeArgs, SaeStepArgs, SaeTrainBenchArgs, ScanChartArgs, StoreDocumentArgs,
+    TapsArg,
 };
 use super::device::DeviceArgs;
 use super::load::{embed_missing, load, load_embedder, load_sae_set, load_second};
 use crate::bench::{self, parity, random, retrieve, sae, sae_encode, scan, store};
 use crate::index::{Index, IndexConfig};
 use crate::ingest::Encoder;
-use crate::model::{fetch, WeightFormat};
+use crate::model::{fetch, TapPlace, WeightFormat};
 use crate::retrieve::{RetrieveConfig, Retriever};
 
 /// Runs a `bench` subcommand.
@@ -114,6 +115,14 @@ fn scan_random(args: &BenchScanArgs) -> Result<()> {
         chunks: args.chunks.clone(),
         layers: args.layers.clone(),
         batches,
+        taps: r
+            .taps
+            .iter()
+            .map(|t| match t {
+                TapsArg::Host => TapPlace::Host,
+                TapsArg::Device => TapPlace::Device,
+            })
+            .collect(),
         prefill: r.prefill.clone(),
         parity_tokens: r.parity_tokens,
         peak_tflops: r.peak_tflops,

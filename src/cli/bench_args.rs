@@ -202,6 +202,11 @@ pub struct RandomArgs {
     /// device's default).
     #[arg(long, value_delimiter = ',')]
     pub batches: Vec<usize>,
+    /// Where the scans leave the key taps, to compare: `host` (copied there after each batch,
+    /// as for an SAE encoding on the CPU) or `device` (left where the model ran, as a GPU
+    /// ingest leaves them for its SAEs).
+    #[arg(long, value_delimiter = ',', default_value = "host")]
+    pub taps: Vec<TapsArg>,
     /// Document lengths of the full-KV baseline: a full-depth prefill of the whole document in
     /// one pass, keeping its KV cache (lengths up to the model context).
     #[arg(long, value_delimiter = ',')]
@@ -217,6 +222,15 @@ pub struct RandomArgs {
     /// Also write every result as JSON to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
+}
+
+/// Where `bench scan --random-shape` leaves the key taps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TapsArg {
+    /// On the host, f32.
+    Host,
+    /// On the model's device.
+    Device,
 }
 
 /// Flags of `bench parity`.
