@@ -9,7 +9,7 @@ use serde_json::json;
 use super::command_line::{Cli, Command, GenerateArgs, ModelCommand, QuickstartArgs, ScanArgs};
 use super::load::{load, load_sae_set};
 use crate::ingest;
-use crate::model::{fetch, GenerateConfig, Model, ScanConfig, TapRequest};
+use crate::model::{fetch, GenerateConfig, Model, ScanConfig, TapPlace, TapRequest};
 use crate::sae::SaeSet;
 use crate::text::document_text;
 
@@ -163,7 +163,9 @@ fn scan_document(
         Some(set) => ingest::layer_codes(set, model.config().kv_heads)?,
         None => Vec::new(),
     };
-    let stats = model.scan(&doc, &taps, cfg, &mut |chunk| {
+    // Keys stay where the model ran, as in an ingest: on a GPU the SAEs encode them there (and
+    // no batch's keys are copied to fresh host pages, docs/gpu.md run 19).
+    let stats = model.scan_many_to(&[&doc], &taps, cfg, TapPlace::Device, &mut |_, chunk| {
         for tap in &chunk.keys {
             match sae {
                 Some(set) => {

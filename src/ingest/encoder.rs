@@ -2,6 +2,7 @@
 //! KV head -> per (layer, feature) lists of document-local token positions.
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 use std::time::Instant;
 
 use candle_core::IndexOp;
@@ -10,7 +11,7 @@ use super::error::{IngestError, Result};
 use crate::embed::Embedder;
 use crate::index::{EncodedDocument, LayerFeature, StoreIdentity};
 use crate::model::{
-    LayerSet, LayerTap, Model, ModelError, ScanConfig, TapPlace, TapRequest, Tokenized,
+    ChunkTaps, LayerSet, LayerTap, Model, ModelError, ScanConfig, TapPlace, TapRequest, Tokenized,
 };
 use crate::sae::{HeadMode, SaeError, SaeSet, SparseCodes};
 
@@ -72,16 +73,49 @@ pub fn layer_codes(saes: &SaeSet, kv_heads: usize) -> Result<Vec<LayerCode>> {
     Ok(layers)
 }
 
-/// Chunks of codes a layer's gathering thread may have waiting (each about 200 KB for a
-/// 512-token chunk of SmolLM2): the scan waits rather than holding more.
-const GATHER_QUEUE: usize = 16;
+/// Batches of codes a layer's gathering thread may have waiting (each about 200 KB per
+/// 512-token chunk of SmolLM2, 8 chunks a batch on a GPU): the scan waits rather than holding
+/// more.
+const GATHER_QUEUE: usize = 8;
 
 /// What the encoding thread hands a layer's gathering thread.
 enum ToGather {
-    /// The codes of a chunk of document `doc`.
-    Chunk { doc: usize, codes: LayerCodes },
+    /// The codes of a scan batch's chunks, one [`ChunkRows`] each.
+    Batch {
+        codes: LayerCodes,
+        parts: Vec<ChunkRows>,
+    },
     /// Documents up to `doc` (inclusive) are encoded: send their lists back.
     End { doc: usize },
+}
+
+/// Which rows of a batch's codes are one chunk, and where they are in its document.
+#[derive(Debug, Clone)]
+struct ChunkRows {
+    doc: usize,
+    /// The chunk's first token's document position.
+    first: usize,
+    /// The chunk's rows in the batch's codes.
+    rows: Range<usize>,
+}
+
+impl ChunkRows {
+    /// Lays out the chunks of a scan batch one after another, as their keys are joined.
+    fn of_batch(chunks: &[(usize, ChunkTaps)]) -> Vec<Self> {
+        let mut next = 0;
+        chunks
+            .iter()
+            .map(|(doc, c)| {
+                let rows = next..next + c.chunk.len();
+                next = rows.end;
+                Self {
+                    doc: *doc,
+                    first: c.chunk.start,
+                    rows,
+                }
+            })
+            .collect()
+    }
 }
 
 /// A layer's lists of one document, from its gathering thread.
@@ -109,22 +143,29 @@ fn gather_layer(
     let mut ended = 0usize;
     for message in chunks {
         match message {
-            ToGather::Chunk { doc, codes } => {
-                let lists = open.entry(doc).or_insert_with(|| vec![Vec::new(); span]);
-                let mut outside = None;
-                codes.for_each_fired(&mut |pos, f| match lists.get_mut(f as usize) {
-                    Some(list) => {
-                        // KV heads of a layer share the posting space: one entry per token.
-                        if list.last() != Some(&pos) {
-                            list.push(pos);
+            ToGather::Batch { codes, parts } => {
+                for part in parts {
+                    let lists = open
+                        .entry(part.doc)
+                        .or_insert_with(|| vec![Vec::new(); span]);
+                    let mut outside = None;
+                    codes.for_each_fired(part.rows, part.first, &mut |pos, f| {
+                        match lists.get_mut(f as usize) {
+                            Some(list) => {
+                                // KV heads of a layer share the posting space: one entry per
+                                // token.
+                                if list.last() != Some(&pos) {
+                                    list.push(pos);
+                                }
+                            }
+                            None => outside = Some(f),
                         }
+                    });
+                    if let Some(f) = outside {
+                        return Err(IngestError::InvalidInput(format!(
+                            "feature {f} of layer {layer} is outside the SAE set's dictionary"
+                        )));
                     }
-                    None => outside = Some(f),
-                });
-                if let Some(f) = outside {
-                    return Err(IngestError::InvalidInput(format!(
-                        "feature {f} of layer {layer} is outside the SAE set's dictionary"
-                    )));
                 }
             }
             ToGather::End { doc } => {
@@ -153,8 +194,6 @@ fn gather_layer(
 /// SAE is shared.
 pub struct LayerCodes {
     code: LayerCode,
-    /// The chunk's first token's document position.
-    first: usize,
     heads: usize,
     rows: usize,
     /// (KV head, its codes) for each head with an SAE (a set trained for retrieval heads has
@@ -163,9 +202,9 @@ pub struct LayerCodes {
 }
 
 impl LayerCodes {
-    /// Calls `fired(position, posting feature)` for every activation that fired, token by
-    /// token, then head by head.
-    fn for_each_fired(&self, fired: &mut dyn FnMut(u32, u32)) {
+    /// Calls `fired(position, posting feature)` for every activation of `rows` that fired,
+    /// token by token, then head by head; row `rows.start` is document position `first`.
+    fn for_each_fired(&self, rows: Range<usize>, first: usize, fired: &mut dyn FnMut(u32, u32)) {
         let mut emit = |pos: u32, h: usize, (ids, acts): (&[u32], &[f32])| {
             for (&f, &a) in ids.iter().zip(acts) {
                 // A zero activation is a slot that did not fire.
@@ -174,8 +213,8 @@ impl LayerCodes {
                 }
             }
         };
-        for t in 0..self.rows {
-            let pos = (self.first + t) as u32;
+        for t in rows.start..rows.end.min(self.rows) {
+            let pos = (first + t - rows.start) as u32;
             if self.code.shared {
                 let codes = &self.per_head[0].1;
                 for h in 0..self.heads {
@@ -190,15 +229,9 @@ impl LayerCodes {
     }
 }
 
-/// Encodes one tapped layer's keys (`[tokens, kv_heads, d]`, the chunk's first token at
-/// document position `first`) with the SAE of each KV head. The layer must be one of `codes`
-/// (a layer the SAE set does not index is refused).
-fn code_layer(
-    saes: &SaeSet,
-    codes: &[LayerCode],
-    tap: &LayerTap,
-    first: usize,
-) -> Result<LayerCodes> {
+/// Encodes one tapped layer's keys (`[tokens, kv_heads, d]`) with the SAE of each KV head.
+/// The layer must be one of `codes` (a layer the SAE set does not index is refused).
+fn code_layer(saes: &SaeSet, codes: &[LayerCode], tap: &LayerTap) -> Result<LayerCodes> {
     let Some(&code) = codes.iter().find(|c| c.layer == tap.layer) else {
         return Err(SaeError::NotFound {
             layer: tap.layer,
@@ -220,7 +253,6 @@ fn code_layer(
     };
     Ok(LayerCodes {
         code,
-        first,
         heads,
         rows: n,
         per_head,
@@ -240,9 +272,11 @@ pub fn encode_layer(
     first: usize,
     fired: &mut dyn FnMut(u32, LayerFeature),
 ) -> Result<()> {
-    let coded = code_layer(saes, codes, tap, first)?;
+    let coded = code_layer(saes, codes, tap)?;
     let layer = coded.code.layer as u16;
-    coded.for_each_fired(&mut |pos, f| fired(pos, LayerFeature::new(layer, f)));
+    coded.for_each_fired(0..coded.rows, first, &mut |pos, f| {
+        fired(pos, LayerFeature::new(layer, f))
+    });
     Ok(())
 }
 
@@ -413,22 +447,29 @@ impl<'a> Encoder<'a> {
             // Whether a layer's gathering thread went away (it returns why when joined).
             let mut gather_stopped = false;
             let mut failure: Option<IngestError> = None;
-            let stats = self.model.scan_many_to(
+            let stats = self.model.scan_batches_to(
                 &slices,
                 &taps,
                 &self.scan,
                 // Keys stay where the model ran: on a GPU the SAEs encode them there and only
                 // the codes cross to the host.
                 TapPlace::Device,
-                &mut |doc, chunk| {
+                &mut |chunks| {
                     let t0 = Instant::now();
-                    for tap in &chunk.keys {
-                        let sent = code_layer(self.saes, &self.layers, tap, chunk.chunk.start).map(
-                            |codes| {
-                                let to = &to_layers[layer_of[&tap.layer]];
-                                to.send(ToGather::Chunk { doc, codes }).is_ok()
-                            },
-                        );
+                    // One SAE pass per layer and head over the whole batch (on a GPU: a few
+                    // large kernels and one copy back instead of those of each chunk).
+                    let parts = ChunkRows::of_batch(&chunks);
+                    let Some((_, lead)) = chunks.first() else {
+                        return Ok(());
+                    };
+                    for (li, first) in lead.keys.iter().enumerate() {
+                        let sent = join_layer(&chunks, li, first.layer)
+                            .and_then(|tap| code_layer(self.saes, &self.layers, &tap))
+                            .map(|codes| {
+                                let to = &to_layers[layer_of[&first.layer]];
+                                let parts = parts.clone();
+                                to.send(ToGather::Batch { codes, parts }).is_ok()
+                            });
                         match sent {
                             Ok(true) => {}
                             Ok(false) => {
@@ -441,26 +482,36 @@ impl<'a> Encoder<'a> {
                             }
                         }
                     }
-                    if chunk.chunk.end == slices[doc].len()
-                        && to_layers
+                    let ended = chunks
+                        .iter()
+                        .filter(|(doc, c)| c.chunk.end == slices[*doc].len());
+                    for (doc, _) in ended {
+                        if to_layers
                             .iter()
-                            .any(|to| to.send(ToGather::End { doc }).is_err())
-                    {
-                        gather_stopped = true;
-                        return Err(ModelError::Aborted);
+                            .any(|to| to.send(ToGather::End { doc: *doc }).is_err())
+                        {
+                            gather_stopped = true;
+                            return Err(ModelError::Aborted);
+                        }
                     }
-                    pending.encode_seconds[doc] += t0.elapsed().as_secs_f64();
+                    // The batch's seconds, shared by its chunks' rows.
+                    let seconds = t0.elapsed().as_secs_f64();
+                    let rows = parts.last().map_or(0, |p| p.rows.end).max(1) as f64;
+                    for p in &parts {
+                        pending.encode_seconds[p.doc] += seconds * p.rows.len() as f64 / rows;
+                    }
                     // Hand over the documents whose every layer came back.
                     let handed = back.try_iter().try_for_each(|g| pending.arrive(g, done));
                     if let Err(e) = handed {
                         failure = Some(e);
                         return Err(ModelError::Aborted);
                     }
-                    if progress(before[doc] + chunk.chunk.end) {
-                        Ok(())
-                    } else {
-                        Err(ModelError::Aborted)
+                    for (doc, c) in &chunks {
+                        if !progress(before[*doc] + c.chunk.end) {
+                            return Err(ModelError::Aborted);
+                        }
                     }
+                    Ok(())
                 },
             );
             // Documents without windows (no tokens) end here too; then the gatherers finish.
@@ -495,6 +546,18 @@ impl<'a> Encoder<'a> {
             Ok(stats.model_seconds)
         })
     }
+}
+
+/// Joins the keys of tapped layer `li` (model layer `layer`) of a batch's chunks, one chunk's
+/// rows after another (as [`ChunkRows::of_batch`] lays them out).
+fn join_layer(chunks: &[(usize, ChunkTaps)], li: usize, layer: usize) -> Result<LayerTap> {
+    let values: Vec<&candle_core::Tensor> =
+        chunks.iter().map(|(_, c)| &c.keys[li].values).collect();
+    let values = match values[..] {
+        [one] => one.clone(),
+        _ => candle_core::Tensor::cat(&values, 0)?,
+    };
+    Ok(LayerTap { layer, values })
 }
 
 /// Encoded documents not yet handed over, and where the next one starts.
@@ -558,4 +621,79 @@ pub fn scan_shares(tokens: &[usize], model_seconds: f64) -> Vec<f64> {
         .iter()
         .map(|&n| model_seconds * n as f64 / total)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sae::{SaeMeta, TopKSae};
+    use candle_core::{Device, Tensor};
+
+    fn random_sae(d: usize, m: usize, k: usize, seed: u64) -> TopKSae {
+        let mut rng = crate::sae::rng::SplitMix64::new(seed);
+        let mut normal =
+            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.normal() as f32).collect() };
+        let (w_enc, b_enc, w_dec, b_dec) = (normal(m * d), normal(m), normal(m * d), normal(d));
+        TopKSae::from_vecs(d, m, w_enc, b_enc, w_dec, b_dec, k, 1.0).unwrap()
+    }
+
+    /// Random keys `[len, heads, d]` of a chunk.
+    fn keys(seed: u64, len: usize, heads: usize, d: usize) -> Tensor {
+        let mut rng = crate::sae::rng::SplitMix64::new(seed);
+        let v: Vec<f32> = (0..len * heads * d).map(|_| rng.normal() as f32).collect();
+        Tensor::from_vec(v, (len, heads, d), &Device::Cpu).unwrap()
+    }
+
+    /// A scan batch's chunks encoded as one (their keys joined, one SAE pass per layer and
+    /// head) fire the same features at the same document positions as each chunk encoded
+    /// alone, for a layer whose SAE the KV heads share and a layer with one SAE per head.
+    #[test]
+    fn a_batch_encoded_at_once_fires_as_its_chunks_one_by_one() {
+        let (d, heads) = (8, 2);
+        let dir = tempfile::tempdir().unwrap();
+        let shared = random_sae(d, 32, 4, 1);
+        let mut members = vec![(SaeMeta::describe(&shared, "m", 3, HeadMode::Shared), shared)];
+        for h in 0..heads {
+            let sae = random_sae(d, 16, 3, 10 + h as u64);
+            members.push((SaeMeta::describe(&sae, "m", 5, HeadMode::Head(h)), sae));
+        }
+        let saes = SaeSet::save(dir.path(), members).unwrap();
+        let codes = layer_codes(&saes, heads).unwrap();
+        // Three chunks of two documents, of different lengths, as a scan batch hands them.
+        let spans = [(0usize, 0..7), (0, 7..12), (1, 0..9)];
+        for layer in [3usize, 5] {
+            let chunks: Vec<(usize, ChunkTaps)> = spans
+                .iter()
+                .enumerate()
+                .map(|(i, (doc, range))| {
+                    let values = keys(100 + i as u64, range.len(), heads, d);
+                    let keys = vec![LayerTap { layer, values }];
+                    let taps = ChunkTaps {
+                        chunk: range.clone(),
+                        keys,
+                        queries: Vec::new(),
+                    };
+                    (*doc, taps)
+                })
+                .collect();
+            let mut alone = Vec::new();
+            for (doc, c) in &chunks {
+                encode_layer(&saes, &codes, &c.keys[0], c.chunk.start, &mut |pos, f| {
+                    alone.push((*doc, pos, f))
+                })
+                .unwrap();
+            }
+            let joined = join_layer(&chunks, 0, layer).unwrap();
+            assert_eq!(joined.values.dims3().unwrap(), (21, heads, d));
+            let coded = code_layer(&saes, &codes, &joined).unwrap();
+            let mut together = Vec::new();
+            for part in ChunkRows::of_batch(&chunks) {
+                coded.for_each_fired(part.rows, part.first, &mut |pos, f| {
+                    together.push((part.doc, pos, LayerFeature::new(layer as u16, f)))
+                });
+            }
+            assert!(!alone.is_empty());
+            assert_eq!(together, alone, "layer {layer}");
+        }
+    }
 }

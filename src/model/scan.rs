@@ -185,6 +185,29 @@ impl Model {
         self.scan_many_to(docs, taps, config, TapPlace::Host, on_chunk)
     }
 
+    /// Scans several documents like [`Model::scan_many_to`], handing the chunks over a batch at
+    /// a time: `on_batch` gets each forward pass's (document index, chunk) pairs in order, so
+    /// that it can work on all of them at once (one SAE pass per layer instead of one per
+    /// chunk).
+    pub fn scan_batches_to(
+        &self,
+        docs: &[&[u32]],
+        taps: &TapRequest,
+        config: &ScanConfig,
+        place: TapPlace,
+        on_batch: &mut dyn FnMut(Vec<(usize, ChunkTaps)>) -> Result<()>,
+    ) -> Result<ScanStats> {
+        scan_document_batches(
+            self.transformer(),
+            self.scan_batch(),
+            docs,
+            taps,
+            config,
+            place,
+            on_batch,
+        )
+    }
+
     /// Scans several documents like [`Model::scan_many`], leaving the taps at `place`.
     pub fn scan_many_to(
         &self,
@@ -207,10 +230,7 @@ impl Model {
 }
 
 /// Scans several documents with `transformer`, calling `on_chunk(document index, chunk)` for
-/// each chunk in order. Windows go through the model `batch` at a time, consecutive windows of
-/// one document and of the next sharing a batch, so device memory is bounded by the batch,
-/// never by the documents. The model runs on a thread of its own while the caller's `on_chunk`
-/// (SAE encoding, postings) handles the previous batch. The taps are left at `place`.
+/// each chunk in order; [`scan_document_batches`] says how.
 pub fn scan_documents(
     transformer: &Transformer,
     batch: usize,
@@ -219,6 +239,36 @@ pub fn scan_documents(
     config: &ScanConfig,
     place: TapPlace,
     on_chunk: &mut dyn FnMut(usize, ChunkTaps) -> Result<()>,
+) -> Result<ScanStats> {
+    scan_document_batches(
+        transformer,
+        batch,
+        docs,
+        taps,
+        config,
+        place,
+        &mut |chunks| {
+            chunks
+                .into_iter()
+                .try_for_each(|(doc, chunk)| on_chunk(doc, chunk))
+        },
+    )
+}
+
+/// Scans several documents with `transformer`, calling `on_batch` with each forward pass's
+/// (document index, chunk) pairs, in order. Windows go through the model `batch` at a time,
+/// consecutive windows of one document and of the next sharing a batch, so device memory is
+/// bounded by the batch, never by the documents. The model runs on a thread of its own while
+/// the caller's `on_batch` (SAE encoding, postings) handles the previous batch. The taps are
+/// left at `place`.
+pub fn scan_document_batches(
+    transformer: &Transformer,
+    batch: usize,
+    docs: &[&[u32]],
+    taps: &TapRequest,
+    config: &ScanConfig,
+    place: TapPlace,
+    on_batch: &mut dyn FnMut(Vec<(usize, ChunkTaps)>) -> Result<()>,
 ) -> Result<ScanStats> {
     config.check(transformer.config().context)?;
     let batch = batch.max(1);
@@ -241,21 +291,20 @@ pub fn scan_documents(
                     }
                     let chunks = scan_batch(transformer, docs, &group, taps, place, &mut stats)?;
                     if tx.send(chunks).is_err() {
-                        // The caller stopped (its `on_chunk` failed): stop too.
+                        // The caller stopped (its `on_batch` failed): stop too.
                         return Ok(stats);
                     }
                 }
             })
             .map_err(|e| ModelError::InvalidScan(format!("cannot start the scan's thread: {e}")))?;
         let mut failed = None;
-        'batches: for chunks in rx {
-            for (doc, chunk) in chunks {
-                if let Err(e) = on_chunk(doc, chunk) {
-                    failed = Some(e);
-                    break 'batches;
-                }
+        for chunks in rx {
+            if let Err(e) = on_batch(chunks) {
+                failed = Some(e);
+                break;
             }
         }
+        // Dropping the receiver (the loop ended) lets a producer blocked on a send stop.
         let stats = match producer.join() {
             Ok(stats) => stats,
             Err(panic) => std::panic::resume_unwind(panic),
