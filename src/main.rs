@@ -2,11 +2,6 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
-    // Before any thread: a GPU scan's host copies reuse freed memory (docs/gpu.md, run 19).
-    #[cfg(feature = "cuda")]
-    if !s3mem::sys::keep_freed_memory() {
-        eprintln!("warning: malloc's settings for GPU scans were not taken (not glibc?)");
-    }
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("S3MEM_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
