@@ -27,7 +27,10 @@
 #           environment; then run 18's part a again (the ingests must not lose to part a's).
 #   part w: the build of 919cd0c (part v's malloc setting reverted: it slowed the ingests):
 #           run 18's part a again, as part a ran it.
-# Usage: r19.sh p|t|u|a|q|v|w   (carry .gpu/r19: s3mem.xz, the CUDA build, and run-on-gpu.sh)
+#   part m: GPU memory of an ingest against document length past the essays: the 16k-token
+#           head, then the essays twice over as one document (1.46M tokens), the build of
+#           919cd0c.
+# Usage: r19.sh p|t|u|a|q|v|w|m   (carry .gpu/r19: s3mem.xz, the CUDA build, and run-on-gpu.sh)
 set -u; HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(cd "$HERE/../../.." && pwd)
 OUT=${OUT:-/tmp/out19}; O=/tmp/o19; mkdir -p $OUT $O; PART=${1:-p}
 log() { tee -a $OUT/$PART.console; }
@@ -106,6 +109,21 @@ if [ "$PART" = v ]; then
   scan device-v device
   scan host-v1 host
   scan host-v2 host
+fi
+if [ "$PART" = m ]; then
+  bash $HERE/../18/setup.sh > /dev/null 2>&1
+  python3 -c "
+import json; t=json.load(open('/tmp/pg.json'))['text']; open('/tmp/pg.txt','w').write(t)
+open('/tmp/pg16k.txt','w').write(t[:70000]); open('/tmp/pg2x.txt','w').write(t+'\n'+t)"
+  for doc in pg16k pg2x; do
+    rm -rf /tmp/dmem-$doc
+    (cd /tmp && timeout 120 $R ingest --models-dir /tmp/m --model /tmp/m/SmolLM2-135M-Instruct.Q4_1.gguf --device cuda:0 --embedder none --collection pg --json --data-dir /tmp/dmem-$doc /tmp/$doc.txt) > $O/mem-$doc.out 2> $O/mem-$doc.err
+    echo "=== ingest $doc rc=$?" | log
+    python3 -c "
+import json; t=open('$O/mem-$doc.out').read(); r=json.JSONDecoder().raw_decode(t[t.index('\n{')+1:])[0]
+tok=sum(d['tokens'] for d in r['documents']); g=r['gpu_memory']
+print(f\"  {tok} tokens in {r['seconds']:.1f} s = {tok/r['seconds']:.0f} tokens/s (load {r['load_seconds']:.1f}, scan {r['scan_seconds']:.1f}, encode {r['encode_seconds']:.1f}, store {r['store_seconds']:.1f}); GPU peak allocated {g['peak_allocated_bytes']} B = {g['peak_allocated_bytes']/2**20:.0f} MiB, peak reserved {g['peak_reserved_bytes']/2**20:.0f} MiB\")" 2>&1 | log
+  done
 fi
 if [ "$PART" = a ] || [ "$PART" = q ] || [ "$PART" = v ] || [ "$PART" = w ]; then
   P=$PART; [ $P = v ] || [ $P = w ] && P=a
