@@ -10,8 +10,8 @@ use serde::Serialize;
 
 use super::{BenchError, Log, Result};
 use crate::model::{
-    random_tokens, scan_documents, LayerSet, Model, RandomShape, ScanConfig, TapPlace, TapRequest,
-    Transformer, WeightFormat,
+    per_chunk, random_tokens, scan_document_batches, LayerSet, Model, RandomShape, ScanConfig,
+    TapPlace, TapRequest, Transformer, WeightFormat,
 };
 use crate::sae::{SaeSet, TopKSae};
 
@@ -54,14 +54,14 @@ fn encode_scan(
     let mut keys: Vec<Vec<f32>> = vec![Vec::new(); n];
     let mut failed = None;
     let cfg = ScanConfig::default();
-    let scanned = scan_documents(
+    let scanned = scan_document_batches(
         model,
         batch,
         &[doc],
         &taps,
         &cfg,
         TapPlace::Host,
-        &mut |_, chunk| {
+        &mut per_chunk(&mut |_, chunk| {
             for (i, tap) in chunk.keys.iter().enumerate() {
                 let heads = tap.values.dim(1)?;
                 for h in 0..heads {
@@ -89,7 +89,7 @@ fn encode_scan(
                 }
             }
             Ok(())
-        },
+        }),
     );
     if let Some(e) = failed {
         return Err(e);

@@ -11,8 +11,9 @@ use serde::Serialize;
 use super::parity::{parity_random, ParityRow};
 use super::{BenchError, Log, Result};
 use crate::model::{
-    device_name, gpu_memory, random_tokens, reset_gpu_peak, scan_documents, GpuMemory, KvCache,
-    LayerSet, Logits, RandomShape, ScanConfig, TapPlace, TapRequest, Transformer, WeightFormat,
+    device_name, gpu_memory, random_tokens, reset_gpu_peak, scan_document_batches, GpuMemory,
+    KvCache, LayerSet, Logits, RandomShape, ScanConfig, TapPlace, TapRequest, Transformer,
+    WeightFormat,
 };
 
 /// What `bench scan --random-shape NAME` measures.
@@ -285,10 +286,10 @@ fn run_scan(
     };
     let t0 = Instant::now();
     let mut rows = 0usize;
-    let stats = scan_documents(model, batch, &[doc], &taps, cfg, place, &mut |_, chunk| {
-        rows += chunk
-            .keys
+    let stats = scan_document_batches(model, batch, &[doc], &taps, cfg, place, &mut |chunks| {
+        rows += chunks
             .iter()
+            .flat_map(|(_, chunk)| &chunk.keys)
             .map(|t| t.values.dim(0).unwrap_or(0))
             .sum::<usize>();
         Ok(())

@@ -32,7 +32,9 @@ pub use error::{ModelError, Result};
 pub use generate::{GenerateConfig, Generation, Prefill, StopReason};
 pub use heads::RetrievalHead;
 pub use random::{random_tokens, RandomShape};
-pub use scan::{scan_documents, ChunkTaps, ScanConfig, ScanStats, TapPlace, WindowPlan};
+pub use scan::{
+    per_chunk, scan_document_batches, ChunkTaps, ScanConfig, ScanStats, TapPlace, WindowPlan,
+};
 pub use tokenizer::{StreamDecoder, TextTokenizer, Tokenized, ENCODE_PIECE_BYTES};
 pub use transformer::{
     argmax_rows, ForwardOutput, KvCache, LayerSet, LayerTap, Logits, TapRequest, Transformer,

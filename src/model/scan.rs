@@ -174,7 +174,7 @@ impl Model {
     }
 
     /// Scans several documents, calling `on_chunk(document index, chunk)` for each chunk in
-    /// order, [`Model::scan_batch`] windows at a time (see [`scan_documents`]).
+    /// order, [`Model::scan_batch`] windows at a time (see [`scan_document_batches`]).
     pub fn scan_many(
         &self,
         docs: &[&[u32]],
@@ -217,42 +217,20 @@ impl Model {
         place: TapPlace,
         on_chunk: &mut dyn FnMut(usize, ChunkTaps) -> Result<()>,
     ) -> Result<ScanStats> {
-        scan_documents(
-            self.transformer(),
-            self.scan_batch(),
-            docs,
-            taps,
-            config,
-            place,
-            on_chunk,
-        )
+        self.scan_batches_to(docs, taps, config, place, &mut per_chunk(on_chunk))
     }
 }
 
-/// Scans several documents with `transformer`, calling `on_chunk(document index, chunk)` for
-/// each chunk in order; [`scan_document_batches`] says how.
-pub fn scan_documents(
-    transformer: &Transformer,
-    batch: usize,
-    docs: &[&[u32]],
-    taps: &TapRequest,
-    config: &ScanConfig,
-    place: TapPlace,
-    on_chunk: &mut dyn FnMut(usize, ChunkTaps) -> Result<()>,
-) -> Result<ScanStats> {
-    scan_document_batches(
-        transformer,
-        batch,
-        docs,
-        taps,
-        config,
-        place,
-        &mut |chunks| {
-            chunks
-                .into_iter()
-                .try_for_each(|(doc, chunk)| on_chunk(doc, chunk))
-        },
-    )
+/// Hands a batch's chunks to `on_chunk(document index, chunk)` one by one, in order: a caller
+/// of [`scan_document_batches`] that works chunk by chunk.
+pub fn per_chunk<'a>(
+    on_chunk: &'a mut dyn FnMut(usize, ChunkTaps) -> Result<()>,
+) -> impl FnMut(Vec<(usize, ChunkTaps)>) -> Result<()> + 'a {
+    move |chunks| {
+        chunks
+            .into_iter()
+            .try_for_each(|(doc, chunk)| on_chunk(doc, chunk))
+    }
 }
 
 /// Scans several documents with `transformer`, calling `on_batch` with each forward pass's

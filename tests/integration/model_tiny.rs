@@ -368,7 +368,7 @@ fn bf16_weights_scan_close_to_f32() {
 
 #[test]
 fn random_models_are_seeded_and_batch_like_loaded_ones() {
-    use s3mem::model::{scan_documents, RandomShape, TapPlace, Transformer};
+    use s3mem::model::{per_chunk, scan_document_batches, RandomShape, TapPlace, Transformer};
     let shape = RandomShape::named("tiny").unwrap();
     let dev = Device::Cpu;
     let m = Transformer::random(&shape, WeightFormat::F32, 3, &dev).unwrap();
@@ -385,10 +385,19 @@ fn random_models_are_seeded_and_batch_like_loaded_ones() {
     };
     let run_at = |t: &Transformer, batch: usize, place: TapPlace| {
         let mut rows = Vec::new();
-        scan_documents(t, batch, &[&doc], &taps, &cfg, place, &mut |_, c| {
+        let mut take = |_, c: s3mem::model::ChunkTaps| {
             rows.push(c.keys[1].values.clone());
             Ok(())
-        })
+        };
+        scan_document_batches(
+            t,
+            batch,
+            &[&doc],
+            &taps,
+            &cfg,
+            place,
+            &mut per_chunk(&mut take),
+        )
         .unwrap();
         Tensor::cat(&rows, 0).unwrap()
     };
