@@ -163,8 +163,9 @@ fn scan_document(
         Some(set) => ingest::layer_codes(set, model.config().kv_heads)?,
         None => Vec::new(),
     };
-    // Keys stay where the model ran, as in an ingest: on a GPU the SAEs encode them there (and
-    // no batch's keys are copied to fresh host pages, docs/gpu.md run 19).
+    // Keys stay where the model ran, as in an ingest (which encodes a scan batch at once; this
+    // command encodes chunk by chunk): on a GPU the SAEs encode them there and no batch's keys
+    // are copied to fresh host pages (docs/gpu.md run 19).
     let stats = model.scan_many_to(&[&doc], &taps, cfg, TapPlace::Device, &mut |_, chunk| {
         for tap in &chunk.keys {
             match sae {
@@ -179,7 +180,8 @@ fn scan_document(
                         return Err(crate::model::ModelError::Aborted);
                     }
                 }
-                // Touch the projections so the measured scan includes handing them over.
+                // Touch the projections (a sum where they are) so that the measured scan
+                // includes producing them.
                 None => checksum += tap.values.sum_all()?.to_scalar::<f32>()? as f64,
             }
         }

@@ -73,10 +73,10 @@ pub fn layer_codes(saes: &SaeSet, kv_heads: usize) -> Result<Vec<LayerCode>> {
     Ok(layers)
 }
 
-/// Batches of codes a layer's gathering thread may have waiting (each about 200 KB per
-/// 512-token chunk of SmolLM2, 8 chunks a batch on a GPU): the scan waits rather than holding
-/// more.
-const GATHER_QUEUE: usize = 8;
+/// Chunks of codes a layer's gathering thread may have waiting (each about 200 KB for a
+/// 512-token chunk of SmolLM2), counted in the scan's batches: the scan waits rather than
+/// holding more.
+const GATHER_CHUNKS: usize = 16;
 
 /// What the encoding thread hands a layer's gathering thread.
 enum ToGather {
@@ -356,7 +356,8 @@ impl<'a> Encoder<'a> {
     }
 
     /// Scans and encodes a tokenized document like [`Encoder::encode`]; `progress` returns
-    /// false to stop the scan after the current window ([`ModelError::Aborted`]).
+    /// false to stop the scan after the current scan batch, whose chunks are encoded first
+    /// ([`ModelError::Aborted`]).
     pub fn encode_until(
         &self,
         tokens: Tokenized,
@@ -429,7 +430,8 @@ impl<'a> Encoder<'a> {
             let mut to_layers = Vec::with_capacity(self.layers.len());
             let mut gatherers = Vec::with_capacity(self.layers.len());
             for &code in &self.layers {
-                let (tx, rx) = std::sync::mpsc::sync_channel::<ToGather>(GATHER_QUEUE);
+                let batches = (GATHER_CHUNKS / self.model.scan_batch()).max(1);
+                let (tx, rx) = std::sync::mpsc::sync_channel::<ToGather>(batches);
                 let back_tx = back_tx.clone();
                 let span = code.span(kv_heads);
                 gatherers.push(scope.spawn(move || gather_layer(code, span, rx, back_tx)));
@@ -463,8 +465,11 @@ impl<'a> Encoder<'a> {
                         return Ok(());
                     };
                     for (li, first) in lead.keys.iter().enumerate() {
+                        let code = self.layers[layer_of[&first.layer]];
+                        let rows_per_token = if code.shared { kv_heads } else { 1 };
                         let sent = join_layer(&chunks, li, first.layer)
                             .and_then(|tap| code_layer(self.saes, &self.layers, &tap))
+                            .map_err(|e| locate_refusal(e, &parts, code.layer, rows_per_token))
                             .map(|codes| {
                                 let to = &to_layers[layer_of[&first.layer]];
                                 let parts = parts.clone();
@@ -545,6 +550,29 @@ impl<'a> Encoder<'a> {
             pending.hand_over(done)?;
             Ok(stats.model_seconds)
         })
+    }
+}
+
+/// Names the document and position of a key the SAEs refused as non-finite: the SAE counts
+/// rows of the whole batch, `rows_per_token` of them per token (a shared SAE's KV heads).
+fn locate_refusal(
+    e: IngestError,
+    parts: &[ChunkRows],
+    layer: usize,
+    rows_per_token: usize,
+) -> IngestError {
+    let IngestError::Sae(SaeError::NonFinite { row, .. }) = &e else {
+        return e;
+    };
+    let t = row / rows_per_token.max(1);
+    match parts.iter().find(|p| p.rows.contains(&t)) {
+        Some(p) => IngestError::InvalidInput(format!(
+            "the key of layer {layer} at token {} of the call's document {} (from 0) holds a \
+             non-finite value",
+            p.first + t - p.rows.start,
+            p.doc
+        )),
+        None => e,
     }
 }
 
@@ -644,6 +672,17 @@ mod tests {
         Tensor::from_vec(v, (len, heads, d), &Device::Cpu).unwrap()
     }
 
+    /// A scan batch's chunk of `doc` over `range`, `values` the keys of `layer`.
+    fn chunk(doc: usize, range: Range<usize>, layer: usize, values: Tensor) -> (usize, ChunkTaps) {
+        let keys = vec![LayerTap { layer, values }];
+        let taps = ChunkTaps {
+            chunk: range,
+            keys,
+            queries: Vec::new(),
+        };
+        (doc, taps)
+    }
+
     /// A scan batch's chunks encoded as one (their keys joined, one SAE pass per layer and
     /// head) fire the same features at the same document positions as each chunk encoded
     /// alone, for a layer whose SAE the KV heads share and a layer with one SAE per head.
@@ -659,21 +698,16 @@ mod tests {
         }
         let saes = SaeSet::save(dir.path(), members).unwrap();
         let codes = layer_codes(&saes, heads).unwrap();
-        // Three chunks of two documents, of different lengths, as a scan batch hands them.
-        let spans = [(0usize, 0..7), (0, 7..12), (1, 0..9)];
+        // Three chunks of two documents, of different lengths, as a scan batch hands them; 440
+        // rows, past the host encoder's blocks of 256.
+        let spans = [(0usize, 0..170), (0, 170..290), (1, 0..150)];
         for layer in [3usize, 5] {
             let chunks: Vec<(usize, ChunkTaps)> = spans
                 .iter()
                 .enumerate()
                 .map(|(i, (doc, range))| {
                     let values = keys(100 + i as u64, range.len(), heads, d);
-                    let keys = vec![LayerTap { layer, values }];
-                    let taps = ChunkTaps {
-                        chunk: range.clone(),
-                        keys,
-                        queries: Vec::new(),
-                    };
-                    (*doc, taps)
+                    chunk(*doc, range.clone(), layer, values)
                 })
                 .collect();
             let mut alone = Vec::new();
@@ -684,7 +718,7 @@ mod tests {
                 .unwrap();
             }
             let joined = join_layer(&chunks, 0, layer).unwrap();
-            assert_eq!(joined.values.dims3().unwrap(), (21, heads, d));
+            assert_eq!(joined.values.dims3().unwrap(), (440, heads, d));
             let coded = code_layer(&saes, &codes, &joined).unwrap();
             let mut together = Vec::new();
             for part in ChunkRows::of_batch(&chunks) {
@@ -695,5 +729,41 @@ mod tests {
             assert!(!alone.is_empty());
             assert_eq!(together, alone, "layer {layer}");
         }
+    }
+
+    /// A non-finite key in a joined batch is named by its document and position, not by its
+    /// row in the batch.
+    #[test]
+    fn a_non_finite_key_is_named_by_its_document_and_position() {
+        let (d, heads) = (4, 3);
+        let dir = tempfile::tempdir().unwrap();
+        let sae = random_sae(d, 16, 2, 5);
+        let members = vec![(SaeMeta::describe(&sae, "m", 2, HeadMode::Shared), sae)];
+        let saes = SaeSet::save(dir.path(), members).unwrap();
+        let codes = layer_codes(&saes, heads).unwrap();
+        let spans = [(0usize, 40..50), (1, 0..6)];
+        let chunks: Vec<(usize, ChunkTaps)> = spans
+            .iter()
+            .enumerate()
+            .map(|(i, (doc, range))| {
+                let mut values = keys(i as u64, range.len(), heads, d);
+                if i == 1 {
+                    // Token 4 of the second chunk, KV head 2.
+                    let mut v = values.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                    v[(4 * heads + 2) * d + 1] = f32::NAN;
+                    values = Tensor::from_vec(v, (range.len(), heads, d), &Device::Cpu).unwrap();
+                }
+                chunk(*doc, range.clone(), 2, values)
+            })
+            .collect();
+        let joined = join_layer(&chunks, 0, 2).unwrap();
+        let Err(refused) = code_layer(&saes, &codes, &joined) else {
+            panic!("a NaN key was encoded");
+        };
+        let named = locate_refusal(refused, &ChunkRows::of_batch(&chunks), 2, heads).to_string();
+        assert!(
+            named.contains("layer 2 at token 4 of the call's document 1"),
+            "{named}"
+        );
     }
 }

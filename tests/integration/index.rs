@@ -931,3 +931,31 @@ fn batched_ingest_of_several_documents_matches_one_by_one() {
         Err(IndexError::UnknownDocument { .. })
     ));
 }
+
+/// A document without tokens between two others in one scan batch comes back empty, and the
+/// others as each scanned alone: its end is told to every layer's gathering thread in order.
+#[test]
+fn a_batch_with_an_empty_document_between_two_keeps_each_whole() {
+    let f = fixture();
+    let mut batched_model = Model::load(&f.model_path, WeightFormat::F32, &Device::Cpu).unwrap();
+    batched_model.set_scan_batch(3);
+    let batched = Encoder::new(&batched_model, &f.saes, SCAN).unwrap();
+    let single = encoder(f);
+    let first = single.tokenize(&sample_text(21, 40)).unwrap();
+    let last = single.tokenize(&sample_text(22, 30)).unwrap();
+    let empty = single.tokenize("").unwrap();
+    assert!(empty.ids.is_empty());
+    // Two windows of the first, then the last's first window: one batch of three spans the
+    // empty document.
+    assert_eq!(SCAN.windows(first.ids.len()).count(), 2);
+    let docs = vec![first.clone(), empty, last.clone()];
+    let many = batched.encode_many(docs, &mut |_| true).unwrap();
+    assert_eq!(many.len(), 3);
+    assert!(many[1].postings.is_empty() && many[1].offsets.is_empty());
+    for (t, m) in [(first, &many[0]), (last, &many[2])] {
+        let one = single.encode(t, &mut |_| {}).unwrap();
+        assert!(!one.postings.is_empty());
+        assert_eq!(one.postings, m.postings);
+        assert_eq!(one.offsets, m.offsets);
+    }
+}
