@@ -74,9 +74,9 @@ pub fn layer_codes(saes: &SaeSet, kv_heads: usize) -> Result<Vec<LayerCode>> {
 }
 
 /// Chunks of codes a layer's gathering thread may have waiting (each about 200 KB for a
-/// 512-token chunk of SmolLM2), counted in the scan's batches: the scan waits rather than
-/// holding more.
-const GATHER_CHUNKS: usize = 16;
+/// 512-token chunk of SmolLM2), counted in the scan's batches (at least 2; 8 at a GPU's
+/// default batch of 8, as run 19 measured): the scan waits rather than holding more.
+const GATHER_CHUNKS: usize = 64;
 
 /// What the encoding thread hands a layer's gathering thread.
 enum ToGather {
@@ -430,7 +430,7 @@ impl<'a> Encoder<'a> {
             let mut to_layers = Vec::with_capacity(self.layers.len());
             let mut gatherers = Vec::with_capacity(self.layers.len());
             for &code in &self.layers {
-                let batches = (GATHER_CHUNKS / self.model.scan_batch()).max(1);
+                let batches = (GATHER_CHUNKS / self.model.scan_batch()).max(2);
                 let (tx, rx) = std::sync::mpsc::sync_channel::<ToGather>(batches);
                 let back_tx = back_tx.clone();
                 let span = code.span(kv_heads);
