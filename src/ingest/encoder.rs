@@ -440,7 +440,7 @@ impl<'a> Encoder<'a> {
             drop(back_tx);
             let mut pending = Pending {
                 layers: self.layers.len(),
-                arrived: vec![0; ids.len()],
+                arrived: vec![Vec::new(); ids.len()],
                 postings: vec![BTreeMap::new(); ids.len()],
                 encode_seconds: vec![0.0; ids.len()],
                 offsets,
@@ -592,8 +592,8 @@ fn join_layer(chunks: &[(usize, ChunkTaps)], li: usize, layer: usize) -> Result<
 struct Pending {
     /// Indexed layers: a document is whole when this many layers sent their lists back.
     layers: usize,
-    /// Layers back per document.
-    arrived: Vec<usize>,
+    /// The layers back per document.
+    arrived: Vec<Vec<u16>>,
     /// Each document's postings so far.
     postings: Vec<BTreeMap<LayerFeature, Vec<u32>>>,
     encode_seconds: Vec<f64>,
@@ -608,13 +608,21 @@ impl Pending {
         g: Gathered,
         done: &mut dyn FnMut(usize, EncodedDocument) -> Result<()>,
     ) -> Result<()> {
+        // A layer's lists come back once per document: a second would count a missing layer
+        // as there and hand over a document without its postings.
+        if self.arrived[g.doc].contains(&g.layer) {
+            return Err(IngestError::InvalidInput(format!(
+                "layer {} of document {} came back from its gathering thread twice",
+                g.layer, g.doc
+            )));
+        }
+        self.arrived[g.doc].push(g.layer);
         let postings = &mut self.postings[g.doc];
         for (f, list) in g.lists.into_iter().enumerate() {
             if !list.is_empty() {
                 postings.insert(LayerFeature::new(g.layer, f as u32), list);
             }
         }
-        self.arrived[g.doc] += 1;
         self.hand_over(done)
     }
 
@@ -623,7 +631,7 @@ impl Pending {
         &mut self,
         done: &mut dyn FnMut(usize, EncodedDocument) -> Result<()>,
     ) -> Result<()> {
-        while self.next < self.arrived.len() && self.arrived[self.next] == self.layers {
+        while self.next < self.arrived.len() && self.arrived[self.next].len() == self.layers {
             let d = self.next;
             self.next += 1;
             done(
