@@ -9,11 +9,6 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = s3mem::cli::Cli::parse();
-    // A command piped into `head` ends quietly; the daemon keeps running when whatever read
-    // its output has gone (its log lines fail instead).
-    if !matches!(cli.command, s3mem::cli::Command::Serve(_)) {
-        s3mem::sys::end_quietly_on_closed_pipe();
-    }
     match s3mem::cli::run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -1,5 +1,4 @@
-//! Facts about this process that benchmarks and evaluations report (peak resident memory), and
-//! how it ends when its output is closed.
+//! Facts about this process that benchmarks and evaluations report (peak resident memory).
 
 /// Returns the process's peak resident set size in bytes (Linux `VmHWM`), if known.
 pub fn peak_rss_bytes() -> Option<u64> {
@@ -24,27 +23,4 @@ pub fn load_average() -> Option<f64> {
 /// [`peak_rss_bytes`] measures from now on; false where the kernel does not allow it.
 pub fn reset_peak_rss() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-/// Makes a write to a closed pipe end the process as it ends `cat` or `grep` (SIGPIPE's default
-/// action) instead of a panic: Rust starts programs with SIGPIPE ignored, so `s3mem stats |
-/// head -1` made `println!` fail and panic. Sockets are unaffected (the standard library writes
-/// them with `MSG_NOSIGNAL`, so the gRPC client still sees a closed peer as an error). Call it
-/// in `main` before any thread starts; the daemon does not (a closed log pipe must not end it).
-pub fn end_quietly_on_closed_pipe() {
-    #[cfg(unix)]
-    default_sigpipe();
-}
-
-#[cfg(unix)]
-#[expect(
-    unsafe_code,
-    reason = "setting SIGPIPE's disposition; the SAFETY comment says why it is sound"
-)]
-fn default_sigpipe() {
-    // SAFETY: `signal` with SIG_DFL installs no handler (no code runs on the signal); it is
-    // called once from `main` before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
 }
