@@ -1113,23 +1113,46 @@ fn town_files(dir: &Path, sentences: &[usize]) -> Vec<String> {
 
 /// Returns the ids `docs list --server URL` lists in `collection`.
 fn listed_ids(exe: &Path, url: &str, collection: &str) -> Vec<String> {
-    let out = std::process::Command::new(exe)
-        .args(["docs", "list", "--collection", collection, "--json"])
-        .args(["--server", url])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let listed = crate::common::run_json(
+        std::process::Command::new(exe)
+            .args(["docs", "list", "--collection", collection, "--json"])
+            .args(["--server", url]),
     );
-    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     listed
         .as_array()
         .unwrap()
         .iter()
         .map(|d| d["id"].as_str().unwrap().to_string())
         .collect()
+}
+
+/// A daemon's flags that give it room for one ingest at a time.
+const ROOM_FOR_ONE: [&str; 4] = ["--ingest-workers", "1", "--ingest-queue-depth", "0"];
+
+/// Ingests `files` into collection `c` with `ingest --server URL --in-flight N --json` once the
+/// daemon serves; returns the reported documents.
+fn ingest_in_flight(
+    exe: &Path,
+    url: &str,
+    in_flight: &str,
+    files: &[&str],
+) -> Vec<serde_json::Value> {
+    let mut args = vec![
+        "ingest",
+        "--collection",
+        "c",
+        "--json",
+        "--in-flight",
+        in_flight,
+    ];
+    args.extend(files);
+    let out = ingest_when_served(exe, &args, url);
+    out["documents"].as_array().unwrap().clone()
+}
+
+/// Returns the ids of reported documents.
+fn ids_of(docs: &[serde_json::Value]) -> Vec<&str> {
+    docs.iter().map(|d| d["id"].as_str().unwrap()).collect()
 }
 
 /// `ingest --server` keeps `--in-flight` calls open: with two ingest workers every document is
@@ -1142,12 +1165,8 @@ fn grpc_cli_ingest_keeps_several_calls_in_flight() {
     let (exe, serve, url) = daemon_in(dir.path(), &["--ingest-workers", "2"]);
     // The first file again third, inside the window of three: it must wait for its first call.
     let want = [&paths[0], &paths[1], &paths[0], &paths[2], &paths[3]].map(String::as_str);
-    let mut args = vec!["ingest", "--collection", "c", "--json", "--in-flight", "3"];
-    args.extend(want);
-    let out = ingest_when_served(&exe, &args, &url);
-    let docs = out["documents"].as_array().unwrap();
-    let ids: Vec<&str> = docs.iter().map(|d| d["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, want);
+    let docs = ingest_in_flight(&exe, &url, "3", &want);
+    assert_eq!(ids_of(&docs), want);
     let replaced: Vec<bool> = docs
         .iter()
         .map(|d| d["replaced"].as_bool().unwrap())
@@ -1166,14 +1185,10 @@ fn grpc_cli_ingest_keeps_several_calls_in_flight() {
 fn grpc_cli_ingest_in_flight_resends_what_a_full_queue_refused() {
     let dir = tempfile::tempdir().unwrap();
     let paths = town_files(dir.path(), &[20, 21, 22]);
-    let room_for_one = ["--ingest-workers", "1", "--ingest-queue-depth", "0"];
-    let (exe, serve, url) = daemon_in(dir.path(), &room_for_one);
-    let mut args = vec!["ingest", "--collection", "c", "--json", "--in-flight", "3"];
-    args.extend(paths.iter().map(String::as_str));
-    let out = ingest_when_served(&exe, &args, &url);
-    let docs = out["documents"].as_array().unwrap();
-    let ids: Vec<&str> = docs.iter().map(|d| d["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, paths);
+    let (exe, serve, url) = daemon_in(dir.path(), &ROOM_FOR_ONE);
+    let files: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let docs = ingest_in_flight(&exe, &url, "3", &files);
+    assert_eq!(ids_of(&docs), paths);
     stop_cleanly(serve);
 }
 
@@ -1185,8 +1200,7 @@ fn grpc_cli_ingest_in_flight_resends_what_a_full_queue_refused() {
 fn grpc_cli_ingest_in_flight_gives_up_when_others_hold_the_room() {
     let dir = tempfile::tempdir().unwrap();
     let paths = town_files(dir.path(), &[2, 3, 1000]);
-    let room_for_one = ["--ingest-workers", "1", "--ingest-queue-depth", "0"];
-    let (exe, serve, url) = daemon_in(dir.path(), &room_for_one);
+    let (exe, serve, url) = daemon_in(dir.path(), &ROOM_FOR_ONE);
     ingest_when_served(
         &exe,
         &["ingest", "--collection", "c", "--json", &paths[0]],
